@@ -1,0 +1,144 @@
+"""Class-level influence of a run, estimated by streaming its chunks through the estimator."""
+
+from __future__ import annotations
+
+import io
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .estimation import Influence, InfluenceAccumulator, InfluenceEstimate, InfluenceWarning
+from .store import RunError, RunStore
+from .store.files import atomic_write_bytes, write_json
+
+__all__ = ["ClassInfluence"]
+
+
+class ClassInfluence:
+    """Influence of every source group on one (target, mode) output of a run.
+
+    Parameters follow the run's names; ``target`` and ``mode`` may be left out when the run
+    has one. After :meth:`fit`: ``estimate_`` (:class:`InfluenceEstimate`), ``classes_`` (one
+    row per source group, most helpful first), ``per_target_class_`` (long table),
+    ``n_models_`` and ``n_excluded_`` (unhealthy models left out).
+    """
+
+    def __init__(
+        self,
+        target: str | None = None,
+        mode: str | None = None,
+        output: str = "p_correct",
+        level: float = 0.95,
+    ) -> None:
+        self.target = target
+        self.mode = mode
+        self.output = output
+        self.level = level
+
+    def fit(self, store: RunStore) -> ClassInfluence:
+        self.key_ = store.resolve_key(self.target, self.mode)
+        target = store.target(self.key_.split("/")[0])
+        accumulator = InfluenceAccumulator(len(store.groups), target.labels.size, target.labels)
+        self.n_excluded_ = 0
+        accuracies = []
+        for masks, values, excluded in store.iter_outputs(self.key_, self.output):
+            accumulator.update(masks, values)
+            self.n_excluded_ += excluded
+            accuracies.append(values.mean(axis=1))
+        if accumulator.n_models < 2:
+            raise RunError(
+                f"{store.root} has {accumulator.n_models} usable model(s) for {self.key_}; "
+                "need at least 2 (run more models)"
+            )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", InfluenceWarning)
+            self.estimate_: InfluenceEstimate = accumulator.result()
+        self.groups_ = store.groups
+        self.target_classes_ = target.class_names
+        self.n_models_ = accumulator.n_models
+        self.mean_output_ = float(np.concatenate(accuracies).mean())
+        self.classes_ = self._table(self.estimate_.overall, None)
+        self.per_target_class_ = pd.concat(
+            [
+                self._table(self.estimate_.per_target_class, c)
+                for c in range(len(target.class_names))
+            ],
+            ignore_index=True,
+        )
+        undefined = self.classes_.loc[self.classes_["influence"].isna(), "group"].tolist()
+        if caught and undefined:
+            warnings.warn(
+                f"influence is NaN for {len(undefined)} group(s) never or always in a subset "
+                f"(first: {', '.join(undefined[:5])}); train more models",
+                InfluenceWarning,
+                stacklevel=2,
+            )
+        return self
+
+    def _table(self, influence: Influence, column: int | None) -> pd.DataFrame:
+        col = 0 if column is None else column
+        low, high = influence.ci(self.level)
+        table = pd.DataFrame(
+            {
+                "group": list(self.groups_),
+                "influence": influence.values[:, col],
+                "stderr": influence.stderr[:, col],
+                "ci_low": low[:, col],
+                "ci_high": high[:, col],
+                "n_in": influence.n_in,
+                "n_out": influence.n_out,
+            }
+        )
+        if column is not None:
+            table.insert(0, "target_class", self.target_classes_[column])
+        return table.sort_values(
+            "influence", ascending=False, na_position="last", kind="stable"
+        ).reset_index(drop=True)
+
+    def save(self, folder: str | Path, run: str = "") -> Path:
+        """Write classes.csv, per_target_class.csv, influence.npy, stderr.npy, summary.json."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(folder / "classes.csv", self.classes_.to_csv(index=False).encode())
+        atomic_write_bytes(
+            folder / "per_target_class.csv", self.per_target_class_.to_csv(index=False).encode()
+        )
+        for name, array in (
+            ("influence", self.estimate_.per_example.values),
+            ("stderr", self.estimate_.per_example.stderr),
+        ):
+            buffer = io.BytesIO()
+            np.save(buffer, array.astype(np.float32))
+            atomic_write_bytes(folder / f"{name}.npy", buffer.getvalue())
+        defined = self.classes_.dropna(subset=["influence"])
+        write_json(
+            folder / "summary.json",
+            {
+                "run": run,
+                "key": self.key_,
+                "output": self.output,
+                "estimator": "difference-in-means",
+                "level": self.level,
+                "n_models": self.n_models_,
+                "n_excluded_unhealthy": self.n_excluded_,
+                "n_groups": len(self.groups_),
+                "n_examples": int(self.estimate_.per_example.values.shape[1]),
+                "mean_output": self.mean_output_,
+                "most_helpful": defined.head(5)[["group", "influence", "stderr"]].to_dict(
+                    "records"
+                ),
+                "most_harmful": defined.tail(5)[::-1][["group", "influence", "stderr"]].to_dict(
+                    "records"
+                ),
+                "ci_excludes_zero": int(((defined.ci_low > 0) | (defined.ci_high < 0)).sum()),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "files": {
+                    "influence.npy": "K x n float32, rows in classes order of run.json groups",
+                    "stderr.npy": "K x n float32 standard errors across models",
+                },
+            },
+        )
+        return folder

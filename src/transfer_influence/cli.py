@@ -1,0 +1,225 @@
+"""The ``transfer-influence`` command: a thin shell over the Python API.
+
+Bad input ends with one line naming the problem and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .attribution import ClassInfluence
+from .config import Config, ConfigError, apply_overrides, load_config
+from .engines.local import run_local, work
+from .importing import record_file
+from .store import CorruptFileError, RecordError, RunError, RunStore
+from .store.status import run_status
+from .trainers import load_trainer
+
+EXIT_BAD_INPUT = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's own errors: one line, exit 2
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="transfer-influence", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="train the subset models of a config (resumes)")
+    run.add_argument("config", help="a TOML config, or an existing run directory to resume")
+    run.add_argument("--run-dir", help="where results go (default: runs/CONFIG_NAME)")
+    run.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set run.models=200",
+    )
+    run.add_argument("--workers", type=int, help="worker processes (default: one per GPU, or 1)")
+    run.add_argument("--dry-run", action="store_true", help="print the work and its cost only")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    worker = sub.add_parser("worker", help="train missing chunks of a run (for any scheduler)")
+    worker.add_argument("run_dir")
+    worker.add_argument("--shard", help="I/N: only chunks I, I+N, I+2N, ... (0-based)")
+    worker.add_argument("--worker-id", help="name recorded with each chunk")
+
+    status = sub.add_parser("status", help="done, running and missing chunks; rate; ETA")
+    status.add_argument("run_dir")
+    status.add_argument(
+        "--verify", action="store_true", help="also read every chunk and check its checksum"
+    )
+
+    estimate = sub.add_parser("estimate", help="estimate influence and write RUN/influence/")
+    estimate.add_argument("run_dir")
+    estimate.add_argument("--target", help="target name (default: the run's first)")
+    estimate.add_argument("--mode", help="transfer mode (default: the run's first)")
+    estimate.add_argument(
+        "--output", default="p_correct", help="model output to attribute (default: p_correct)"
+    )
+    estimate.add_argument("--level", type=float, default=0.95, help="confidence level")
+    estimate.add_argument("--out", help="output folder (default: RUN/influence)")
+    estimate.add_argument("--top", type=int, default=10, help="rows to print at each end")
+
+    record = sub.add_parser("record", help="import results of models trained elsewhere")
+    record.add_argument("run_dir", help="run directory (created when absent)")
+    record.add_argument(
+        "--from",
+        dest="source",
+        required=True,
+        metavar="FILE.npz",
+        help="masks plus outputs or logits; see the README for the keys",
+    )
+    record.add_argument("--target", default="target", help="target name for a new run")
+    record.add_argument("--mode", default="fixed_feature", help="transfer mode for a new run")
+    record.add_argument("--alpha", type=float, default=0.5, help="subset fraction used")
+    return parser
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    source = Path(args.config)
+    if (source / "run.json").is_file():
+        store = RunStore(source)
+        config = Config.from_dict(apply_overrides(store.meta["config"], args.set))
+        run_dir, text = source, None
+    else:
+        config = load_config(source, args.set)
+        run_dir = Path(args.run_dir or Path("runs") / source.stem)
+        text = source.read_text()
+    trainer = load_trainer(config.trainer.type, config.trainer.params)
+    task = trainer.describe()
+    if args.dry_run:
+        return _dry_run(run_dir, config, trainer, args.workers or 1)
+    store = RunStore.open_or_create(run_dir, config, task, text)
+    run_local(store, args.workers, progress=not args.quiet)
+    print(
+        f"{store.planned_models} models done in {store.root}; "
+        f"next: transfer-influence estimate {store.root}"
+    )
+    return 0
+
+
+def _dry_run(run_dir: Path, config: Config, trainer: object, workers: int) -> int:
+    seconds, source = math.nan, ""
+    if (run_dir / "run.json").is_file():
+        store = RunStore(run_dir)
+        store.set_models(config.run.models)
+        missing = sum(c.size for c in store.missing_chunks())
+        chunks = len(store.missing_chunks())
+        seconds = run_status(store).seconds_per_model
+        source = "measured on this run"
+    else:
+        missing = config.run.models
+        chunks = math.ceil(missing / config.run.chunk_size)
+    if math.isnan(seconds) and hasattr(trainer, "estimate_seconds_per_model"):
+        seconds = float(trainer.estimate_seconds_per_model())
+        source = "the trainer's estimate"
+    print(f"{missing} models to train in {chunks} chunks into {run_dir}")
+    if math.isnan(seconds):
+        print("cost: unknown until the first chunk finishes")
+    else:
+        total = seconds * missing / workers
+        print(
+            f"cost: about {seconds:.3g} s per model ({source}), "
+            f"{total / 60:.1f} min with {workers} worker(s)"
+        )
+    return 0
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    store = RunStore(args.run_dir)
+    shard = None
+    if args.shard:
+        try:
+            index, count = (int(part) for part in args.shard.split("/"))
+        except ValueError:
+            raise ValueError(f"--shard must look like I/N, got {args.shard!r}") from None
+        if not 0 <= index < count:
+            raise ValueError(f"--shard {args.shard}: need 0 <= I < N")
+        shard = (index, count)
+    done = work(store, args.worker_id, shard)
+    print(f"worker trained {done} chunk(s); {len(store.missing_chunks(shard))} missing in shard")
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    store = RunStore(args.run_dir)
+    if args.verify:
+        damaged = store.verify()
+        print(f"verified: {len(damaged)} damaged chunk(s) moved to corrupt/ (run again to redo)")
+    print(f"run      {store.root}")
+    for line in run_status(store).lines():
+        print(line)
+    return 0
+
+
+def _cmd_estimate(args: argparse.Namespace) -> int:
+    store = RunStore(args.run_dir)
+    model = ClassInfluence(args.target, args.mode, args.output, args.level).fit(store)
+    folder = model.save(Path(args.out) if args.out else store.root / "influence", str(store.root))
+    scale, unit = (100.0, "points") if args.output in ("p_correct", "correct") else (1.0, "")
+    table = model.classes_.dropna(subset=["influence"])
+    print(
+        f"{model.n_models_} models ({model.n_excluded_} unhealthy excluded); "
+        f"influence on {args.output} of {model.key_}, {unit or 'output units'}, "
+        f"{args.level:.0%} CI"
+    )
+    for title, rows in (
+        ("most helpful", table.head(args.top)),
+        ("most harmful", table.tail(args.top)[::-1]),
+    ):
+        print(f"\n{title}:")
+        for row in rows.itertuples():
+            print(
+                f"  {row.group:<24} {row.influence * scale:+8.3f}  "
+                f"[{row.ci_low * scale:+.3f}, {row.ci_high * scale:+.3f}]"
+            )
+    print(f"\nwrote {folder}/classes.csv, per_target_class.csv, influence.npy, summary.json")
+    return 0
+
+
+def _cmd_record(args: argparse.Namespace) -> int:
+    chunk = record_file(args.run_dir, args.source, args.target, args.mode, args.alpha)
+    print(f"recorded models {chunk.start}..{chunk.stop - 1} into {args.run_dir}")
+    return 0
+
+
+_COMMANDS = {
+    "run": _cmd_run,
+    "worker": _cmd_worker,
+    "status": _cmd_status,
+    "estimate": _cmd_estimate,
+    "record": _cmd_record,
+}
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    warnings.showwarning = _show_warning
+    np.seterr(all="ignore")
+    try:
+        return _COMMANDS[args.command](args)
+    except (ConfigError, RunError, RecordError, CorruptFileError, ValueError, OSError) as error:
+        print(f"transfer-influence: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted; finished chunks are kept, run again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""Run configuration: TOML in, validated and resolved, with ``--set key=value`` overrides.
+
+A config has two tables::
+
+    [run]                     # how subsets are drawn and what is recorded
+    seed = 0
+    alpha = 0.5
+    models = 100
+    ...
+    [trainer]                 # who trains: "simulated", or "package.module:factory"
+    type = "simulated"
+    [trainer.params]          # passed to the trainer's constructor
+    groups = 20
+
+Every field except those in NON_DEFINING defines the run: a run directory refuses a config that
+differs in any of them, so results from different set-ups are never mixed.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .outputs import DEFAULT_OUTPUTS, get_output
+from .subsets import DESIGNS
+
+__all__ = ["NON_DEFINING", "Config", "ConfigError", "defining_diff", "load_config"]
+
+NON_DEFINING = frozenset({"run.models", "run.claim_timeout_s"})
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the offending key."""
+
+
+@dataclass(frozen=True)
+class RunSection:
+    seed: int = 0
+    alpha: float = 0.5
+    models: int = 100
+    chunk_size: int = 10
+    design: str = "random"
+    outputs: tuple[str, ...] = DEFAULT_OUTPUTS
+    claim_timeout_s: float = 900.0
+
+
+@dataclass(frozen=True)
+class TrainerSection:
+    type: str = "simulated"
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Config:
+    run: RunSection = field(default_factory=RunSection)
+    trainer: TrainerSection = field(default_factory=TrainerSection)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["run"]["outputs"] = list(self.run.outputs)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Config:
+        data = copy.deepcopy(data)
+        _reject_unknown(data, {"run", "trainer"}, "")
+        run = data.get("run", {})
+        trainer = data.get("trainer", {})
+        _reject_unknown(run, {f.name for f in fields(RunSection)}, "run.")
+        _reject_unknown(trainer, {"type", "params"}, "trainer.")
+        if "outputs" in run:
+            run["outputs"] = tuple(_typed(run, "outputs", list))
+        config = cls(RunSection(**run), TrainerSection(**trainer))
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        r = self.run
+        _check(isinstance(r.seed, int) and r.seed >= 0, "run.seed must be a non-negative integer")
+        _check(isinstance(r.alpha, int | float), "run.alpha must be a number")
+        _check(0.0 < r.alpha < 1.0, f"run.alpha must be in (0, 1), got {r.alpha}")
+        _check(isinstance(r.models, int) and r.models >= 2, "run.models must be an integer >= 2")
+        _check(isinstance(r.chunk_size, int) and r.chunk_size >= 1, "run.chunk_size must be >= 1")
+        external = self.trainer.type == "external"  # results imported with `record`
+        _check(
+            r.design in DESIGNS or (external and r.design == "external"),
+            f"run.design must be one of {', '.join(DESIGNS)}",
+        )
+        _check(r.claim_timeout_s > 0, "run.claim_timeout_s must be positive")
+        _check(len(r.outputs) > 0, "run.outputs must name at least one output")
+        for name in r.outputs:
+            try:
+                get_output(name)
+            except ValueError as error:
+                raise ConfigError(f"run.outputs: {error}") from None
+        _check(isinstance(self.trainer.type, str), "trainer.type must be a string")
+        _check(isinstance(self.trainer.params, dict), "trainer.params must be a table")
+
+    def defining_hash(self) -> str:
+        blob = json.dumps(_defining(self.to_dict()), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
+    """Read a TOML config, apply ``key=value`` overrides, validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path} is not valid TOML: {error}") from None
+    return Config.from_dict(apply_overrides(data, overrides))
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """``run.models=200`` style overrides; values are parsed as TOML, else taken as strings."""
+    data = copy.deepcopy(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        parts = key.strip().split(".")
+        node = data
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {key}: {part} is not a table")
+        node[parts[-1]] = value
+    return data
+
+
+def defining_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Human-readable differences in the defining fields of two resolved configs."""
+    a, b = _flatten(_defining(old)), _flatten(_defining(new))
+    return [
+        f"{key}: {a.get(key, '<unset>')!r} -> {b.get(key, '<unset>')!r}"
+        for key in sorted(set(a) | set(b))
+        if a.get(key) != b.get(key)
+    ]
+
+
+def _defining(data: dict[str, Any]) -> dict[str, Any]:
+    flat = {k: v for k, v in _flatten(data).items() if k not in NON_DEFINING}
+    return flat
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+    return flat
+
+
+def _reject_unknown(table: Any, allowed: set[str], prefix: str) -> None:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a table")
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"unknown config key {prefix}{unknown[0]} (allowed in this table: "
+            f"{', '.join(sorted(allowed))})"
+        )
+
+
+def _typed(table: dict[str, Any], key: str, kind: type) -> Any:
+    if not isinstance(table[key], kind):
+        raise ConfigError(f"run.{key} must be a {kind.__name__}")
+    return table[key]
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)

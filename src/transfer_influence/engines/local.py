@@ -1,0 +1,174 @@
+"""Running chunks: one worker loop that any engine calls, and N local worker processes.
+
+A worker repeatedly claims a missing chunk, trains its jobs, and writes the chunk atomically.
+Everything a worker needs is in the run directory, so ``transfer-influence worker RUN`` under
+any scheduler does exactly what a local worker does.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import socket
+import time
+import traceback
+from collections.abc import Callable
+
+from tqdm import tqdm
+
+from ..provenance import provenance
+from ..store import Chunk, RunError, RunStore
+from ..store.records import pack_results
+from ..trainers import Trainer, load_trainer
+
+__all__ = ["build_trainer", "run_local", "work"]
+
+_POLL_S = 0.5
+_THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def build_trainer(store: RunStore) -> Trainer:
+    if store.external:
+        raise RunError(f"{store.root} holds imported results; there is nothing to train")
+    trainer = load_trainer(store.config.trainer.type, store.config.trainer.params)
+    store.check_task(trainer.describe())
+    return trainer
+
+
+def work(
+    store: RunStore,
+    worker: str | None = None,
+    shard: tuple[int, int] | None = None,
+    trainer: Trainer | None = None,
+    on_chunk: Callable[[Chunk], None] | None = None,
+) -> int:
+    """Train every missing, unclaimed chunk (of ``shard`` = (i, N) if given). Returns how many."""
+    worker = worker or f"{socket.gethostname()}:{os.getpid()}"
+    trainer = trainer or build_trainer(store)
+    targets = {name: store.target(name) for name in store.target_names}
+    device = getattr(trainer, "device", "cpu")
+    done = 0
+    for chunk in store.missing_chunks(shard):
+        claim = store.claim(chunk, worker)
+        if claim is None:
+            continue
+        with claim:
+            if store.is_done(chunk):  # finished by another worker since we listed it
+                continue
+            jobs = store.jobs(chunk)
+            started = time.time()
+            results = trainer.train(jobs)
+            arrays = pack_results(jobs, results, targets, store.modes, store.config.run.outputs)
+            meta = {
+                "worker": worker,
+                "started": started,
+                "finished": time.time(),
+                "provenance": provenance(str(device)),
+            }
+            store.write_chunk(chunk, arrays, meta)
+        done += 1
+        if on_chunk is not None:
+            on_chunk(chunk)
+    return done
+
+
+def _worker_process(root: str, worker: str, errors: multiprocessing.Queue) -> None:
+    try:
+        work(RunStore(root), worker)
+    except BaseException as error:  # reported to the parent, which exits non-zero
+        errors.put(f"{worker}: {error}\n{traceback.format_exc()}")
+        raise SystemExit(1) from None
+
+
+def _default_workers() -> int:
+    try:
+        import torch
+
+        return max(1, torch.cuda.device_count())
+    except ImportError:
+        return 1
+
+
+def run_local(store: RunStore, workers: int | None = None, progress: bool = True) -> None:
+    """Train all missing chunks with ``workers`` processes (one per GPU by default)."""
+    workers = workers or _default_workers()
+    store.remove_stale_temporaries()
+    store.verify()
+    while True:
+        missing = store.missing_chunks()
+        if not missing:
+            return
+        total = len(store.chunks)
+        bar = tqdm(
+            total=total,
+            initial=total - len(missing),
+            unit="chunk",
+            disable=not progress,
+            desc=f"training ({workers} worker{'s' * (workers > 1)})",
+        )
+        try:
+            if workers == 1:
+                work(store, on_chunk=lambda _chunk, b=bar: b.update())
+            else:
+                _run_processes(store, workers, bar)
+        finally:
+            bar.close()
+        _wait_for_others(store, progress)
+
+
+def _run_processes(store: RunStore, workers: int, bar: tqdm) -> None:
+    context = multiprocessing.get_context("spawn")
+    errors = context.Queue()
+    gpus = _default_workers() if _has_cuda() else 0
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    saved = {name: os.environ.get(name) for name in (*_THREAD_VARIABLES, "CUDA_VISIBLE_DEVICES")}
+    processes = []
+    try:
+        for i in range(workers):
+            for name in _THREAD_VARIABLES:
+                os.environ[name] = str(threads)
+            if gpus:
+                os.environ["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
+            worker = f"{socket.gethostname()}:{os.getpid()}:{i}"
+            process = context.Process(
+                target=_worker_process, args=(str(store.root), worker, errors), daemon=True
+            )
+            process.start()
+            processes.append(process)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+    while any(p.is_alive() for p in processes):
+        time.sleep(_POLL_S)
+        bar.n = len(store.chunks) - len(store.missing_chunks())
+        bar.refresh()
+    failures = [p for p in processes if p.exitcode != 0]
+    if failures:
+        message = errors.get() if not errors.empty() else f"exit code {failures[0].exitcode}"
+        raise RunError(f"a worker failed: {message.splitlines()[0]}")
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+def _wait_for_others(store: RunStore, progress: bool) -> None:
+    """Chunks claimed by workers elsewhere: wait until they finish or their claims go stale."""
+    announced = False
+    while True:
+        missing = store.missing_chunks()
+        held = [c for c in missing if store.claim_state(c) == "held"]
+        if not held or len(held) < len(missing):
+            return  # done, or some chunk is free again: the caller trains it
+        if progress and not announced:
+            print(f"waiting for {len(held)} chunk(s) claimed by other workers")
+            announced = True
+        time.sleep(_POLL_S * 4)

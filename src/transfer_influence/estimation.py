@@ -1,0 +1,231 @@
+"""Difference-in-means influence with standard errors across models (pure numpy, no I/O).
+
+Infl[k -> j] = mean output of the models whose subset holds group k
+             - mean output of the models whose subset lacks it.
+
+The model is the unit of randomness: every standard error comes from how the outputs vary
+across models. The pooled two-sample variance is used because it needs only the per-group
+sums (one matrix product) plus per-example sums of squares; with alpha = 0.5 the groups are
+the same size and the pooled error equals Welch's.
+
+Summaries over target examples (overall, per target class) are computed from each model's
+mean output over those examples, so their errors also vary over models, never over examples
+as if they were independent draws.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+__all__ = [
+    "Influence",
+    "InfluenceAccumulator",
+    "InfluenceEstimate",
+    "InfluenceWarning",
+    "estimate_influence",
+]
+
+_ROW_BLOCK = 1024  # rows per float32 block when summing squares in float64
+
+
+class InfluenceWarning(UserWarning):
+    """A group's influence cannot be estimated (never or always in the subset)."""
+
+
+@dataclass(frozen=True)
+class Influence:
+    """Influence of K groups on some targets, with standard errors across models.
+
+    ``values`` and ``stderr`` are K x T (T target examples, target classes or one column for
+    the overall mean). ``dof`` is the degrees of freedom of the pooled variance (models - 2).
+    """
+
+    values: np.ndarray
+    stderr: np.ndarray
+    n_in: np.ndarray
+    n_out: np.ndarray
+    dof: int
+
+    def ci(self, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+        """Two-sided confidence interval (Student t with ``dof`` degrees of freedom)."""
+        if not 0.0 < level < 1.0:
+            raise ValueError(f"confidence level must be in (0, 1), got {level}")
+        half = stats.t.ppf(0.5 + level / 2.0, max(self.dof, 1)) * self.stderr
+        return self.values - half, self.values + half
+
+
+@dataclass(frozen=True)
+class InfluenceEstimate:
+    """Everything estimated from one stream of (masks, outputs)."""
+
+    per_example: Influence  # K x n
+    overall: Influence  # K x 1: influence on the mean output over all target examples
+    per_target_class: Influence | None  # K x C when example classes were given
+    n_models: int
+
+
+class InfluenceAccumulator:
+    """Streaming difference-in-means: feed chunks of models, never all m x n outputs at once.
+
+    Parameters
+    ----------
+    n_groups:
+        K, the number of groups (source classes by default) that masks range over.
+    n_examples:
+        n, the number of target examples each model is evaluated on.
+    example_classes:
+        Optional length-n integer target labels; enables the per-target-class summary.
+    """
+
+    def __init__(
+        self, n_groups: int, n_examples: int, example_classes: np.ndarray | None = None
+    ) -> None:
+        if n_groups < 1 or n_examples < 1:
+            raise ValueError("n_groups and n_examples must be positive")
+        self.n_groups = n_groups
+        self.n_examples = n_examples
+        self.example_classes = None
+        if example_classes is not None:
+            labels = np.asarray(example_classes)
+            if labels.shape != (n_examples,) or not np.issubdtype(labels.dtype, np.integer):
+                raise ValueError("example_classes must be n_examples integer labels")
+            if labels.min() < 0:
+                raise ValueError("example_classes must be non-negative")
+            self.example_classes = labels
+            self._class_counts = np.bincount(labels)
+        self.n_models = 0
+        self._n_in = np.zeros(n_groups, dtype=np.int64)
+        self._sum_in = np.zeros((n_groups, n_examples), dtype=np.float64)
+        self._sum = np.zeros(n_examples, dtype=np.float64)
+        self._sum_sq = np.zeros(n_examples, dtype=np.float64)
+        self._masks: list[np.ndarray] = []
+        self._summaries: list[np.ndarray] = []  # per model: [mean over all, mean per class...]
+
+    def update(self, masks: np.ndarray, outputs: np.ndarray) -> InfluenceAccumulator:
+        """Add models: ``masks`` is m_chunk x K bool, ``outputs`` m_chunk x n float."""
+        masks = np.asarray(masks)
+        outputs = np.asarray(outputs)
+        if masks.ndim != 2 or masks.shape[1] != self.n_groups or masks.dtype != np.bool_:
+            raise ValueError(f"masks must be a bool array of shape (models, {self.n_groups})")
+        if outputs.shape != (masks.shape[0], self.n_examples):
+            raise ValueError(
+                f"outputs must have shape ({masks.shape[0]}, {self.n_examples}), "
+                f"got {outputs.shape}"
+            )
+        if not np.all(np.isfinite(outputs)):
+            raise ValueError("outputs contain NaN or infinity; exclude unhealthy models first")
+        if masks.shape[0] == 0:
+            return self
+        y = outputs.astype(np.float32, copy=False)
+        # The one O(K*m*n) step; float32 products are accumulated in float64 across chunks.
+        self._sum_in += masks.T.astype(np.float32) @ y
+        self._n_in += masks.sum(axis=0)
+        for start in range(0, y.shape[0], _ROW_BLOCK):
+            block = y[start : start + _ROW_BLOCK]
+            self._sum += block.sum(axis=0, dtype=np.float64)
+            self._sum_sq += np.einsum("ij,ij->j", block, block, dtype=np.float64)
+        self.n_models += masks.shape[0]
+        self._masks.append(masks.copy())
+        self._summaries.append(self._summarise(y))
+        return self
+
+    def _summarise(self, y: np.ndarray) -> np.ndarray:
+        overall = y.mean(axis=1, dtype=np.float64)[:, None]
+        if self.example_classes is None:
+            return overall
+        per_class = np.zeros((y.shape[0], self._class_counts.size), dtype=np.float64)
+        for c in np.flatnonzero(self._class_counts):
+            per_class[:, c] = y[:, self.example_classes == c].mean(axis=1, dtype=np.float64)
+        return np.concatenate([overall, per_class], axis=1)
+
+    def result(self) -> InfluenceEstimate:
+        """The estimate from all models added so far."""
+        if self.n_models < 2:
+            raise ValueError(f"need at least 2 models to estimate influence, have {self.n_models}")
+        n_out = self.n_models - self._n_in
+        _warn_degenerate(self._n_in, n_out)
+        per_example = _pooled_difference(
+            self._sum_in, self._sum, self._sum_sq, self._n_in, self.n_models
+        )
+        masks = np.concatenate(self._masks)
+        summaries = np.concatenate(self._summaries)
+        summary = _exact_difference(masks, summaries)
+        per_class = None
+        if self.example_classes is not None:
+            per_class = Influence(
+                summary.values[:, 1:],
+                summary.stderr[:, 1:],
+                summary.n_in,
+                summary.n_out,
+                summary.dof,
+            )
+        overall = Influence(
+            summary.values[:, :1], summary.stderr[:, :1], summary.n_in, summary.n_out, summary.dof
+        )
+        return InfluenceEstimate(per_example, overall, per_class, self.n_models)
+
+
+def estimate_influence(
+    masks: np.ndarray, outputs: np.ndarray, example_classes: np.ndarray | None = None
+) -> InfluenceEstimate:
+    """Influence of each group on each target example from all models at once.
+
+    ``masks`` is m x K bool (group k in model i's subset), ``outputs`` m x n (model i's output
+    on target example j). Returns the K x n influence with standard errors and per-group
+    in/out counts, plus the overall and (given ``example_classes``) per-target-class summaries.
+    """
+    masks = np.asarray(masks)
+    outputs = np.asarray(outputs)
+    if masks.ndim != 2 or outputs.ndim != 2:
+        raise ValueError("masks and outputs must both be 2-D (models first)")
+    acc = InfluenceAccumulator(masks.shape[1], outputs.shape[1], example_classes)
+    return acc.update(masks, outputs).result()
+
+
+def _exact_difference(masks: np.ndarray, y: np.ndarray) -> Influence:
+    """Difference in means for a few outputs per model, in float64 (y is m x T, T small)."""
+    m = masks.shape[0]
+    sum_in = masks.T.astype(np.float64) @ y
+    return _pooled_difference(sum_in, y.sum(axis=0), (y * y).sum(axis=0), masks.sum(axis=0), m)
+
+
+def _pooled_difference(
+    sum_in: np.ndarray, total: np.ndarray, total_sq: np.ndarray, n_in: np.ndarray, m: int
+) -> Influence:
+    n_out = m - n_in
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ni = n_in.astype(np.float64)[:, None]
+        no = n_out.astype(np.float64)[:, None]
+        sum_out = total[None, :] - sum_in
+        mean_in = sum_in / ni
+        mean_out = sum_out / no
+        within = total_sq[None, :] - sum_in * mean_in - sum_out * mean_out
+        variance = np.maximum(within, 0.0) / max(m - 2, 1)
+        stderr = np.sqrt(variance * (1.0 / ni + 1.0 / no))
+        values = mean_in - mean_out
+    undefined = (n_in == 0) | (n_out == 0)
+    values[undefined] = np.nan
+    stderr[undefined] = np.nan
+    if m < 3:
+        stderr[:] = np.nan
+    return Influence(values, stderr, n_in.copy(), n_out.copy(), m - 2)
+
+
+def _warn_degenerate(n_in: np.ndarray, n_out: np.ndarray) -> None:
+    never_in = np.flatnonzero(n_in == 0)
+    never_out = np.flatnonzero(n_out == 0)
+    if never_in.size or never_out.size:
+        parts = []
+        if never_in.size:
+            parts.append(f"{never_in.size} never included (first: {never_in[:5].tolist()})")
+        if never_out.size:
+            parts.append(f"{never_out.size} never excluded (first: {never_out[:5].tolist()})")
+        warnings.warn(
+            "influence is NaN for groups " + "; ".join(parts) + ": train more models",
+            InfluenceWarning,
+            stacklevel=3,
+        )

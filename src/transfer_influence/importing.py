@@ -1,0 +1,124 @@
+"""Importing results of models trained outside the tool (``transfer-influence record``).
+
+The file is an ``.npz`` (loaded without pickle) with:
+
+- ``masks``: m x K bool, group k in model i's subset;
+- outputs named like the run's outputs (``p_correct``, ``correct``, ``margin``, ...): m x n,
+  and/or ``logits``: m x n x C;
+- ``labels`` (or ``y_target``): n target labels, needed to create a run and checked after;
+- optional ``example_ids``: n stable ids of the target examples (default: "000000", ...),
+  matched against the run's ids in any order;
+- optional ``source_classes`` (K names) and ``target_classes`` (C names).
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from .outputs import DEFAULT_OUTPUTS, get_output
+from .store import Chunk, RecordError, RunStore
+from .store.records import align_to_target
+from .trainers.protocol import JobResult, TargetInfo, TaskDescription, output_key
+
+__all__ = ["record_arrays", "record_file"]
+
+
+def record_file(
+    run_dir: str | Path,
+    path: str | Path,
+    target: str = "target",
+    mode: str = "fixed_feature",
+    alpha: float = 0.5,
+) -> Chunk:
+    """Import one ``.npz`` of externally trained models into ``run_dir`` (created if absent)."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecordError(f"results file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
+        raise RecordError(
+            f"{path} is not a readable .npz without pickled objects: {error}"
+        ) from None
+    return record_arrays(run_dir, arrays, target, mode, alpha)
+
+
+def record_arrays(
+    run_dir: str | Path,
+    arrays: dict[str, np.ndarray],
+    target: str = "target",
+    mode: str = "fixed_feature",
+    alpha: float = 0.5,
+) -> Chunk:
+    if "masks" not in arrays:
+        raise RecordError("results have no 'masks' array (models x groups, bool)")
+    masks = np.asarray(arrays["masks"]).astype(bool)
+    labels = arrays.get("labels", arrays.get("y_target"))
+    n = _example_count(arrays)
+    ids = arrays.get("example_ids")
+    ids = (
+        np.asarray(ids).astype(str) if ids is not None else np.array([f"{j:06d}" for j in range(n)])
+    )
+    if (Path(run_dir) / "run.json").exists():
+        store = RunStore(run_dir)
+    else:
+        if labels is None:
+            raise RecordError("a new run needs the target 'labels' (or 'y_target') array")
+        labels = np.asarray(labels).astype(np.int64)
+        classes = arrays.get("target_classes")
+        classes = (
+            classes.tolist()
+            if classes is not None
+            else [f"class{c}" for c in range(int(labels.max()) + 1)]
+        )
+        groups = arrays.get("source_classes")
+        groups = (
+            groups.tolist()
+            if groups is not None
+            else [f"group{k:03d}" for k in range(masks.shape[1])]
+        )
+        outputs = [name for name in DEFAULT_OUTPUTS if name in arrays or "logits" in arrays]
+        task = TaskDescription(
+            tuple(groups),
+            (TargetInfo(target, ids, labels, classes),),
+            (mode,),
+            {"imported": "external"},
+        )
+        store = RunStore.create_external(run_dir, task, outputs or list(DEFAULT_OUTPUTS), alpha)
+    if len(store.keys) != 1:
+        raise RecordError(f"{run_dir} has several (target, mode) keys; record with the Python API")
+    info = store.target(store.target_names[0])
+    if labels is not None and not np.array_equal(
+        align_to_target(np.asarray(labels), ids, info, axis=0), info.labels
+    ):
+        raise RecordError("the target labels differ from the run's")
+    if "source_classes" in arrays and arrays["source_classes"].tolist() != list(store.groups):
+        raise RecordError("the source class names differ from the run's groups")
+    key = output_key(info.name, store.modes[0])
+    results = []
+    for i in range(masks.shape[0]):
+        result = JobResult(index=i)
+        if "logits" in arrays:
+            result.logits[key] = align_to_target(arrays["logits"][i], ids, info, axis=0)
+        result.outputs[key] = {
+            name: align_to_target(np.asarray(arrays[name][i], dtype=np.float32), ids, info, axis=0)
+            for name in store.config.run.outputs
+            if name in arrays
+        }
+        if "src_acc" in arrays or "source_accuracy" in arrays:
+            result.source_accuracy = float(arrays.get("source_accuracy", arrays.get("src_acc"))[i])
+        results.append(result)
+    for name in store.config.run.outputs:
+        get_output(name)
+    return store.record(masks, results)
+
+
+def _example_count(arrays: dict[str, np.ndarray]) -> int:
+    for name in ("logits", *DEFAULT_OUTPUTS):
+        if name in arrays:
+            return int(np.asarray(arrays[name]).shape[1])
+    raise RecordError("results have neither 'logits' nor any of " + ", ".join(DEFAULT_OUTPUTS))

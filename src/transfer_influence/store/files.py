@@ -1,0 +1,130 @@
+"""Atomic, checksummed files: nothing half-written is ever read as valid.
+
+Every write goes to a temporary file in the destination folder, is fsynced, then renamed over
+the destination (atomic on POSIX), and the folder is fsynced. Arrays are stored as ``.npz``
+with a SHA-256 over their names, dtypes, shapes and bytes; a file whose checksum does not
+match is reported corrupt, never returned.
+
+For crash tests, ``TRANSFER_INFLUENCE_CRASH_AT=<point>:<n>`` makes the process SIGKILL itself
+at the n-th time it reaches ``point`` (write, fsync or rename).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import signal
+import uuid
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "CorruptFileError",
+    "atomic_write_bytes",
+    "read_arrays",
+    "read_json",
+    "write_arrays",
+    "write_json",
+]
+
+_CHECKSUM_KEY = "_sha256"
+_crash_counts: dict[str, int] = {}
+
+
+class CorruptFileError(Exception):
+    """A stored file is truncated, unreadable or fails its checksum."""
+
+
+def _maybe_crash(point: str) -> None:
+    spec = os.environ.get("TRANSFER_INFLUENCE_CRASH_AT")
+    if not spec:
+        return
+    target, _, nth = spec.partition(":")
+    if target != point:
+        return
+    _crash_counts[point] = _crash_counts.get(point, 0) + 1
+    if _crash_counts[point] == int(nth or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so that readers see the old or the new file, whole."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            half = len(data) // 2
+            handle.write(data[:half])
+            handle.flush()
+            _maybe_crash("write")
+            handle.write(data[half:])
+            handle.flush()
+            _maybe_crash("fsync")
+            os.fsync(handle.fileno())
+        _maybe_crash("rename")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _checksum(arrays: dict[str, np.ndarray]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        array = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}|{array.dtype.str}|{array.shape}|".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def write_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Store named arrays atomically with an embedded checksum (no pickled objects)."""
+    arrays = {name: np.asarray(value) for name, value in arrays.items()}
+    for name, array in arrays.items():
+        if array.dtype == object:
+            raise TypeError(f"array {name!r} has dtype object, which would need pickling")
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays, **{_CHECKSUM_KEY: np.array(_checksum(arrays))})
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def read_arrays(path: Path) -> dict[str, np.ndarray]:
+    """Load arrays written by :func:`write_arrays`, verifying the checksum."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as error:
+        raise CorruptFileError(f"{path}: unreadable ({error})") from None
+    stored = arrays.pop(_CHECKSUM_KEY, None)
+    if stored is None or str(stored) != _checksum(arrays):
+        raise CorruptFileError(f"{path}: checksum mismatch")
+    return arrays
+
+
+def write_json(path: Path, data: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as error:
+        raise CorruptFileError(f"{path}: unreadable JSON ({error})") from None

@@ -1,0 +1,383 @@
+"""The run directory: the single source of truth for a run, shared by every worker and engine.
+
+    RUN/
+      run.json              resolved config, task identity, provenance, chunk plan
+      config.toml           the config as the user wrote it (when created from a file)
+      targets/NAME.npz      stable target example ids, labels, class names
+      chunks/START-STOP.npz one file per chunk of models, atomic and checksummed
+      claims/START-STOP     which worker is training a chunk (see claims.py)
+      corrupt/              damaged chunk files, moved aside and then redone
+      influence/            what ``estimate`` writes
+
+Chunk boundaries are fixed when the run is created; raising the number of models appends
+chunks and never moves an existing boundary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import Config, ConfigError, defining_diff
+from ..provenance import provenance
+from ..subsets import Job, make_jobs
+from ..trainers.protocol import JobResult, TargetInfo, TaskDescription, output_key
+from .claims import Claim, claim_state, try_claim
+from .files import CorruptFileError, read_arrays, read_json, write_arrays, write_json
+from .records import RecordError, outputs_from_arrays, pack_results
+
+__all__ = ["Chunk", "RunError", "RunStore"]
+
+FORMAT = 1
+
+
+class RunError(Exception):
+    """A run directory that cannot be used as asked; the message says why."""
+
+
+@dataclass(frozen=True)
+class Chunk:
+    start: int
+    stop: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.start:07d}-{self.stop:07d}"
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.start
+
+
+def _ids_digest(ids: np.ndarray) -> str:
+    return hashlib.sha256("\n".join(ids.tolist()).encode()).hexdigest()[:16]
+
+
+def _task_identity(task: TaskDescription) -> dict[str, Any]:
+    return {
+        "groups": list(task.groups),
+        "modes": list(task.modes),
+        "targets": [
+            {
+                "name": t.name,
+                "examples": int(t.example_ids.size),
+                "classes": list(t.class_names),
+                "ids_sha256": _ids_digest(t.example_ids),
+            }
+            for t in task.targets
+        ],
+        "fingerprints": dict(task.fingerprints),
+    }
+
+
+def _plan(existing: list[Chunk], models: int, chunk_size: int) -> list[Chunk]:
+    chunks = list(existing)
+    start = chunks[-1].stop if chunks else 0
+    while start < models:
+        chunks.append(Chunk(start, min(start + chunk_size, models)))
+        start = chunks[-1].stop
+    return chunks
+
+
+class RunStore:
+    """Open an existing run directory. Use :meth:`create` or :meth:`open_or_create` to make one."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        meta_path = self.root / "run.json"
+        if not meta_path.is_file():
+            raise RunError(f"{self.root} is not a run directory (no run.json)")
+        try:
+            self.meta = read_json(meta_path)
+            self.config = Config.from_dict(self.meta["config"])
+        except (CorruptFileError, KeyError, ConfigError) as error:
+            raise RunError(f"{meta_path} is damaged: {error}") from None
+        if self.meta.get("format") != FORMAT:
+            raise RunError(f"{self.root} was written by an incompatible version of this tool")
+        self.chunks = [Chunk(a, b) for a, b in self.meta["chunks"]]
+        identity = self.meta["task"]
+        self.groups: tuple[str, ...] = tuple(identity["groups"])
+        self.modes: tuple[str, ...] = tuple(identity["modes"])
+        self.target_names = [t["name"] for t in identity["targets"]]
+
+    # -- creation ---------------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls, root: str | Path, config: Config, task: TaskDescription, config_text: str | None = None
+    ) -> RunStore:
+        root = Path(root)
+        if (root / "run.json").exists():
+            raise RunError(f"{root} already holds a run")
+        if root.exists() and any(root.iterdir()):
+            raise RunError(f"{root} exists and is not empty; choose a new run directory")
+        for sub in ("targets", "chunks", "claims"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+        for target in task.targets:
+            write_arrays(
+                root / "targets" / f"{target.name}.npz",
+                {
+                    "example_ids": target.example_ids,
+                    "labels": target.labels,
+                    "class_names": np.array(target.class_names, dtype=str),
+                },
+            )
+        if config_text is not None:
+            (root / "config.toml").write_text(config_text)
+        chunks = _plan([], config.run.models, config.run.chunk_size)
+        write_json(
+            root / "run.json",
+            {
+                "format": FORMAT,
+                "config": config.to_dict(),
+                "defining_hash": config.defining_hash(),
+                "task": _task_identity(task),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "provenance": provenance(),
+                "chunks": [[c.start, c.stop] for c in chunks],
+            },
+        )
+        return cls(root)
+
+    @classmethod
+    def open_or_create(
+        cls, root: str | Path, config: Config, task: TaskDescription, config_text: str | None = None
+    ) -> RunStore:
+        """Resume the run at ``root`` if its defining config and task match, else create it."""
+        if not (Path(root) / "run.json").exists():
+            return cls.create(root, config, task, config_text)
+        store = cls(root)
+        differences = defining_diff(store.meta["config"], config.to_dict())
+        if differences:
+            raise RunError(
+                f"{root} holds a run of another config ({'; '.join(differences)}); "
+                "use a new run directory, or change only run.models"
+            )
+        store.check_task(task)
+        store.set_models(config.run.models)
+        return store
+
+    def set_models(self, models: int, chunk_size: int | None = None) -> None:
+        """Raise the number of models; existing chunk boundaries never move."""
+        if models <= self.planned_models:
+            return
+        self.chunks = _plan(self.chunks, models, chunk_size or self.config.run.chunk_size)
+        self.meta["config"]["run"]["models"] = models
+        self.meta["chunks"] = [[c.start, c.stop] for c in self.chunks]
+        write_json(self.root / "run.json", self.meta)
+        self.config = Config.from_dict(self.meta["config"])
+
+    # -- task -------------------------------------------------------------------------------
+
+    @property
+    def planned_models(self) -> int:
+        return self.chunks[-1].stop if self.chunks else 0
+
+    def target(self, name: str) -> TargetInfo:
+        if name not in self.target_names:
+            raise RunError(f"unknown target {name!r}; this run has {', '.join(self.target_names)}")
+        try:
+            arrays = read_arrays(self.root / "targets" / f"{name}.npz")
+        except (CorruptFileError, FileNotFoundError) as error:
+            raise RunError(f"target file damaged: {error}") from None
+        return TargetInfo(
+            name, arrays["example_ids"], arrays["labels"], tuple(arrays["class_names"].tolist())
+        )
+
+    @property
+    def external(self) -> bool:
+        """Imported with :meth:`record`: masks came from the user, not from the run's seed."""
+        return self.config.trainer.type == "external"
+
+    @property
+    def keys(self) -> list[str]:
+        return [output_key(t, m) for t in self.target_names for m in self.modes]
+
+    def resolve_key(self, target: str | None = None, mode: str | None = None) -> str:
+        """The (target, mode) output key; either may be left out when the run has only one."""
+        target = target or self.target_names[0]
+        mode = mode or self.modes[0]
+        if target not in self.target_names:
+            raise RunError(
+                f"unknown target {target!r}; this run has {', '.join(self.target_names)}"
+            )
+        if mode not in self.modes:
+            raise RunError(f"unknown mode {mode!r}; this run has {', '.join(self.modes)}")
+        return output_key(target, mode)
+
+    def check_task(self, task: TaskDescription) -> None:
+        """Refuse a trainer whose groups, targets or data differ from the run's."""
+        if self.meta["task"] != _task_identity(task):
+            raise RunError(
+                f"{self.root} was made on other data (source groups, target examples "
+                "or dataset fingerprints differ); use a new run directory"
+            )
+
+    def jobs(self, chunk: Chunk) -> list[Job]:
+        if self.external:
+            raise RunError(f"{self.root} holds imported results; it has no jobs to train")
+        r = self.config.run
+        return make_jobs(
+            range(chunk.start, chunk.stop), len(self.groups), r.alpha, r.seed, r.design
+        )
+
+    # -- chunk files ------------------------------------------------------------------------
+
+    def chunk_path(self, chunk: Chunk) -> Path:
+        return self.root / "chunks" / f"{chunk.name}.npz"
+
+    def is_done(self, chunk: Chunk) -> bool:
+        """Cheap check (the file exists); :meth:`read_chunk` verifies the contents."""
+        return self.chunk_path(chunk).exists()
+
+    def missing_chunks(self, shard: tuple[int, int] | None = None) -> list[Chunk]:
+        chunks = self.chunks if shard is None else self.chunks[shard[0] :: shard[1]]
+        return [c for c in chunks if not self.is_done(c)]
+
+    def claim(self, chunk: Chunk, worker: str) -> Claim | None:
+        return try_claim(self.root / "claims" / chunk.name, worker, self.config.run.claim_timeout_s)
+
+    def claim_state(self, chunk: Chunk) -> str:
+        return claim_state(self.root / "claims" / chunk.name, self.config.run.claim_timeout_s)
+
+    def write_chunk(self, chunk: Chunk, arrays: dict[str, np.ndarray], meta: dict) -> None:
+        arrays = dict(arrays, meta=np.array(json.dumps(meta)))
+        write_arrays(self.chunk_path(chunk), arrays)
+
+    def read_chunk(self, chunk: Chunk) -> dict[str, np.ndarray] | None:
+        """The chunk's arrays, or None if missing; a damaged file is moved to corrupt/."""
+        path = self.chunk_path(chunk)
+        try:
+            arrays = read_arrays(path)
+            if arrays["index"].tolist() != list(range(chunk.start, chunk.stop)):
+                raise CorruptFileError(f"{path}: holds the wrong models")
+        except FileNotFoundError:
+            return None
+        except (CorruptFileError, KeyError):
+            self._quarantine(path)
+            return None
+        return arrays
+
+    def _quarantine(self, path: Path) -> None:
+        corrupt = self.root / "corrupt"
+        corrupt.mkdir(exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(path, corrupt / f"{path.name}.{int(time.time() * 1e6)}")
+
+    def verify(self) -> list[Chunk]:
+        """Read every finished chunk in full; damaged ones are moved aside. Returns those."""
+        damaged = []
+        for chunk in self.chunks:
+            if self.is_done(chunk) and self.read_chunk(chunk) is None:
+                damaged.append(chunk)
+        return damaged
+
+    def iter_chunks(self) -> Iterator[tuple[Chunk, dict[str, np.ndarray]]]:
+        for chunk in self.chunks:
+            arrays = self.read_chunk(chunk)
+            if arrays is not None:
+                yield chunk, arrays
+
+    def remove_stale_temporaries(self) -> None:
+        """Temporary files left by killed writers (never read; safe to delete when old)."""
+        cutoff = time.time() - self.config.run.claim_timeout_s
+        for folder in (self.root / "chunks", self.root / "claims"):
+            for tmp in folder.glob(".*.tmp"):
+                try:
+                    if tmp.stat().st_mtime < cutoff:
+                        tmp.unlink()
+                except FileNotFoundError:
+                    pass
+
+    def iter_outputs(self, key: str, output: str) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
+        """Per finished chunk: masks and one output of its healthy models, and how many were
+        excluded as unhealthy (NaN or diverged)."""
+        labels = self.target(key.split("/")[0]).labels
+        for _, arrays in self.iter_chunks():
+            healthy = arrays["status"] == "ok"
+            values = outputs_from_arrays(arrays, key, output, labels)
+            yield arrays["mask"][healthy], values[healthy], int(np.count_nonzero(~healthy))
+
+    def chunk_meta(self, chunk: Chunk) -> dict[str, Any] | None:
+        """A finished chunk's metadata (times, worker, device), read without verifying."""
+        try:
+            with np.load(self.chunk_path(chunk), allow_pickle=False) as archive:
+                return json.loads(str(archive["meta"]))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, EOFError):
+            return None
+
+    # -- imported results -------------------------------------------------------------------
+
+    @classmethod
+    def create_external(
+        cls, root: str | Path, task: TaskDescription, outputs: list[str], alpha: float = 0.5
+    ) -> RunStore:
+        """A run for results trained outside the tool; fill it with :meth:`record`."""
+        config = Config.from_dict(
+            {
+                "run": {"alpha": alpha, "design": "external", "outputs": outputs, "models": 2},
+                "trainer": {"type": "external"},
+            }
+        )
+        store = cls.create(root, config, task)
+        store.meta["chunks"], store.chunks = [], []
+        write_json(store.root / "run.json", store.meta)
+        return store
+
+    def record(self, masks: np.ndarray, results: list[JobResult]) -> Chunk:
+        """Append models trained elsewhere as one new chunk; returns it.
+
+        ``results[i]`` belongs to ``masks[i]``; its index is ignored and assigned here. Outputs
+        must already be in the run's example order (see :func:`align_to_target`).
+        """
+        if not self.external:
+            raise RunError(f"{self.root} is trained by the tool; record into an imported run")
+        masks = np.asarray(masks)
+        if masks.ndim != 2 or masks.shape[1] != len(self.groups) or masks.dtype != np.bool_:
+            raise RecordError(f"masks must be bool of shape (models, {len(self.groups)})")
+        if len(results) != masks.shape[0] or not results:
+            raise RecordError(f"{masks.shape[0]} masks but {len(results)} results")
+        lock = try_claim(self.root / "claims" / "record", "record", 3600.0)
+        if lock is None:
+            raise RunError(f"another record into {self.root} is in progress")
+        with lock:
+            self._adopt_orphans()
+            start = self.planned_models
+            chunk = Chunk(start, start + masks.shape[0])
+            jobs = [Job(start + i, -1, mask) for i, mask in enumerate(masks)]
+            for job, result in zip(jobs, results, strict=True):
+                result.index = job.index
+            targets = {name: self.target(name) for name in self.target_names}
+            arrays = pack_results(jobs, results, targets, self.modes, self.config.run.outputs)
+            self.write_chunk(chunk, arrays, {"worker": "record", "finished": time.time()})
+            self.chunks.append(chunk)
+            self.meta["chunks"] = [[c.start, c.stop] for c in self.chunks]
+            self.meta["config"]["run"]["models"] = max(2, chunk.stop)
+            write_json(self.root / "run.json", self.meta)
+        return chunk
+
+    def _adopt_orphans(self) -> None:
+        """A chunk written by a record that died before updating run.json: keep it."""
+        while True:
+            start = self.planned_models
+            found = sorted((self.root / "chunks").glob(f"{start:07d}-*.npz"))
+            if not found:
+                return
+            stop = int(found[0].stem.split("-")[1])
+            if self.read_chunk(Chunk(start, stop)) is None:
+                return
+            self.chunks.append(Chunk(start, stop))
+            self.meta["chunks"] = [[c.start, c.stop] for c in self.chunks]
+            self.meta["config"]["run"]["models"] = max(2, stop)
+            write_json(self.root / "run.json", self.meta)

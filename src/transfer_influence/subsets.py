@@ -1,0 +1,76 @@
+"""Subsets are boolean masks over groups; a job is (model index, seed, mask).
+
+Groups are source classes by default, but nothing here knows that: the same jobs serve
+superclasses, clusters or single examples. Mask i is a pure function of (base seed, i), so any
+worker can rebuild any job without coordination and a resumed run draws the same subsets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["DESIGNS", "Job", "make_job", "make_jobs", "subset_size"]
+
+DESIGNS = ("random", "complementary")
+_MASK_STREAM, _SEED_STREAM = 0, 1
+
+
+@dataclass(frozen=True)
+class Job:
+    """One subset model to train: its index in the run, its training seed, its subset."""
+
+    index: int
+    seed: int
+    mask: np.ndarray  # bool over groups
+
+    @property
+    def groups(self) -> np.ndarray:
+        """Indices of the groups in this job's subset."""
+        return np.flatnonzero(self.mask)
+
+
+def subset_size(n_groups: int, alpha: float) -> int:
+    """round(alpha * K), checked to leave every group both in and out of some subsets."""
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    size = round(alpha * n_groups)
+    if not 1 <= size <= n_groups - 1:
+        raise ValueError(
+            f"alpha={alpha} with {n_groups} groups gives subsets of {size}; "
+            "need between 1 and K-1 groups per subset"
+        )
+    return size
+
+
+def make_job(
+    index: int, n_groups: int, alpha: float, base_seed: int, design: str = "random"
+) -> Job:
+    """Job ``index`` of a run: a pure function of its arguments.
+
+    ``design`` "random" draws each subset independently; "complementary" pairs job 2t+1 with
+    the complement of job 2t (which needs alpha = 0.5 for equal sizes).
+    """
+    if index < 0:
+        raise ValueError(f"job index must be non-negative, got {index}")
+    if design not in DESIGNS:
+        raise ValueError(f"unknown subset design {design!r}; choose one of {', '.join(DESIGNS)}")
+    size = subset_size(n_groups, alpha)
+    if design == "complementary" and 2 * size != n_groups:
+        raise ValueError("the complementary design needs alpha * K = K / 2 exactly")
+    draw_index = index // 2 if design == "complementary" else index
+    rng = np.random.default_rng([base_seed, draw_index, _MASK_STREAM])
+    mask = np.zeros(n_groups, dtype=bool)
+    mask[rng.choice(n_groups, size=size, replace=False)] = True
+    if design == "complementary" and index % 2 == 1:
+        mask = ~mask
+    seed_rng = np.random.default_rng([base_seed, index, _SEED_STREAM])
+    seed = int(seed_rng.integers(0, 2**31 - 1))
+    return Job(index=index, seed=seed, mask=mask)
+
+
+def make_jobs(
+    indices: range | list[int], n_groups: int, alpha: float, base_seed: int, design: str = "random"
+) -> list[Job]:
+    return [make_job(i, n_groups, alpha, base_seed, design) for i in indices]

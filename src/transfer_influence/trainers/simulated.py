@@ -1,0 +1,141 @@
+"""A simulated trainer with known true influence, for tests, benchmarks and dry runs.
+
+Each model's correct-class logit on target example j is
+
+    base_j + sum_k mask_k * effect[k, j] + model_noise + example_noise_j
+
+and the other logits are fixed per example, so the *margin* output is exactly additive in the
+groups and its true difference-in-means influence is known in closed form.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..subsets import Job
+from .protocol import JobResult, TargetInfo, TaskDescription, output_key
+
+__all__ = ["SimulatedTrainer"]
+
+
+class SimulatedTrainer:
+    """Outputs = additive effects of the included groups + noise.
+
+    Parameters
+    ----------
+    groups, examples, classes:
+        K source groups, n target examples per target, C target classes.
+    targets, modes:
+        Names of the simulated targets and transfer modes.
+    effect_scale:
+        Standard deviation of a group's overall effect on the margin.
+    active:
+        Fraction of groups with any effect; the rest are irrelevant.
+    model_noise, example_noise:
+        Standard deviations of noise shared by all examples of a model, and per example.
+    null:
+        No group has any effect (for checking that confidence intervals hold).
+    seconds_per_model:
+        Sleep this long per model, to imitate real training in tests of scheduling.
+    diverge:
+        Model indices whose outputs come back as NaN (to test health checks).
+    seed:
+        Seed of the task itself (effects, labels); job seeds only drive the noise.
+    """
+
+    def __init__(
+        self,
+        groups: int = 20,
+        examples: int = 200,
+        classes: int = 10,
+        targets: Sequence[str] = ("sim",),
+        modes: Sequence[str] = ("fixed_feature", "finetune"),
+        effect_scale: float = 0.05,
+        active: float = 0.5,
+        model_noise: float = 0.05,
+        example_noise: float = 0.05,
+        null: bool = False,
+        seconds_per_model: float = 0.0,
+        diverge: Sequence[int] = (),
+        seed: int = 0,
+    ) -> None:
+        if groups < 2 or examples < 1 or classes < 2:
+            raise ValueError("simulated trainer needs groups >= 2, examples >= 1, classes >= 2")
+        if not 0.0 <= active <= 1.0:
+            raise ValueError(f"active must be in [0, 1], got {active}")
+        self.groups, self.examples, self.classes = groups, examples, classes
+        self.targets, self.modes = tuple(targets), tuple(modes)
+        self.model_noise, self.example_noise = model_noise, example_noise
+        self.seconds_per_model = seconds_per_model
+        self.diverge = frozenset(int(i) for i in diverge)
+        self.seed = seed
+        self._tasks = {}
+        for t, name in enumerate(self.targets):
+            rng = np.random.default_rng([seed, t])
+            labels = rng.integers(0, classes, size=examples)
+            base = rng.normal(1.0, 1.0, size=examples)
+            other_logits = rng.normal(0.0, 1.0, size=(examples, classes))
+            strength = rng.normal(0.0, effect_scale, size=groups)
+            strength[rng.random(groups) >= active] = 0.0
+            if null:
+                strength[:] = 0.0
+            affinity = rng.uniform(0.0, 2.0, size=(groups, classes))  # which target classes
+            effects = {
+                mode: strength[:, None] * affinity[:, labels] * (1.0 if m == 0 else 0.5)
+                for m, mode in enumerate(self.modes)
+            }
+            self._tasks[name] = (labels, base, other_logits, effects)
+
+    def describe(self) -> TaskDescription:
+        targets = tuple(
+            TargetInfo(
+                name=name,
+                example_ids=np.array([f"{name}-{j:06d}" for j in range(self.examples)]),
+                labels=self._tasks[name][0],
+                class_names=tuple(f"class{c}" for c in range(self.classes)),
+            )
+            for name in self.targets
+        )
+        groups = tuple(f"group{k:03d}" for k in range(self.groups))
+        return TaskDescription(groups, targets, self.modes, {"simulated": f"seed={self.seed}"})
+
+    def true_influence(self, target: str, mode: str) -> np.ndarray:
+        """Expected difference-in-means influence on the margin under uniform subsets, K x n.
+
+        With fixed-size subsets, P(l in | k in) - P(l in | k out) = -1/(K-1) for every l != k.
+        """
+        effects = self._tasks[target][3][mode]
+        others = effects.sum(axis=0, keepdims=True) - effects
+        return effects - others / (self.groups - 1)
+
+    def estimate_seconds_per_model(self) -> float:
+        return self.seconds_per_model + 1e-4 * len(self.targets) * len(self.modes)
+
+    def train(self, jobs: Sequence[Job]) -> list[JobResult]:
+        results = []
+        for job in jobs:
+            start = time.perf_counter()
+            if self.seconds_per_model:
+                time.sleep(self.seconds_per_model)
+            result = JobResult(index=job.index, source_accuracy=0.5 + 0.4 * job.mask.mean())
+            for t, name in enumerate(self.targets):
+                labels, base, other_logits, effects = self._tasks[name]
+                for m, mode in enumerate(self.modes):
+                    rng = np.random.default_rng([self.seed, job.seed, t, m])
+                    score = (
+                        base
+                        + job.mask.astype(np.float64) @ effects[mode]
+                        + rng.normal(0.0, self.model_noise)
+                        + rng.normal(0.0, self.example_noise, size=self.examples)
+                    )
+                    logits = other_logits.copy()
+                    logits[np.arange(self.examples), labels] = score
+                    if job.index in self.diverge:
+                        logits[:] = np.nan
+                    result.logits[output_key(name, mode)] = logits.astype(np.float32)
+            result.seconds = time.perf_counter() - start
+            results.append(result)
+        return results
