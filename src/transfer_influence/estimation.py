@@ -19,7 +19,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
+from scipy.special import stdtrit
 
 __all__ = [
     "Influence",
@@ -54,7 +54,7 @@ class Influence:
         """Two-sided confidence interval (Student t with ``dof`` degrees of freedom)."""
         if not 0.0 < level < 1.0:
             raise ValueError(f"confidence level must be in (0, 1), got {level}")
-        half = stats.t.ppf(0.5 + level / 2.0, max(self.dof, 1)) * self.stderr
+        half = stdtrit(max(self.dof, 1), 0.5 + level / 2.0) * self.stderr
         return self.values - half, self.values + half
 
 
@@ -98,6 +98,7 @@ class InfluenceAccumulator:
             self.example_classes = labels
             self._class_counts = np.bincount(labels)
         self.n_models = 0
+        self._shift: np.ndarray | None = None
         self._n_in = np.zeros(n_groups, dtype=np.int64)
         self._sum_in = np.zeros((n_groups, n_examples), dtype=np.float64)
         self._sum = np.zeros(n_examples, dtype=np.float64)
@@ -120,8 +121,11 @@ class InfluenceAccumulator:
             raise ValueError("outputs contain NaN or infinity; exclude unhealthy models first")
         if masks.shape[0] == 0:
             return self
-        y = outputs.astype(np.float32, copy=False)
-        # The one O(K*m*n) step; float32 products are accumulated in float64 across chunks.
+        if self._shift is None:
+            self._shift = outputs.mean(axis=0, dtype=np.float64).astype(np.float32)
+        # Centring keeps float32 sums small (differences and variances do not change), so the
+        # one O(K*m*n) product can run in float32; chunks are accumulated in float64.
+        y = outputs.astype(np.float32) - self._shift
         self._sum_in += masks.T.astype(np.float32) @ y
         self._n_in += masks.sum(axis=0)
         for start in range(0, y.shape[0], _ROW_BLOCK):
@@ -130,7 +134,7 @@ class InfluenceAccumulator:
             self._sum_sq += np.einsum("ij,ij->j", block, block, dtype=np.float64)
         self.n_models += masks.shape[0]
         self._masks.append(masks.copy())
-        self._summaries.append(self._summarise(y))
+        self._summaries.append(self._summarise(outputs.astype(np.float32)))
         return self
 
     def _summarise(self, y: np.ndarray) -> np.ndarray:

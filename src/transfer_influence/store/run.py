@@ -19,7 +19,9 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,11 +122,14 @@ class RunStore:
             raise RunError(f"{root} already holds a run")
         if root.exists() and any(root.iterdir()):
             raise RunError(f"{root} exists and is not empty; choose a new run directory")
+        # Built beside its final place and renamed in whole, so a crash never leaves half a run.
+        root.parent.mkdir(parents=True, exist_ok=True)
+        building = root.parent / f".{root.name}.{uuid.uuid4().hex}.creating"
         for sub in ("targets", "chunks", "claims"):
-            (root / sub).mkdir(parents=True, exist_ok=True)
+            (building / sub).mkdir(parents=True)
         for target in task.targets:
             write_arrays(
-                root / "targets" / f"{target.name}.npz",
+                building / "targets" / f"{target.name}.npz",
                 {
                     "example_ids": target.example_ids,
                     "labels": target.labels,
@@ -132,10 +137,10 @@ class RunStore:
                 },
             )
         if config_text is not None:
-            (root / "config.toml").write_text(config_text)
+            (building / "config.toml").write_text(config_text)
         chunks = _plan([], config.run.models, config.run.chunk_size)
         write_json(
-            root / "run.json",
+            building / "run.json",
             {
                 "format": FORMAT,
                 "config": config.to_dict(),
@@ -146,6 +151,11 @@ class RunStore:
                 "chunks": [[c.start, c.stop] for c in chunks],
             },
         )
+        try:
+            os.rename(building, root)
+        except OSError:
+            shutil.rmtree(building, ignore_errors=True)
+            raise RunError(f"{root} was created by someone else meanwhile") from None
         return cls(root)
 
     @classmethod

@@ -1,0 +1,87 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from transfer_influence.cli import main
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+FIXTURE = SHARED / "fixtures" / "cifar100-to-cifar10-149-models.npz"
+
+CONFIG = """
+[run]
+seed = {seed}
+alpha = 0.5
+models = {models}
+chunk_size = {chunk_size}
+
+[trainer]
+type = "simulated"
+
+[trainer.params]
+groups = {groups}
+examples = 120
+classes = 4
+seconds_per_model = {seconds}
+"""
+
+
+@pytest.fixture
+def make_config(tmp_path):
+    def make(name="sim.toml", seed=0, models=24, chunk_size=4, groups=12, seconds=0.0):
+        path = tmp_path / name
+        path.write_text(
+            CONFIG.format(
+                seed=seed, models=models, chunk_size=chunk_size, groups=groups, seconds=seconds
+            )
+        )
+        return path
+
+    return make
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run the CLI in-process; returns (exit code, stdout, stderr)."""
+
+    def run(*args):
+        code = main([str(a) for a in args])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return run
+
+
+def run_subprocess(*args, env=None, **kwargs):
+    full_env = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
+    return subprocess.run(
+        [sys.executable, "-m", "transfer_influence", *map(str, args)],
+        env=full_env,
+        capture_output=True,
+        text=True,
+        **kwargs,
+    )
+
+
+def chunk_arrays(run_dir):
+    """Every chunk file's arrays (checksum verified), by file name."""
+    from transfer_influence.store.files import read_arrays
+
+    return {p.name: read_arrays(p) for p in sorted(Path(run_dir, "chunks").glob("*.npz"))}
+
+
+def assert_same_results(a, b, exact=True):
+    ca, cb = chunk_arrays(a), chunk_arrays(b)
+    assert list(ca) == list(cb)
+    for name in ca:
+        for key in ca[name]:
+            if key == "meta" or key == "seconds":
+                continue
+            x, y = ca[name][key], cb[name][key]
+            if exact:
+                assert np.array_equal(x, y, equal_nan=x.dtype.kind == "f"), (name, key)
+            else:
+                np.testing.assert_array_equal(x, y, err_msg=f"{name} {key}")

@@ -1,0 +1,192 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from transfer_influence import RunStore
+from transfer_influence.store.files import read_arrays
+
+
+def test_run_status_estimate(make_config, cli, tmp_path):
+    config = make_config(models=24)
+    run_dir = tmp_path / "run"
+    code, out, err = cli("run", config, "--run-dir", run_dir, "--quiet")
+    assert code == 0, err
+    assert "24 models done" in out
+    code, out, _ = cli("status", run_dir)
+    assert code == 0
+    assert "24 of 24 done" in out and "6 done, 0 running, 0 missing" in out
+    code, out, _ = cli("estimate", run_dir, "--top", "2")
+    assert code == 0
+    assert "most helpful" in out and "most harmful" in out
+    table = pd.read_csv(run_dir / "influence" / "classes.csv")
+    assert list(table.columns) == [
+        "group",
+        "influence",
+        "stderr",
+        "ci_low",
+        "ci_high",
+        "n_in",
+        "n_out",
+    ]
+    assert len(table) == 12 and table["influence"].is_monotonic_decreasing
+    assert (table.n_in + table.n_out == 24).all()
+    assert np.load(run_dir / "influence" / "influence.npy").shape == (12, 120)
+    summary = json.loads((run_dir / "influence" / "summary.json").read_text())
+    assert summary["n_models"] == 24 and summary["key"] == "sim/fixed_feature"
+    per_class = pd.read_csv(run_dir / "influence" / "per_target_class.csv")
+    assert len(per_class) == 12 * 4
+
+
+def test_dry_run_creates_nothing(make_config, cli, tmp_path):
+    code, out, _ = cli("run", make_config(models=30), "--run-dir", tmp_path / "r", "--dry-run")
+    assert code == 0
+    assert "30 models to train in 8 chunks" in out and "cost: about" in out
+    assert not (tmp_path / "r").exists()
+
+
+def test_resume_by_run_dir_and_raise_models(make_config, cli, tmp_path):
+    run_dir = tmp_path / "run"
+    assert cli("run", make_config(models=10), "--run-dir", run_dir, "--quiet")[0] == 0
+    before = RunStore(run_dir).chunks
+    code, out, err = cli("run", run_dir, "--set", "run.models=18", "--quiet")
+    assert code == 0, err
+    store = RunStore(run_dir)
+    assert store.chunks[: len(before)] == before  # boundaries never move
+    assert [(c.start, c.stop) for c in store.chunks] == [
+        (0, 4),
+        (4, 8),
+        (8, 10),
+        (10, 14),
+        (14, 18),
+    ]
+    assert not store.missing_chunks()
+
+
+def test_estimate_other_outputs_from_stored_logits(make_config, cli, tmp_path):
+    run_dir = tmp_path / "run"
+    cli("run", make_config(), "--run-dir", run_dir, "--quiet")
+    code, _, err = cli(
+        "estimate",
+        run_dir,
+        "--output",
+        "neg_loss",
+        "--mode",
+        "finetune",
+        "--out",
+        tmp_path / "loss",
+    )
+    assert code == 0, err
+    summary = json.loads((tmp_path / "loss" / "summary.json").read_text())
+    assert summary["output"] == "neg_loss" and summary["key"] == "sim/finetune"
+
+
+def _one_line_error(result, pattern):
+    code, _, err = result
+    assert code == 2
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert pattern in err, err
+
+
+@pytest.mark.parametrize(
+    "edit, pattern",
+    [
+        (lambda text: text.replace("[run]", "[run]\nbogus = 1"), "unknown config key run.bogus"),
+        (lambda text: text.replace("alpha = 0.5", "alpha = 1.5"), "run.alpha must be in (0, 1)"),
+        (lambda text: text.replace("models = 24", "models = 1"), "run.models"),
+        (lambda text: text.replace("groups = 12", "groupz = 12"), "groupz"),
+        (lambda text: text.replace('"simulated"', '"nope"'), "unknown trainer type"),
+        (lambda text: text + "\n[[[", "not valid TOML"),
+    ],
+)
+def test_bad_config_is_one_line(make_config, cli, tmp_path, edit, pattern):
+    config = make_config()
+    config.write_text(edit(config.read_text()))
+    _one_line_error(cli("run", config, "--run-dir", tmp_path / "r", "--quiet"), pattern)
+    assert not (tmp_path / "r").exists()
+
+
+def test_bad_paths_and_values_are_one_line(make_config, cli, tmp_path):
+    _one_line_error(cli("run", tmp_path / "missing.toml"), "config file not found")
+    _one_line_error(cli("status", tmp_path), "is not a run directory")
+    _one_line_error(cli("estimate", tmp_path / "nowhere"), "is not a run directory")
+    _one_line_error(cli("run", make_config(), "--set", "run.alpha=0"), "run.alpha")
+    _one_line_error(cli("run", make_config(), "--set", "nonsense"), "key=value")
+    _one_line_error(cli("worker", tmp_path, "--shard", "3/2"), "not a run directory")
+
+
+def test_estimate_needs_two_models(make_config, cli, tmp_path):
+    run_dir = tmp_path / "run"
+    cli("run", make_config(models=4, chunk_size=1), "--run-dir", run_dir, "--quiet")
+    for path in sorted((run_dir / "chunks").glob("*.npz"))[1:]:
+        path.unlink()
+    _one_line_error(cli("estimate", run_dir), "need at least 2")
+
+
+def test_other_config_is_refused_and_results_kept(make_config, cli, tmp_path):
+    run_dir = tmp_path / "run"
+    cli("run", make_config(seed=0), "--run-dir", run_dir, "--quiet")
+    before = {p.name: p.read_bytes() for p in (run_dir / "chunks").iterdir()}
+    other_seed = make_config(name="other.toml", seed=1)
+    _one_line_error(cli("run", other_seed, "--run-dir", run_dir), "run.seed: 0 -> 1")
+    other_groups = make_config(name="g.toml", groups=13)
+    _one_line_error(
+        cli("run", other_groups, "--run-dir", run_dir), "trainer.params.groups: 12 -> 13"
+    )
+    assert {p.name: p.read_bytes() for p in (run_dir / "chunks").iterdir()} == before
+
+
+def test_corrupt_chunk_is_detected_and_redone(make_config, cli, tmp_path):
+    run_dir = tmp_path / "run"
+    cli("run", make_config(), "--run-dir", run_dir, "--quiet")
+    victim = sorted((run_dir / "chunks").glob("*.npz"))[2]
+    good = read_arrays(victim)
+    victim.write_bytes(victim.read_bytes()[:-100])  # truncated
+    code, out, _ = cli("status", run_dir, "--verify")
+    assert code == 0 and "1 damaged" in out and "1 missing" in out
+    assert len(list((run_dir / "corrupt").iterdir())) == 1
+    assert cli("run", run_dir, "--quiet")[0] == 0
+    redone = read_arrays(victim)
+    for key in good.keys() - {"meta", "seconds"}:
+        np.testing.assert_array_equal(redone[key], good[key])
+
+
+def test_flipped_byte_fails_checksum_not_silently_read(make_config, cli, tmp_path):
+    run_dir = tmp_path / "run"
+    cli("run", make_config(), "--run-dir", run_dir, "--quiet")
+    victim = sorted((run_dir / "chunks").glob("*.npz"))[0]
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    store = RunStore(run_dir)
+    assert store.read_chunk(store.chunks[0]) is None
+    assert not victim.exists()
+
+
+def test_unhealthy_models_are_flagged_and_excluded(make_config, cli, tmp_path):
+    config = make_config()
+    config.write_text(config.read_text() + "diverge = [3, 7]\n")
+    run_dir = tmp_path / "run"
+    assert cli("run", config, "--run-dir", run_dir, "--quiet")[0] == 0
+    code, out, _ = cli("estimate", run_dir)
+    assert code == 0 and "22 models (2 unhealthy excluded)" in out
+
+
+def test_worker_shards_cover_the_run(make_config, cli, tmp_path):
+    run_dir = tmp_path / "run"
+    code, _, _ = cli("run", make_config(models=20), "--run-dir", run_dir, "--dry-run")
+    assert code == 0
+    store = RunStore.open_or_create(run_dir, *_config_and_task(make_config(models=20)))
+    assert cli("worker", run_dir, "--shard", "0/2")[0] == 0
+    assert len(store.missing_chunks()) == 2
+    assert cli("worker", run_dir, "--shard", "1/2")[0] == 0
+    assert not store.missing_chunks()
+
+
+def _config_and_task(path):
+    from transfer_influence import load_config
+    from transfer_influence.trainers import load_trainer
+
+    config = load_config(path)
+    return config, load_trainer(config.trainer.type, config.trainer.params).describe()

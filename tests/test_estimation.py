@@ -1,0 +1,163 @@
+import warnings
+
+import numpy as np
+import pytest
+
+from transfer_influence import (
+    InfluenceAccumulator,
+    InfluenceWarning,
+    SimulatedTrainer,
+    estimate_influence,
+    make_jobs,
+)
+from transfer_influence.outputs import margin
+
+
+def naive(masks, outputs):
+    """Difference in means and Welch/pooled standard error, one (k, j) at a time."""
+    m, k_groups = masks.shape
+    n = outputs.shape[1]
+    values = np.full((k_groups, n), np.nan)
+    stderr = np.full((k_groups, n), np.nan)
+    for k in range(k_groups):
+        inside, outside = outputs[masks[:, k]], outputs[~masks[:, k]]
+        for j in range(n):
+            a, b = inside[:, j].astype(np.float64), outside[:, j].astype(np.float64)
+            values[k, j] = a.mean() - b.mean()
+            pooled = (((a - a.mean()) ** 2).sum() + ((b - b.mean()) ** 2).sum()) / (m - 2)
+            stderr[k, j] = np.sqrt(pooled * (1 / a.size + 1 / b.size))
+    return values, stderr
+
+
+def random_case(m=60, k=7, n=11, seed=0):
+    rng = np.random.default_rng(seed)
+    masks = rng.random((m, k)) < 0.5
+    outputs = rng.random((m, n)).astype(np.float32) + masks @ rng.normal(0, 0.1, (k, n))
+    return masks, outputs.astype(np.float32)
+
+
+def test_matches_naive_loop():
+    masks, outputs = random_case()
+    est = estimate_influence(masks, outputs)
+    values, stderr = naive(masks, outputs)
+    np.testing.assert_allclose(est.per_example.values, values, atol=1e-6)
+    np.testing.assert_allclose(est.per_example.stderr, stderr, rtol=1e-4)
+    np.testing.assert_array_equal(est.per_example.n_in, masks.sum(0))
+    np.testing.assert_array_equal(est.per_example.n_out, (~masks).sum(0))
+    assert est.n_models == 60
+
+
+def test_streaming_equals_batch():
+    masks, outputs = random_case(m=97)
+    labels = np.arange(11) % 3
+    whole = estimate_influence(masks, outputs, labels)
+    acc = InfluenceAccumulator(7, 11, labels)
+    for start in range(0, 97, 13):
+        acc.update(masks[start : start + 13], outputs[start : start + 13])
+    streamed = acc.result()
+    # The K x n product runs in float32: chunking changes the rounding, not the result.
+    np.testing.assert_allclose(streamed.per_example.values, whole.per_example.values, atol=2e-7)
+    np.testing.assert_allclose(streamed.per_example.stderr, whole.per_example.stderr, rtol=1e-5)
+    np.testing.assert_allclose(streamed.per_target_class.values, whole.per_target_class.values)
+
+
+def test_summaries_are_means_of_per_example_influence_with_model_level_errors():
+    masks, outputs = random_case(m=80, n=12)
+    labels = np.repeat([0, 1, 2], 4)
+    est = estimate_influence(masks, outputs, labels)
+    np.testing.assert_allclose(
+        est.overall.values[:, 0], est.per_example.values.mean(axis=1), atol=1e-6
+    )
+    for c in range(3):
+        np.testing.assert_allclose(
+            est.per_target_class.values[:, c],
+            est.per_example.values[:, labels == c].mean(axis=1),
+            atol=1e-6,
+        )
+    # The overall error is the naive error of the per-model mean output, not of the examples.
+    _, stderr = naive(masks, outputs.mean(axis=1, keepdims=True))
+    np.testing.assert_allclose(est.overall.stderr[:, 0], stderr[:, 0], rtol=1e-6)
+
+
+def test_null_ci_coverage_is_nominal_and_example_level_errors_would_fail():
+    """No group matters; model-level noise is shared by all examples of a model."""
+    trainer = SimulatedTrainer(
+        groups=1000,
+        examples=300,
+        null=True,
+        model_noise=0.05,
+        example_noise=0.05,
+        modes=("fixed_feature",),
+        seed=3,
+    )
+    jobs = make_jobs(range(400), 1000, 0.5, base_seed=11)
+    results = trainer.train(jobs)
+    labels = trainer.describe().targets[0].labels
+    masks = np.stack([j.mask for j in jobs])
+    outputs = np.stack([margin(r.logits["sim/fixed_feature"], labels) for r in results])
+    est = estimate_influence(masks, outputs)
+    low, high = est.overall.ci(0.95)
+    coverage = np.mean((low[:, 0] <= 0) & (high[:, 0] >= 0))
+    assert 0.93 <= coverage <= 0.97, coverage
+    # Treating the examples as independent draws shrinks the errors by ~sqrt(n) for the shared
+    # noise; such intervals would miss far more than 5%.
+    wrong_se = np.sqrt((est.per_example.stderr**2).mean(axis=1) / outputs.shape[1])
+    wrong_cover = np.mean(np.abs(est.overall.values[:, 0]) <= 1.96 * wrong_se)
+    assert wrong_cover < 0.6, wrong_cover
+
+
+def test_recovers_simulated_truth():
+    trainer = SimulatedTrainer(groups=30, examples=200, effect_scale=0.1, modes=("ff",), seed=1)
+    jobs = make_jobs(range(1500), 30, 0.5, base_seed=0)
+    labels = trainer.describe().targets[0].labels
+    outputs = np.stack([margin(r.logits["sim/ff"], labels) for r in trainer.train(jobs)])
+    est = estimate_influence(np.stack([j.mask for j in jobs]), outputs)
+    truth = trainer.true_influence("sim", "ff").mean(axis=1)
+    z = (est.overall.values[:, 0] - truth) / est.overall.stderr[:, 0]
+    assert np.mean(np.abs(z) < 1.96) >= 0.85
+    assert np.corrcoef(est.overall.values[:, 0], truth)[0, 1] > 0.95
+
+
+def test_never_included_or_excluded_is_nan_with_warning():
+    masks, outputs = random_case(m=20, k=4)
+    masks[:, 1] = False
+    masks[:, 2] = True
+    with pytest.warns(InfluenceWarning, match="1 never included.*1 never excluded"):
+        est = estimate_influence(masks, outputs)
+    assert np.all(np.isnan(est.per_example.values[[1, 2]]))
+    assert np.all(np.isnan(est.overall.stderr[[1, 2]]))
+    assert np.all(np.isfinite(est.per_example.values[[0, 3]]))
+
+
+def test_single_model_in_a_group_gives_value_and_pooled_error():
+    masks = np.zeros((5, 2), dtype=bool)
+    masks[0, 0] = True
+    masks[1:, 1] = True
+    outputs = np.arange(5, dtype=np.float32)[:, None]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        est = estimate_influence(masks, outputs)
+    assert est.per_example.values[0, 0] == pytest.approx(0 - 2.5)
+    assert np.isfinite(est.per_example.stderr[0, 0])
+
+
+@pytest.mark.parametrize(
+    "masks, outputs, message",
+    [
+        (np.zeros((1, 3), bool), np.zeros((1, 4)), "at least 2 models"),
+        (np.zeros((3, 3), int), np.zeros((3, 4)), "bool"),
+        (np.zeros((3, 3), bool), np.zeros((2, 4)), "shape"),
+        (np.zeros((3, 3), bool), np.full((3, 4), np.nan), "NaN"),
+    ],
+)
+def test_bad_input_is_refused(masks, outputs, message):
+    with pytest.raises(ValueError, match=message):
+        estimate_influence(masks, outputs)
+
+
+def test_ci_level_is_checked():
+    est = estimate_influence(*random_case())
+    with pytest.raises(ValueError, match="level"):
+        est.overall.ci(1.5)
+    narrow, wide = est.overall.ci(0.5), est.overall.ci(0.99)
+    assert np.all(wide[0] < narrow[0]) and np.all(wide[1] > narrow[1])
