@@ -1,6 +1,7 @@
 """SIGKILL at random moments and inside every step of a write, then resume: nothing lost,
 nothing doubled, and the results equal an uninterrupted run's bit for bit."""
 
+import contextlib
 import os
 import random
 import signal
@@ -36,10 +37,8 @@ def _start(config, run_dir, workers=1, env=None):
 
 
 def _kill_group(process):
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     process.wait()
 
 

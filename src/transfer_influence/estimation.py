@@ -29,7 +29,7 @@ __all__ = [
     "estimate_influence",
 ]
 
-_ROW_BLOCK = 1024  # rows per float32 block when summing squares in float64
+_ROW_BLOCK = 1024  # models per float32 block of squares, summed into float64
 
 
 class InfluenceWarning(UserWarning):
@@ -89,6 +89,7 @@ class InfluenceAccumulator:
         self.n_groups = n_groups
         self.n_examples = n_examples
         self.example_classes = None
+        weights = np.full((n_examples, 1), 1.0 / n_examples)
         if example_classes is not None:
             labels = np.asarray(example_classes)
             if labels.shape != (n_examples,) or not np.issubdtype(labels.dtype, np.integer):
@@ -96,9 +97,12 @@ class InfluenceAccumulator:
             if labels.min() < 0:
                 raise ValueError("example_classes must be non-negative")
             self.example_classes = labels
-            self._class_counts = np.bincount(labels)
+            counts = np.bincount(labels)
+            onehot = labels[:, None] == np.arange(counts.size)[None, :]
+            weights = np.concatenate([weights, onehot / np.maximum(counts, 1)], axis=1)
+        # Each model's mean output overall and per target class, as one small product.
+        self._summary_weights = weights.astype(np.float32)
         self.n_models = 0
-        self._shift: np.ndarray | None = None
         self._n_in = np.zeros(n_groups, dtype=np.int64)
         self._sum_in = np.zeros((n_groups, n_examples), dtype=np.float64)
         self._sum = np.zeros(n_examples, dtype=np.float64)
@@ -121,30 +125,19 @@ class InfluenceAccumulator:
             raise ValueError("outputs contain NaN or infinity; exclude unhealthy models first")
         if masks.shape[0] == 0:
             return self
-        if self._shift is None:
-            self._shift = outputs.mean(axis=0, dtype=np.float64).astype(np.float32)
-        # Centring keeps float32 sums small (differences and variances do not change), so the
-        # one O(K*m*n) product can run in float32; chunks are accumulated in float64.
-        y = outputs.astype(np.float32) - self._shift
+        y = outputs.astype(np.float32, copy=False)
+        # The one O(K*m*n) step, in float32 (its rounding, ~1e-7 of the output's scale, is far
+        # below any effect worth reporting); partial sums are accumulated in float64.
         self._sum_in += masks.T.astype(np.float32) @ y
         self._n_in += masks.sum(axis=0)
         for start in range(0, y.shape[0], _ROW_BLOCK):
             block = y[start : start + _ROW_BLOCK]
             self._sum += block.sum(axis=0, dtype=np.float64)
-            self._sum_sq += np.einsum("ij,ij->j", block, block, dtype=np.float64)
+            self._sum_sq += np.einsum("ij,ij->j", block, block)
+        self._summaries.append((y @ self._summary_weights).astype(np.float64))
         self.n_models += masks.shape[0]
         self._masks.append(masks.copy())
-        self._summaries.append(self._summarise(outputs.astype(np.float32)))
         return self
-
-    def _summarise(self, y: np.ndarray) -> np.ndarray:
-        overall = y.mean(axis=1, dtype=np.float64)[:, None]
-        if self.example_classes is None:
-            return overall
-        per_class = np.zeros((y.shape[0], self._class_counts.size), dtype=np.float64)
-        for c in np.flatnonzero(self._class_counts):
-            per_class[:, c] = y[:, self.example_classes == c].mean(axis=1, dtype=np.float64)
-        return np.concatenate([overall, per_class], axis=1)
 
     def result(self) -> InfluenceEstimate:
         """The estimate from all models added so far."""

@@ -1,0 +1,100 @@
+"""Importing results trained outside the tool, including the shared real-model fixture."""
+
+import numpy as np
+import pytest
+
+from conftest import FIXTURE
+from transfer_influence import ClassInfluence, RunStore, estimate_influence, record_arrays
+from transfer_influence.store import RecordError
+
+
+def _fake_results(m=12, k=6, n=30, c=3, seed=0):
+    rng = np.random.default_rng(seed)
+    return {
+        "masks": rng.random((m, k)) < 0.5,
+        "logits": rng.normal(size=(m, n, c)).astype(np.float32),
+        "labels": np.arange(n) % c,
+        "example_ids": np.array([f"img{j:03d}" for j in range(n)]),
+        "source_classes": np.array([f"src{i}" for i in range(k)]),
+    }
+
+
+def test_record_creates_then_appends_and_matches_direct_estimate(tmp_path):
+    data = _fake_results()
+    run = tmp_path / "imported"
+    first = record_arrays(
+        run, {k: (v[:7] if k in ("masks", "logits") else v) for k, v in data.items()}
+    )
+    second = record_arrays(
+        run, {k: (v[7:] if k in ("masks", "logits") else v) for k, v in data.items()}
+    )
+    assert (first.start, first.stop, second.start, second.stop) == (0, 7, 7, 12)
+    model = ClassInfluence(output="margin").fit(RunStore(run))
+    from transfer_influence.outputs import margin
+
+    outputs = np.stack([margin(lg, data["labels"]) for lg in data["logits"]])
+    direct = estimate_influence(data["masks"], outputs)
+    got = model.classes_.set_index("group").loc[list(data["source_classes"]), "influence"]
+    np.testing.assert_allclose(got.to_numpy(), direct.overall.values[:, 0], atol=1e-6)
+
+
+def test_record_reorders_by_example_id_and_refuses_unknown_ids(tmp_path):
+    data = _fake_results()
+    run = tmp_path / "imported"
+    record_arrays(run, data)
+    order = np.random.default_rng(1).permutation(30)
+    shuffled = dict(
+        data,
+        logits=data["logits"][:, order],
+        example_ids=data["example_ids"][order],
+        labels=data["labels"][order],
+    )
+    record_arrays(run, shuffled)
+    store = RunStore(run)
+    chunks = [arrays for _, arrays in store.iter_chunks()]
+    np.testing.assert_array_equal(
+        chunks[0]["logits/target/fixed_feature"], chunks[1]["logits/target/fixed_feature"]
+    )
+    wrong = dict(data, example_ids=np.array([f"other{j}" for j in range(30)]))
+    with pytest.raises(RecordError, match="missing from the results"):
+        record_arrays(run, wrong)
+    with pytest.raises(RecordError, match="masks must be bool of shape"):
+        record_arrays(run, dict(data, masks=data["masks"][:, :4]))
+    assert len(RunStore(run).chunks) == 2  # refused records left nothing behind
+
+
+def test_record_cli_refuses_corrupt_file(tmp_path, cli):
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"PK\x03\x04 not really a zip")
+    code, _, err = cli("record", tmp_path / "run", "--from", bad)
+    assert code == 2 and "not a readable .npz" in err and err.count("\n") == 1
+    code, _, err = cli("record", tmp_path / "run", "--from", tmp_path / "absent.npz")
+    assert code == 2 and "not found" in err
+
+
+def test_record_refuses_pickled_objects(tmp_path, cli):
+    path = tmp_path / "pickled.npz"
+    np.savez(path, masks=np.array([{"a": 1}], dtype=object))
+    code, _, err = cli("record", tmp_path / "run", "--from", path)
+    assert code == 2 and "pickled" in err
+
+
+@pytest.mark.skipif(not FIXTURE.exists(), reason="needs ../shared/fixtures (real model outputs)")
+def test_shared_fixture_imports_and_estimates(tmp_path, cli):
+    code, out, err = cli("record", tmp_path / "fixture", "--from", FIXTURE, "--target", "cifar10")
+    assert code == 0, err
+    assert "models 0..148" in out
+    code, out, err = cli("estimate", tmp_path / "fixture")
+    assert code == 0, err
+    model = ClassInfluence().fit(RunStore(tmp_path / "fixture"))
+    assert model.n_models_ == 149 and len(model.classes_) == 100
+    with np.load(FIXTURE) as fixture:
+        masks = fixture["masks"]
+        p = fixture["p_correct"].astype(np.float32)
+        assert model.mean_output_ == pytest.approx(p.mean(), abs=1e-5)
+        direct = estimate_influence(masks, p)
+        names = fixture["source_classes"].tolist()
+    got = model.classes_.set_index("group").loc[names, "influence"].to_numpy()
+    np.testing.assert_allclose(got, direct.overall.values[:, 0], atol=1e-6)
+    # Real effects are small next to the noise of 149 models: most CIs straddle zero.
+    assert model.classes_["stderr"].between(0.0005, 0.01).all()
