@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
 from .estimation import Influence, InfluenceAccumulator, InfluenceEstimate, InfluenceWarning
 from .store import RunError, RunStore
@@ -38,13 +39,16 @@ class ClassInfluence:
         self.output = output
         self.level = level
 
-    def fit(self, store: RunStore) -> ClassInfluence:
+    def fit(self, store: RunStore, progress: bool = False) -> ClassInfluence:
+        """Stream every finished chunk of ``store`` through the estimator."""
         self.key_ = store.resolve_key(self.target, self.mode)
         target = store.target(self.key_.split("/")[0])
         accumulator = InfluenceAccumulator(len(store.groups), target.labels.size, target.labels)
         self.n_excluded_ = 0
         accuracies = []
-        for masks, values, excluded in store.iter_outputs(self.key_, self.output):
+        chunks = tqdm(store.iter_outputs(self.key_, self.output), total=len(store.chunks),
+                      unit="chunk", desc="estimating", disable=not progress, leave=False)
+        for masks, values, excluded in chunks:
             accumulator.update(masks, values)
             self.n_excluded_ += excluded
             accuracies.append(values.mean(axis=1))

@@ -165,7 +165,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 def _cmd_estimate(args: argparse.Namespace) -> int:
     store = RunStore(args.run_dir)
-    model = ClassInfluence(args.target, args.mode, args.output, args.level).fit(store)
+    model = ClassInfluence(args.target, args.mode, args.output, args.level)
+    model.fit(store, progress=sys.stderr.isatty())
     folder = model.save(Path(args.out) if args.out else store.root / "influence", str(store.root))
     scale, unit = (100.0, "points") if args.output in ("p_correct", "correct") else (1.0, "")
     table = model.classes_.dropna(subset=["influence"])
