@@ -33,11 +33,15 @@ class ClassInfluence:
         mode: str | None = None,
         output: str = "p_correct",
         level: float = 0.95,
+        estimator: str = "difference",
+        ridge: float | None = None,
     ) -> None:
         self.target = target
         self.mode = mode
         self.output = output
         self.level = level
+        self.estimator = estimator
+        self.ridge = ridge
 
     def fit(self, store: RunStore, progress: bool = False) -> ClassInfluence:
         """Stream every finished chunk of ``store`` through the estimator."""
@@ -46,8 +50,14 @@ class ClassInfluence:
         accumulator = InfluenceAccumulator(len(store.groups), target.labels.size, target.labels)
         self.n_excluded_ = 0
         accuracies = []
-        chunks = tqdm(store.iter_outputs(self.key_, self.output), total=len(store.chunks),
-                      unit="chunk", desc="estimating", disable=not progress, leave=False)
+        chunks = tqdm(
+            store.iter_outputs(self.key_, self.output),
+            total=len(store.chunks),
+            unit="chunk",
+            desc="estimating",
+            disable=not progress,
+            leave=False,
+        )
         for masks, values, excluded in chunks:
             accumulator.update(masks, values)
             self.n_excluded_ += excluded
@@ -59,7 +69,7 @@ class ClassInfluence:
             )
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", InfluenceWarning)
-            self.estimate_: InfluenceEstimate = accumulator.result()
+            self.estimate_: InfluenceEstimate = accumulator.result(self.estimator, self.ridge)
         self.groups_ = store.groups
         self.target_classes_ = target.class_names
         self.n_models_ = accumulator.n_models
@@ -124,7 +134,8 @@ class ClassInfluence:
                 "run": run,
                 "key": self.key_,
                 "output": self.output,
-                "estimator": "difference-in-means",
+                "estimator": self.estimate_.estimator,
+                "ridge": self.estimate_.ridge,
                 "level": self.level,
                 "n_models": self.n_models_,
                 "n_excluded_unhealthy": self.n_excluded_,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -16,7 +17,9 @@ import numpy as np
 from . import __version__
 from .attribution import ClassInfluence
 from .config import Config, ConfigError, apply_overrides, load_config
+from .demo import run_demo
 from .engines.local import run_local, work
+from .estimation import ESTIMATORS
 from .importing import record_file
 from .store import CorruptFileError, RecordError, RunError, RunStore
 from .store.status import run_status
@@ -48,11 +51,22 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=int, help="worker processes (default: one per GPU, or 1)")
     run.add_argument("--dry-run", action="store_true", help="print the work and its cost only")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument(
+        "--time-limit",
+        type=float,
+        metavar="SECONDS",
+        help="start no new chunk after this long (run again to continue)",
+    )
 
     worker = sub.add_parser("worker", help="train missing chunks of a run (for any scheduler)")
     worker.add_argument("run_dir")
     worker.add_argument("--shard", help="I/N: only chunks I, I+N, I+2N, ... (0-based)")
     worker.add_argument("--worker-id", help="name recorded with each chunk")
+    for command in (run, worker):
+        command.add_argument(
+            "--device",
+            help="cpu, cuda or cuda:N for the built-in trainer (default: a GPU when there is one)",
+        )
 
     status = sub.add_parser("status", help="done, running and missing chunks; rate; ETA")
     status.add_argument("run_dir")
@@ -68,8 +82,26 @@ def _parser() -> argparse.ArgumentParser:
         "--output", default="p_correct", help="model output to attribute (default: p_correct)"
     )
     estimate.add_argument("--level", type=float, default=0.95, help="confidence level")
+    estimate.add_argument(
+        "--estimator",
+        choices=ESTIMATORS,
+        default="difference",
+        help="difference in means (the paper's) or joint regression",
+    )
     estimate.add_argument("--out", help="output folder (default: RUN/influence)")
     estimate.add_argument("--top", type=int, default=10, help="rows to print at each end")
+
+    demo = sub.add_parser("demo", help="the whole pipeline on a synthetic task with planted truth")
+    demo.add_argument("--out", help="run directory (default: runs/demo or runs/demo-control)")
+    demo.add_argument("--models", type=int, default=96, help="subset models (default: 96)")
+    demo.add_argument(
+        "--control",
+        action="store_true",
+        help="the same task with nothing planted: checks the intervals",
+    )
+    demo.add_argument("--estimator", choices=ESTIMATORS, default="regression")
+    demo.add_argument("--workers", type=int, default=1)
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
 
     record = sub.add_parser("record", help="import results of models trained elsewhere")
     record.add_argument("run_dir", help="run directory (created when absent)")
@@ -87,6 +119,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    _use_device(args.device)
     source = Path(args.config)
     if (source / "run.json").is_file():
         store = RunStore(source)
@@ -101,11 +134,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return _dry_run(run_dir, config, trainer, args.workers or 1)
     store = RunStore.open_or_create(run_dir, config, task, text)
-    run_local(store, args.workers, progress=not args.quiet)
-    print(
-        f"{store.planned_models} models done in {store.root}; "
-        f"next: transfer-influence estimate {store.root}"
-    )
+    run_local(store, args.workers, not args.quiet, args.time_limit, trainer)
+    missing = sum(c.size for c in store.missing_chunks())
+    if missing:
+        print(f"stopped at the time limit with {missing} models to go; run again to continue")
+    else:
+        print(
+            f"{store.planned_models} models done in {store.root}; "
+            f"next: transfer-influence estimate {store.root}"
+        )
     return 0
 
 
@@ -136,7 +173,15 @@ def _dry_run(run_dir: Path, config: Config, trainer: object, workers: int) -> in
     return 0
 
 
+def _use_device(device: str | None) -> None:
+    """The device is a property of the worker, not of the run: passed on by environment, so
+    that worker processes inherit it."""
+    if device:
+        os.environ["TRANSFER_INFLUENCE_DEVICE"] = device
+
+
 def _cmd_worker(args: argparse.Namespace) -> int:
+    _use_device(args.device)
     store = RunStore(args.run_dir)
     shard = None
     if args.shard:
@@ -165,7 +210,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 def _cmd_estimate(args: argparse.Namespace) -> int:
     store = RunStore(args.run_dir)
-    model = ClassInfluence(args.target, args.mode, args.output, args.level)
+    model = ClassInfluence(args.target, args.mode, args.output, args.level, args.estimator)
     model.fit(store, progress=sys.stderr.isatty())
     folder = model.save(Path(args.out) if args.out else store.root / "influence", str(store.root))
     scale, unit = (100.0, "points") if args.output in ("p_correct", "correct") else (1.0, "")
@@ -195,12 +240,44 @@ def _cmd_record(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    summary = run_demo(
+        args.out, args.models, args.control, args.workers, not args.quiet, args.estimator
+    )
+    table, planted = summary["table"], summary["planted"]
+    print(
+        f"{summary['models']} models, mean target accuracy {summary['mean_target_accuracy']:.1%}"
+        f", {summary['seconds']:.0f} s; influence on p_correct ({args.estimator}), points, 95% CI"
+    )
+    for title, rows in (("most helpful", table.head(5)), ("most harmful", table.tail(5)[::-1])):
+        print(f"\n{title}:")
+        for row in rows.itertuples():
+            print(
+                f"  {row.group:<16} {row.influence * 100:+7.2f}  "
+                f"[{row.ci_low * 100:+.2f}, {row.ci_high * 100:+.2f}]"
+            )
+    print()
+    if args.control:
+        print(
+            f"control: {planted['intervals_excluding_zero']} of {len(table)} intervals exclude "
+            f"zero (chance allows up to {planted['chance_bound']})"
+        )
+    else:
+        ranks = ", ".join(f"{name} #{planted['ranks'][name]}" for name in planted["helpful"])
+        print(f"planted helpful: {ranks} (top quarter: {planted['helpful_in_top_quarter']})")
+        ranks = ", ".join(f"{name} #{planted['ranks'][name]}" for name in planted["harmful"])
+        print(f"planted harmful: {ranks} (all CIs below zero: {planted['harmful_ci_below_zero']})")
+    print(f"recovered: {planted['recovered']}; wrote {summary['out']}/summary.json")
+    return 0
+
+
 _COMMANDS = {
     "run": _cmd_run,
     "worker": _cmd_worker,
     "status": _cmd_status,
     "estimate": _cmd_estimate,
     "record": _cmd_record,
+    "demo": _cmd_demo,
 }
 
 

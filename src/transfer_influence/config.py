@@ -45,6 +45,8 @@ class RunSection:
     models: int = 100
     chunk_size: int = 10
     design: str = "random"
+    shared_seed: bool = False
+    keep_logits: bool = True
     outputs: tuple[str, ...] = DEFAULT_OUTPUTS
     claim_timeout_s: float = 900.0
 
@@ -91,6 +93,8 @@ class Config:
             r.design in DESIGNS or (external and r.design == "external"),
             f"run.design must be one of {', '.join(DESIGNS)}",
         )
+        _check(isinstance(r.shared_seed, bool), "run.shared_seed must be true or false")
+        _check(isinstance(r.keep_logits, bool), "run.keep_logits must be true or false")
         _check(r.claim_timeout_s > 0, "run.claim_timeout_s must be positive")
         _check(len(r.outputs) > 0, "run.outputs must name at least one output")
         for name in r.outputs:

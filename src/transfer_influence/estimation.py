@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import stdtrit
 
+from .regression import choose_ridge, regression_influence
+
 __all__ = [
     "Influence",
     "InfluenceAccumulator",
@@ -29,6 +31,7 @@ __all__ = [
     "estimate_influence",
 ]
 
+ESTIMATORS = ("difference", "regression")
 _ROW_BLOCK = 1024  # models per float32 block of squares, summed into float64
 
 
@@ -66,6 +69,8 @@ class InfluenceEstimate:
     overall: Influence  # K x 1: influence on the mean output over all target examples
     per_target_class: Influence | None  # K x C when example classes were given
     n_models: int
+    estimator: str = "difference"
+    ridge: float | None = None  # the regression estimator's penalty
 
 
 class InfluenceAccumulator:
@@ -104,6 +109,7 @@ class InfluenceAccumulator:
         self._summary_weights = weights.astype(np.float32)
         self.n_models = 0
         self._n_in = np.zeros(n_groups, dtype=np.int64)
+        self._gram = np.zeros((n_groups, n_groups), dtype=np.float64)  # X'X, for regression
         self._sum_in = np.zeros((n_groups, n_examples), dtype=np.float64)
         self._sum = np.zeros(n_examples, dtype=np.float64)
         self._sum_sq = np.zeros(n_examples, dtype=np.float64)
@@ -130,6 +136,8 @@ class InfluenceAccumulator:
         # below any effect worth reporting); partial sums are accumulated in float64.
         self._sum_in += masks.T.astype(np.float32) @ y
         self._n_in += masks.sum(axis=0)
+        x = masks.astype(np.float64)
+        self._gram += x.T @ x
         for start in range(0, y.shape[0], _ROW_BLOCK):
             block = y[start : start + _ROW_BLOCK]
             self._sum += block.sum(axis=0, dtype=np.float64)
@@ -139,18 +147,48 @@ class InfluenceAccumulator:
         self._masks.append(masks.copy())
         return self
 
-    def result(self) -> InfluenceEstimate:
-        """The estimate from all models added so far."""
+    def result(
+        self, estimator: str = "difference", ridge: float | None = None
+    ) -> InfluenceEstimate:
+        """The estimate from all models added so far.
+
+        ``estimator`` is "difference" (the paper's difference in means) or "regression" (all
+        groups regressed jointly; see :mod:`transfer_influence.regression`), whose ``ridge``
+        penalty is chosen by cross-validation on the overall output unless given.
+        """
+        if estimator not in ESTIMATORS:
+            raise ValueError(
+                f"unknown estimator {estimator!r}; choose from {', '.join(ESTIMATORS)}"
+            )
         if self.n_models < 2:
             raise ValueError(f"need at least 2 models to estimate influence, have {self.n_models}")
         n_out = self.n_models - self._n_in
         _warn_degenerate(self._n_in, n_out)
-        per_example = _pooled_difference(
-            self._sum_in, self._sum, self._sum_sq, self._n_in, self.n_models
-        )
         masks = np.concatenate(self._masks)
         summaries = np.concatenate(self._summaries)
-        summary = _exact_difference(masks, summaries)
+        if estimator == "difference":
+            per_example = _pooled_difference(
+                self._sum_in, self._sum, self._sum_sq, self._n_in, self.n_models
+            )
+            summary = _exact_difference(masks, summaries)
+        else:
+            if self.n_models < 4:
+                raise ValueError("the regression estimator needs at least 4 models")
+            if ridge is None:
+                ridge = choose_ridge(masks, summaries[:, 0])
+            per_example = _regression(
+                self._gram, self._n_in, self._sum_in, self._sum, self._sum_sq, self.n_models, ridge
+            )
+            x = masks.astype(np.float64)
+            summary = _regression(
+                x.T @ x,
+                self._n_in,
+                x.T @ summaries,
+                summaries.sum(axis=0),
+                (summaries**2).sum(axis=0),
+                self.n_models,
+                ridge,
+            )
         per_class = None
         if self.example_classes is not None:
             per_class = Influence(
@@ -163,11 +201,23 @@ class InfluenceAccumulator:
         overall = Influence(
             summary.values[:, :1], summary.stderr[:, :1], summary.n_in, summary.n_out, summary.dof
         )
-        return InfluenceEstimate(per_example, overall, per_class, self.n_models)
+        return InfluenceEstimate(per_example, overall, per_class, self.n_models, estimator, ridge)
+
+
+def _regression(gram, n_in, xty, total, total_sq, m, ridge) -> Influence:
+    values, stderr, dof = regression_influence(gram, n_in, xty, total, total_sq, m, ridge)
+    undefined = (n_in == 0) | (n_in == m)
+    values[undefined] = np.nan
+    stderr[undefined] = np.nan
+    return Influence(values, stderr, n_in.copy(), m - n_in, dof)
 
 
 def estimate_influence(
-    masks: np.ndarray, outputs: np.ndarray, example_classes: np.ndarray | None = None
+    masks: np.ndarray,
+    outputs: np.ndarray,
+    example_classes: np.ndarray | None = None,
+    estimator: str = "difference",
+    ridge: float | None = None,
 ) -> InfluenceEstimate:
     """Influence of each group on each target example from all models at once.
 
@@ -180,7 +230,7 @@ def estimate_influence(
     if masks.ndim != 2 or outputs.ndim != 2:
         raise ValueError("masks and outputs must both be 2-D (models first)")
     acc = InfluenceAccumulator(masks.shape[1], outputs.shape[1], example_classes)
-    return acc.update(masks, outputs).result()
+    return acc.update(masks, outputs).result(estimator, ridge)
 
 
 def _exact_difference(masks: np.ndarray, y: np.ndarray) -> Influence:

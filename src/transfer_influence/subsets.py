@@ -45,12 +45,19 @@ def subset_size(n_groups: int, alpha: float) -> int:
 
 
 def make_job(
-    index: int, n_groups: int, alpha: float, base_seed: int, design: str = "random"
+    index: int,
+    n_groups: int,
+    alpha: float,
+    base_seed: int,
+    design: str = "random",
+    shared_seed: bool = False,
 ) -> Job:
     """Job ``index`` of a run: a pure function of its arguments.
 
     ``design`` "random" draws each subset independently; "complementary" pairs job 2t+1 with
-    the complement of job 2t (which needs alpha = 0.5 for equal sizes).
+    the complement of job 2t (which needs alpha = 0.5 for equal sizes). With ``shared_seed``
+    every job gets the same training seed (same initialisation, augmentation and sampling
+    stream), which removes seed noise from comparisons between subsets.
     """
     if index < 0:
         raise ValueError(f"job index must be non-negative, got {index}")
@@ -65,12 +72,17 @@ def make_job(
     mask[rng.choice(n_groups, size=size, replace=False)] = True
     if design == "complementary" and index % 2 == 1:
         mask = ~mask
-    seed_rng = np.random.default_rng([base_seed, index, _SEED_STREAM])
+    seed_rng = np.random.default_rng([base_seed, 0 if shared_seed else index, _SEED_STREAM])
     seed = int(seed_rng.integers(0, 2**31 - 1))
     return Job(index=index, seed=seed, mask=mask)
 
 
 def make_jobs(
-    indices: range | list[int], n_groups: int, alpha: float, base_seed: int, design: str = "random"
+    indices: range | list[int],
+    n_groups: int,
+    alpha: float,
+    base_seed: int,
+    design: str = "random",
+    shared_seed: bool = False,
 ) -> list[Job]:
-    return [make_job(i, n_groups, alpha, base_seed, design) for i in indices]
+    return [make_job(i, n_groups, alpha, base_seed, design, shared_seed) for i in indices]

@@ -41,14 +41,20 @@ def work(
     shard: tuple[int, int] | None = None,
     trainer: Trainer | None = None,
     on_chunk: Callable[[Chunk], None] | None = None,
+    deadline: float | None = None,
 ) -> int:
-    """Train every missing, unclaimed chunk (of ``shard`` = (i, N) if given). Returns how many."""
+    """Train every missing, unclaimed chunk (of ``shard`` = (i, N) if given). Returns how many.
+
+    With a ``deadline`` (a ``time.time()`` value) no new chunk is started after it.
+    """
     worker = worker or f"{socket.gethostname()}:{os.getpid()}"
     trainer = trainer or build_trainer(store)
     targets = {name: store.target(name) for name in store.target_names}
     device = getattr(trainer, "device", "cpu")
     done = 0
     for chunk in store.missing_chunks(shard):
+        if deadline is not None and time.time() >= deadline:
+            break
         claim = store.claim(chunk, worker)
         if claim is None:
             continue
@@ -58,7 +64,14 @@ def work(
             jobs = store.jobs(chunk)
             started = time.time()
             results = trainer.train(jobs)
-            arrays = pack_results(jobs, results, targets, store.modes, store.config.run.outputs)
+            arrays = pack_results(
+                jobs,
+                results,
+                targets,
+                store.modes,
+                store.config.run.outputs,
+                store.config.run.keep_logits,
+            )
             meta = {
                 "worker": worker,
                 "started": started,
@@ -72,9 +85,11 @@ def work(
     return done
 
 
-def _worker_process(root: str, worker: str, errors: multiprocessing.Queue) -> None:
+def _worker_process(
+    root: str, worker: str, errors: multiprocessing.Queue, deadline: float | None
+) -> None:
     try:
-        work(RunStore(root), worker)
+        work(RunStore(root), worker, deadline=deadline)
     except BaseException as error:  # reported to the parent, which exits non-zero
         errors.put(f"{worker}: {error}\n{traceback.format_exc()}")
         raise SystemExit(1) from None
@@ -89,14 +104,23 @@ def _default_workers() -> int:
         return 1
 
 
-def run_local(store: RunStore, workers: int | None = None, progress: bool = True) -> None:
-    """Train all missing chunks with ``workers`` processes (one per GPU by default)."""
+def run_local(
+    store: RunStore,
+    workers: int | None = None,
+    progress: bool = True,
+    time_limit: float | None = None,
+    trainer: Trainer | None = None,
+) -> None:
+    """Train all missing chunks with ``workers`` processes (one per GPU by default); with a
+    ``time_limit`` in seconds, start no chunk after it (finished chunks stay, run again to go
+    on)."""
     workers = workers or _default_workers()
+    deadline = time.time() + time_limit if time_limit else None
     store.remove_stale_temporaries()
     store.verify()
     while True:
         missing = store.missing_chunks()
-        if not missing:
+        if not missing or (deadline is not None and time.time() >= deadline):
             return
         total = len(store.chunks)
         bar = tqdm(
@@ -108,15 +132,17 @@ def run_local(store: RunStore, workers: int | None = None, progress: bool = True
         )
         try:
             if workers == 1:
-                work(store, on_chunk=lambda _chunk, b=bar: b.update())
+                work(
+                    store, trainer=trainer, on_chunk=lambda _c, b=bar: b.update(), deadline=deadline
+                )
             else:
-                _run_processes(store, workers, bar)
+                _run_processes(store, workers, bar, deadline)
         finally:
             bar.close()
         _wait_for_others(store, progress)
 
 
-def _run_processes(store: RunStore, workers: int, bar: tqdm) -> None:
+def _run_processes(store: RunStore, workers: int, bar: tqdm, deadline: float | None) -> None:
     context = multiprocessing.get_context("spawn")
     errors = context.Queue()
     gpus = _default_workers() if _has_cuda() else 0
@@ -131,7 +157,9 @@ def _run_processes(store: RunStore, workers: int, bar: tqdm) -> None:
                 os.environ["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
             worker = f"{socket.gethostname()}:{os.getpid()}:{i}"
             process = context.Process(
-                target=_worker_process, args=(str(store.root), worker, errors), daemon=True
+                target=_worker_process,
+                args=(str(store.root), worker, errors, deadline),
+                daemon=True,
             )
             process.start()
             processes.append(process)

@@ -37,6 +37,7 @@ def pack_results(
     targets: dict[str, TargetInfo],
     modes: Sequence[str],
     outputs: Sequence[str],
+    keep_logits: bool = True,
 ) -> dict[str, np.ndarray]:
     """Validate one chunk's results against its jobs and lay them out as arrays."""
     by_index = {r.index: r for r in results}
@@ -68,6 +69,7 @@ def pack_results(
             if (
                 all(lg is not None for lg in logits)
                 and len(target.class_names) <= MAX_LOGIT_CLASSES
+                and keep_logits
             ):
                 arrays[f"logits/{key}"] = np.stack(logits).astype(np.float32)
             arrays[f"accuracy/{key}"] = np.array(

@@ -237,7 +237,12 @@ class RunStore:
             raise RunError(f"{self.root} holds imported results; it has no jobs to train")
         r = self.config.run
         return make_jobs(
-            range(chunk.start, chunk.stop), len(self.groups), r.alpha, r.seed, r.design
+            range(chunk.start, chunk.stop),
+            len(self.groups),
+            r.alpha,
+            r.seed,
+            r.design,
+            r.shared_seed,
         )
 
     # -- chunk files ------------------------------------------------------------------------

@@ -18,15 +18,17 @@ __all__ = [
     "output_key",
 ]
 
-_BUILTIN = {"simulated": SimulatedTrainer}
+# Imported on first use: the built-in trainer pulls in torch, which status/estimate never need.
+_BUILTIN = {
+    "simulated": "transfer_influence.trainers.simulated:SimulatedTrainer",
+    "builtin": "transfer_influence.trainers.builtin:BuiltinTrainer",
+}
 
 
 def load_trainer(kind: str, params: dict[str, Any]) -> Trainer:
     """Build the trainer a config names: a built-in name or ``"package.module:factory"``."""
-    if kind in _BUILTIN:
-        factory = _BUILTIN[kind]
-    elif ":" in kind:
-        module_name, _, attr = kind.partition(":")
+    if kind in _BUILTIN or ":" in kind:
+        module_name, _, attr = _BUILTIN.get(kind, kind).partition(":")
         try:
             factory = getattr(importlib.import_module(module_name), attr)
         except (ImportError, AttributeError) as error:

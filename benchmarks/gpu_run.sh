@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Unattended, resumable GPU script for a short lease:
+#   benchmarks/gpu_run.sh OUT [--budget-s S] [--resume TARBALL_OR_PARTS_PREFIX] [--skip-benchmark]
+# Phases, inside the budget (default 360 s): (1) the speed/accuracy benchmark, (2) as many
+# influence models of the reference case as fit, (3) estimates. Leaves in OUT: the benchmark
+# JSON, the run directory as a tarball (split into 15 MB parts), a log and a summary.
+# Needs no network; data from $TI_DATASETS (default ../shared/datasets).
+set -euo pipefail
+out=${1:?usage: gpu_run.sh OUT [--budget-s S] [--resume TARBALL] [--skip-benchmark]}
+shift
+budget=360 resume="" benchmark=1
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --budget-s) budget=$2; shift 2 ;;
+    --resume) resume=$2; shift 2 ;;
+    --skip-benchmark) benchmark=0; shift ;;
+    *) echo "gpu_run.sh: unknown option $1" >&2; exit 2 ;;
+  esac
+done
+cd "$(dirname "$0")/.."
+mkdir -p "$out"
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export TI_DATASETS=${TI_DATASETS:-../shared/datasets}
+config=${TI_CONFIG:-configs/cifar100-to-cifar10.toml}
+run_dir=${TI_RUN_DIR:-runs/reference}
+start=$(date +%s)
+left() { echo $(( budget - ($(date +%s) - start) )); }
+log="$out/gpu_run.log"
+{
+  echo "== $(date -u +%FT%TZ) budget ${budget}s, config $config, data $TI_DATASETS"
+  python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else "")'
+  if [ -n "$resume" ]; then
+    mkdir -p "$(dirname "$run_dir")"
+    cat "$resume"* | tar -xzf - -C "$(dirname "$run_dir")"
+    echo "resumed $(ls "$run_dir/chunks" | wc -l) chunks from $resume"
+  fi
+  if [ "$benchmark" = 1 ]; then
+    echo "== benchmark ($(left) s left)"
+    timeout $(( $(left) * 6 / 10 )) python3 benchmarks/gpu_speed.py --datasets "$TI_DATASETS" \
+      --out "$out/gpu_speed.json" || echo "benchmark stopped early (status $?)"
+  fi
+  limit=$(( $(left) - 60 ))
+  if [ "$limit" -gt 30 ]; then
+    echo "== influence models for ${limit}s"
+    python3 -m transfer_influence run "$config" --run-dir "$run_dir" --time-limit "$limit" --quiet
+  fi
+  if [ -d "$run_dir/chunks" ]; then
+    python3 -m transfer_influence status "$run_dir"
+    python3 -m transfer_influence estimate "$run_dir" --estimator regression --top 5 || true
+    tar -czf - -C "$(dirname "$run_dir")" "$(basename "$run_dir")" \
+      | split -b 15m - "$out/run.tar.gz.part-"
+  fi
+  echo "== done in $(( $(date +%s) - start )) s"
+} 2>&1 | tee "$log"

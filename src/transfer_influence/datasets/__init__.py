@@ -1,0 +1,33 @@
+"""Datasets for the built-in trainer, described in configs as ``{kind = ..., ...}`` tables."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import ImageDataset, fingerprint_arrays
+from .folder import load_folder
+from .synthetic import demo_dataset, planted_classes
+
+__all__ = ["ImageDataset", "fingerprint_arrays", "load_dataset", "planted_classes"]
+
+
+def load_dataset(spec: dict[str, Any], split: str, role: str) -> ImageDataset:
+    """The ``split`` ("train"/"test") of the dataset ``spec`` describes, as ``role``
+    ("source"/"target"; only the demo, which holds both, needs it)."""
+    if not isinstance(spec, dict) or "kind" not in spec:
+        raise ValueError(f"a dataset must be a table with a 'kind', got {spec!r}")
+    options = {k: v for k, v in spec.items() if k not in ("kind", "name")}
+    kind = spec["kind"]
+    if kind == "demo":
+        try:
+            return demo_dataset(role, split, **options)
+        except TypeError as error:
+            raise ValueError(f"demo dataset: {error}") from None
+    if kind == "folder":
+        if "path" not in options:
+            raise ValueError("a folder dataset needs a path")
+        try:
+            return load_folder(split=split, **options)
+        except TypeError as error:
+            raise ValueError(f"folder dataset: {error}") from None
+    raise ValueError(f"unknown dataset kind {kind!r}; known: demo, folder")

@@ -1,0 +1,147 @@
+"""ImageFolder-style data: ``ROOT/SPLIT/<class>/<image>`` directories or ``ROOT/SPLIT.tar[.gz]``
+archives of that layout (label = index of the class folder in sorted order).
+
+Images are decoded once (in parallel) into a cache of uint8 arrays next to a fingerprint of
+the source files; later loads memory-map the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import tarfile
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from ..store.files import atomic_write_bytes
+from .base import ImageDataset
+
+__all__ = ["load_folder"]
+
+_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def _decode(blobs: list[bytes], size: int | None) -> np.ndarray:
+    from PIL import Image
+
+    out = []
+    for blob in blobs:
+        image = Image.open(io.BytesIO(blob)).convert("RGB")
+        if size is not None and image.size != (size, size):
+            image = image.resize((size, size), Image.BILINEAR)
+        out.append(np.asarray(image, dtype=np.uint8))
+    return np.stack(out)
+
+
+def _members(source: Path) -> list[tuple[str, bytes]]:
+    """(relative path, bytes) of every image, sorted by path."""
+    if source.is_dir():
+        files = sorted(p for p in source.rglob("*") if p.suffix.lower() in _SUFFIXES)
+        return [(p.relative_to(source).as_posix(), p.read_bytes()) for p in files]
+    with tarfile.open(source) as archive:
+        items = [
+            (m.name.lstrip("./"), m)
+            for m in archive.getmembers()
+            if m.isfile() and Path(m.name).suffix.lower() in _SUFFIXES
+        ]
+        return [(name, archive.extractfile(m).read()) for name, m in sorted(items)]
+
+
+def expand_path(path: str) -> str:
+    """``~`` and ``${NAME}`` / ``${NAME:-default}`` expanded, so that configs (whose text defines a
+    run) can point at data that lives in different places on different machines."""
+
+    def substitute(match: re.Match) -> str:
+        return os.environ.get(match.group(1)) or (match.group(3) or "")
+
+    return os.path.expanduser(re.sub(r"\$\{(\w+)(:-([^}]*))?\}", substitute, str(path)))
+
+
+def _locate(root: Path, split: str) -> Path:
+    for candidate in (
+        root / split,
+        root / f"{split}.tar.gz",
+        root / f"{split}.tgz",
+        root / f"{split}.tar",
+    ):
+        if candidate.exists():
+            return candidate
+    raise ValueError(
+        f"no {split} split under {root}: looked for {split}/ and {split}.tar.gz "
+        "(ImageFolder layout: one folder per class)"
+    )
+
+
+def load_folder(
+    path: str,
+    split: str,
+    size: int | None = None,
+    names_file: str | None = None,
+    cache: str | None = None,
+) -> ImageDataset:
+    """Load ``split`` of the ImageFolder data at ``path`` (resized to ``size`` if given)."""
+    root = Path(expand_path(path))
+    if not root.exists():
+        raise ValueError(
+            f"dataset not found: {root} (put ImageFolder directories or "
+            f"{split}.tar.gz there, or change the config's path)"
+        )
+    source = _locate(root, split)
+    stat = source.stat()
+    key = hashlib.sha256(f"{source.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{size}".encode())
+    cache_dir = Path(
+        cache
+        or os.environ.get("TRANSFER_INFLUENCE_CACHE", Path.home() / ".cache" / "transfer-influence")
+    )
+    stem = cache_dir / f"{root.name}-{split}-{key.hexdigest()[:16]}"
+    if not (stem.with_suffix(".json")).exists():
+        _build_cache(source, stem, size)
+    meta = json.loads(stem.with_suffix(".json").read_text())
+    images = np.load(stem.with_suffix(".npy"), mmap_mode="r", allow_pickle=False)
+    classes = tuple(meta["classes"])
+    display = None
+    if names_file:
+        words = json.loads(Path(names_file).read_text())
+        display = tuple(str(words.get(c, c)) for c in classes) if isinstance(words, dict) else None
+    return ImageDataset(
+        images,
+        np.array(meta["labels"], dtype=np.int64),
+        classes,
+        np.array(meta["ids"]),
+        display,
+        fingerprint=meta["fingerprint"],
+    )
+
+
+def _build_cache(source: Path, stem: Path, size: int | None) -> None:
+    members = _members(source)
+    if not members:
+        raise ValueError(f"no images found in {source}")
+    classes = sorted({name.split("/")[0] for name, _ in members})
+    if any("/" not in name for name, _ in members):
+        raise ValueError(f"{source}: images must sit in one folder per class")
+    index = {c: i for i, c in enumerate(classes)}
+    blobs = [blob for _, blob in members]
+    chunks = [blobs[i : i + 2048] for i in range(0, len(blobs), 2048)]
+    with ProcessPoolExecutor(max_workers=os.cpu_count()) as pool:
+        images = np.concatenate(list(pool.map(_decode, chunks, [size] * len(chunks))))
+    digest = hashlib.sha256()
+    for name, blob in members:
+        digest.update(name.encode())
+        digest.update(hashlib.sha256(blob).digest())
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    np.save(buffer, images)
+    atomic_write_bytes(stem.with_suffix(".npy"), buffer.getvalue())
+    meta = {
+        "classes": classes,
+        "labels": [index[n.split("/")[0]] for n, _ in members],
+        "ids": [n for n, _ in members],
+        "fingerprint": digest.hexdigest()[:16],
+    }
+    atomic_write_bytes(stem.with_suffix(".json"), json.dumps(meta).encode())

@@ -1,0 +1,231 @@
+"""The built-in trainer: a small ResNet pretrained from scratch on each job's source classes,
+then transferred to every target by fixed features (a logistic-regression head on frozen
+features, the paper's default) and, optionally, by full fine-tuning.
+
+The device is a property of the worker, not of the run: set ``TRANSFER_INFLUENCE_DEVICE``
+(``run --device``) to ``cpu`` or ``cuda[:i]``; by default a GPU is used when there is one.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import fields
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..datasets import ImageDataset, load_dataset
+from ..subsets import Job
+from .probe import fit_linear_probe
+from .protocol import JobResult, TargetInfo, TaskDescription, output_key
+from .stack import Recipe, StackedResNet, extract_features, train_stack
+
+__all__ = ["MODES", "BuiltinTrainer", "resolve_device"]
+
+MODES = ("fixed_feature", "finetune")
+
+
+def resolve_device(requested: str | None = None) -> torch.device:
+    name = requested or os.environ.get("TRANSFER_INFLUENCE_DEVICE") or "auto"
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available")
+    return device
+
+
+class _Target:
+    def __init__(self, spec: dict[str, Any]) -> None:
+        if "name" not in spec:
+            raise ValueError("every target needs a name")
+        self.name = str(spec["name"])
+        self.train = load_dataset(spec, "train", "target")
+        self.test = load_dataset(spec, "test", "target")
+        if self.train.class_names != self.test.class_names:
+            raise ValueError(f"target {self.name!r}: train and test classes differ")
+
+
+class BuiltinTrainer:
+    """Pretrain on each job's source groups, transfer to each target in each mode.
+
+    Parameters
+    ----------
+    source:
+        Dataset table (``{kind = ..., ...}``); its classes are the groups that masks range over.
+    targets:
+        Dataset tables, each with a ``name``.
+    modes:
+        Transfer modes: "fixed_feature" and/or "finetune".
+    recipe:
+        Fields of :class:`Recipe` (network widths, epochs, batch size, ...).
+    """
+
+    def __init__(
+        self,
+        source: dict[str, Any],
+        targets: Sequence[dict[str, Any]],
+        modes: Sequence[str] = ("fixed_feature",),
+        recipe: dict[str, Any] | None = None,
+    ) -> None:
+        unknown = set(recipe or {}) - {f.name for f in fields(Recipe)}
+        if unknown:
+            raise ValueError(
+                f"unknown recipe key {sorted(unknown)[0]!r}; known: "
+                f"{', '.join(f.name for f in fields(Recipe))}"
+            )
+        self.recipe = Recipe(**(recipe or {}))
+        bad = [m for m in modes if m not in MODES]
+        if bad or not modes:
+            raise ValueError(
+                f"unknown transfer mode {bad[0] if bad else None!r}; choose from {', '.join(MODES)}"
+            )
+        self.modes = tuple(modes)
+        self.source = load_dataset(source, "train", "source")
+        self.source_test = load_dataset(source, "test", "source")
+        self.targets = [_Target(spec) for spec in targets]
+        if not self.targets:
+            raise ValueError("the built-in trainer needs at least one target")
+        self.device = resolve_device()
+        self._on_device: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def describe(self) -> TaskDescription:
+        targets = tuple(
+            TargetInfo(t.name, t.test.example_ids, t.test.labels, t.test.names)
+            for t in self.targets
+        )
+        fingerprints = {
+            "source/train": self.source.fingerprint,
+            "source/test": self.source_test.fingerprint,
+        }
+        for t in self.targets:
+            fingerprints[f"{t.name}/train"] = t.train.fingerprint
+            fingerprints[f"{t.name}/test"] = t.test.fingerprint
+        return TaskDescription(self.source.names, targets, self.modes, fingerprints)
+
+    def estimate_seconds_per_model(self) -> float:
+        """A rough CPU/GPU figure from the work per model; `status` reports measured speed."""
+        r = self.recipe
+        pixels = self.source.images.shape[1] * self.source.images.shape[2]
+        images = len(self.source) / 2 * r.epochs * 3 + sum(
+            len(t.train) + len(t.test) for t in self.targets
+        )
+        macs = images * pixels * sum(w * w for w in r.widths) * 9 * 2
+        return macs / (2e13 if self.device.type == "cuda" else 5e9)
+
+    def _tensors(self, name: str, data: ImageDataset) -> tuple[torch.Tensor, torch.Tensor]:
+        if name not in self._on_device:
+            self._on_device[name] = (
+                torch.from_numpy(np.ascontiguousarray(data.images)).to(self.device),
+                torch.from_numpy(data.labels).to(self.device),
+            )
+        return self._on_device[name]
+
+    def train(self, jobs: Sequence[Job]) -> list[JobResult]:
+        results = []
+        for start in range(0, len(jobs), self.recipe.stack):
+            results += self._train_stack(list(jobs[start : start + self.recipe.stack]))
+        return results
+
+    def _train_stack(self, jobs: list[Job]) -> list[JobResult]:
+        started = time.perf_counter()
+        seeds = [job.seed for job in jobs]
+        classes = len(self.source.class_names)
+        net = StackedResNet(len(jobs), self.recipe.widths, classes)
+        net.reset_parameters(seeds)
+        net = net.to(self.device)
+        if self.device.type == "cuda":
+            net = net.to(memory_format=torch.channels_last)
+        images, labels = self._tensors("source", self.source)
+        members = [np.flatnonzero(job.mask[self.source.labels]) for job in jobs]
+        train_stack(
+            net, images, labels, members, seeds, self.recipe, self.recipe.epochs, self.recipe.lr
+        )
+        results = [JobResult(index=job.index) for job in jobs]
+        for result, accuracy in zip(results, self._source_accuracy(net, jobs), strict=True):
+            result.source_accuracy = accuracy
+        for target in self.targets:
+            for mode in self.modes:
+                logits = self._transfer(net, target, mode, seeds)
+                for g, result in enumerate(results):
+                    result.logits[output_key(target.name, mode)] = logits[g]
+        elapsed = time.perf_counter() - started
+        for result in results:
+            result.seconds = elapsed / len(jobs)
+            if not np.isfinite(result.source_accuracy):
+                result.status = "diverged"
+        return results
+
+    @staticmethod
+    @torch.no_grad()
+    def _head_logits(net: StackedResNet, images: torch.Tensor) -> torch.Tensor:
+        """Every model's own head on every image: G x N x classes (float32)."""
+        features = extract_features(net, images)
+        return torch.bmm(features, net.head_weight.float()) + net.head_bias[:, None, :]
+
+    @torch.no_grad()
+    def _source_accuracy(self, net: StackedResNet, jobs: list[Job]) -> list[float]:
+        """Accuracy on the source test images of each model's own classes, among those."""
+        images, labels = self._tensors("source_test", self.source_test)
+        logits = self._head_logits(net, images)
+        accuracies = []
+        for g, job in enumerate(jobs):
+            keep = torch.as_tensor(job.mask, device=self.device)
+            rows = keep[labels]
+            scores = logits[g][rows].masked_fill(~keep, float("-inf"))
+            accuracies.append(float((scores.argmax(1) == labels[rows]).float().mean()))
+        return accuracies
+
+    def _transfer(
+        self, net: StackedResNet, target: _Target, mode: str, seeds: list[int]
+    ) -> np.ndarray:
+        train_images, train_labels = self._tensors(f"{target.name}/train", target.train)
+        test_images, _ = self._tensors(f"{target.name}/test", target.test)
+        classes = len(target.train.class_names)
+        if mode == "finetune":
+            tuned = self._finetune(net, train_images, train_labels, classes, seeds)
+            return self._head_logits(tuned, test_images).cpu().numpy()
+        train_features = extract_features(net, train_images)
+        test_features = extract_features(net, test_images)
+        with torch.enable_grad():
+            logits = fit_linear_probe(
+                train_features,
+                train_labels,
+                test_features,
+                classes,
+                self.recipe.probe_l2,
+                self.recipe.probe_steps,
+            )
+        return logits.float().cpu().numpy()
+
+    def _finetune(
+        self,
+        net: StackedResNet,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        classes: int,
+        seeds: list[int],
+    ) -> StackedResNet:
+        """A copy of the backbone with a new head, trained end to end on the target."""
+        tuned = StackedResNet(net.models, net.widths, classes)
+        tuned.reset_parameters([s + 7919 for s in seeds])
+        backbone = {k: v for k, v in net.state_dict().items() if not k.startswith("head_")}
+        tuned.load_state_dict(backbone, strict=False)
+        tuned = tuned.to(self.device)
+        if self.device.type == "cuda":
+            tuned = tuned.to(memory_format=torch.channels_last)
+        everything = [np.arange(images.shape[0])] * net.models
+        train_stack(
+            tuned,
+            images,
+            labels,
+            everything,
+            [s + 7919 for s in seeds],
+            self.recipe,
+            self.recipe.finetune_epochs,
+            self.recipe.finetune_lr,
+        )
+        return tuned

@@ -1,0 +1,263 @@
+"""G independent small ResNets trained as one grouped network.
+
+Subset models are small, so one of them leaves a GPU mostly idle. Stacking G of them as a
+network whose convolutions have ``groups=G`` (and whose batch norms and heads are per model)
+is exactly G independent models — no weight, statistic or gradient is shared — but runs as
+large kernels. Every random choice (initialisation, data order, augmentation) comes from the
+model's own seed through CPU generators, drawn before training, so there is no host
+synchronisation inside the training loop and a model's randomness does not depend on which
+other models share its stack.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["Recipe", "StackedResNet", "extract_features", "train_stack"]
+
+_MEAN = torch.tensor([0.4914, 0.4822, 0.4465])
+_STD = torch.tensor([0.2470, 0.2435, 0.2616])
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How each subset model is pretrained and transferred (every field defines a run)."""
+
+    widths: tuple[int, ...] = (64, 128, 256)
+    epochs: int = 6
+    batch_size: int = 512
+    lr: float = 0.2  # peak SGD learning rate per 512 images (scaled with the batch size)
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.1
+    warmup: float = 0.2  # fraction of steps for the linear warm-up of the one-cycle schedule
+    crop_padding: int = 4  # random-translation augmentation, in pixels; 0 turns it off
+    flip: bool = True
+    stack: int = 8  # models trained at once
+    probe_l2: float = 1e-3  # L2 penalty of the fixed-feature logistic-regression head
+    probe_steps: int = 100  # L-BFGS iterations of that head
+    finetune_epochs: int = 2
+    finetune_lr: float = 0.05
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
+        if not self.widths or min(self.widths) < 1:
+            raise ValueError("recipe.widths must be positive channel counts")
+        for name in ("epochs", "batch_size", "stack", "probe_steps"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"recipe.{name} must be at least 1")
+        if not 0.0 <= self.warmup < 1.0:
+            raise ValueError("recipe.warmup must be in [0, 1)")
+
+
+def _conv(models: int, c_in: int, c_out: int) -> nn.Conv2d:
+    return nn.Conv2d(models * c_in, models * c_out, 3, padding=1, groups=models, bias=False)
+
+
+class _Block(nn.Module):
+    def __init__(self, models: int, c_in: int, c_out: int, residual: bool) -> None:
+        super().__init__()
+        self.conv = _conv(models, c_in, c_out)
+        self.bn = nn.BatchNorm2d(models * c_out)
+        self.residual = (
+            nn.Sequential(
+                _conv(models, c_out, c_out),
+                nn.BatchNorm2d(models * c_out),
+                nn.ReLU(inplace=True),
+                _conv(models, c_out, c_out),
+                nn.BatchNorm2d(models * c_out),
+                nn.ReLU(inplace=True),
+            )
+            if residual
+            else None
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn(F.max_pool2d(self.conv(x), 2)), inplace=True)
+        return x + self.residual(x) if self.residual is not None else x
+
+
+class StackedResNet(nn.Module):
+    """G ResNet-style CNNs (stem, then one pooled stage per width, residual blocks on the first
+    and last stages) with per-model linear heads."""
+
+    def __init__(self, models: int, widths: tuple[int, ...], classes: int) -> None:
+        super().__init__()
+        self.models, self.widths, self.classes = models, widths, classes
+        self.stem = nn.Sequential(
+            _conv(models, 3, widths[0]), nn.BatchNorm2d(models * widths[0]), nn.ReLU(inplace=True)
+        )
+        stages, c_in = [], widths[0]
+        for i, width in enumerate(widths):
+            stages.append(_Block(models, c_in, width, residual=i in (0, len(widths) - 1)))
+            c_in = width
+        self.stages = nn.Sequential(*stages)
+        self.head_weight = nn.Parameter(torch.zeros(models, widths[-1], classes))
+        self.head_bias = nn.Parameter(torch.zeros(models, classes))
+
+    @property
+    def feature_dim(self) -> int:
+        return self.widths[-1]
+
+    def reset_parameters(self, seeds: list[int]) -> None:
+        """Initialise model g's slice of every weight from ``seeds[g]`` alone."""
+        generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        with torch.no_grad():
+            for module in self.modules():
+                if isinstance(module, nn.Conv2d):
+                    per = module.out_channels // self.models
+                    bound = math.sqrt(6.0 / (module.weight[0].numel()))  # He uniform
+                    for g, gen in enumerate(generators):
+                        shape = module.weight[g * per : (g + 1) * per].shape
+                        module.weight[g * per : (g + 1) * per] = (
+                            torch.rand(shape, generator=gen) * 2 - 1
+                        ) * bound
+                elif isinstance(module, nn.BatchNorm2d):
+                    module.reset_parameters()
+            bound = 1.0 / math.sqrt(self.feature_dim)
+            for g, gen in enumerate(generators):
+                shape = self.head_weight[g].shape
+                self.head_weight[g] = (torch.rand(shape, generator=gen) * 2 - 1) * bound
+            self.head_bias.zero_()
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """x: batch x (G*3) x H x W  ->  batch x G x feature_dim (globally max-pooled)."""
+        x = self.stages(self.stem(x))
+        x = torch.amax(x, dim=(2, 3))
+        return x.view(x.shape[0], self.models, self.feature_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.features(x).float()
+        return torch.einsum("bgf,gfc->bgc", features, self.head_weight) + self.head_bias
+
+
+def _normalise(images: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """uint8 ... x H x W x 3 -> float ... x 3 x H x W, standardised."""
+    x = images.to(dtype).div_(255.0)
+    x = (x - _MEAN.to(x.device, dtype)) / _STD.to(x.device, dtype)
+    return x.movedim(-1, -3)
+
+
+def _plan_batches(
+    sizes: list[int], batch: int, epochs: int, seeds: list[int], pad: int, flip: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every step's sample positions, crop offsets and flips for every model, drawn up front
+    from each model's own generator: steps x G x batch each."""
+    steps_per_epoch = max(1, math.ceil(sum(sizes) / len(sizes) / batch))
+    steps = steps_per_epoch * epochs
+    positions, dys, dxs, flips = [], [], [], []
+    for size, seed in zip(sizes, seeds, strict=True):
+        gen = torch.Generator().manual_seed(int(seed) + 1)
+        needed = steps * batch
+        order = torch.cat(
+            [torch.randperm(size, generator=gen) for _ in range(math.ceil(needed / size))]
+        )[:needed]
+        positions.append(order.view(steps, batch))
+        dys.append(torch.randint(0, 2 * pad + 1, (steps, batch), generator=gen))
+        dxs.append(torch.randint(0, 2 * pad + 1, (steps, batch), generator=gen))
+        flips.append(torch.rand((steps, batch), generator=gen) < (0.5 if flip else 0.0))
+    return (
+        torch.stack(positions, 1),
+        torch.stack(dys, 1),
+        torch.stack(dxs, 1),
+        torch.stack(flips, 1),
+    )
+
+
+def _augmented_batch(
+    padded: torch.Tensor,
+    index: torch.Tensor,
+    dy: torch.Tensor,
+    dx: torch.Tensor,
+    flip: torch.Tensor,
+    size: tuple[int, int],
+) -> torch.Tensor:
+    """Random translations and flips as one gather: G x B indices -> G x B x H x W x 3 uint8."""
+    height, width = size
+    rows = dy[..., None] + torch.arange(height, device=padded.device)
+    cols = torch.arange(width, device=padded.device)
+    cols = torch.where(flip[..., None], width - 1 - cols, cols) + dx[..., None]
+    return padded[index[..., None, None], rows[..., :, None], cols[..., None, :]]
+
+
+def train_stack(
+    net: StackedResNet,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    members: list[np.ndarray],
+    seeds: list[int],
+    recipe: Recipe,
+    epochs: int,
+    lr: float,
+) -> None:
+    """Train model g of ``net`` on ``images[members[g]]`` (uint8 N x H x W x 3 on the device)."""
+    device = images.device
+    cuda = device.type == "cuda"
+    dtype = torch.bfloat16 if cuda else torch.float32
+    pad = recipe.crop_padding
+    size = (images.shape[1], images.shape[2])
+    padded = F.pad(images, (0, 0, pad, pad, pad, pad)) if pad else images
+    sizes = [len(m) for m in members]
+    plan = _plan_batches(sizes, recipe.batch_size, epochs, seeds, pad, recipe.flip)
+    member_table = torch.zeros((len(members), max(sizes)), dtype=torch.long)
+    for g, member in enumerate(members):
+        member_table[g, : len(member)] = torch.as_tensor(member)
+    member_table = member_table.to(device)
+    positions, dys, dxs, flips = (t.to(device) for t in plan)
+    steps = positions.shape[0]
+    scaled_lr = lr * recipe.batch_size / 512
+    optimizer = torch.optim.SGD(
+        net.parameters(),
+        lr=scaled_lr,
+        momentum=recipe.momentum,
+        nesterov=True,
+        weight_decay=recipe.weight_decay,
+    )
+    warm = max(1, int(recipe.warmup * steps))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: (s + 1) / warm if s < warm else max(0.0, (steps - s) / (steps - warm))
+    )
+    g_index = torch.arange(len(members), device=device)[:, None]
+    net.train()
+    for step in range(steps):
+        index = member_table[g_index, positions[step]]  # G x B image indices
+        batch = _augmented_batch(padded, index, dys[step], dxs[step], flips[step], size)
+        x = _normalise(batch, dtype)  # G x B x 3 x H x W
+        x = x.transpose(0, 1).reshape(x.shape[1], -1, *size)
+        if cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+            logits = net(x)  # B x G x classes
+        y = labels[index].T  # B x G
+        # Sum over models of each model's mean loss: every model gets its own gradient.
+        loss = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]).float(),
+            y.reshape(-1),
+            label_smoothing=recipe.label_smoothing,
+        ) * len(members)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+
+
+@torch.no_grad()
+def extract_features(net: StackedResNet, images: torch.Tensor, batch: int = 1024) -> torch.Tensor:
+    """Features of every image under every model: G x N x feature_dim (float32)."""
+    cuda = images.device.type == "cuda"
+    dtype = torch.bfloat16 if cuda else torch.float32
+    net.eval()
+    out = []
+    for start in range(0, images.shape[0], batch):
+        x = _normalise(images[start : start + batch], dtype).repeat(1, net.models, 1, 1)
+        if cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=cuda):
+            out.append(net.features(x).float())
+    return torch.cat(out).transpose(0, 1).contiguous()

@@ -1,0 +1,100 @@
+"""The built-in CNN trainer: it learns, its transfer beats an untrained backbone, it is
+deterministic on CPU, and it runs on CUDA when there is one."""
+
+import numpy as np
+import pytest
+import torch
+
+from transfer_influence.subsets import Job
+from transfer_influence.trainers.builtin import BuiltinTrainer
+from transfer_influence.trainers.probe import fit_linear_probe
+from transfer_influence.trainers.stack import StackedResNet, extract_features
+
+DEMO = {"kind": "demo", "source_per_class": 60, "target_per_class": 80}
+RECIPE = {"widths": [16, 32, 64], "epochs": 4, "batch_size": 64, "stack": 2}
+
+
+def _trainer(**recipe):
+    return BuiltinTrainer(DEMO, [dict(DEMO, name="stripes")], ("fixed_feature", "finetune"),
+                          dict(RECIPE, **recipe))
+
+
+def _jobs(groups=(0, 1, 2, 3, 8, 9, 10, 11, 12, 13, 14, 15)):
+    mask = np.zeros(24, dtype=bool)
+    mask[list(groups)] = True
+    return [Job(0, 11, mask), Job(1, 12, mask)]
+
+
+def _accuracy(logits, labels):
+    return float((logits.argmax(1) == labels).mean())
+
+
+@pytest.fixture(scope="module")
+def trained():
+    torch.manual_seed(0)
+    trainer = _trainer()
+    return trainer, trainer.train(_jobs())
+
+
+def test_pretraining_learns_the_source(trained):
+    _, results = trained
+    for result in results:  # 12 classes: chance is 8%
+        assert result.source_accuracy > 0.5, result.source_accuracy
+        assert result.status == "ok" and result.seconds > 0
+
+
+def test_transfer_beats_an_untrained_backbone(trained):
+    trainer, results = trained
+    labels = trainer.targets[0].test.labels
+    net = StackedResNet(2, trainer.recipe.widths, 24)
+    net.reset_parameters([11, 12])
+    train_images = torch.from_numpy(trainer.targets[0].train.images)
+    test_images = torch.from_numpy(trainer.targets[0].test.images)
+    train_labels = torch.from_numpy(trainer.targets[0].train.labels)
+    untrained = fit_linear_probe(extract_features(net, train_images), train_labels,
+                                 extract_features(net, test_images), 4, trainer.recipe.probe_l2,
+                                 trainer.recipe.probe_steps).numpy()
+    for g, result in enumerate(results):
+        trained_accuracy = _accuracy(result.logits["stripes/fixed_feature"], labels)
+        control = _accuracy(untrained[g], labels)
+        assert trained_accuracy > control + 0.1, (trained_accuracy, control)
+
+
+def test_finetune_mode_gives_usable_logits(trained):
+    trainer, results = trained
+    labels = trainer.targets[0].test.labels
+    for result in results:
+        logits = result.logits["stripes/finetune"]
+        assert logits.shape == (labels.size, 4) and np.isfinite(logits).all()
+        assert _accuracy(logits, labels) > 0.3  # 4 classes: chance is 25%
+
+
+def test_deterministic_on_cpu(trained):
+    trainer, results = trained
+    again = _trainer().train(_jobs())
+    for a, b in zip(results, again, strict=True):
+        for key in a.logits:
+            np.testing.assert_array_equal(a.logits[key], b.logits[key])
+        assert a.source_accuracy == b.source_accuracy
+
+
+def test_bad_recipe_and_modes_are_refused():
+    with pytest.raises(ValueError, match="unknown recipe key 'epoch'"):
+        BuiltinTrainer(DEMO, [dict(DEMO, name="t")], recipe={"epoch": 3})
+    with pytest.raises(ValueError, match="unknown transfer mode"):
+        BuiltinTrainer(DEMO, [dict(DEMO, name="t")], modes=["linear"])
+    with pytest.raises(ValueError, match="needs a name"):
+        BuiltinTrainer(DEMO, [DEMO])
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_recipe_trains(monkeypatch):
+    monkeypatch.setenv("TRANSFER_INFLUENCE_DEVICE", "cuda")
+    trainer = _trainer()
+    assert trainer.device.type == "cuda"
+    results = trainer.train(_jobs())
+    labels = trainer.targets[0].test.labels
+    for result in results:
+        assert result.source_accuracy > 0.5
+        assert _accuracy(result.logits["stripes/fixed_feature"], labels) > 0.3
