@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from pathlib import Path
 
 from transfer_influence.provenance import provenance
 
-RESULTS = Path(__file__).resolve().parent / "results"
+# Results are committed with the code; tests point TI_RESULTS elsewhere.
+RESULTS = Path(os.environ.get("TI_RESULTS", Path(__file__).resolve().parent / "results"))
 
 
 def save_result(name: str, result: dict, device: str = "cpu") -> Path:

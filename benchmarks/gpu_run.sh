@@ -42,7 +42,8 @@ log="$out/gpu_run.log"
   limit=$(( $(left) - 60 ))
   if [ "$limit" -gt 30 ]; then
     echo "== influence models for ${limit}s"
-    python3 -m transfer_influence run "$config" --run-dir "$run_dir" --time-limit "$limit" --quiet
+    python3 -m transfer_influence run "$config" --run-dir "$run_dir" --time-limit "$limit" \
+      --quiet ${TI_MODELS:+--set run.models=$TI_MODELS}
   fi
   if [ -d "$run_dir/chunks" ]; then
     python3 -m transfer_influence status "$run_dir"

@@ -65,8 +65,8 @@ def _time_models(trainer: BuiltinTrainer, jobs: list[Job]) -> tuple[float, list[
     return seconds, accuracy
 
 
-def _untrained_accuracy(trainer: BuiltinTrainer, models: int) -> list[float]:
-    net = StackedResNet(models, trainer.recipe.widths, 100)
+def _untrained_accuracy(trainer: BuiltinTrainer, models: int, groups: int) -> list[float]:
+    net = StackedResNet(models, trainer.recipe.widths, groups)
     net.reset_parameters(list(range(models)))
     net = net.to(trainer.device)
     train_images, train_labels = trainer._tensors("cifar10/train", trainer.targets[0].train)
@@ -76,7 +76,7 @@ def _untrained_accuracy(trainer: BuiltinTrainer, models: int) -> list[float]:
             extract_features(net, train_images),
             train_labels,
             extract_features(net, test_images),
-            10,
+            len(trainer.targets[0].train.class_names),
             trainer.recipe.probe_l2,
             trainer.recipe.probe_steps,
         )
@@ -93,11 +93,22 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--models", type=int, default=16, help="models per variant (plain: 2)")
     parser.add_argument("--out", help="also write the JSON result here")
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="a toy recipe (widths 8-16-32, 1 epoch) to check the script on CPU",
+    )
     args = parser.parse_args()
     source = {"kind": "folder", "path": f"{args.datasets}/cifar100"}
     target = {"name": "cifar10", "kind": "folder", "path": f"{args.datasets}/cifar10"}
+    if args.tiny:
+        BASE.update(widths=[8, 16, 32], epochs=1, batch_size=32)
+        for variant in VARIANTS.values():
+            variant.pop("widths", None)
+            variant["epochs"] = 1
     start = time.perf_counter()
     base = BuiltinTrainer(source, [target], recipe=BASE)
+    groups = len(base.source.class_names)
     print(f"datasets loaded in {time.perf_counter() - start:.1f} s on {base.device}", flush=True)
     report: dict = {"variants": {}, "reference_plain_loop_s_per_model": 2.4}
     for name in args.variants.split(","):
@@ -105,10 +116,10 @@ def main() -> None:
         trainer = BuiltinTrainer(source, [target], recipe=recipe)
         trainer._on_device = base._on_device  # share the GPU-resident data
         count = 2 if recipe["stack"] == 1 else args.models
-        warm = make_jobs(range(1000, 1000 + recipe["stack"]), 100, 0.5, base_seed=1)
+        warm = make_jobs(range(1000, 1000 + recipe["stack"]), groups, 0.5, base_seed=1)
         _time_models(trainer, warm)  # warm-up: kernels, cuDNN autotuning
-        seconds, accuracy = _time_models(trainer, make_jobs(range(count), 100, 0.5, 0))
-        images = 25_000 * recipe["epochs"]
+        seconds, accuracy = _time_models(trainer, make_jobs(range(count), groups, 0.5, 0))
+        images = len(base.source) // 2 * recipe["epochs"]
         flops = 6 * _macs_per_image(recipe["widths"]) * images
         report["variants"][name] = {
             "recipe": recipe,
@@ -123,12 +134,14 @@ def main() -> None:
             f"acc {statistics.mean(accuracy):.3f}",
             flush=True,
         )
-    full = np.ones(100, dtype=bool)
+    full = np.ones(groups, dtype=bool)
     trainer = BuiltinTrainer(source, [target], recipe=dict(BASE, stack=8))
     trainer._on_device = base._on_device
     _, accuracy_100 = _time_models(trainer, [Job(i, 500 + i, full) for i in range(8)])
     report["mean_accuracy_100_classes"] = statistics.mean(accuracy_100)
-    report["mean_accuracy_untrained_control"] = statistics.mean(_untrained_accuracy(trainer, 8))
+    report["mean_accuracy_untrained_control"] = statistics.mean(
+        _untrained_accuracy(trainer, 8, groups)
+    )
     print(
         f"100-class models acc {report['mean_accuracy_100_classes']:.3f}, untrained control "
         f"acc {report['mean_accuracy_untrained_control']:.3f}",

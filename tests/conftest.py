@@ -1,6 +1,8 @@
+import io
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -85,3 +87,29 @@ def assert_same_results(a, b, exact=True):
                 assert np.array_equal(x, y, equal_nan=x.dtype.kind == "f"), (name, key)
             else:
                 np.testing.assert_array_equal(x, y, err_msg=f"{name} {key}")
+
+
+def make_image_folder(root, classes, per_class, splits=("train",), as_tar=True, size=8):
+    """An ImageFolder dataset of solid-colour PNGs: class k, image i has colour (40k, 10i, 100)."""
+    from PIL import Image
+
+    root.mkdir(parents=True)
+    for split in splits:
+        files = {}
+        for k, name in enumerate(classes):
+            for i in range(per_class):
+                buffer = io.BytesIO()
+                Image.new("RGB", (size, size), (40 * k % 256, 10 * i % 256, 100)).save(
+                    buffer, format="PNG"
+                )
+                files[f"{name}/{i:03d}.png"] = buffer.getvalue()
+        if as_tar:
+            with tarfile.open(root / f"{split}.tar.gz", "w:gz") as archive:
+                for name, blob in files.items():
+                    info = tarfile.TarInfo(name)
+                    info.size = len(blob)
+                    archive.addfile(info, io.BytesIO(blob))
+        else:
+            for name, blob in files.items():
+                (root / split / name).parent.mkdir(parents=True, exist_ok=True)
+                (root / split / name).write_bytes(blob)

@@ -10,13 +10,14 @@ from transfer_influence.trainers.builtin import BuiltinTrainer
 from transfer_influence.trainers.probe import fit_linear_probe
 from transfer_influence.trainers.stack import StackedResNet, extract_features
 
-DEMO = {"kind": "demo", "source_per_class": 60, "target_per_class": 80}
-RECIPE = {"widths": [16, 32, 64], "epochs": 4, "batch_size": 64, "stack": 2}
+DEMO = {"kind": "demo", "source_per_class": 80, "target_per_class": 100}
+RECIPE = {"widths": [16, 32, 64], "epochs": 8, "batch_size": 64, "stack": 2}
 
 
 def _trainer(**recipe):
-    return BuiltinTrainer(DEMO, [dict(DEMO, name="stripes")], ("fixed_feature", "finetune"),
-                          dict(RECIPE, **recipe))
+    return BuiltinTrainer(
+        DEMO, [dict(DEMO, name="stripes")], ("fixed_feature", "finetune"), dict(RECIPE, **recipe)
+    )
 
 
 def _jobs(groups=(0, 1, 2, 3, 8, 9, 10, 11, 12, 13, 14, 15)):
@@ -51,9 +52,14 @@ def test_transfer_beats_an_untrained_backbone(trained):
     train_images = torch.from_numpy(trainer.targets[0].train.images)
     test_images = torch.from_numpy(trainer.targets[0].test.images)
     train_labels = torch.from_numpy(trainer.targets[0].train.labels)
-    untrained = fit_linear_probe(extract_features(net, train_images), train_labels,
-                                 extract_features(net, test_images), 4, trainer.recipe.probe_l2,
-                                 trainer.recipe.probe_steps).numpy()
+    untrained = fit_linear_probe(
+        extract_features(net, train_images),
+        train_labels,
+        extract_features(net, test_images),
+        4,
+        trainer.recipe.probe_l2,
+        trainer.recipe.probe_steps,
+    ).numpy()
     for g, result in enumerate(results):
         trained_accuracy = _accuracy(result.logits["stripes/fixed_feature"], labels)
         control = _accuracy(untrained[g], labels)

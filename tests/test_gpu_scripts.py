@@ -1,0 +1,122 @@
+"""The GPU benchmark and the unattended GPU run script, checked on CPU at toy scale."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import make_image_folder
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TOY_CONFIG = """
+[run]
+models = 8
+chunk_size = 4
+keep_logits = false
+[trainer]
+type = "builtin"
+[trainer.params]
+source = { kind = "folder", path = "${TI_DATASETS}/cifar100" }
+targets = [{ name = "cifar10", kind = "folder", path = "${TI_DATASETS}/cifar10" }]
+[trainer.params.recipe]
+widths = [8, 16, 16]
+epochs = 1
+batch_size = 16
+stack = 4
+"""
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    root = tmp_path_factory.mktemp("toy")
+    data = root / "datasets"
+    make_image_folder(
+        data / "cifar100", [f"c{k:02d}" for k in range(10)], 8, splits=("train", "test"), size=32
+    )
+    make_image_folder(data / "cifar10", ["a", "b", "c", "d"], 8, splits=("train", "test"), size=32)
+    (root / "toy.toml").write_text(TOY_CONFIG)
+    env = dict(
+        os.environ,
+        TI_DATASETS=str(data),
+        TI_RESULTS=str(root / "results"),
+        TRANSFER_INFLUENCE_CACHE=str(root / "cache"),
+        TRANSFER_INFLUENCE_DEVICE="cpu",
+        TI_CONFIG=str(root / "toy.toml"),
+        TI_RUN_DIR=str(root / "runs" / "reference"),
+        PYTHONPATH=str(ROOT / "src"),
+    )
+    return root, env
+
+
+@pytest.mark.slow
+def test_gpu_speed_benchmark_writes_its_result(toy):
+    root, env = toy
+    done = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/gpu_speed.py",
+            "--tiny",
+            "--models",
+            "2",
+            "--variants",
+            "plain,stack8",
+            "--out",
+            str(root / "speed.json"),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads((root / "speed.json").read_text())
+    assert set(result["variants"]) == {"plain", "stack8"}
+    for variant in result["variants"].values():
+        assert variant["seconds_per_model"] > 0 and 0 <= variant["mean_accuracy_50_classes"] <= 1
+    assert {"device_name", "torch", "git_sha", "date"} <= set(result)
+    assert 0 <= result["mean_accuracy_untrained_control"] <= 1
+
+
+@pytest.mark.slow
+def test_gpu_run_script_runs_and_continues_from_its_tarball(toy, tmp_path):
+    root, env = toy
+    first, second = tmp_path / "first", tmp_path / "second"
+    done = subprocess.run(
+        ["bash", "benchmarks/gpu_run.sh", str(first), "--budget-s", "400", "--skip-benchmark"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr + done.stdout
+    parts = sorted(first.glob("run.tar.gz.part-*"))
+    assert parts and (first / "gpu_run.log").exists()
+    assert "models   8 of 8 done" in done.stdout
+    # A fresh machine: no run directory, only the tarball of the earlier lease.
+    env = dict(env, TI_RUN_DIR=str(tmp_path / "fresh" / "reference"), TI_MODELS="12")
+    done = subprocess.run(
+        [
+            "bash",
+            "benchmarks/gpu_run.sh",
+            str(second),
+            "--budget-s",
+            "400",
+            "--skip-benchmark",
+            "--resume",
+            str(first / "run.tar.gz.part-"),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert "resumed 2 chunks" in done.stdout
+    assert "models   12 of 12 done" in done.stdout
