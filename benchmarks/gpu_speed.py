@@ -87,6 +87,12 @@ def _untrained_accuracy(trainer: BuiltinTrainer, models: int, groups: int) -> li
     return [float((lg.argmax(1) == labels).mean()) for lg in logits]
 
 
+def _write(report: dict, out: str | None) -> None:
+    """Partial results survive a time limit: rewritten after every measurement."""
+    if out:
+        Path(out).write_text(json.dumps(report, indent=2) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default=os.environ.get("TI_DATASETS", "../shared/datasets"))
@@ -129,6 +135,7 @@ def main() -> None:
             "mean_accuracy_50_classes": statistics.mean(accuracy),
             "std_accuracy_50_classes": statistics.pstdev(accuracy),
         }
+        _write(report, args.out)
         print(
             f"{name:16s} {seconds:6.2f} s/model  {flops / seconds / 1e12:6.1f} TFLOP/s  "
             f"acc {statistics.mean(accuracy):.3f}",
@@ -139,6 +146,7 @@ def main() -> None:
     trainer._on_device = base._on_device
     _, accuracy_100 = _time_models(trainer, [Job(i, 500 + i, full) for i in range(8)])
     report["mean_accuracy_100_classes"] = statistics.mean(accuracy_100)
+    _write(report, args.out)
     report["mean_accuracy_untrained_control"] = statistics.mean(
         _untrained_accuracy(trainer, 8, groups)
     )

@@ -161,3 +161,37 @@ def test_ci_level_is_checked():
         est.overall.ci(1.5)
     narrow, wide = est.overall.ci(0.5), est.overall.ci(0.99)
     assert np.all(wide[0] < narrow[0]) and np.all(wide[1] > narrow[1])
+
+
+def test_regression_estimator_removes_composition_noise():
+    """Regressing on all groups at once leaves only training noise in each estimate."""
+    trainer = SimulatedTrainer(
+        groups=30, examples=200, effect_scale=0.1, modes=("ff",), seed=1, model_noise=0.02
+    )
+    jobs = make_jobs(range(200), 30, 0.5, base_seed=0)
+    labels = trainer.describe().targets[0].labels
+    outputs = np.stack([margin(r.logits["sim/ff"], labels) for r in trainer.train(jobs)])
+    masks = np.stack([j.mask for j in jobs])
+    truth = trainer.true_influence("sim", "ff")
+    plain = estimate_influence(masks, outputs, labels)
+    adjusted = estimate_influence(masks, outputs, labels, estimator="regression")
+    assert adjusted.estimator == "regression" and adjusted.ridge is not None
+    assert adjusted.overall.stderr.mean() < plain.overall.stderr.mean() / 3
+    errors = {
+        name: np.abs(est.overall.values[:, 0] - truth.mean(axis=1)).mean()
+        for name, est in (("plain", plain), ("adjusted", adjusted))
+    }
+    assert errors["adjusted"] < errors["plain"] / 3
+    z = (adjusted.per_example.values - truth) / adjusted.per_example.stderr
+    assert 0.93 <= np.mean(np.abs(z) < 1.96) <= 0.97  # per-example intervals are calibrated
+    np.testing.assert_allclose(
+        adjusted.per_example.values.mean(axis=1), adjusted.overall.values[:, 0], atol=1e-5
+    )
+
+
+def test_regression_needs_more_models_than_groups():
+    masks, outputs = random_case(m=15, k=7)
+    with pytest.raises(ValueError, match="at least K \\+ 10 = 17 models"):
+        estimate_influence(masks, outputs, estimator="regression")
+    with pytest.raises(ValueError, match="unknown estimator"):
+        estimate_influence(masks, outputs, estimator="magic")

@@ -12,6 +12,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from .estimation import Influence, InfluenceAccumulator, InfluenceEstimate, InfluenceWarning
+from .stability import SplitHalf, split_half_stability
 from .store import RunError, RunStore
 from .store.files import atomic_write_bytes, write_json
 
@@ -70,6 +71,9 @@ class ClassInfluence:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", InfluenceWarning)
             self.estimate_: InfluenceEstimate = accumulator.result(self.estimator, self.ridge)
+        self.stability_: SplitHalf | None = None
+        if accumulator.n_models >= 8:
+            self.stability_ = split_half_stability(accumulator.masks, accumulator.model_means)
         self.groups_ = store.groups
         self.target_classes_ = target.class_names
         self.n_models_ = accumulator.n_models
@@ -147,6 +151,10 @@ class ClassInfluence:
                 ),
                 "most_harmful": defined.tail(5)[::-1][["group", "influence", "stderr"]].to_dict(
                     "records"
+                ),
+                "split_half_spearman": self.stability_.spearman if self.stability_ else None,
+                "models_for_split_half_0.9": (
+                    self.stability_.models_needed(0.9) if self.stability_ else None
                 ),
                 "ci_excludes_zero": int(((defined.ci_low > 0) | (defined.ci_high < 0)).sum()),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -230,6 +230,12 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
                 f"  {row.group:<24} {row.influence * scale:+8.3f}  "
                 f"[{row.ci_low * scale:+.3f}, {row.ci_high * scale:+.3f}]"
             )
+    if model.stability_ is not None:
+        print(
+            f"\nsplit-half rank stability (difference in means, {model.stability_.splits} "
+            f"random halves): Spearman {model.stability_.spearman:.2f}; about "
+            f"{model.stability_.models_needed(0.9):,.0f} models would give 0.9"
+        )
     print(f"\nwrote {folder}/classes.csv, per_target_class.csv, influence.npy, summary.json")
     return 0
 

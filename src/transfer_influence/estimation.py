@@ -32,6 +32,7 @@ __all__ = [
 ]
 
 ESTIMATORS = ("difference", "regression")
+MIN_RESIDUAL_DOF = 10  # models beyond K that the regression estimator needs
 _ROW_BLOCK = 1024  # models per float32 block of squares, summed into float64
 
 
@@ -147,6 +148,16 @@ class InfluenceAccumulator:
         self._masks.append(masks.copy())
         return self
 
+    @property
+    def masks(self) -> np.ndarray:
+        """Masks of every model added so far (m x K)."""
+        return np.concatenate(self._masks) if self._masks else np.zeros((0, self.n_groups), bool)
+
+    @property
+    def model_means(self) -> np.ndarray:
+        """Each model's mean output over all target examples (m,)."""
+        return np.concatenate(self._summaries)[:, 0] if self._summaries else np.zeros(0)
+
     def result(
         self, estimator: str = "difference", ridge: float | None = None
     ) -> InfluenceEstimate:
@@ -172,8 +183,13 @@ class InfluenceAccumulator:
             )
             summary = _exact_difference(masks, summaries)
         else:
-            if self.n_models < 4:
-                raise ValueError("the regression estimator needs at least 4 models")
+            if self.n_models < self.n_groups + MIN_RESIDUAL_DOF:
+                # Fewer models than groups fit the noise exactly: the errors would be fiction.
+                raise ValueError(
+                    f"the regression estimator needs at least K + {MIN_RESIDUAL_DOF} = "
+                    f"{self.n_groups + MIN_RESIDUAL_DOF} models, have {self.n_models}; "
+                    "train more or use the difference estimator"
+                )
             if ridge is None:
                 ridge = choose_ridge(masks, summaries[:, 0])
             per_example = _regression(

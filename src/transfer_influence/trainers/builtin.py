@@ -119,7 +119,7 @@ class BuiltinTrainer:
     def _tensors(self, name: str, data: ImageDataset) -> tuple[torch.Tensor, torch.Tensor]:
         if name not in self._on_device:
             self._on_device[name] = (
-                torch.from_numpy(np.ascontiguousarray(data.images)).to(self.device),
+                torch.from_numpy(np.array(data.images)).to(self.device),
                 torch.from_numpy(data.labels).to(self.device),
             )
         return self._on_device[name]
