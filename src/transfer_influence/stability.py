@@ -4,11 +4,12 @@ projection of the models needed for a target stability (pure numpy, no I/O)."""
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
-from .estimation import estimate_influence
+from .estimation import InfluenceWarning, estimate_influence
 
 __all__ = ["SplitHalf", "split_half_stability"]
 
@@ -37,6 +38,22 @@ def _ranks(x: np.ndarray) -> np.ndarray:
     return np.argsort(np.argsort(x)).astype(np.float64)
 
 
+def _split_correlation(
+    masks: np.ndarray, outputs: np.ndarray, rng: np.random.Generator, estimator: str
+) -> list[float]:
+    m = masks.shape[0]
+    order = rng.permutation(m)
+    halves = order[: m // 2], order[m // 2 : 2 * (m // 2)]
+    values = [
+        estimate_influence(masks[h], outputs[h], estimator=estimator).overall.values[:, 0]
+        for h in halves
+    ]
+    keep = np.isfinite(values[0]) & np.isfinite(values[1])
+    if keep.sum() < 3:
+        return []
+    return [float(np.corrcoef(_ranks(values[0][keep]), _ranks(values[1][keep]))[0, 1])]
+
+
 def split_half_stability(
     masks: np.ndarray,
     outputs: np.ndarray,
@@ -53,16 +70,10 @@ def split_half_stability(
         raise ValueError(f"split-half stability needs at least 8 models, have {m}")
     rng = np.random.default_rng(seed)
     correlations = []
-    for _ in range(splits):
-        order = rng.permutation(m)
-        halves = order[: m // 2], order[m // 2 : 2 * (m // 2)]
-        values = [
-            estimate_influence(masks[h], outputs[h], estimator=estimator).overall.values[:, 0]
-            for h in halves
-        ]
-        keep = np.isfinite(values[0]) & np.isfinite(values[1])
-        if keep.sum() >= 3:
-            correlations.append(np.corrcoef(_ranks(values[0][keep]), _ranks(values[1][keep]))[0, 1])
+    with warnings.catch_warnings():  # a half may leave a group always in or out: it is skipped
+        warnings.simplefilter("ignore", InfluenceWarning)
+        for _ in range(splits):
+            correlations += _split_correlation(masks, outputs, rng, estimator)
     if not correlations:
         raise ValueError("no split gave enough groups with estimates in both halves")
     return SplitHalf(
