@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from .arrays import load_npz
 from .base import ImageDataset, fingerprint_arrays
+from .external import load_huggingface, load_torchvision
 from .folder import load_folder
 from .synthetic import demo_dataset, planted_classes
 
@@ -30,4 +32,16 @@ def load_dataset(spec: dict[str, Any], split: str, role: str) -> ImageDataset:
             return load_folder(split=split, **options)
         except TypeError as error:
             raise ValueError(f"folder dataset: {error}") from None
-    raise ValueError(f"unknown dataset kind {kind!r}; known: demo, folder")
+    if kind == "npz":
+        if set(options) != {"path"}:
+            raise ValueError("an npz dataset takes exactly one key besides kind: path")
+        return load_npz(options["path"], split)
+    if kind in ("torchvision", "huggingface"):
+        loader = load_torchvision if kind == "torchvision" else load_huggingface
+        try:
+            return loader(split=split, **options)
+        except TypeError as error:
+            raise ValueError(f"{kind} dataset: {error}") from None
+    raise ValueError(
+        f"unknown dataset kind {kind!r}; known: demo, folder, npz, torchvision, huggingface"
+    )

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import tarfile
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -26,16 +27,23 @@ __all__ = ["load_folder"]
 _SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
-def _decode(blobs: list[bytes], size: int | None) -> np.ndarray:
+def _decode(blobs: list[bytes], size: int | None) -> tuple[list[np.ndarray], list[int]]:
+    """Decoded images, and the positions of those that could not be decoded."""
     from PIL import Image
 
-    out = []
-    for blob in blobs:
-        image = Image.open(io.BytesIO(blob)).convert("RGB")
+    out, bad = [], []
+    for i, blob in enumerate(blobs):
+        try:
+            image = Image.open(io.BytesIO(blob))
+            image.load()
+            image = image.convert("RGB")
+        except (OSError, ValueError, Image.DecompressionBombError):
+            bad.append(i)
+            continue
         if size is not None and image.size != (size, size):
             image = image.resize((size, size), Image.BILINEAR)
         out.append(np.asarray(image, dtype=np.uint8))
-    return np.stack(out)
+    return out, bad
 
 
 def _members(source: Path) -> list[tuple[str, bytes]]:
@@ -83,8 +91,15 @@ def load_folder(
     size: int | None = None,
     names_file: str | None = None,
     cache: str | None = None,
+    on_corrupt: str = "fail",
 ) -> ImageDataset:
-    """Load ``split`` of the ImageFolder data at ``path`` (resized to ``size`` if given)."""
+    """Load ``split`` of the ImageFolder data at ``path`` (resized to ``size`` if given).
+
+    An image that cannot be decoded stops the load with its file name (``on_corrupt =
+    "fail"``) or is left out and counted (``"skip"``).
+    """
+    if on_corrupt not in ("fail", "skip"):
+        raise ValueError(f"on_corrupt must be 'fail' or 'skip', got {on_corrupt!r}")
     root = Path(expand_path(path))
     if not root.exists():
         raise ValueError(
@@ -93,15 +108,23 @@ def load_folder(
         )
     source = _locate(root, split)
     stat = source.stat()
-    key = hashlib.sha256(f"{source.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{size}".encode())
+    key = hashlib.sha256(
+        f"{source.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{size}|{on_corrupt}".encode()
+    )
     cache_dir = Path(
         cache
         or os.environ.get("TRANSFER_INFLUENCE_CACHE", Path.home() / ".cache" / "transfer-influence")
     )
     stem = cache_dir / f"{root.name}-{split}-{key.hexdigest()[:16]}"
     if not (stem.with_suffix(".json")).exists():
-        _build_cache(source, stem, size)
+        _build_cache(source, stem, size, on_corrupt)
     meta = json.loads(stem.with_suffix(".json").read_text())
+    if meta["skipped"]:
+        warnings.warn(
+            f"{source}: left out {len(meta['skipped'])} corrupt image(s) "
+            f"(first: {meta['skipped'][0]})",
+            stacklevel=2,
+        )
     images = np.load(stem.with_suffix(".npy"), mmap_mode="r", allow_pickle=False)
     classes = tuple(meta["classes"])
     display = None
@@ -118,7 +141,7 @@ def load_folder(
     )
 
 
-def _build_cache(source: Path, stem: Path, size: int | None) -> None:
+def _build_cache(source: Path, stem: Path, size: int | None, on_corrupt: str) -> None:
     members = _members(source)
     if not members:
         raise ValueError(f"no images found in {source}")
@@ -129,7 +152,28 @@ def _build_cache(source: Path, stem: Path, size: int | None) -> None:
     blobs = [blob for _, blob in members]
     chunks = [blobs[i : i + 2048] for i in range(0, len(blobs), 2048)]
     with ProcessPoolExecutor(max_workers=os.cpu_count()) as pool:
-        images = np.concatenate(list(pool.map(_decode, chunks, [size] * len(chunks))))
+        decoded = list(pool.map(_decode, chunks, [size] * len(chunks)))
+    bad = {
+        start + i
+        for start, (_, b) in zip(range(0, len(blobs), 2048), decoded, strict=True)
+        for i in b
+    }
+    if bad and on_corrupt == "fail":
+        first = members[min(bad)][0]
+        raise ValueError(
+            f"{source}: {len(bad)} corrupt image(s), first {first}; fix or remove "
+            'them, or set on_corrupt = "skip" in the dataset\'s table'
+        )
+    arrays = [image for images, _ in decoded for image in images]
+    shapes = {a.shape for a in arrays}
+    if len(shapes) > 1:
+        raise ValueError(
+            f"{source}: images have different sizes ({sorted(shapes)[:3]}); set "
+            "size = N in the dataset's table to resize them"
+        )
+    images = np.stack(arrays)
+    skipped = [members[i][0] for i in sorted(bad)]
+    members = [member for i, member in enumerate(members) if i not in bad]
     digest = hashlib.sha256()
     for name, blob in members:
         digest.update(name.encode())
@@ -143,5 +187,6 @@ def _build_cache(source: Path, stem: Path, size: int | None) -> None:
         "labels": [index[n.split("/")[0]] for n, _ in members],
         "ids": [n for n, _ in members],
         "fingerprint": digest.hexdigest()[:16],
+        "skipped": skipped,
     }
     atomic_write_bytes(stem.with_suffix(".json"), json.dumps(meta).encode())

@@ -39,12 +39,42 @@ def resolve_device(requested: str | None = None) -> torch.device:
 
 
 class _Target:
+    """A target's training images (for the transfer) and evaluation images (for outputs).
+
+    ``validation = f`` carves a seeded fraction f out of the training images; with
+    ``evaluate = "validation"`` outputs are recorded on it instead of the test split, so that
+    choices made from the influence never touch the test set.
+    """
+
     def __init__(self, spec: dict[str, Any]) -> None:
+        spec = dict(spec)
         if "name" not in spec:
             raise ValueError("every target needs a name")
         self.name = str(spec["name"])
-        self.train = load_dataset(spec, "train", "target")
-        self.test = load_dataset(spec, "test", "target")
+        fraction = float(spec.pop("validation", 0.0))
+        seed = int(spec.pop("validation_seed", 0))
+        evaluate = spec.pop("evaluate", "test")
+        if not 0.0 <= fraction < 1.0:
+            raise ValueError(f"target {self.name!r}: validation must be in [0, 1)")
+        if evaluate not in ("test", "validation") or (evaluate == "validation" and not fraction):
+            raise ValueError(
+                f"target {self.name!r}: evaluate must be 'test', or 'validation' "
+                "with a validation fraction"
+            )
+        train = load_dataset(spec, "train", "target")
+        if fraction:
+            order = np.random.default_rng([seed, 7]).permutation(len(train))
+            cut = round(fraction * len(train))
+            held_out, kept = np.sort(order[:cut]), np.sort(order[cut:])
+            self.train = train.subset(kept)
+            self.test = (
+                train.subset(held_out)
+                if evaluate == "validation"
+                else load_dataset(spec, "test", "target")
+            )
+        else:
+            self.train = train
+            self.test = load_dataset(spec, "test", "target")
         if self.train.class_names != self.test.class_names:
             raise ValueError(f"target {self.name!r}: train and test classes differ")
 

@@ -1,0 +1,57 @@
+"""Datasets held as numpy arrays in an ``.npz`` file (read without pickle).
+
+Keys: ``<split>_images`` (N x H x W x 3 uint8), ``<split>_labels`` (N ints), optional
+``<split>_ids`` (N stable example ids; default ``<split>/<index>``) and ``class_names``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from .base import ImageDataset
+from .folder import expand_path
+
+__all__ = ["load_npz"]
+
+
+def load_npz(path: str, split: str) -> ImageDataset:
+    file = Path(expand_path(path))
+    if not file.is_file():
+        raise ValueError(
+            f"dataset not found: {file} (an .npz with {split}_images and {split}_labels arrays)"
+        )
+    try:
+        with np.load(file, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
+        raise ValueError(f"{file}: not a readable .npz without pickled objects ({error})") from None
+    for key in (f"{split}_images", f"{split}_labels"):
+        if key not in arrays:
+            raise ValueError(f"{file}: no array {key!r} (has {', '.join(sorted(arrays))})")
+    images = np.ascontiguousarray(arrays[f"{split}_images"])
+    labels = arrays[f"{split}_labels"].astype(np.int64)
+    if images.ndim == 3:  # grey: repeat into three channels
+        images = np.repeat(images[..., None], 3, axis=-1)
+    if images.dtype != np.uint8:
+        raise ValueError(f"{file}: {split}_images must be uint8 (0-255), got {images.dtype}")
+    classes = arrays.get("class_names")
+    classes = (
+        tuple(str(c) for c in classes)
+        if classes is not None
+        else tuple(f"class{c}" for c in range(int(labels.max()) + 1))
+    )
+    ids = arrays.get(f"{split}_ids")
+    ids = (
+        ids.astype(str)
+        if ids is not None
+        else np.array([f"{split}/{i}" for i in range(len(labels))])
+    )
+    digest = (
+        hashlib.sha256(images.tobytes()).hexdigest()[:8]
+        + hashlib.sha256(labels.tobytes() + "\n".join(ids.tolist()).encode()).hexdigest()[:8]
+    )
+    return ImageDataset(images, labels, classes, ids, fingerprint=digest)
