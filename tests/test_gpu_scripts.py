@@ -52,28 +52,28 @@ def toy(tmp_path_factory):
     return root, env
 
 
+def _script(env, *args):
+    """Run a benchmark script from the repository root; fail with its output if it fails."""
+    done = subprocess.run([*args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr + done.stdout
+    return done.stdout
+
+
 @pytest.mark.slow
 def test_gpu_speed_benchmark_writes_its_result(toy):
     root, env = toy
-    done = subprocess.run(
-        [
-            sys.executable,
-            "benchmarks/gpu_speed.py",
-            "--tiny",
-            "--models",
-            "2",
-            "--variants",
-            "plain,stack8",
-            "--out",
-            str(root / "speed.json"),
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    _script(
+        env,
+        sys.executable,
+        "benchmarks/gpu_speed.py",
+        "--tiny",
+        "--models",
+        "2",
+        "--variants",
+        "plain,stack8",
+        "--out",
+        str(root / "speed.json"),
     )
-    assert done.returncode == 0, done.stderr
     result = json.loads((root / "speed.json").read_text())
     assert set(result["variants"]) == {"plain", "stack8"}
     for variant in result["variants"].values():
@@ -86,37 +86,23 @@ def test_gpu_speed_benchmark_writes_its_result(toy):
 def test_gpu_run_script_runs_and_continues_from_its_tarball(toy, tmp_path):
     root, env = toy
     first, second = tmp_path / "first", tmp_path / "second"
-    done = subprocess.run(
-        ["bash", "benchmarks/gpu_run.sh", str(first), "--budget-s", "400", "--skip-benchmark"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    out = _script(
+        env, "bash", "benchmarks/gpu_run.sh", str(first), "--budget-s", "400", "--skip-benchmark"
     )
-    assert done.returncode == 0, done.stderr + done.stdout
-    parts = sorted(first.glob("run.tar.gz.part-*"))
-    assert parts and (first / "gpu_run.log").exists()
-    assert "models   8 of 8 done" in done.stdout
+    assert sorted(first.glob("run.tar.gz.part-*")) and (first / "gpu_run.log").exists()
+    assert "models   8 of 8 done" in out
     # A fresh machine: no run directory, only the tarball of the earlier lease.
     env = dict(env, TI_RUN_DIR=str(tmp_path / "fresh" / "reference"), TI_MODELS="12")
-    done = subprocess.run(
-        [
-            "bash",
-            "benchmarks/gpu_run.sh",
-            str(second),
-            "--budget-s",
-            "400",
-            "--skip-benchmark",
-            "--resume",
-            str(first / "run.tar.gz.part-"),
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    out = _script(
+        env,
+        "bash",
+        "benchmarks/gpu_run.sh",
+        str(second),
+        "--budget-s",
+        "400",
+        "--skip-benchmark",
+        "--resume",
+        str(first / "run.tar.gz.part-"),
     )
-    assert done.returncode == 0, done.stderr + done.stdout
-    assert "resumed 2 chunks" in done.stdout
-    assert "models   12 of 12 done" in done.stdout
+    assert "resumed 2 chunks" in out
+    assert "models   12 of 12 done" in out
