@@ -190,3 +190,38 @@ def _config_and_task(path):
 
     config = load_config(path)
     return config, load_trainer(config.trainer.type, config.trainer.params).describe()
+
+
+def test_run_until_stable_grows_the_run_until_the_target_or_budget(make_config, cli, tmp_path):
+    config = make_config(models=16, chunk_size=8, groups=12)
+    config.write_text(config.read_text() + "effect_scale = 0.3\nactive = 1.0\n")
+    run_dir = tmp_path / "run"
+    code, out, err = cli(
+        "run",
+        config,
+        "--run-dir",
+        run_dir,
+        "--quiet",
+        "--until-stable",
+        "0.8",
+        "--max-models",
+        "200",
+    )
+    assert code == 0, err
+    lines = [line for line in out.splitlines() if "split-half rank stability" in line]
+    assert lines and float(lines[-1].split("stability ")[1].split()[0]) >= 0.6
+    planned = RunStore(run_dir).planned_models
+    assert 16 < planned <= 200 and not RunStore(run_dir).missing_chunks()
+    code, out, _ = cli(
+        "run", run_dir, "--quiet", "--until-stable", "0.999", "--max-models", str(planned + 8)
+    )
+    assert code == 0 and RunStore(run_dir).planned_models == planned + 8  # the budget stops it
+
+
+def test_estimate_reports_lds_and_stability(make_config, cli, tmp_path):
+    run_dir = tmp_path / "run"
+    cli("run", make_config(models=40), "--run-dir", run_dir, "--quiet")
+    code, out, _ = cli("estimate", run_dir)
+    assert code == 0 and "held-out LDS" in out and "split-half rank stability" in out
+    summary = json.loads((run_dir / "influence" / "summary.json").read_text())
+    assert -1 <= summary["lds"] <= 1 and -1 <= summary["split_half_spearman"] <= 1

@@ -195,3 +195,29 @@ def test_regression_needs_more_models_than_groups():
         estimate_influence(masks, outputs, estimator="regression")
     with pytest.raises(ValueError, match="unknown estimator"):
         estimate_influence(masks, outputs, estimator="magic")
+
+
+def test_lds_rewards_real_effects_and_not_noise():
+    from transfer_influence.stability import linear_datamodeling_score
+
+    def model_means(null):
+        trainer = SimulatedTrainer(
+            groups=20,
+            examples=50,
+            effect_scale=0.1,
+            null=null,
+            modes=("ff",),
+            seed=4,
+            model_noise=0.05,
+        )
+        jobs = make_jobs(range(150), 20, 0.5, base_seed=2)
+        labels = trainer.describe().targets[0].labels
+        y = np.stack([margin(r.logits["sim/ff"], labels) for r in trainer.train(jobs)])
+        return np.stack([j.mask for j in jobs]), y.mean(axis=1)
+
+    masks, y = model_means(null=False)
+    plain = linear_datamodeling_score(masks, y, 30, splits=50)[0]
+    adjusted = linear_datamodeling_score(masks, y, 30, splits=50, estimator="regression")[0]
+    assert 0.5 < plain < adjusted
+    masks, y = model_means(null=True)
+    assert abs(linear_datamodeling_score(masks, y, 30, splits=50)[0]) < 0.1

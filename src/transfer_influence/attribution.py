@@ -11,12 +11,32 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from .estimation import Influence, InfluenceAccumulator, InfluenceEstimate, InfluenceWarning
-from .stability import SplitHalf, split_half_stability
+from .estimation import (
+    MIN_RESIDUAL_DOF,
+    Influence,
+    InfluenceAccumulator,
+    InfluenceEstimate,
+    InfluenceWarning,
+)
+from .stability import SplitHalf, linear_datamodeling_score, split_half_stability
 from .store import RunError, RunStore
 from .store.files import atomic_write_bytes, write_json
 
-__all__ = ["ClassInfluence"]
+__all__ = ["ClassInfluence", "run_stability"]
+
+
+def run_stability(
+    store: RunStore, target: str | None = None, mode: str | None = None, output: str = "p_correct"
+) -> SplitHalf:
+    """Split-half rank stability of a run's overall class ranking (difference in means)."""
+    key = store.resolve_key(target, mode)
+    masks, means = [], []
+    for chunk_masks, values, _ in store.iter_outputs(key, output):
+        masks.append(chunk_masks)
+        means.append(values.mean(axis=1, dtype=np.float64))
+    if not masks:
+        raise RunError(f"{store.root} has no finished models yet")
+    return split_half_stability(np.concatenate(masks), np.concatenate(means))
 
 
 class ClassInfluence:
@@ -72,8 +92,18 @@ class ClassInfluence:
             warnings.simplefilter("always", InfluenceWarning)
             self.estimate_: InfluenceEstimate = accumulator.result(self.estimator, self.ridge)
         self.stability_: SplitHalf | None = None
-        if accumulator.n_models >= 8:
-            self.stability_ = split_half_stability(accumulator.masks, accumulator.model_means)
+        masks, means, m = accumulator.masks, accumulator.model_means, accumulator.n_models
+        if m >= 8:
+            self.stability_ = split_half_stability(masks, means)
+        # Held-out prediction of whole-model outputs; the fitting part must suit the estimator.
+        self.lds_: float | None = None
+        held_out = max(3, m // 5)
+        if m - held_out >= (
+            len(store.groups) + MIN_RESIDUAL_DOF if self.estimator == "regression" else 4
+        ):
+            self.lds_ = linear_datamodeling_score(masks, means, held_out, estimator=self.estimator)[
+                0
+            ]
         self.groups_ = store.groups
         self.target_classes_ = target.class_names
         self.n_models_ = accumulator.n_models
@@ -152,6 +182,7 @@ class ClassInfluence:
                 "most_harmful": defined.tail(5)[::-1][["group", "influence", "stderr"]].to_dict(
                     "records"
                 ),
+                "lds": self.lds_,
                 "split_half_spearman": self.stability_.spearman if self.stability_ else None,
                 "models_for_split_half_0.9": (
                     self.stability_.models_needed(0.9) if self.stability_ else None

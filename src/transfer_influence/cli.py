@@ -9,13 +9,14 @@ import argparse
 import math
 import os
 import sys
+import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 
 from . import __version__
-from .attribution import ClassInfluence
+from .attribution import ClassInfluence, run_stability
 from .config import Config, ConfigError, apply_overrides, load_config
 from .demo import run_demo
 from .engines.local import run_local, work
@@ -57,6 +58,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="start no new chunk after this long (run again to continue)",
     )
+    run.add_argument(
+        "--until-stable",
+        type=float,
+        metavar="R",
+        help="keep adding models until the split-half rank stability of the "
+        "overall class ranking reaches R (e.g. 0.9) or --max-models",
+    )
+    run.add_argument("--max-models", type=int, help="model budget for --until-stable")
 
     worker = sub.add_parser("worker", help="train missing chunks of a run (for any scheduler)")
     worker.add_argument("run_dir")
@@ -134,7 +143,27 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return _dry_run(run_dir, config, trainer, args.workers or 1)
     store = RunStore.open_or_create(run_dir, config, task, text)
-    run_local(store, args.workers, not args.quiet, args.time_limit, trainer)
+    deadline = time.time() + args.time_limit if args.time_limit else None
+    while True:
+        left = None if deadline is None else max(deadline - time.time(), 0.0)
+        run_local(store, args.workers, not args.quiet, left, trainer)
+        if not args.until_stable or store.missing_chunks():
+            break
+        stability = run_stability(store)
+        target_models = stability.models_needed(args.until_stable)
+        print(
+            f"{stability.models} models: split-half rank stability {stability.spearman:.2f} "
+            f"(target {args.until_stable}; projected {target_models:,.0f} models)"
+        )
+        budget = args.max_models or store.planned_models
+        if stability.spearman >= args.until_stable or store.planned_models >= budget:
+            break
+        grow = min(
+            max(target_models, store.planned_models + store.config.run.chunk_size),
+            2 * store.planned_models,
+            budget,
+        )  # at most double before measuring again
+        store.set_models(int(math.ceil(grow)))
     missing = sum(c.size for c in store.missing_chunks())
     if missing:
         print(f"stopped at the time limit with {missing} models to go; run again to continue")
@@ -230,6 +259,11 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
                 f"  {row.group:<24} {row.influence * scale:+8.3f}  "
                 f"[{row.ci_low * scale:+.3f}, {row.ci_high * scale:+.3f}]"
             )
+    if model.lds_ is not None:
+        print(
+            f"\nheld-out LDS ({args.estimator}, a fifth of the models held out, 200 splits): "
+            f"{model.lds_:.2f}"
+        )
     if model.stability_ is not None:
         print(
             f"\nsplit-half rank stability (difference in means, {model.stability_.splits} "

@@ -69,19 +69,22 @@ def choose_ridge(masks: np.ndarray, y: np.ndarray, folds: int = 10, seed: int = 
     order = np.random.default_rng(seed).permutation(m)
     fold_of = np.empty(m, dtype=int)
     fold_of[order] = np.arange(m) % max(2, min(folds, m))
-    errors = []
-    for ridge in candidates:
-        squared = 0.0
-        for fold in np.unique(fold_of):
-            train, test = fold_of != fold, fold_of == fold
-            gram, n_in, xty, total, _ = _stats(x[train], y[train, None])
-            mt = int(train.sum())
-            g = gram - np.outer(n_in, n_in) / mt
-            a = np.linalg.pinv(g) if ridge == 0 else np.linalg.inv(g + ridge * np.eye(k))
-            beta = a @ (xty - np.outer(n_in, total / mt))
-            predicted = total / mt + (x[test] - n_in / mt) @ beta
-            squared += float(((predicted[:, 0] - y[test]) ** 2).sum())
-        errors.append(squared)
+    errors = np.zeros(len(candidates))
+    for fold in np.unique(fold_of):
+        train, test = fold_of != fold, fold_of == fold
+        gram, n_in, xty, total, _ = _stats(x[train], y[train, None])
+        mt = int(train.sum())
+        # One eigendecomposition per fold serves every penalty: (G + rI)^-1 = V diag(1/(w+r)) V'.
+        w, v = np.linalg.eigh(gram - np.outer(n_in, n_in) / mt)
+        projected = v.T @ (xty - np.outer(n_in, total / mt))
+        features = (x[test] - n_in / mt) @ v
+        tiny = w.max() * 1e-10
+        for c, ridge in enumerate(candidates):
+            inverse = (
+                np.where(w > tiny, 1.0 / (w + ridge), 0.0) if ridge == 0 else 1.0 / (w + ridge)
+            )
+            predicted = total / mt + features @ (inverse[:, None] * projected)
+            errors[c] += float(((predicted[:, 0] - y[test]) ** 2).sum())
     return candidates[int(np.argmin(errors))]
 
 
