@@ -203,7 +203,7 @@ def test_run_until_stable_grows_the_run_until_the_target_or_budget(make_config, 
         run_dir,
         "--quiet",
         "--until-stable",
-        "0.8",
+        "0.6",
         "--max-models",
         "200",
     )
