@@ -1,6 +1,8 @@
 """The built-in CNN trainer: it learns, its transfer beats an untrained backbone, it is
 deterministic on CPU, and it runs on CUDA when there is one."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -104,3 +106,26 @@ def test_cuda_recipe_trains(monkeypatch):
     for result in results:
         assert result.source_accuracy > 0.5
         assert _accuracy(result.logits["stripes/fixed_feature"], labels) > 0.3
+
+
+def test_groups_beyond_classes(tmp_path):
+    """Masks over superclasses: a model trains on every class of the groups in its mask."""
+    from transfer_influence.datasets.synthetic import demo_dataset
+
+    names = demo_dataset("source", "test", source_per_class=10).class_names
+    mapping = {name: f"super{i // 4}" for i, name in enumerate(names)}  # 6 groups of 4
+    (tmp_path / "coarse.json").write_text(json.dumps(mapping))
+    trainer = BuiltinTrainer(
+        DEMO,
+        [dict(DEMO, name="stripes")],
+        recipe=dict(RECIPE, epochs=1),
+        groups=str(tmp_path / "coarse.json"),
+    )
+    assert trainer.describe().groups == tuple(f"super{g}" for g in range(6))
+    mask = np.array([True, False, True, False, False, True])
+    [result] = trainer.train([Job(0, 3, mask)])
+    assert result.logits["stripes/fixed_feature"].shape == (len(trainer.targets[0].test), 4)
+    assert 0.0 <= result.source_accuracy <= 1.0
+    (tmp_path / "partial.json").write_text(json.dumps({names[0]: "a"}))
+    with pytest.raises(ValueError, match="no group for 23 source class"):
+        BuiltinTrainer(DEMO, [dict(DEMO, name="s")], groups=str(tmp_path / "partial.json"))

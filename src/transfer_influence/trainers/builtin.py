@@ -8,16 +8,19 @@ The device is a property of the worker, not of the run: set ``TRANSFER_INFLUENCE
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Sequence
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from ..datasets import ImageDataset, load_dataset
+from ..datasets.folder import expand_path
 from ..subsets import Job
 from .probe import fit_linear_probe
 from .protocol import JobResult, TargetInfo, TaskDescription, output_key
@@ -79,19 +82,46 @@ class _Target:
             raise ValueError(f"target {self.name!r}: train and test classes differ")
 
 
+def _groups(source: ImageDataset, path: str | None) -> tuple[tuple[str, ...], np.ndarray]:
+    """Group names, and the group index of every source class."""
+    if path is None:
+        return source.names, np.arange(len(source.class_names))
+    file = Path(expand_path(path))
+    try:
+        mapping = json.loads(file.read_text())
+    except (OSError, ValueError) as error:
+        raise ValueError(f"groups file {file}: {error}") from None
+    if not isinstance(mapping, dict):
+        raise ValueError(f"groups file {file} must map class names to group names")
+    missing = [c for c in source.class_names if c not in mapping]
+    if missing:
+        raise ValueError(
+            f"groups file {file} has no group for {len(missing)} source class(es), "
+            f"first {missing[0]!r}"
+        )
+    names = tuple(sorted({str(mapping[c]) for c in source.class_names}))
+    index = {name: i for i, name in enumerate(names)}
+    return names, np.array([index[str(mapping[c])] for c in source.class_names])
+
+
 class BuiltinTrainer:
     """Pretrain on each job's source groups, transfer to each target in each mode.
 
     Parameters
     ----------
     source:
-        Dataset table (``{kind = ..., ...}``); its classes are the groups that masks range over.
+        Dataset table (``{kind = ..., ...}``); by default its classes are the groups that masks
+        range over.
     targets:
         Dataset tables, each with a ``name``.
     modes:
         Transfer modes: "fixed_feature" and/or "finetune".
     recipe:
         Fields of :class:`Recipe` (network widths, epochs, batch size, ...).
+    groups:
+        Optional path to a JSON object mapping each source class name to a group name (e.g.
+        CIFAR-100's ``coarse.json`` for its 20 superclasses, clusters, or any ids of yours):
+        masks then range over groups, and a model trains on every class of its groups.
     """
 
     def __init__(
@@ -100,6 +130,7 @@ class BuiltinTrainer:
         targets: Sequence[dict[str, Any]],
         modes: Sequence[str] = ("fixed_feature",),
         recipe: dict[str, Any] | None = None,
+        groups: str | None = None,
     ) -> None:
         unknown = set(recipe or {}) - {f.name for f in fields(Recipe)}
         if unknown:
@@ -116,6 +147,7 @@ class BuiltinTrainer:
         self.modes = tuple(modes)
         self.source = load_dataset(source, "train", "source")
         self.source_test = load_dataset(source, "test", "source")
+        self.group_names, self.group_of_class = _groups(self.source, groups)
         self.targets = [_Target(spec) for spec in targets]
         if not self.targets:
             raise ValueError("the built-in trainer needs at least one target")
@@ -134,7 +166,7 @@ class BuiltinTrainer:
         for t in self.targets:
             fingerprints[f"{t.name}/train"] = t.train.fingerprint
             fingerprints[f"{t.name}/test"] = t.test.fingerprint
-        return TaskDescription(self.source.names, targets, self.modes, fingerprints)
+        return TaskDescription(self.group_names, targets, self.modes, fingerprints)
 
     def estimate_seconds_per_model(self) -> float:
         """A rough CPU/GPU figure from the work per model; `status` reports measured speed."""
@@ -170,7 +202,8 @@ class BuiltinTrainer:
         if self.device.type == "cuda":
             net = net.to(memory_format=torch.channels_last)
         images, labels = self._tensors("source", self.source)
-        members = [np.flatnonzero(job.mask[self.source.labels]) for job in jobs]
+        classes_of = [job.mask[self.group_of_class] for job in jobs]
+        members = [np.flatnonzero(included[self.source.labels]) for included in classes_of]
         train_stack(
             net, images, labels, members, seeds, self.recipe, self.recipe.epochs, self.recipe.lr
         )
@@ -203,7 +236,7 @@ class BuiltinTrainer:
         logits = self._head_logits(net, images)
         accuracies = []
         for g, job in enumerate(jobs):
-            keep = torch.as_tensor(job.mask, device=self.device)
+            keep = torch.as_tensor(job.mask[self.group_of_class], device=self.device)
             rows = keep[labels]
             scores = logits[g][rows].masked_fill(~keep, float("-inf"))
             accuracies.append(float((scores.argmax(1) == labels[rows]).float().mean()))
