@@ -48,8 +48,6 @@ log="$out/gpu_run.log"
   if [ -d "$run_dir/chunks" ]; then
     python3 -m transfer_influence status "$run_dir"
     python3 -m transfer_influence estimate "$run_dir" --top 5
-    python3 -m transfer_influence estimate "$run_dir" --estimator regression --top 5 \
-      --out "$run_dir/influence-regression" || echo "(regression needs more models)"
     tar -czf - -C "$(dirname "$run_dir")" "$(basename "$run_dir")" \
       | split -b 15m - "$out/run.tar.gz.part-"
   fi

@@ -54,7 +54,7 @@ class ClassInfluence:
         mode: str | None = None,
         output: str = "p_correct",
         level: float = 0.95,
-        estimator: str = "difference",
+        estimator: str = "auto",
         ridge: float | None = None,
     ) -> None:
         self.target = target
@@ -99,11 +99,11 @@ class ClassInfluence:
         self.lds_: float | None = None
         held_out = max(3, m // 5)
         if m - held_out >= (
-            len(store.groups) + MIN_RESIDUAL_DOF if self.estimator == "regression" else 4
+            len(store.groups) + MIN_RESIDUAL_DOF if self.estimate_.estimator == "regression" else 4
         ):
-            self.lds_ = linear_datamodeling_score(masks, means, held_out, estimator=self.estimator)[
-                0
-            ]
+            self.lds_ = linear_datamodeling_score(
+                masks, means, held_out, estimator=self.estimate_.estimator
+            )[0]
         self.groups_ = store.groups
         self.target_classes_ = target.class_names
         self.n_models_ = accumulator.n_models

@@ -94,8 +94,9 @@ def _parser() -> argparse.ArgumentParser:
     estimate.add_argument(
         "--estimator",
         choices=ESTIMATORS,
-        default="difference",
-        help="difference in means (the paper's) or joint regression",
+        default="auto",
+        help="difference in means (the paper's), joint regression, or auto (the default): "
+        "regression once there are K + 10 models, else the difference in means",
     )
     estimate.add_argument("--out", help="output folder (default: RUN/influence)")
     estimate.add_argument("--top", type=int, default=10, help="rows to print at each end")
@@ -261,8 +262,8 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
             )
     if model.lds_ is not None:
         print(
-            f"\nheld-out LDS ({args.estimator}, a fifth of the models held out, 200 splits): "
-            f"{model.lds_:.2f}"
+            f"\nheld-out LDS ({model.estimate_.estimator}, a fifth of the models held out, "
+            f"200 splits): {model.lds_:.2f}"
         )
     if model.stability_ is not None:
         print(

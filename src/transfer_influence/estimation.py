@@ -31,7 +31,7 @@ __all__ = [
     "estimate_influence",
 ]
 
-ESTIMATORS = ("difference", "regression")
+ESTIMATORS = ("auto", "difference", "regression")
 MIN_RESIDUAL_DOF = 10  # models beyond K that the regression estimator needs
 _ROW_BLOCK = 1024  # models per float32 block of squares, summed into float64
 
@@ -173,6 +173,9 @@ class InfluenceAccumulator:
             )
         if self.n_models < 2:
             raise ValueError(f"need at least 2 models to estimate influence, have {self.n_models}")
+        if estimator == "auto":  # measured best where it applies (benchmarks/estimator_quality.py)
+            enough = self.n_models >= self.n_groups + MIN_RESIDUAL_DOF
+            estimator = "regression" if enough else "difference"
         n_out = self.n_models - self._n_in
         _warn_degenerate(self._n_in, n_out)
         masks = np.concatenate(self._masks)
