@@ -80,18 +80,8 @@ def choose_ridge(masks: np.ndarray, y: np.ndarray, folds: int = 10, seed: int = 
         features = (x[test] - n_in / mt) @ v
         tiny = w.max() * 1e-10
         for c, ridge in enumerate(candidates):
-            inverse = (
-                np.where(w > tiny, 1.0 / (w + ridge), 0.0) if ridge == 0 else 1.0 / (w + ridge)
-            )
+            usable = (w > tiny) | (ridge > 0)  # least squares: a pseudo-inverse
+            inverse = np.divide(1.0, w + ridge, out=np.zeros_like(w), where=usable)
             predicted = total / mt + features @ (inverse[:, None] * projected)
             errors[c] += float(((predicted[:, 0] - y[test]) ** 2).sum())
     return candidates[int(np.argmin(errors))]
-
-
-def regression_from_arrays(
-    masks: np.ndarray, y: np.ndarray, ridge: float
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """:func:`regression_influence` for models held in memory (``y`` is m x T)."""
-    x = masks.astype(np.float64)
-    gram, n_in, xty, total, total_sq = _stats(x, y)
-    return regression_influence(gram, n_in, xty, total, total_sq, x.shape[0], ridge)
