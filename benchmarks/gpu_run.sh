@@ -4,7 +4,8 @@
 # Phases, inside the budget (default 360 s): (1) the speed/accuracy benchmark, (2) as many
 # influence models of the reference case as fit, (3) estimates. Leaves in OUT: the benchmark
 # JSON, the run directory as a tarball (split into 15 MB parts), a log and a summary.
-# Needs no network; data from $TI_DATASETS (default ../shared/datasets).
+# Needs no network; data from $TI_DATASETS (default ../shared/datasets). Where .git does not
+# travel, set TRANSFER_INFLUENCE_GIT_SHA so that results name the commit they measured.
 set -euo pipefail
 out=${1:?usage: gpu_run.sh OUT [--budget-s S] [--resume TARBALL] [--skip-benchmark]}
 shift

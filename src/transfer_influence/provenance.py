@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import socket
 import subprocess
@@ -23,7 +24,12 @@ def package_version() -> str:
 
 @cache
 def git_sha() -> str | None:
-    """The commit the package was imported from (with '-dirty' if modified), else None."""
+    """The commit the package was imported from (with '-dirty' if modified), else None.
+
+    Where the code travelled without its .git (a GPU lease), TRANSFER_INFLUENCE_GIT_SHA says it.
+    """
+    if os.environ.get("TRANSFER_INFLUENCE_GIT_SHA"):
+        return os.environ["TRANSFER_INFLUENCE_GIT_SHA"]
     here = Path(__file__).resolve().parent
     try:
         sha = subprocess.run(
