@@ -34,6 +34,17 @@ def test_complementary_pairs():
         make_job(0, 11, 0.5, 0, design="complementary")
 
 
+def test_balanced_design_uses_every_group_equally_in_each_round():
+    jobs = make_jobs(range(12), 20, 0.25, base_seed=3, design="balanced")
+    masks = np.stack([j.mask for j in jobs])
+    assert (masks.sum(axis=1) == 5).all()
+    for start in (0, 4, 8):  # rounds of 1/alpha = 4 jobs partition the groups
+        assert (masks[start : start + 4].sum(axis=0) == 1).all()
+    assert not np.array_equal(masks[0], masks[4])  # a fresh permutation per round
+    with pytest.raises(ValueError, match="balanced design needs"):
+        make_job(0, 10, 0.25, 0, design="balanced")
+
+
 @pytest.mark.parametrize("alpha", [0.0, 1.0, -0.1, 1.2])
 def test_alpha_outside_open_interval_is_refused(alpha):
     with pytest.raises(ValueError, match="alpha"):

@@ -13,7 +13,7 @@ import numpy as np
 
 __all__ = ["DESIGNS", "Job", "make_job", "make_jobs", "subset_size"]
 
-DESIGNS = ("random", "complementary")
+DESIGNS = ("random", "complementary", "balanced")
 _MASK_STREAM, _SEED_STREAM = 0, 1
 
 
@@ -55,7 +55,9 @@ def make_job(
     """Job ``index`` of a run: a pure function of its arguments.
 
     ``design`` "random" draws each subset independently; "complementary" pairs job 2t+1 with
-    the complement of job 2t (which needs alpha = 0.5 for equal sizes). With ``shared_seed``
+    the complement of job 2t (which needs alpha = 0.5 for equal sizes); "balanced" splits a
+    fresh permutation of the groups into 1/alpha disjoint subsets for each round of 1/alpha
+    jobs, so every group is in exactly alpha of the jobs of each round. With ``shared_seed``
     every job gets the same training seed (same initialisation, augmentation and sampling
     stream), which removes seed noise from comparisons between subsets.
     """
@@ -66,12 +68,25 @@ def make_job(
     size = subset_size(n_groups, alpha)
     if design == "complementary" and 2 * size != n_groups:
         raise ValueError("the complementary design needs alpha * K = K / 2 exactly")
-    draw_index = index // 2 if design == "complementary" else index
-    rng = np.random.default_rng([base_seed, draw_index, _MASK_STREAM])
     mask = np.zeros(n_groups, dtype=bool)
-    mask[rng.choice(n_groups, size=size, replace=False)] = True
-    if design == "complementary" and index % 2 == 1:
-        mask = ~mask
+    if design == "balanced":
+        parts = round(1 / alpha)
+        if parts * size != n_groups:
+            raise ValueError(
+                "the balanced design needs K to split into 1/alpha subsets of "
+                "alpha*K groups (e.g. alpha = 0.25 with K divisible by 4)"
+            )
+        order = np.random.default_rng([base_seed, index // parts, _MASK_STREAM]).permutation(
+            n_groups
+        )
+        part = index % parts
+        mask[order[part * size : (part + 1) * size]] = True
+    else:
+        draw_index = index // 2 if design == "complementary" else index
+        rng = np.random.default_rng([base_seed, draw_index, _MASK_STREAM])
+        mask[rng.choice(n_groups, size=size, replace=False)] = True
+        if design == "complementary" and index % 2 == 1:
+            mask = ~mask
     seed_rng = np.random.default_rng([base_seed, 0 if shared_seed else index, _SEED_STREAM])
     seed = int(seed_rng.integers(0, 2**31 - 1))
     return Job(index=index, seed=seed, mask=mask)
