@@ -376,11 +376,14 @@ class RunStore:
             targets = {name: self.target(name) for name in self.target_names}
             arrays = pack_results(jobs, results, targets, self.modes, self.config.run.outputs)
             self.write_chunk(chunk, arrays, {"worker": "record", "finished": time.time()})
-            self.chunks.append(chunk)
-            self.meta["chunks"] = [[c.start, c.stop] for c in self.chunks]
-            self.meta["config"]["run"]["models"] = max(2, chunk.stop)
-            write_json(self.root / "run.json", self.meta)
+            self._append_recorded(chunk)
         return chunk
+
+    def _append_recorded(self, chunk: Chunk) -> None:
+        self.chunks.append(chunk)
+        self.meta["chunks"] = [[c.start, c.stop] for c in self.chunks]
+        self.meta["config"]["run"]["models"] = max(2, chunk.stop)
+        write_json(self.root / "run.json", self.meta)
 
     def _adopt_orphans(self) -> None:
         """A chunk written by a record that died before updating run.json: keep it."""
@@ -392,7 +395,4 @@ class RunStore:
             stop = int(found[0].stem.split("-")[1])
             if self.read_chunk(Chunk(start, stop)) is None:
                 return
-            self.chunks.append(Chunk(start, stop))
-            self.meta["chunks"] = [[c.start, c.stop] for c in self.chunks]
-            self.meta["config"]["run"]["models"] = max(2, stop)
-            write_json(self.root / "run.json", self.meta)
+            self._append_recorded(Chunk(start, stop))
