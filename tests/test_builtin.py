@@ -129,3 +129,32 @@ def test_groups_beyond_classes(tmp_path):
     (tmp_path / "partial.json").write_text(json.dumps({names[0]: "a"}))
     with pytest.raises(ValueError, match="no group for 23 source class"):
         BuiltinTrainer(DEMO, [dict(DEMO, name="s")], groups=str(tmp_path / "partial.json"))
+
+
+def test_a_stack_trains_exactly_its_models_independently():
+    """Model g of a stack ends where the same model trained alone ends: nothing is shared."""
+    from transfer_influence.trainers.stack import Recipe, train_stack
+
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (64, 16, 16, 3), dtype=torch.uint8)
+    labels = torch.randint(0, 5, (64,))
+    members = [np.arange(0, 40), np.arange(20, 64)]
+    recipe = Recipe(widths=(8, 16), epochs=2, batch_size=16)
+    stacked = StackedResNet(2, recipe.widths, 5)
+    stacked.reset_parameters([1, 2])
+    train_stack(stacked, images, labels, members, [1, 2], recipe, recipe.epochs, recipe.lr)
+    for g, seed in enumerate([1, 2]):
+        alone = StackedResNet(1, recipe.widths, 5)
+        alone.reset_parameters([seed])
+        train_stack(alone, images, labels, [members[g]], [seed], recipe, recipe.epochs, recipe.lr)
+        got = stacked.head_weight[g].detach()
+        np.testing.assert_allclose(
+            got.numpy(), alone.head_weight[0].detach().numpy(), rtol=1e-3, atol=1e-4
+        )
+        x = torch.randint(0, 256, (4, 16, 16, 3), dtype=torch.uint8)
+        np.testing.assert_allclose(
+            extract_features(stacked, x)[g].numpy(),
+            extract_features(alone, x)[0].numpy(),
+            rtol=1e-3,
+            atol=1e-4,
+        )

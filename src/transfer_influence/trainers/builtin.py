@@ -204,8 +204,18 @@ class BuiltinTrainer:
         images, labels = self._tensors("source", self.source)
         classes_of = [job.mask[self.group_of_class] for job in jobs]
         members = [np.flatnonzero(included[self.source.labels]) for included in classes_of]
+        # An epoch is the expected subset's size: the same for every model of a run.
+        epoch_size = round(max(job.mask.mean() for job in jobs) * len(self.source))
         train_stack(
-            net, images, labels, members, seeds, self.recipe, self.recipe.epochs, self.recipe.lr
+            net,
+            images,
+            labels,
+            members,
+            seeds,
+            self.recipe,
+            self.recipe.epochs,
+            self.recipe.lr,
+            epoch_size,
         )
         results = [JobResult(index=job.index) for job in jobs]
         for result, accuracy in zip(results, self._source_accuracy(net, jobs), strict=True):

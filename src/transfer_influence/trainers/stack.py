@@ -145,12 +145,10 @@ def _normalise(images: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def _plan_batches(
-    sizes: list[int], batch: int, epochs: int, seeds: list[int], pad: int, flip: bool
+    sizes: list[int], batch: int, steps: int, seeds: list[int], pad: int, flip: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Every step's sample positions, crop offsets and flips for every model, drawn up front
     from each model's own generator: steps x G x batch each."""
-    steps_per_epoch = max(1, math.ceil(sum(sizes) / len(sizes) / batch))
-    steps = steps_per_epoch * epochs
     positions, dys, dxs, flips = [], [], [], []
     for size, seed in zip(sizes, seeds, strict=True):
         gen = torch.Generator().manual_seed(int(seed) + 1)
@@ -195,8 +193,14 @@ def train_stack(
     recipe: Recipe,
     epochs: int,
     lr: float,
+    epoch_size: int | None = None,
 ) -> None:
-    """Train model g of ``net`` on ``images[members[g]]`` (uint8 N x H x W x 3 on the device)."""
+    """Train model g of ``net`` on ``images[members[g]]`` (uint8 N x H x W x 3 on the device).
+
+    An epoch is ``epoch_size`` images (default: the mean member count). Pass a value that does
+    not depend on which models share the stack — such as the expected subset size — so that a
+    model trains the same whatever its neighbours.
+    """
     device = images.device
     cuda = device.type == "cuda"
     dtype = torch.bfloat16 if cuda else torch.float32
@@ -204,7 +208,9 @@ def train_stack(
     size = (images.shape[1], images.shape[2])
     padded = F.pad(images, (0, 0, pad, pad, pad, pad)) if pad else images
     sizes = [len(m) for m in members]
-    plan = _plan_batches(sizes, recipe.batch_size, epochs, seeds, pad, recipe.flip)
+    epoch_size = epoch_size or sum(sizes) / len(sizes)
+    steps = max(1, math.ceil(epoch_size / recipe.batch_size)) * epochs
+    plan = _plan_batches(sizes, recipe.batch_size, steps, seeds, pad, recipe.flip)
     member_table = torch.zeros((len(members), max(sizes)), dtype=torch.long)
     for g, member in enumerate(members):
         member_table[g, : len(member)] = torch.as_tensor(member)
