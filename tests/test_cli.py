@@ -225,3 +225,11 @@ def test_estimate_reports_lds_and_stability(make_config, cli, tmp_path):
     assert code == 0 and "held-out LDS" in out and "split-half rank stability" in out
     summary = json.loads((run_dir / "influence" / "summary.json").read_text())
     assert -1 <= summary["lds"] <= 1 and -1 <= summary["split_half_spearman"] <= 1
+
+
+def test_time_limit_zero_starts_nothing_and_a_rerun_continues(make_config, cli, tmp_path):
+    run_dir = tmp_path / "run"
+    code, out, _ = cli("run", make_config(), "--run-dir", run_dir, "--quiet", "--time-limit", 0)
+    assert code == 0 and "stopped at the time limit with 24 models to go" in out
+    assert len(RunStore(run_dir).missing_chunks()) == 6
+    assert cli("run", run_dir, "--quiet")[0] == 0 and not RunStore(run_dir).missing_chunks()

@@ -70,7 +70,6 @@ class ClassInfluence:
         target = store.target(self.key_.split("/")[0])
         accumulator = InfluenceAccumulator(len(store.groups), target.labels.size, target.labels)
         self.n_excluded_ = 0
-        accuracies = []
         chunks = tqdm(
             store.iter_outputs(self.key_, self.output),
             total=len(store.chunks),
@@ -82,7 +81,6 @@ class ClassInfluence:
         for masks, values, excluded in chunks:
             accumulator.update(masks, values)
             self.n_excluded_ += excluded
-            accuracies.append(values.mean(axis=1))
         if accumulator.n_models < 2:
             raise RunError(
                 f"{store.root} has {accumulator.n_models} usable model(s) for {self.key_}; "
@@ -107,7 +105,7 @@ class ClassInfluence:
         self.groups_ = store.groups
         self.target_classes_ = target.class_names
         self.n_models_ = accumulator.n_models
-        self.mean_output_ = float(np.concatenate(accuracies).mean())
+        self.mean_output_ = float(accumulator.model_means.mean())
         self.classes_ = self._table(self.estimate_.overall, None)
         self.per_target_class_ = pd.concat(
             [

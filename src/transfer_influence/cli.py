@@ -144,10 +144,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return _dry_run(run_dir, config, trainer, args.workers or 1)
     store = RunStore.open_or_create(run_dir, config, task, text)
-    deadline = time.time() + args.time_limit if args.time_limit else None
+    deadline = time.time() + args.time_limit if args.time_limit is not None else None
+    first = True
     while True:
         left = None if deadline is None else max(deadline - time.time(), 0.0)
-        run_local(store, args.workers, not args.quiet, left, trainer)
+        # Every chunk is verified once, at the start; later rounds only add chunks.
+        run_local(store, args.workers, not args.quiet, left, trainer, verify=first)
+        first = False
         if not args.until_stable or store.missing_chunks():
             break
         stability = run_stability(store)

@@ -110,14 +110,16 @@ def run_local(
     progress: bool = True,
     time_limit: float | None = None,
     trainer: Trainer | None = None,
+    verify: bool = True,
 ) -> None:
     """Train all missing chunks with ``workers`` processes (one per GPU by default); with a
     ``time_limit`` in seconds, start no chunk after it (finished chunks stay, run again to go
-    on)."""
+    on). ``verify=False`` skips re-reading the finished chunks, for a caller that already has."""
     workers = workers or _default_workers()
-    deadline = time.time() + time_limit if time_limit else None
+    deadline = time.time() + time_limit if time_limit is not None else None
     store.remove_stale_temporaries()
-    store.verify()
+    if verify:
+        store.verify()
     while True:
         missing = store.missing_chunks()
         if not missing or (deadline is not None and time.time() >= deadline):
