@@ -27,8 +27,7 @@ import torch
 from _common import save_result
 from transfer_influence.subsets import Job, make_jobs
 from transfer_influence.trainers.builtin import BuiltinTrainer
-from transfer_influence.trainers.probe import fit_linear_probe
-from transfer_influence.trainers.stack import StackedResNet, extract_features
+from transfer_influence.trainers.stack import StackedResNet
 
 BASE = {"widths": [64, 128, 256], "epochs": 6, "batch_size": 512}
 VARIANTS = {
@@ -68,21 +67,7 @@ def _time_models(trainer: BuiltinTrainer, jobs: list[Job]) -> tuple[float, list[
 def _untrained_accuracy(trainer: BuiltinTrainer, models: int, groups: int) -> list[float]:
     net = StackedResNet(models, trainer.recipe.widths, groups)
     net.reset_parameters(list(range(models)))
-    net = net.to(trainer.device)
-    train_images, train_labels = trainer._tensors("cifar10/train", trainer.targets[0].train)
-    test_images, _ = trainer._tensors("cifar10/test", trainer.targets[0].test)
-    logits = (
-        fit_linear_probe(
-            extract_features(net, train_images),
-            train_labels,
-            extract_features(net, test_images),
-            len(trainer.targets[0].train.class_names),
-            trainer.recipe.probe_l2,
-            trainer.recipe.probe_steps,
-        )
-        .cpu()
-        .numpy()
-    )
+    logits = trainer.fixed_feature_logits(net.to(trainer.device), trainer.targets[0])
     labels = trainer.targets[0].test.labels
     return [float((lg.argmax(1) == labels).mean()) for lg in logits]
 

@@ -9,7 +9,6 @@ import torch
 
 from transfer_influence.subsets import Job
 from transfer_influence.trainers.builtin import BuiltinTrainer
-from transfer_influence.trainers.probe import fit_linear_probe
 from transfer_influence.trainers.stack import StackedResNet, extract_features
 
 DEMO = {"kind": "demo", "source_per_class": 80, "target_per_class": 100}
@@ -51,17 +50,7 @@ def test_transfer_beats_an_untrained_backbone(trained):
     labels = trainer.targets[0].test.labels
     net = StackedResNet(2, trainer.recipe.widths, 24)
     net.reset_parameters([11, 12])
-    train_images = torch.from_numpy(trainer.targets[0].train.images)
-    test_images = torch.from_numpy(trainer.targets[0].test.images)
-    train_labels = torch.from_numpy(trainer.targets[0].train.labels)
-    untrained = fit_linear_probe(
-        extract_features(net, train_images),
-        train_labels,
-        extract_features(net, test_images),
-        4,
-        trainer.recipe.probe_l2,
-        trainer.recipe.probe_steps,
-    ).numpy()
+    untrained = trainer.fixed_feature_logits(net, trainer.targets[0])
     for g, result in enumerate(results):
         trained_accuracy = _accuracy(result.logits["stripes/fixed_feature"], labels)
         control = _accuracy(untrained[g], labels)

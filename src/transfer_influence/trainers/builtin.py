@@ -261,6 +261,15 @@ class BuiltinTrainer:
         if mode == "finetune":
             tuned = self._finetune(net, train_images, train_labels, classes, seeds)
             return self._head_logits(tuned, test_images).cpu().numpy()
+        return self.fixed_feature_logits(net, target)
+
+    def fixed_feature_logits(self, net: StackedResNet, target: _Target) -> np.ndarray:
+        """Test logits (G x n x C) of a logistic-regression head fitted on ``net``'s frozen
+        features of the target's training images; with an untrained ``net`` this is the
+        control that pretraining must beat."""
+        train_images, train_labels = self._tensors(f"{target.name}/train", target.train)
+        test_images, _ = self._tensors(f"{target.name}/test", target.test)
+        classes = len(target.train.class_names)
         train_features = extract_features(net, train_images)
         test_features = extract_features(net, test_images)
         with torch.enable_grad():
