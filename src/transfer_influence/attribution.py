@@ -45,7 +45,8 @@ class ClassInfluence:
     Parameters follow the run's names; ``target`` and ``mode`` may be left out when the run
     has one. After :meth:`fit`: ``estimate_`` (:class:`InfluenceEstimate`), ``classes_`` (one
     row per source group, most helpful first), ``per_target_class_`` (long table),
-    ``n_models_`` and ``n_excluded_`` (unhealthy models left out).
+    ``n_models_`` and ``n_excluded_`` (unhealthy models left out), ``example_ids_`` and
+    ``example_labels_`` (the target examples, in the order of the per-example columns).
     """
 
     def __init__(
@@ -104,6 +105,8 @@ class ClassInfluence:
             )[0]
         self.groups_ = store.groups
         self.target_classes_ = target.class_names
+        self.example_ids_ = target.example_ids
+        self.example_labels_ = target.labels
         self.n_models_ = accumulator.n_models
         self.mean_output_ = float(accumulator.model_means.mean())
         self.classes_ = self._table(self.estimate_.overall, None)
