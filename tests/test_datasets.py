@@ -90,21 +90,21 @@ def test_npz_dataset(tmp_path):
 
 
 def test_validation_split_is_carved_from_training_data():
-    from transfer_influence.trainers.builtin import _Target
+    from transfer_influence.trainers.builtin import TargetData
 
     spec = {"kind": "demo", "name": "t", "target_per_class": 50}
-    plain = _Target(spec)
-    carved = _Target(dict(spec, validation=0.2, evaluate="validation"))
+    plain = TargetData(spec)
+    carved = TargetData(dict(spec, validation=0.2, evaluate="validation"))
     train_ids, held_out = set(carved.train.example_ids), set(carved.test.example_ids)
     assert not train_ids & held_out
     assert train_ids | held_out == set(plain.train.example_ids)
     assert len(held_out) == 40
-    again = _Target(dict(spec, validation=0.2, evaluate="validation"))
+    again = TargetData(dict(spec, validation=0.2, evaluate="validation"))
     assert set(again.test.example_ids) == held_out  # seeded
-    kept_test = _Target(dict(spec, validation=0.2))
+    kept_test = TargetData(dict(spec, validation=0.2))
     assert np.array_equal(kept_test.test.example_ids, plain.test.example_ids)
     with pytest.raises(ValueError, match="evaluate must be"):
-        _Target(dict(spec, evaluate="validation"))
+        TargetData(dict(spec, evaluate="validation"))
 
 
 def test_huggingface_dataset_saved_to_disk(tmp_path):

@@ -17,11 +17,13 @@ import numpy as np
 
 from . import __version__
 from .attribution import ClassInfluence, run_stability
+from .cli_analysis import add_analysis_commands, add_estimation_arguments
 from .config import Config, ConfigError, apply_overrides, load_config
 from .demo import run_demo
 from .engines.local import run_local, work
 from .estimation import ESTIMATORS
 from .importing import record_file
+from .report.figures import output_units
 from .store import CorruptFileError, RecordError, RunError, RunStore
 from .store.status import run_status
 from .trainers import load_trainer
@@ -85,19 +87,7 @@ def _parser() -> argparse.ArgumentParser:
 
     estimate = sub.add_parser("estimate", help="estimate influence and write RUN/influence/")
     estimate.add_argument("run_dir")
-    estimate.add_argument("--target", help="target name (default: the run's first)")
-    estimate.add_argument("--mode", help="transfer mode (default: the run's first)")
-    estimate.add_argument(
-        "--output", default="p_correct", help="model output to attribute (default: p_correct)"
-    )
-    estimate.add_argument("--level", type=float, default=0.95, help="confidence level")
-    estimate.add_argument(
-        "--estimator",
-        choices=ESTIMATORS,
-        default="auto",
-        help="difference in means (the paper's), joint regression, or auto (the default): "
-        "regression once there are K + 10 models, else the difference in means",
-    )
+    add_estimation_arguments(estimate)
     estimate.add_argument("--out", help="output folder (default: RUN/influence)")
     estimate.add_argument("--top", type=int, default=10, help="rows to print at each end")
 
@@ -125,6 +115,7 @@ def _parser() -> argparse.ArgumentParser:
     record.add_argument("--target", default="target", help="target name for a new run")
     record.add_argument("--mode", default="fixed_feature", help="transfer mode for a new run")
     record.add_argument("--alpha", type=float, default=0.5, help="subset fraction used")
+    _COMMANDS.update(add_analysis_commands(sub))
     return parser
 
 
@@ -246,11 +237,11 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
     model = ClassInfluence(args.target, args.mode, args.output, args.level, args.estimator)
     model.fit(store, progress=sys.stderr.isatty())
     folder = model.save(Path(args.out) if args.out else store.root / "influence", str(store.root))
-    scale, unit = (100.0, "points") if args.output in ("p_correct", "correct") else (1.0, "")
+    scale, unit = output_units(args.output)
     table = model.classes_.dropna(subset=["influence"])
     print(
         f"{model.n_models_} models ({model.n_excluded_} unhealthy excluded); "
-        f"influence on {args.output} of {model.key_}, {unit or 'output units'}, "
+        f"influence on {args.output} of {model.key_}, {unit}, "
         f"{args.level:.0%} CI"
     )
     for title, rows in (

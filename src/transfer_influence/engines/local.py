@@ -18,10 +18,11 @@ from tqdm import tqdm
 
 from ..provenance import provenance
 from ..store import Chunk, RunError, RunStore
+from ..store.files import write_json
 from ..store.records import pack_results
 from ..trainers import Trainer, load_trainer
 
-__all__ = ["build_trainer", "run_local", "work"]
+__all__ = ["build_trainer", "record_control", "run_local", "work"]
 
 _POLL_S = 0.5
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -82,7 +83,19 @@ def work(
         done += 1
         if on_chunk is not None:
             on_chunk(chunk)
+    if done:
+        record_control(store, trainer)
     return done
+
+
+def record_control(store: RunStore, trainer: Trainer) -> None:
+    """Once per run: the target accuracy of an untrained backbone with the same transfer, the
+    baseline that pretraining must beat (for trainers that can say; written atomically)."""
+    path = store.root / "control.json"
+    control = getattr(trainer, "untrained_control", None)
+    if control is None or path.exists():
+        return
+    write_json(path, {"accuracy": control(), "what": control.__doc__.strip().splitlines()[0]})
 
 
 def _worker_process(

@@ -332,6 +332,25 @@ class RunStore:
         except (OSError, ValueError, KeyError, EOFError):
             return None
 
+    def model_metrics(self, key: str) -> dict[str, np.ndarray]:
+        """Per finished model: ``index``, ``status``, ``source_accuracy``, ``target_accuracy``
+        (on ``key``) and ``seconds``. Read without verifying checksums: for summaries only."""
+        names = ("index", "status", "source_accuracy", f"accuracy/{key}", "seconds")
+        columns: dict[str, list[np.ndarray]] = {name: [] for name in names}
+        for chunk in self.chunks:
+            try:
+                with np.load(self.chunk_path(chunk), allow_pickle=False) as archive:
+                    arrays = {name: archive[name] for name in names}
+            except (OSError, ValueError, KeyError, EOFError):
+                continue
+            for name in names:
+                columns[name].append(arrays[name])
+        metrics = {
+            name: np.concatenate(parts) if parts else np.zeros(0) for name, parts in columns.items()
+        }
+        metrics["target_accuracy"] = metrics.pop(f"accuracy/{key}")
+        return metrics
+
     # -- imported results -------------------------------------------------------------------
 
     @classmethod

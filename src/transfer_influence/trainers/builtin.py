@@ -26,7 +26,7 @@ from .probe import fit_linear_probe
 from .protocol import JobResult, TargetInfo, TaskDescription, output_key
 from .stack import Recipe, StackedResNet, extract_features, train_stack
 
-__all__ = ["MODES", "BuiltinTrainer", "resolve_device"]
+__all__ = ["MODES", "BuiltinTrainer", "TargetData", "group_classes", "resolve_device"]
 
 MODES = ("fixed_feature", "finetune")
 
@@ -41,7 +41,7 @@ def resolve_device(requested: str | None = None) -> torch.device:
     return device
 
 
-class _Target:
+class TargetData:
     """A target's training images (for the transfer) and evaluation images (for outputs).
 
     ``validation = f`` carves a seeded fraction f out of the training images; with
@@ -82,7 +82,7 @@ class _Target:
             raise ValueError(f"target {self.name!r}: train and test classes differ")
 
 
-def _groups(source: ImageDataset, path: str | None) -> tuple[tuple[str, ...], np.ndarray]:
+def group_classes(source: ImageDataset, path: str | None) -> tuple[tuple[str, ...], np.ndarray]:
     """Group names, and the group index of every source class."""
     if path is None:
         return source.names, np.arange(len(source.class_names))
@@ -147,8 +147,8 @@ class BuiltinTrainer:
         self.modes = tuple(modes)
         self.source = load_dataset(source, "train", "source")
         self.source_test = load_dataset(source, "test", "source")
-        self.group_names, self.group_of_class = _groups(self.source, groups)
-        self.targets = [_Target(spec) for spec in targets]
+        self.group_names, self.group_of_class = group_classes(self.source, groups)
+        self.targets = [TargetData(spec) for spec in targets]
         if not self.targets:
             raise ValueError("the built-in trainer needs at least one target")
         self.device = resolve_device()
@@ -253,7 +253,7 @@ class BuiltinTrainer:
         return accuracies
 
     def _transfer(
-        self, net: StackedResNet, target: _Target, mode: str, seeds: list[int]
+        self, net: StackedResNet, target: TargetData, mode: str, seeds: list[int]
     ) -> np.ndarray:
         train_images, train_labels = self._tensors(f"{target.name}/train", target.train)
         test_images, _ = self._tensors(f"{target.name}/test", target.test)
@@ -263,7 +263,19 @@ class BuiltinTrainer:
             return self._head_logits(tuned, test_images).cpu().numpy()
         return self.fixed_feature_logits(net, target)
 
-    def fixed_feature_logits(self, net: StackedResNet, target: _Target) -> np.ndarray:
+    def untrained_control(self) -> dict[str, float]:
+        """Target accuracy of an untrained backbone with the fixed-feature head (seed 0)."""
+        net = StackedResNet(1, self.recipe.widths, len(self.source.class_names))
+        net.reset_parameters([0])
+        net = net.to(self.device)
+        accuracy = {}
+        for target in self.targets:
+            logits = self.fixed_feature_logits(net, target)[0]
+            correct = logits.argmax(axis=1) == target.test.labels
+            accuracy[output_key(target.name, "fixed_feature")] = float(correct.mean())
+        return accuracy
+
+    def fixed_feature_logits(self, net: StackedResNet, target: TargetData) -> np.ndarray:
         """Test logits (G x n x C) of a logistic-regression head fitted on ``net``'s frozen
         features of the target's training images; with an untrained ``net`` this is the
         control that pretraining must beat."""

@@ -1,0 +1,115 @@
+"""The analysis commands of the CLI: ``report`` (the visual report) and ``top`` (one query)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import pandas as pd
+
+from .analyses import failure_modes, projection, top_groups
+from .attribution import ClassInfluence
+from .estimation import ESTIMATORS
+from .report import Report
+from .report.figures import output_units
+from .store import RunStore
+
+__all__ = ["add_analysis_commands", "add_estimation_arguments"]
+
+
+def add_estimation_arguments(parser: argparse.ArgumentParser) -> None:
+    """What to estimate: shared by estimate, report and top."""
+    parser.add_argument("--target", help="target name (default: the run's first)")
+    parser.add_argument("--mode", help="transfer mode (default: the run's first)")
+    parser.add_argument(
+        "--output", default="p_correct", help="model output to attribute (default: p_correct)"
+    )
+    parser.add_argument("--level", type=float, default=0.95, help="confidence level")
+    parser.add_argument(
+        "--estimator",
+        choices=ESTIMATORS,
+        default="auto",
+        help="difference in means (the paper's), joint regression, or auto (the default): "
+        "regression once there are K + 10 models, else the difference in means",
+    )
+
+
+def add_analysis_commands(sub: argparse._SubParsersAction) -> dict:
+    report = sub.add_parser("report", help="write the visual report RUN/report/index.html")
+    report.add_argument("run_dir")
+    add_estimation_arguments(report)
+    report.add_argument("--top", type=int, default=10, help="classes per side (default: 10)")
+    report.add_argument("--examples", type=int, default=8, help="images per class (default: 8)")
+    report.add_argument(
+        "--classes", default="", help="comma-separated source classes to project as well"
+    )
+    report.add_argument(
+        "--source-data", help="source images (ImageFolder folder/tarballs or .npz) of a run "
+        "not trained by the built-in trainer"
+    )  # fmt: skip
+    report.add_argument("--target-data", help="target images, likewise")
+    report.add_argument("--out", help="output folder (default: RUN/report)")
+    report.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    top = sub.add_parser("top", help="most helpful (or harmful) classes or target examples")
+    top.add_argument("run_dir")
+    add_estimation_arguments(top)
+    which = top.add_mutually_exclusive_group()
+    which.add_argument("--target-class", help="rank source classes on this target class")
+    which.add_argument(
+        "--source-class", help="list the target examples this source class influences most"
+    )
+    top.add_argument("--harmful", action="store_true", help="the most negative instead")
+    top.add_argument("-n", type=int, default=10, help="rows (default: 10)")
+    top.add_argument("--csv", action="store_true", help="print CSV instead of a table")
+    return {"report": _cmd_report, "top": _cmd_top}
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    store = RunStore(args.run_dir)
+    report = Report(
+        args.target,
+        args.mode,
+        args.output,
+        args.estimator,
+        args.level,
+        args.top,
+        args.examples,
+        [name.strip() for name in args.classes.split(",") if name.strip()],
+        args.source_data,
+        args.target_data,
+    ).build(store, args.out, progress=not args.quiet and sys.stderr.isatty())
+    leaks = int(report.leakage_["leak"].sum()) if hasattr(report, "leakage_") else None
+    print(f"wrote {report.path_} ({report.influence_.n_models_} models)")
+    if leaks is not None:
+        print(f"leakage: {leaks} target image(s) flagged; see the report's Leakage section")
+    return 0
+
+
+def _cmd_top(args: argparse.Namespace) -> int:
+    if args.n < 1:
+        raise ValueError("-n must be at least 1")
+    store = RunStore(args.run_dir)
+    model = ClassInfluence(args.target, args.mode, args.output, args.level, args.estimator)
+    model.fit(store, progress=sys.stderr.isatty())
+    if args.source_class is not None:
+        query = failure_modes if args.harmful else projection
+        table = query(model, args.source_class, args.n)
+        columns = ["example", "example_id", "target_class", "influence", "stderr"]
+    else:
+        table = top_groups(model, args.n, args.target_class, args.harmful)
+        columns = ["rank", "group", "influence", "stderr", "ci_low", "ci_high"]
+    table = table[columns]
+    if args.csv:
+        print(table.to_csv(index=False), end="")
+        return 0
+    scale, unit = output_units(args.output)
+    shown = table.copy()
+    for column in ("influence", "stderr", "ci_low", "ci_high"):
+        if column in shown:
+            style = "{:.3f}" if column == "stderr" else "{:+.3f}"
+            shown[column] = (shown[column] * scale).map(style.format)
+    with pd.option_context("display.width", 120, "display.max_colwidth", 40):
+        print(f"{model.n_models_} models; influence on {args.output} ({unit})")
+        print(shown.to_string(index=False))
+    return 0

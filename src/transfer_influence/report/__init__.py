@@ -1,0 +1,5 @@
+"""The visual report: ``Report(...).build(store)`` writes RUN/report/."""
+
+from .build import Report
+
+__all__ = ["Report"]

@@ -1,0 +1,315 @@
+"""``Report``: a run turned into RUN/report/ — index.html (one self-contained file, every image
+embedded, works offline), figures/*.png and tables/*.csv."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from ..analyses import (
+    class_matrix,
+    failure_modes,
+    find_leakage,
+    group_index,
+    most_hurt,
+    projection,
+    top_groups,
+)
+from ..attribution import ClassInfluence
+from ..provenance import package_version
+from ..store import RunStore
+from ..store.files import atomic_write_bytes
+from .figures import class_bars, class_heatmap, output_units
+from .header import run_facts, trust_sentence
+from .images import RunImages, load_run_images, png, thumbnail
+
+__all__ = ["Report"]
+
+_MAX_TARGET_ROWS = 50  # target classes listed one per row; the CSV has them all
+_LEAK_ROWS = 25
+
+
+def _data_uri(data: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(data).decode()
+
+
+class Report:
+    """A visual report of one (target, mode, output) of a run.
+
+    Parameters
+    ----------
+    target, mode, output, estimator, level:
+        What to estimate, as for :class:`ClassInfluence`.
+    top:
+        Source classes in the bar chart on each side (helpful, harmful), and classes shown in
+        the projection and failure-mode sections (``top // 2`` each, at least 3).
+    examples:
+        Target images shown per source class.
+    classes:
+        Source classes to project onto the target besides the most helpful ones.
+    source_data, target_data:
+        Where the images are, for runs not trained by the built-in trainer: a path (ImageFolder
+        directory or tarballs, or ``.npz``) or a dataset table.
+    leakage_z, leakage_similarity:
+        Thresholds of :func:`~transfer_influence.analyses.find_leakage`.
+
+    After :meth:`build`: ``path_`` (index.html), ``influence_`` (the fitted ClassInfluence),
+    ``tables_`` (every table written, by name) and ``leakage_`` (all leakage candidates).
+    """
+
+    def __init__(
+        self,
+        target: str | None = None,
+        mode: str | None = None,
+        output: str = "p_correct",
+        estimator: str = "auto",
+        level: float = 0.95,
+        top: int = 10,
+        examples: int = 8,
+        classes: Sequence[str] = (),
+        source_data: str | dict[str, Any] | None = None,
+        target_data: str | dict[str, Any] | None = None,
+        leakage_z: float = 4.0,
+        leakage_similarity: float = 0.75,
+    ) -> None:
+        self.target = target
+        self.mode = mode
+        self.output = output
+        self.estimator = estimator
+        self.level = level
+        self.top = top
+        self.examples = examples
+        self.classes = tuple(classes)
+        self.source_data = source_data
+        self.target_data = target_data
+        self.leakage_z = leakage_z
+        self.leakage_similarity = leakage_similarity
+
+    def build(self, store: RunStore, out: str | Path | None = None, progress: bool = False):
+        """Estimate, analyse and write the report into ``out`` (default RUN/report)."""
+        if self.top < 1 or self.examples < 1:
+            raise ValueError("top and examples must be at least 1")
+        steps = tqdm(total=5, desc="report", unit="step", disable=not progress, leave=False)
+        influence = ClassInfluence(
+            self.target, self.mode, self.output, self.level, self.estimator
+        ).fit(store, progress=progress)
+        for name in self.classes:
+            group_index(influence, name)  # an unknown class fails before any work
+        self.influence_ = influence
+        target_name = influence.key_.split("/")[0]
+        steps.update()
+        images = load_run_images(store, target_name, self.source_data, self.target_data)
+        steps.update()
+        folder = Path(out) if out is not None else store.root / "report"
+        (folder / "tables").mkdir(parents=True, exist_ok=True)
+        (folder / "figures").mkdir(exist_ok=True)
+        self.tables_: dict[str, pd.DataFrame] = {}
+        context = self._sections(influence, images)
+        steps.update()
+        context["leakage"] = self._leakage(influence, images)
+        steps.update()
+        context["header"] = self._header(store, influence)
+        context["figures"] = self._figures(influence, folder)
+        context["matrix_rows"] = len(self.tables_["class_matrix"])
+        context["prune"] = self._prune(store, folder)
+        for name, table in self.tables_.items():
+            data = table.to_csv(index=False).encode()
+            atomic_write_bytes(folder / "tables" / f"{name}.csv", data)
+        environment = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+        template = environment.from_string(
+            resources.files(__package__).joinpath("template.html").read_text()
+        )
+        self.path_ = folder / "index.html"
+        atomic_write_bytes(self.path_, template.render(**context).encode())
+        steps.update()
+        steps.close()
+        return self
+
+    # -- sections -----------------------------------------------------------------------------
+
+    def _value(self, value: float, stderr: float | None = None) -> str:
+        scale, _ = output_units(self.output)
+        text = f"{value * scale:+.2f}"
+        return text if stderr is None else f"{text} ± {stderr * scale:.2f}"
+
+    def _thumbs(self, images: np.ndarray | None, table: pd.DataFrame) -> list[dict[str, str]]:
+        if images is None:
+            return []
+        return [
+            {
+                "src": _data_uri(png(thumbnail(images[row.example]))),
+                "caption": f"{row.target_class} {self._value(row.influence)}",
+            }
+            for row in table.itertuples()
+        ]
+
+    def _block(self, influence: ClassInfluence, images: RunImages, name: str, table) -> dict:
+        k = group_index(influence, name)
+        overall = influence.classes_.set_index("group").loc[influence.groups_[k]]
+        source = [
+            {"src": _data_uri(png(thumbnail(image))), "caption": "source"}
+            for image in images.source_samples(k, 4)
+        ]
+        return {
+            "name": influence.groups_[k],
+            "summary": f"overall {self._value(overall.influence, overall.stderr)}",
+            "source": source,
+            "target": self._thumbs(images.target, table),
+        }
+
+    def _sections(self, influence: ClassInfluence, images: RunImages) -> dict[str, Any]:
+        shown = max(3, self.top // 2)
+        helpful = top_groups(influence, shown)["group"].tolist()
+        harmful = top_groups(influence, shown, harmful=True)["group"].tolist()
+        projected = list(dict.fromkeys([*self.classes, *helpful]))
+        projections = [projection(influence, name, self.examples) for name in projected]
+        failures = [failure_modes(influence, name, self.examples) for name in harmful]
+        hurt = most_hurt(influence, 2 * self.examples)
+        self.tables_["classes"] = influence.classes_
+        self.tables_["per_target_class"] = influence.per_target_class_
+        self.tables_["projection"] = pd.concat(projections, ignore_index=True)
+        self.tables_["failure_modes"] = pd.concat(failures, ignore_index=True)
+        self.tables_["most_hurt"] = hurt
+        per_target = []
+        for c, name in enumerate(influence.target_classes_[:_MAX_TARGET_ROWS]):
+            per_target.append(
+                {
+                    "target": name,
+                    **{
+                        side: [
+                            {"name": r.group, "text": self._value(r.influence, r.stderr)}
+                            for r in top_groups(
+                                influence, 3, c, harmful=side == "harmful"
+                            ).itertuples()
+                        ]
+                        for side in ("helpful", "harmful")
+                    },
+                }
+            )
+        hurt_thumbs = [
+            {
+                "src": _data_uri(png(thumbnail(images.target[r.example])))
+                if images.target is not None
+                else "",
+                "caption": f"{r.target_class}: {r.source} {self._value(r.influence)}",
+            }
+            for r in hurt.itertuples()
+        ]
+        return {
+            "projection": [
+                self._block(influence, images, name, table)
+                for name, table in zip(projected, projections, strict=True)
+            ],
+            "failures": [
+                self._block(influence, images, name, table)
+                for name, table in zip(harmful, failures, strict=True)
+            ],
+            "most_hurt": hurt_thumbs,
+            "per_target": per_target,
+            "per_target_more": len(influence.target_classes_)
+            if len(influence.target_classes_) > _MAX_TARGET_ROWS
+            else 0,
+            "images_note": images.note,
+        }
+
+    def _leakage(self, influence: ClassInfluence, images: RunImages) -> dict[str, Any]:
+        base = {"z_min": self.leakage_z, "similarity_min": self.leakage_similarity, "rows": []}
+        if images.target is None or images.source is None:
+            self.tables_["leakage"] = pd.DataFrame()
+            return {**base, "summary": f"Not checked: no images ({images.note})."}
+        found = find_leakage(
+            influence.estimate_.per_example.values,
+            images.target,
+            images.source,
+            images.source_groups,
+            self.leakage_z,
+            self.leakage_similarity,
+        )
+        table = found.assign(
+            group=[influence.groups_[k] for k in found["group"]],
+            example_id=influence.example_ids_[found["example"]],
+            target_class=[
+                influence.target_classes_[c] for c in influence.example_labels_[found["example"]]
+            ],
+        )
+        self.leakage_ = table
+        self.tables_["leakage"] = table
+        leaks = table[table["leak"]]
+        rows = [
+            {
+                "target_src": _data_uri(png(thumbnail(images.target[r.example]))),
+                "source_src": _data_uri(png(thumbnail(images.source[r.source_image]))),
+                "example": r.example_id,
+                "target_class": r.target_class,
+                "group": r.group,
+                "influence": self._value(r.influence),
+                "z": f"{r.z:.1f}",
+                "similarity": f"{r.similarity:.2f}",
+            }
+            for r in leaks.head(_LEAK_ROWS).itertuples()
+        ]
+        summary = (
+            f"{len(table)} (class, image) pairs are extreme; {len(leaks)} of them have a "
+            "near-duplicate in the class"
+            + (f" (the first {_LEAK_ROWS} are shown)." if len(leaks) > _LEAK_ROWS else ".")
+        )
+        return {**base, "rows": rows, "summary": summary}
+
+    def _figures(self, influence: ClassInfluence, folder: Path) -> dict[str, str]:
+        matrix = class_matrix(influence, rows=40)
+        self.tables_["class_matrix"] = matrix.reset_index()
+        figures = {
+            "bars": class_bars(
+                top_groups(influence, self.top),
+                top_groups(influence, self.top, harmful=True),
+                self.output,
+                self.level,
+            ),
+            "heatmap": class_heatmap(matrix, self.output),
+        }
+        for name, data in figures.items():
+            atomic_write_bytes(folder / "figures" / f"{name}.png", data)
+        return {name: _data_uri(data) for name, data in figures.items()}
+
+    def _header(self, store: RunStore, influence: ClassInfluence) -> dict[str, Any]:
+        facts = run_facts(store, influence)
+        _, unit = output_units(self.output)
+        return {
+            "run": store.root.name,
+            "target": influence.key_.split("/")[0],
+            "mode": influence.key_.split("/")[1],
+            "output": self.output,
+            "estimator": influence.estimate_.estimator,
+            "created": time.strftime("%Y-%m-%d %H:%M"),
+            "version": package_version(),
+            "examples": f"{influence.example_ids_.size:,}",
+            "groups": f"{len(influence.groups_):,}",
+            "unit": unit,
+            "level": f"{self.level:.0%}",
+            "facts": facts,
+            "trust": trust_sentence(influence),
+        }
+
+    def _prune(self, store: RunStore, folder: Path) -> dict[str, str] | None:
+        summary = store.root / "prune" / "summary.json"
+        figure = store.root / "prune" / "accuracy.png"
+        if not (summary.is_file() and figure.is_file()):
+            return None
+        data = json.loads(summary.read_text())
+        return {
+            "summary": str(data.get("headline", "")),
+            "figure": _data_uri(figure.read_bytes()),
+            "csv": Path("..", "prune", "results.csv").as_posix()
+            if folder == store.root / "report"
+            else (store.root / "prune" / "results.csv").resolve().as_uri(),
+        }

@@ -1,0 +1,84 @@
+"""The report's figures, drawn with matplotlib (Agg, no screen) and returned as PNG bytes."""
+
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+__all__ = ["UNITS", "class_bars", "class_heatmap", "output_units"]
+
+# Class names are user data: never let matplotlib read "$...$" in them as mathematics.
+_STYLE = {"text.parse_math": False, "font.size": 9, "axes.spines.top": False,
+          "axes.spines.right": False}  # fmt: skip
+HELPFUL, HARMFUL = "#1b7837", "#b2182b"
+
+# How each output's influence is shown: (scale, unit).
+UNITS = {
+    "p_correct": (100.0, "points of p(correct class)"),
+    "correct": (100.0, "points of accuracy"),
+    "balanced_correct": (100.0, "points of balanced accuracy"),
+    "margin": (1.0, "logit margin"),
+    "neg_loss": (1.0, "nats of log-likelihood"),
+}
+
+
+def output_units(output: str) -> tuple[float, str]:
+    return UNITS.get(output, (1.0, f"units of {output}"))
+
+
+def _png(figure: plt.Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def class_bars(helpful: pd.DataFrame, harmful: pd.DataFrame, output: str, level: float) -> bytes:
+    """Most helpful and most harmful groups as horizontal bars with confidence intervals."""
+    scale, unit = output_units(output)
+    rows = pd.concat([helpful, harmful.iloc[::-1]], ignore_index=True)
+    with plt.rc_context(_STYLE):
+        height = 0.9 + 0.26 * len(rows)
+        figure, axis = plt.subplots(figsize=(7.5, height))
+        y = np.arange(len(rows))[::-1]
+        values = rows["influence"].to_numpy() * scale
+        low = (rows["influence"] - rows["ci_low"]).to_numpy() * scale
+        high = (rows["ci_high"] - rows["influence"]).to_numpy() * scale
+        colours = [HELPFUL if v >= 0 else HARMFUL for v in values]
+        axis.barh(y, values, color=colours, alpha=0.85, height=0.7)
+        axis.errorbar(values, y, xerr=[low, high], fmt="none", ecolor="#333333", lw=1, capsize=2)
+        axis.set_yticks(y, [str(name) for name in rows["group"]])
+        axis.axvline(0, color="#333333", lw=0.8)
+        if len(helpful) and len(harmful):
+            axis.axhline(y[len(helpful) - 1] - 0.5, color="#999999", lw=0.6, ls=":")
+        axis.set_xlabel(f"influence on the target ({unit}); bars: {level:.0%} confidence intervals")
+        axis.set_title("Source classes that help (top) and hurt (bottom) the target", loc="left")
+        return _png(figure)
+
+
+def class_heatmap(matrix: pd.DataFrame, output: str) -> bytes:
+    """Source groups x target classes, diverging colours centred on zero."""
+    scale, unit = output_units(output)
+    values = matrix.to_numpy() * scale
+    bound = float(np.nanmax(np.abs(values))) if values.size else 1.0
+    with plt.rc_context(_STYLE):
+        width = 2.5 + 0.42 * matrix.shape[1]
+        figure, axis = plt.subplots(figsize=(min(width, 16), 1.0 + 0.2 * matrix.shape[0]))
+        image = axis.imshow(values, cmap="PiYG", vmin=-bound, vmax=bound, aspect="auto")
+        axis.set_yticks(range(matrix.shape[0]), [str(n) for n in matrix.index])
+        axis.set_xticks(
+            range(matrix.shape[1]), [str(n) for n in matrix.columns], rotation=60, ha="right"
+        )
+        axis.tick_params(length=0)
+        for side in axis.spines.values():
+            side.set_visible(False)
+        bar = figure.colorbar(image, ax=axis, fraction=0.04, pad=0.02)
+        bar.set_label(f"influence ({unit})")
+        axis.set_title("Influence of source classes (rows) on target classes", loc="left")
+        return _png(figure)

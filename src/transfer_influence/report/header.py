@@ -1,0 +1,132 @@
+"""What was run and how far to trust it: the report's header, as plain strings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..attribution import ClassInfluence
+from ..store import RunStore
+from ..store.files import CorruptFileError, read_json
+
+__all__ = ["describe_dataset", "run_facts", "trust_sentence"]
+
+
+def describe_dataset(spec: Any) -> str:
+    if not isinstance(spec, dict):
+        return str(spec)
+    kind = spec.get("kind", "?")
+    where = spec.get("path") or spec.get("dataset")
+    extras = [f"{key} {spec[key]}" for key in ("validation", "evaluate", "size") if key in spec]
+    text = f"{kind}: {where}" if where else str(kind)
+    return text + (f" ({', '.join(extras)})" if extras else "")
+
+
+def _percent(values: np.ndarray) -> str:
+    values = values[np.isfinite(values)]
+    if not values.size:
+        return "not recorded"
+    spread = f" (std {100 * values.std(ddof=1):.1f} points)" if values.size > 1 else ""
+    return f"{100 * values.mean():.1f}%{spread}"
+
+
+def _control(store: RunStore, key: str) -> str:
+    try:
+        control = read_json(store.root / "control.json")
+    except (FileNotFoundError, CorruptFileError):
+        return "not recorded for this run"
+    accuracy = control.get("accuracy", {}).get(key)
+    return f"{100 * accuracy:.1f}%" if accuracy is not None else "not recorded for this output"
+
+
+def run_facts(store: RunStore, influence: ClassInfluence) -> list[tuple[str, str]]:
+    """(label, value) pairs: datasets, models, design, recipe, accuracy, control, stability."""
+    config = store.config
+    params = config.trainer.params
+    key = influence.key_
+    metrics = store.model_metrics(key)
+    healthy = metrics["status"] == "ok"
+    target = next((t for t in params.get("targets", []) if t.get("name") == key.split("/")[0]), {})
+    if store.external:
+        source_text = target_text = "imported results"
+        recipe = "trained elsewhere"
+    else:
+        source_text = describe_dataset(params.get("source", config.trainer.type))
+        target_text = describe_dataset(target) if target else key.split("/")[0]
+        recipe = ", ".join(f"{k} {v}" for k, v in (params.get("recipe") or {}).items()) or (
+            f"{config.trainer.type} trainer defaults"
+        )
+    seconds = metrics["seconds"][healthy]
+    seconds = seconds[seconds > 0]
+    facts = [
+        ("Source", f"{source_text} — {len(store.groups):,} groups"),
+        (
+            "Target",
+            f"{target_text} — {influence.example_ids_.size:,} examples, "
+            f"{len(influence.target_classes_)} classes",
+        ),
+        (
+            "Models",
+            f"{influence.n_models_:,} used"
+            + (f", {influence.n_excluded_} unhealthy left out" if influence.n_excluded_ else ""),
+        ),
+        (
+            "Subsets",
+            f"α = {config.run.alpha:g} of the groups each, {config.run.design} design"
+            + (", shared seed" if config.run.shared_seed else ""),
+        ),
+        ("Trainer", f"{config.trainer.type}: {recipe}"),
+        ("Target accuracy of the models", _percent(metrics["target_accuracy"][healthy])),
+        ("Untrained backbone, same head", _control(store, key)),
+        (
+            "Time per model",
+            f"{np.median(seconds):.2f} s (median)" if seconds.size else "not recorded",
+        ),
+    ]
+    stability = influence.stability_
+    facts.append(
+        (
+            "Split-half rank stability",
+            f"{stability.spearman:.2f} (≈{stability.models_needed(0.9):,.0f} models for 0.9)"
+            if stability is not None
+            else "needs at least 8 models",
+        )
+    )
+    facts.append(
+        (
+            "Held-out LDS",
+            f"{influence.lds_:.2f}" if influence.lds_ is not None else "too few models to hold out",
+        )
+    )
+    return facts
+
+
+def trust_sentence(influence: ClassInfluence) -> str:
+    """One paragraph that says how far the rankings below can be trusted."""
+    table = influence.classes_.dropna(subset=["influence"])
+    significant = int(((table.ci_low > 0) | (table.ci_high < 0)).sum())
+    expected = 0.05 * len(table) if influence.level == 0.95 else None
+    parts = [
+        f"{significant} of {len(table)} source classes have a {influence.level:.0%} interval "
+        "that excludes zero"
+        + (f" (about {expected:.0f} would by chance alone)." if expected is not None else ".")
+    ]
+    stability = influence.stability_
+    if stability is not None:
+        spearman = stability.spearman
+        if spearman >= 0.9:
+            parts.append(f"The class ranking is stable (split-half Spearman {spearman:.2f}).")
+        else:
+            parts.append(
+                f"The class ranking is {'moderately' if spearman >= 0.6 else 'not yet'} stable "
+                f"(split-half Spearman {spearman:.2f}); about "
+                f"{stability.models_needed(0.9):,.0f} models would make it 0.9. Read the "
+                "intervals, not the order, of classes whose intervals overlap."
+            )
+    if influence.lds_ is not None:
+        parts.append(
+            f"Held-out models' mean output is predicted from their subsets with Spearman "
+            f"{influence.lds_:.2f} (LDS)."
+        )
+    return " ".join(parts)
