@@ -1,8 +1,10 @@
-"""The analysis commands of the CLI: ``report`` (the visual report) and ``top`` (one query)."""
+"""Commands on the results of a run: ``report`` (the visual report), ``top`` (one query)
+and ``prune`` (pretrain again without selected classes)."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import pandas as pd
@@ -10,9 +12,11 @@ import pandas as pd
 from .analyses import failure_modes, projection, top_groups
 from .attribution import ClassInfluence
 from .estimation import ESTIMATORS
+from .pruning import Pruning
 from .report import Report
 from .report.figures import output_units
 from .store import RunStore
+from .store.files import read_json
 
 __all__ = ["add_analysis_commands", "add_estimation_arguments"]
 
@@ -62,7 +66,65 @@ def add_analysis_commands(sub: argparse._SubParsersAction) -> dict:
     top.add_argument("--harmful", action="store_true", help="the most negative instead")
     top.add_argument("-n", type=int, default=10, help="rows (default: 10)")
     top.add_argument("--csv", action="store_true", help="print CSV instead of a table")
-    return {"report": _cmd_report, "top": _cmd_top}
+
+    prune = sub.add_parser(
+        "prune", help="pretrain again without the most harmful (top, random) source classes"
+    )
+    prune.add_argument("run_dir")
+    prune.add_argument(
+        "--remove", default="bottom,top,random",
+        help="rules, comma-separated: bottom (most harmful first), top, random "
+        "(default: all three); the full source always runs",
+    )  # fmt: skip
+    prune.add_argument("--k", default="10,20,40", help="classes to remove (default: 10,20,40)")
+    prune.add_argument("--seeds", type=int, default=5, help="paired seeds (default: 5)")
+    prune.add_argument("--keep-file", help="also pretrain on only the classes listed in this file")
+    prune.add_argument("--drop-file", help="also pretrain without the classes listed in this file")
+    prune.add_argument("--target", help="target name (default: the run's first)")
+    prune.add_argument("--mode", help="transfer mode (default: the run's first)")
+    prune.add_argument("--output", default="p_correct", help="output that ranks the classes")
+    prune.add_argument("--estimator", choices=ESTIMATORS, default="auto")
+    prune.add_argument(
+        "--time-limit", type=float, metavar="SECONDS",
+        help="start no new model after this long (run again to continue)",
+    )  # fmt: skip
+    prune.add_argument("--device", help="cpu, cuda or cuda:N (default: a GPU when there is one)")
+    prune.add_argument("--quiet", action="store_true", help="no progress bars")
+    return {"report": _cmd_report, "top": _cmd_top, "prune": _cmd_prune}
+
+
+def _integers(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"{flag} takes comma-separated integers, got {text!r}") from None
+    if not values:
+        raise ValueError(f"{flag} names no value")
+    return values
+
+
+def _cmd_prune(args: argparse.Namespace) -> int:
+    if args.device:
+        os.environ["TRANSFER_INFLUENCE_DEVICE"] = args.device
+    store = RunStore(args.run_dir)
+    pruning = Pruning(
+        tuple(rule.strip() for rule in args.remove.split(",") if rule.strip()),
+        tuple(_integers(args.k, "--k")),
+        args.seeds,
+        args.keep_file,
+        args.drop_file,
+        args.target,
+        args.mode,
+        args.output,
+        args.estimator,
+    ).fit(store, progress=not args.quiet, time_limit=args.time_limit)
+    print(f"{len(pruning.results_)} model(s) in {pruning.folder_}/results.csv")
+    if not pruning.complete_:
+        print("not every planned model is trained yet: run the same command again to continue")
+    print(read_json(pruning.folder_ / "summary.json")["headline"])
+    if pruning.keep_list_ is not None:
+        print(f"keep list: {pruning.folder_}/keep-bottom-k{pruning.chosen_k_}.txt")
+    return 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:

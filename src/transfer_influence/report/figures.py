@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-__all__ = ["UNITS", "class_bars", "class_heatmap", "output_units"]
+__all__ = ["UNITS", "class_bars", "class_heatmap", "output_units", "pruning_accuracy"]
 
 # Class names are user data: never let matplotlib read "$...$" in them as mathematics.
 _STYLE = {"text.parse_math": False, "font.size": 9, "axes.spines.top": False,
@@ -81,4 +81,36 @@ def class_heatmap(matrix: pd.DataFrame, output: str) -> bytes:
         bar = figure.colorbar(image, ax=axis, fraction=0.04, pad=0.02)
         bar.set_label(f"influence ({unit})")
         axis.set_title("Influence of source classes (rows) on target classes", loc="left")
+        return _png(figure)
+
+
+def pruning_accuracy(summary: pd.DataFrame) -> bytes:
+    """Test accuracy against groups removed, per rule, with the full source as a band (the
+    style of the paper's Figure 2a)."""
+    colours = {"bottom": HELPFUL, "top": HARMFUL, "random": "#666666"}
+    with plt.rc_context(_STYLE):
+        figure, axis = plt.subplots(figsize=(6.5, 3.8))
+        full = summary[summary["condition"] == "full"]
+        if not full.empty:
+            row = full.iloc[0]
+            low, high = row.test_ci_low, row.test_ci_high
+            if not np.isfinite(low):
+                low = high = row.test_mean
+            axis.axhspan(100 * low, 100 * high, color="#9ecae1", alpha=0.5, lw=0)
+            axis.axhline(100 * row.test_mean, color="#3182bd", lw=1.2, label="full source")
+        for condition, rows in summary[summary["condition"] != "full"].groupby("condition"):
+            rows = rows.sort_values("k")
+            low = np.nan_to_num(rows.test_mean - rows.test_ci_low)
+            high = np.nan_to_num(rows.test_ci_high - rows.test_mean)
+            axis.errorbar(
+                rows.k, 100 * rows.test_mean, yerr=[100 * low, 100 * high],
+                marker="o", ms=4, capsize=3, lw=1.2,
+                color=colours.get(condition, "#7b3294"),
+                label=f"remove {condition}" if condition in colours else str(condition),
+            )  # fmt: skip
+        axis.set_xticks(sorted(set(summary.loc[summary["condition"] != "full", "k"])))
+        axis.set_xlabel("source classes removed (k)")
+        axis.set_ylabel("target test accuracy (%)")
+        axis.set_title("Pretraining without chosen source classes (95% CIs, seeds)", loc="left")
+        axis.legend(frameon=False, fontsize=8)
         return _png(figure)

@@ -74,20 +74,32 @@ class SimulatedTrainer:
         self.seed = seed
         self._tasks = {}
         for t, name in enumerate(self.targets):
-            rng = np.random.default_rng([seed, t])
-            labels = rng.integers(0, classes, size=examples)
-            base = rng.normal(1.0, 1.0, size=examples)
-            other_logits = rng.normal(0.0, 1.0, size=(examples, classes))
-            strength = rng.normal(0.0, effect_scale, size=groups)
-            strength[rng.random(groups) >= active] = 0.0
+            draw = self._draw([seed, t], effect_scale, active)
+            labels, base, other_logits, strength, affinity = draw
+            held_out, _, of = name.partition("@")
+            if of == "test" and held_out in self.targets:
+                # "NAME@test": other examples of the same task as NAME, so that choices made on
+                # NAME (a validation split, say) can be checked on it.
+                t_of = self.targets.index(held_out)
+                labels, base, other_logits, _, _ = self._draw([seed, t_of, 1], effect_scale, active)
+                _, _, _, strength, affinity = self._draw([seed, t_of], effect_scale, active)
             if null:
                 strength[:] = 0.0
-            affinity = rng.uniform(0.0, 2.0, size=(groups, classes))  # which target classes
             effects = {
                 mode: strength[:, None] * affinity[:, labels] * (1.0 if m == 0 else 0.5)
                 for m, mode in enumerate(self.modes)
             }
             self._tasks[name] = (labels, base, other_logits, effects)
+
+    def _draw(self, key: list[int], effect_scale: float, active: float) -> tuple:
+        rng = np.random.default_rng(key)
+        labels = rng.integers(0, self.classes, size=self.examples)
+        base = rng.normal(1.0, 1.0, size=self.examples)
+        other_logits = rng.normal(0.0, 1.0, size=(self.examples, self.classes))
+        strength = rng.normal(0.0, effect_scale, size=self.groups)
+        strength[rng.random(self.groups) >= active] = 0.0
+        affinity = rng.uniform(0.0, 2.0, size=(self.groups, self.classes))  # which classes
+        return labels, base, other_logits, strength, affinity
 
     def describe(self) -> TaskDescription:
         targets = tuple(
