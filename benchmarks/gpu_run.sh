@@ -1,20 +1,25 @@
 #!/usr/bin/env bash
 # Unattended, resumable GPU script for a short lease:
 #   benchmarks/gpu_run.sh OUT [--budget-s S] [--resume TARBALL_OR_PARTS_PREFIX] [--skip-benchmark]
+#                             [--prune K_LIST]
 # Phases, inside the budget (default 360 s): (1) the speed/accuracy benchmark, (2) as many
-# influence models of the reference case as fit, (3) estimates. Leaves in OUT: the benchmark
-# JSON, the run directory as a tarball (split into 15 MB parts), a log and a summary.
+# influence models of the reference case as fit, (3) estimates. With --prune (e.g. 10,20,40)
+# phase 2 is instead `prune` of the run (needs a config that ranks on a validation split, e.g.
+# TI_CONFIG=configs/cifar100-to-cifar10-validation.toml; $TI_PRUNE_SEEDS seeds, default 3).
+# Leaves in OUT: the benchmark JSON, the run directory as a tarball (split into 15 MB parts),
+# a log and a summary.
 # Needs no network; data from $TI_DATASETS (default ../shared/datasets). Where .git does not
 # travel, set TRANSFER_INFLUENCE_GIT_SHA so that results name the commit they measured.
 set -euo pipefail
 out=${1:?usage: gpu_run.sh OUT [--budget-s S] [--resume TARBALL] [--skip-benchmark]}
 shift
-budget=360 resume="" benchmark=1
+budget=360 resume="" benchmark=1 prune=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --budget-s) budget=$2; shift 2 ;;
     --resume) resume=$2; shift 2 ;;
     --skip-benchmark) benchmark=0; shift ;;
+    --prune) prune=$2; shift 2 ;;
     *) echo "gpu_run.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -41,7 +46,11 @@ log="$out/gpu_run.log"
       --out "$out/gpu_speed.json" || echo "benchmark stopped early (status $?)"
   fi
   limit=$(( $(left) - 60 ))
-  if [ "$limit" -gt 30 ]; then
+  if [ -n "$prune" ] && [ "$limit" -gt 30 ]; then
+    echo "== prune k=$prune for ${limit}s"
+    python3 -m transfer_influence prune "$run_dir" --k "$prune" --seeds "${TI_PRUNE_SEEDS:-3}" \
+      --time-limit "$limit" --quiet
+  elif [ "$limit" -gt 30 ]; then
     echo "== influence models for ${limit}s"
     python3 -m transfer_influence run "$config" --run-dir "$run_dir" --time-limit "$limit" \
       --quiet ${TI_MODELS:+--set run.models=$TI_MODELS}

@@ -2,6 +2,7 @@
 nothing doubled, and the results equal an uninterrupted run's bit for bit."""
 
 import contextlib
+import json
 import os
 import random
 import signal
@@ -34,6 +35,17 @@ def _start(config, run_dir, workers=1, env=None):
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
+
+
+def _wait_until_training(run_dir, process, timeout=30.0):
+    """Until ``process`` holds a chunk claim (or ends)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and process.poll() is None:
+        for claim in run_dir.glob("claims/0*"):
+            with contextlib.suppress(OSError, ValueError):
+                if json.loads(claim.read_text())["pid"] == process.pid:
+                    return
+        time.sleep(0.02)
 
 
 def _kill_group(process):
@@ -72,7 +84,8 @@ def test_sigkill_at_random_moments_and_inside_writes(reference, tmp_path):
     # From outside, at random moments while chunks are being trained and written.
     while kills < 26:
         process = _start(config, run_dir)
-        time.sleep(rng.uniform(0.5, 1.0))
+        _wait_until_training(run_dir, process)  # a slow start must not eat the kill moment
+        time.sleep(rng.uniform(0.0, 0.5))
         if process.poll() is None:
             _kill_group(process)
             kills += 1

@@ -106,3 +106,26 @@ def test_gpu_run_script_runs_and_continues_from_its_tarball(toy, tmp_path):
     )
     assert "resumed 2 chunks" in out
     assert "models   12 of 12 done" in out
+
+
+@pytest.mark.slow
+def test_gpu_run_script_prunes_a_validation_run_across_leases(toy, tmp_path):
+    root, env = toy
+    config = root / "toy-validation.toml"
+    config.write_text(
+        TOY_CONFIG.replace(
+            'path = "${TI_DATASETS}/cifar10" }',
+            'path = "${TI_DATASETS}/cifar10", validation = 0.25, evaluate = "validation" }',
+        )
+    )
+    env = dict(env, TI_CONFIG=str(config), TI_RUN_DIR=str(tmp_path / "a" / "reference"))
+    first, second = tmp_path / "first", tmp_path / "second"
+    _script(env, "bash", "benchmarks/gpu_run.sh", str(first), "--skip-benchmark")
+    env = dict(env, TI_RUN_DIR=str(tmp_path / "b" / "reference"), TI_PRUNE_SEEDS="2")
+    out = _script(
+        env, "bash", "benchmarks/gpu_run.sh", str(second), "--skip-benchmark",
+        "--resume", str(first / "run.tar.gz.part-"), "--prune", "2,4",
+    )  # fmt: skip
+    assert "== prune k=2,4" in out and "k = " in out and "chosen on the validation split" in out
+    results = (tmp_path / "b" / "reference" / "prune" / "results.csv").read_text().splitlines()
+    assert len(results) == 1 + 2 * (1 + 3 * 2)

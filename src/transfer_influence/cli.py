@@ -23,7 +23,7 @@ from .demo import run_demo
 from .engines.local import run_local, work
 from .estimation import ESTIMATORS
 from .importing import record_file
-from .report.figures import output_units
+from .outputs import output_units
 from .store import CorruptFileError, RecordError, RunError, RunStore
 from .store.status import run_status
 from .trainers import load_trainer
@@ -68,6 +68,23 @@ def _parser() -> argparse.ArgumentParser:
         "overall class ranking reaches R (e.g. 0.9) or --max-models",
     )
     run.add_argument("--max-models", type=int, help="model budget for --until-stable")
+    engine = run.add_argument_group("engines")
+    engine.add_argument(
+        "--engine", choices=("local", "ray", "slurm"), default="local",
+        help="local processes (default), a Ray cluster, or a Slurm job array",
+    )  # fmt: skip
+    engine.add_argument("--address", help="ray: cluster address (default: start a local one)")
+    engine.add_argument("--cpus-per-worker", type=int, default=1, help="ray/slurm (default: 1)")
+    engine.add_argument("--gpus-per-worker", type=float, default=0, help="ray/slurm (default: 0)")
+    engine.add_argument("--slurm-partition", help="slurm: partition")
+    engine.add_argument(
+        "--slurm-timeout-min", type=int, default=240, help="slurm: job time limit (minutes)"
+    )
+    engine.add_argument("--slurm-parallelism", type=int, help="slurm: array jobs at once")
+    engine.add_argument(
+        "--slurm-executor", choices=("slurm", "local"), default="slurm",
+        help="slurm: 'local' runs the jobs as local processes (submitit's local executor)",
+    )  # fmt: skip
 
     worker = sub.add_parser("worker", help="train missing chunks of a run (for any scheduler)")
     worker.add_argument("run_dir")
@@ -140,7 +157,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     while True:
         left = None if deadline is None else max(deadline - time.time(), 0.0)
         # Every chunk is verified once, at the start; later rounds only add chunks.
-        run_local(store, args.workers, not args.quiet, left, trainer, verify=first)
+        _train(args, store, left, trainer, verify=first)
         first = False
         if not args.until_stable or store.missing_chunks():
             break
@@ -168,6 +185,32 @@ def _cmd_run(args: argparse.Namespace) -> int:
             f"next: transfer-influence estimate {store.root}"
         )
     return 0
+
+
+def _train(args, store: RunStore, time_limit: float | None, trainer, verify: bool) -> None:
+    """One round of training with the chosen engine."""
+    progress = not args.quiet
+    if args.engine == "local":
+        run_local(store, args.workers, progress, time_limit, trainer, verify=verify)
+        return
+    if verify:
+        store.remove_stale_temporaries()
+        store.verify()
+    if args.engine == "ray":
+        from .engines.ray_cluster import run_ray
+
+        run_ray(
+            store, args.address, args.workers, args.cpus_per_worker, args.gpus_per_worker,
+            progress, time_limit,
+        )  # fmt: skip
+    else:
+        from .engines.slurm import run_slurm
+
+        run_slurm(
+            store, args.workers, args.slurm_partition, args.slurm_timeout_min,
+            args.cpus_per_worker, int(args.gpus_per_worker), args.slurm_parallelism,
+            args.slurm_executor, progress,
+        )  # fmt: skip
 
 
 def _dry_run(run_dir: Path, config: Config, trainer: object, workers: int) -> int:

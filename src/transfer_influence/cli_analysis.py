@@ -7,14 +7,8 @@ import argparse
 import os
 import sys
 
-import pandas as pd
-
-from .analyses import failure_modes, projection, top_groups
-from .attribution import ClassInfluence
 from .estimation import ESTIMATORS
-from .pruning import Pruning
-from .report import Report
-from .report.figures import output_units
+from .outputs import output_units
 from .store import RunStore
 from .store.files import read_json
 
@@ -104,6 +98,8 @@ def _integers(text: str, flag: str) -> list[int]:
 
 
 def _cmd_prune(args: argparse.Namespace) -> int:
+    from .pruning import Pruning
+
     if args.device:
         os.environ["TRANSFER_INFLUENCE_DEVICE"] = args.device
     store = RunStore(args.run_dir)
@@ -127,7 +123,13 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+# The analysis stack (torch, matplotlib) is imported by the commands that use it, so that
+# every other command starts fast.
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
+    from .report import Report
+
     store = RunStore(args.run_dir)
     report = Report(
         args.target,
@@ -149,6 +151,11 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_top(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from .analyses import failure_modes, projection, top_groups
+    from .attribution import ClassInfluence
+
     if args.n < 1:
         raise ValueError("-n must be at least 1")
     store = RunStore(args.run_dir)

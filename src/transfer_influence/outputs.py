@@ -12,7 +12,15 @@ from collections.abc import Callable
 
 import numpy as np
 
-__all__ = ["DEFAULT_OUTPUTS", "OutputFunction", "compute_outputs", "get_output", "register_output"]
+__all__ = [
+    "DEFAULT_OUTPUTS",
+    "UNITS",
+    "OutputFunction",
+    "compute_outputs",
+    "get_output",
+    "output_units",
+    "register_output",
+]
 
 OutputFunction = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
@@ -106,3 +114,18 @@ def compute_outputs(
             raise ValueError(f"output {name!r} returned shape {values.shape}, not {labels.shape}")
         result[name] = values
     return result
+
+
+# How each output's influence is shown: (scale, unit).
+UNITS = {
+    "p_correct": (100.0, "points of p(correct class)"),
+    "correct": (100.0, "points of accuracy"),
+    "balanced_correct": (100.0, "points of balanced accuracy"),
+    "margin": (1.0, "logit margin"),
+    "neg_loss": (1.0, "nats of log-likelihood"),
+}
+
+
+def output_units(output: str) -> tuple[float, str]:
+    """How an influence on ``output`` is shown: (scale, unit), e.g. 100 and "points of ..."."""
+    return UNITS.get(output, (1.0, f"units of {output}"))

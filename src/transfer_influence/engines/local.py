@@ -43,8 +43,10 @@ def work(
     trainer: Trainer | None = None,
     on_chunk: Callable[[Chunk], None] | None = None,
     deadline: float | None = None,
+    chunks: list[Chunk] | None = None,
 ) -> int:
-    """Train every missing, unclaimed chunk (of ``shard`` = (i, N) if given). Returns how many.
+    """Train every missing, unclaimed chunk (of ``shard`` = (i, N), or of ``chunks``, if
+    given). Returns how many.
 
     With a ``deadline`` (a ``time.time()`` value) no new chunk is started after it.
     """
@@ -53,7 +55,8 @@ def work(
     targets = {name: store.target(name) for name in store.target_names}
     device = getattr(trainer, "device", "cpu")
     done = 0
-    for chunk in store.missing_chunks(shard):
+    todo = store.missing_chunks(shard) if chunks is None else chunks
+    for chunk in todo:
         if deadline is not None and time.time() >= deadline:
             break
         claim = store.claim(chunk, worker)

@@ -26,10 +26,11 @@ from ..analyses import (
     top_groups,
 )
 from ..attribution import ClassInfluence
+from ..outputs import output_units
 from ..provenance import package_version
 from ..store import RunStore
 from ..store.files import atomic_write_bytes
-from .figures import class_bars, class_heatmap, output_units
+from .figures import class_bars, class_heatmap
 from .header import run_facts, trust_sentence
 from .images import RunImages, load_run_images, png, thumbnail
 

@@ -11,25 +11,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-__all__ = ["UNITS", "class_bars", "class_heatmap", "output_units", "pruning_accuracy"]
+from ..outputs import output_units  # noqa: E402
+
+__all__ = ["class_bars", "class_heatmap", "pruning_accuracy"]
 
 # Class names are user data: never let matplotlib read "$...$" in them as mathematics.
 _STYLE = {"text.parse_math": False, "font.size": 9, "axes.spines.top": False,
           "axes.spines.right": False}  # fmt: skip
 HELPFUL, HARMFUL = "#1b7837", "#b2182b"
-
-# How each output's influence is shown: (scale, unit).
-UNITS = {
-    "p_correct": (100.0, "points of p(correct class)"),
-    "correct": (100.0, "points of accuracy"),
-    "balanced_correct": (100.0, "points of balanced accuracy"),
-    "margin": (1.0, "logit margin"),
-    "neg_loss": (1.0, "nats of log-likelihood"),
-}
-
-
-def output_units(output: str) -> tuple[float, str]:
-    return UNITS.get(output, (1.0, f"units of {output}"))
 
 
 def _png(figure: plt.Figure) -> bytes:
