@@ -3,7 +3,9 @@ each with a worker killed in the middle of a chunk, must give exactly a local ru
 
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -75,32 +77,46 @@ def _assert_nothing_lost_or_doubled(reference_dir: Path, run_dir: Path) -> None:
     assert not list((run_dir / "chunks").glob(".*.tmp"))
 
 
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 @pytest.fixture(scope="module")
 def ray_cluster():
+    """A real two-node Ray cluster on 127.0.0.1: a head and a second node, each its own raylet
+    with one CPU. Token authentication is off: the cluster only listens on loopback."""
     pytest.importorskip("ray", reason="the Ray engine test needs ray (the 'ray' extra)")
-    from ray.cluster_utils import Cluster
-
-    node = {"num_cpus": 1, "node_ip_address": "127.0.0.1", "include_dashboard": False}
-    cluster = Cluster(initialize_head=True, head_node_args=node)
-    cluster.add_node(**node)  # a second node: its own raylet process
-    cluster.wait_for_nodes()
-    yield cluster.address
-    cluster.shutdown()
+    ray = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray")
+    env = dict(os.environ, RAY_AUTH_MODE="disabled")
+    address = f"127.0.0.1:{_free_port()}"
+    common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"]
+    head = [ray, "start", "--head", f"--port={address.split(':')[1]}", "--include-dashboard=false"]
+    try:
+        for command in (head + common, [ray, "start", f"--address={address}", *common]):
+            done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+            assert done.returncode == 0, done.stderr[-2000:]
+        yield address, env
+    finally:
+        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
 
 
 @pytest.mark.slow
 def test_ray_cluster_survives_a_killed_worker(reference, ray_cluster, tmp_path):
     config, reference_dir = reference
+    address, env = ray_cluster
     run_dir = tmp_path / "ray"
     process = subprocess.Popen(
         [sys.executable, "-m", "transfer_influence", "run", str(config), "--run-dir",
-         str(run_dir), "--engine", "ray", "--address", ray_cluster, "--workers", "2", "--quiet"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+         str(run_dir), "--engine", "ray", "--address", address, "--workers", "2", "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
     killed = _kill_a_worker_mid_chunk(run_dir, "ray:", process)
     _finish(process)
-    workers = {chunk["meta"] for chunk in chunk_arrays(run_dir).values()}
-    assert not any(killed in str(meta) for meta in workers)  # its chunk was redone by another
+    writers = [str(chunk["meta"]) for chunk in chunk_arrays(run_dir).values()]
+    assert not any(killed in meta for meta in writers)  # its chunk was redone by another
+    assert sum("ray:" in meta for meta in writers) == 6
     _assert_nothing_lost_or_doubled(reference_dir, run_dir)
 
 
@@ -119,3 +135,32 @@ def test_submitit_job_array_survives_a_killed_job(reference, tmp_path):
     _finish(process)
     _assert_nothing_lost_or_doubled(reference_dir, run_dir)
     assert any((run_dir / "slurm").rglob("*_log.out"))  # logs kept in the run directory
+
+
+@pytest.mark.slow
+def test_a_local_ray_cluster_listens_on_loopback_only(reference, tmp_path):
+    psutil = pytest.importorskip("psutil", reason="needs psutil (the dev extra)")
+    pytest.importorskip("ray", reason="the Ray engine test needs ray (the 'ray' extra)")
+    config, reference_dir = reference
+    run_dir = tmp_path / "local-ray"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "transfer_influence", "run", str(config), "--run-dir",
+         str(run_dir), "--engine", "ray", "--workers", "2", "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    _kill_a_worker_mid_chunk(run_dir, "ray:", process)  # by then the whole cluster is up
+    listening = [
+        c.laddr.ip
+        for c in psutil.net_connections(kind="inet")
+        if c.status == psutil.CONN_LISTEN and c.pid and _descends_from(psutil, c.pid, process.pid)
+    ]
+    _finish(process)
+    assert listening and all(ip in ("127.0.0.1", "::1", "::ffff:127.0.0.1") for ip in listening)
+    _assert_nothing_lost_or_doubled(reference_dir, run_dir)
+
+
+def _descends_from(psutil, pid: int, ancestor: int) -> bool:
+    try:
+        return any(parent.pid == ancestor for parent in psutil.Process(pid).parents())
+    except psutil.Error:
+        return False

@@ -44,20 +44,27 @@ def _train_chunk(root: str, start: int, stop: int, threads: int) -> str:
 
 def _connect(address: str | None, workers: int | None) -> bool:
     """Join the cluster at ``address``, or start a local one; True when started here."""
+    if not address:
+        # A single-machine Ray binds every server to 127.0.0.1 (read when ray is imported).
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     try:
         import ray
     except ImportError:
         raise RunError("--engine ray needs Ray: pip install 'transfer-influence[ray]'") from None
     if ray.is_initialized():
         return False
-    options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+    options: dict[str, Any] = {
+        "include_dashboard": False,
+        "log_to_driver": False,
+        "logging_level": "warning",
+    }
     if address:
         try:
             ray.init(address=address, **options)
         except (ConnectionError, RuntimeError, ValueError) as error:
             raise RunError(f"cannot connect to the Ray cluster at {address}: {error}") from None
         return False
-    ray.init(num_cpus=workers or os.cpu_count() or 1, _node_ip_address="127.0.0.1", **options)
+    ray.init(num_cpus=workers or os.cpu_count() or 1, **options)
     return True
 
 
@@ -75,9 +82,9 @@ def run_ray(
     ``workers`` caps the tasks in flight (default: as many as the cluster's CPUs or GPUs
     allow); each task asks for ``cpus_per_worker`` CPUs and ``gpus_per_worker`` GPUs.
     """
+    started = _connect(address, workers)
     import ray
 
-    started = _connect(address, workers)
     deadline = None if time_limit is None else time.time() + time_limit
     try:
         resources = ray.cluster_resources()
