@@ -113,3 +113,28 @@ def make_image_folder(root, classes, per_class, splits=("train",), as_tar=True, 
             for name, blob in files.items():
                 (root / split / name).parent.mkdir(parents=True, exist_ok=True)
                 (root / split / name).write_bytes(blob)
+
+
+TINY_BUILTIN = """
+[run]
+models = 8
+chunk_size = 4
+[trainer]
+type = "builtin"
+[trainer.params]
+source = {{ kind = "folder", path = "{data}/source" }}
+targets = [{{ name = "tgt", kind = "folder", path = "{data}/target"{target_options} }}]
+[trainer.params.recipe]
+widths = [8, 8, 8]
+epochs = 1
+batch_size = 16
+stack = 4
+probe_steps = 5
+"""
+
+
+def tiny_builtin_config(path, data, target_options=""):
+    """A built-in trainer config over ``data``/source and ``data``/target that trains in
+    seconds on CPU; ``target_options`` are extra keys of the target table (", k = v")."""
+    path.write_text(TINY_BUILTIN.format(data=data, target_options=target_options))
+    return path

@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from conftest import make_image_folder
+from conftest import make_image_folder, tiny_builtin_config
 from transfer_influence import RunStore
 from transfer_influence.pruning import Pruning, plan_conditions, user_condition
 from transfer_influence.report import Report
@@ -119,38 +119,18 @@ def test_prune_refuses_what_would_mix_or_leak(simulated_run, tmp_path, cli):
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1
 
 
-BUILTIN = """
-[run]
-models = 8
-chunk_size = 4
-[trainer]
-type = "builtin"
-[trainer.params]
-source = {{ kind = "folder", path = "{data}/source" }}
-targets = [{{ name = "tgt", kind = "folder", path = "{data}/target"{validation} }}]
-[trainer.params.recipe]
-widths = [8, 8, 8]
-epochs = 1
-batch_size = 16
-stack = 4
-probe_steps = 5
-"""
-
-
 @pytest.mark.slow
 def test_prune_with_the_builtin_trainer_ranks_on_validation_only(tmp_path, cli, monkeypatch):
     monkeypatch.setenv("TRANSFER_INFLUENCE_CACHE", str(tmp_path / "cache"))
     data = tmp_path / "data"
     make_image_folder(data / "source", list("abcdef"), 6, ("train", "test"), size=16)
     make_image_folder(data / "target", ["x", "y"], 10, ("train", "test"), size=16)
-    on_test = tmp_path / "test.toml"
-    on_test.write_text(BUILTIN.format(data=data, validation=""))
+    on_test = tiny_builtin_config(tmp_path / "test.toml", data)
     assert cli("run", on_test, "--run-dir", tmp_path / "t", "--quiet")[0] == 0
     code, _, err = cli("prune", tmp_path / "t", "--quiet")
     assert code == 2 and "never the test set" in err and 'evaluate = "validation"' in err
-    on_validation = tmp_path / "validation.toml"
     validation = ', validation = 0.3, evaluate = "validation"'
-    on_validation.write_text(BUILTIN.format(data=data, validation=validation))
+    on_validation = tiny_builtin_config(tmp_path / "validation.toml", data, validation)
     run = tmp_path / "v"
     assert cli("run", on_validation, "--run-dir", run, "--quiet")[0] == 0
     code, out, err = cli("prune", run, "--k", "1,2", "--seeds", "2", "--quiet")

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import FIXTURE, SHARED, make_image_folder
+from conftest import FIXTURE, SHARED, make_image_folder, tiny_builtin_config
 from transfer_influence import RunStore, record_arrays
 from transfer_influence.report import Report
 
@@ -107,6 +107,8 @@ def test_report_and_top_commands(tmp_path, cli):
     code, out, _ = cli("top", run, "--source-class", HOSTILE, "-n", "4", "--csv")
     assert code == 0 and len(out.splitlines()) == 5
     assert out.splitlines()[0] == "example,example_id,target_class,influence,stderr"
+    code, out, _ = cli("top", run, "--most-hurt", "-n", "3", "--csv")
+    assert code == 0 and len(out.splitlines()) == 4 and "$x^2$ & co" in out
     for bad, message in (
         (["--target-class", "kitten"], "unknown target class 'kitten'"),
         (["--source-class", "ostrich"], "unknown source group 'ostrich'"),
@@ -118,32 +120,13 @@ def test_report_and_top_commands(tmp_path, cli):
     assert code == 2 and "dataset not found" in err
 
 
-BUILTIN = """
-[run]
-models = 8
-chunk_size = 4
-[trainer]
-type = "builtin"
-[trainer.params]
-source = {{ kind = "folder", path = "{data}/source" }}
-targets = [{{ name = "tgt", kind = "folder", path = "{data}/target" }}]
-[trainer.params.recipe]
-widths = [8, 8, 8]
-epochs = 1
-batch_size = 16
-stack = 4
-probe_steps = 5
-"""
-
-
 @pytest.mark.slow
 def test_report_of_a_builtin_run_finds_its_images_and_control(tmp_path, cli, monkeypatch):
     monkeypatch.setenv("TRANSFER_INFLUENCE_CACHE", str(tmp_path / "cache"))
     names = ["<img src=x onerror=alert(1)>", "b", "c", "d", "e", "f"]
     make_image_folder(tmp_path / "data" / "source", names, 6, ("train", "test"), size=16)
     make_image_folder(tmp_path / "data" / "target", ["x", "y"], 6, ("train", "test"), size=16)
-    config = tmp_path / "tiny.toml"
-    config.write_text(BUILTIN.format(data=tmp_path / "data"))
+    config = tiny_builtin_config(tmp_path / "tiny.toml", tmp_path / "data")
     run = tmp_path / "run"
     assert cli("run", config, "--run-dir", run, "--quiet")[0] == 0
     assert (run / "control.json").is_file()

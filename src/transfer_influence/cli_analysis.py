@@ -57,6 +57,10 @@ def add_analysis_commands(sub: argparse._SubParsersAction) -> dict:
     which.add_argument(
         "--source-class", help="list the target examples this source class influences most"
     )
+    which.add_argument(
+        "--most-hurt", action="store_true",
+        help="list the target examples that one source class hurts most, with that class",
+    )  # fmt: skip
     top.add_argument("--harmful", action="store_true", help="the most negative instead")
     top.add_argument("-n", type=int, default=10, help="rows (default: 10)")
     top.add_argument("--csv", action="store_true", help="print CSV instead of a table")
@@ -143,9 +147,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
         args.source_data,
         args.target_data,
     ).build(store, args.out, progress=not args.quiet and sys.stderr.isatty())
-    leaks = int(report.leakage_["leak"].sum()) if hasattr(report, "leakage_") else None
     print(f"wrote {report.path_} ({report.influence_.n_models_} models)")
-    if leaks is not None:
+    if report.leakage_ is not None:
+        leaks = int(report.leakage_["leak"].sum())
         print(f"leakage: {leaks} target image(s) flagged; see the report's Leakage section")
     return 0
 
@@ -153,7 +157,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_top(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from .analyses import failure_modes, projection, top_groups
+    from .analyses import failure_modes, most_hurt, projection, top_groups
     from .attribution import ClassInfluence
 
     if args.n < 1:
@@ -161,7 +165,10 @@ def _cmd_top(args: argparse.Namespace) -> int:
     store = RunStore(args.run_dir)
     model = ClassInfluence(args.target, args.mode, args.output, args.level, args.estimator)
     model.fit(store, progress=sys.stderr.isatty())
-    if args.source_class is not None:
+    if args.most_hurt:
+        table = most_hurt(model, args.n)
+        columns = ["example", "example_id", "target_class", "source", "influence", "stderr"]
+    elif args.source_class is not None:
         query = failure_modes if args.harmful else projection
         table = query(model, args.source_class, args.n)
         columns = ["example", "example_id", "target_class", "influence", "stderr"]

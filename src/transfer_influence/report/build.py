@@ -65,7 +65,8 @@ class Report:
         Thresholds of :func:`~transfer_influence.analyses.find_leakage`.
 
     After :meth:`build`: ``path_`` (index.html), ``influence_`` (the fitted ClassInfluence),
-    ``tables_`` (every table written, by name) and ``leakage_`` (all leakage candidates).
+    ``tables_`` (every table written, by name) and ``leakage_`` (all leakage candidates; None
+    when there were no images to check).
     """
 
     def __init__(
@@ -226,6 +227,7 @@ class Report:
     def _leakage(self, influence: ClassInfluence, images: RunImages) -> dict[str, Any]:
         base = {"z_min": self.leakage_z, "similarity_min": self.leakage_similarity, "rows": []}
         if images.target is None or images.source is None:
+            self.leakage_ = None
             self.tables_["leakage"] = pd.DataFrame()
             return {**base, "summary": f"Not checked: no images ({images.note})."}
         found = find_leakage(

@@ -69,14 +69,20 @@ def _align_target(store: RunStore, target_name: str, data: ImageDataset) -> np.n
     )
 
 
-def _source_groups(store: RunStore, data: ImageDataset, groups_file: str | None) -> np.ndarray:
-    if groups_file is not None:
-        from ..trainers.builtin import group_classes
+def _source_groups(store: RunStore, data: ImageDataset, params: dict[str, Any]) -> np.ndarray:
+    """The group of every source image (-1: in no group), for the run's grouping."""
+    if params.get("pool") is not None or params.get("groups") is not None:
+        from ..trainers.source_groups import class_groups, example_pool
 
-        names, group_of_class = group_classes(data, groups_file)
-        if tuple(names) != store.groups:
-            raise RunError("the groups file gives other groups than the run's")
-        return group_of_class[data.labels]
+        pool = params.get("pool")
+        groups = (
+            example_pool(data, list(pool["classes"]), pool.get("context", "none"))
+            if pool is not None
+            else class_groups(data, params["groups"])
+        )
+        if groups.names != store.groups:
+            raise RunError("the source images give other groups than the run's")
+        return groups.group_of_image
     index = {name: k for k, name in enumerate(store.groups)}
     for names in (data.names, data.class_names):
         if all(name in index for name in names):
@@ -97,7 +103,6 @@ def load_run_images(
 ) -> RunImages:
     """The run's images, from the given datasets or else from its built-in trainer config."""
     params = store.config.trainer.params if store.config.trainer.type == "builtin" else {}
-    groups_file = params.get("groups") if source_data is None else None
     notes = []
     target = source = groups = None
     config_target = next((t for t in params.get("targets", []) if t["name"] == target_name), None)
@@ -113,7 +118,8 @@ def load_run_images(
     source_spec = source_data if source_data is not None else params.get("source")
     if source_spec is not None:
         dataset = load_dataset(_as_spec(source_spec), "train", "source")
-        source, groups = dataset.images, _source_groups(store, dataset, groups_file)
+        grouping = params if source_data is None else {}
+        source, groups = dataset.images, _source_groups(store, dataset, grouping)
     else:
         notes.append("source images: pass --source-data")
     return RunImages(target, source, groups, "; ".join(notes))

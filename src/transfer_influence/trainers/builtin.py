@@ -8,25 +8,23 @@ The device is a property of the worker, not of the run: set ``TRANSFER_INFLUENCE
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Sequence
 from dataclasses import fields
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from ..datasets import ImageDataset, load_dataset
-from ..datasets.folder import expand_path
 from ..subsets import Job
 from .probe import fit_linear_probe
 from .protocol import JobResult, TargetInfo, TaskDescription, output_key
+from .source_groups import class_groups, example_pool
 from .stack import Recipe, StackedResNet, extract_features, train_stack
 
-__all__ = ["MODES", "BuiltinTrainer", "TargetData", "group_classes", "resolve_device"]
+__all__ = ["MODES", "BuiltinTrainer", "TargetData", "resolve_device"]
 
 MODES = ("fixed_feature", "finetune")
 
@@ -82,28 +80,6 @@ class TargetData:
             raise ValueError(f"target {self.name!r}: train and test classes differ")
 
 
-def group_classes(source: ImageDataset, path: str | None) -> tuple[tuple[str, ...], np.ndarray]:
-    """Group names, and the group index of every source class."""
-    if path is None:
-        return source.names, np.arange(len(source.class_names))
-    file = Path(expand_path(path))
-    try:
-        mapping = json.loads(file.read_text())
-    except (OSError, ValueError) as error:
-        raise ValueError(f"groups file {file}: {error}") from None
-    if not isinstance(mapping, dict):
-        raise ValueError(f"groups file {file} must map class names to group names")
-    missing = [c for c in source.class_names if c not in mapping]
-    if missing:
-        raise ValueError(
-            f"groups file {file} has no group for {len(missing)} source class(es), "
-            f"first {missing[0]!r}"
-        )
-    names = tuple(sorted({str(mapping[c]) for c in source.class_names}))
-    index = {name: i for i, name in enumerate(names)}
-    return names, np.array([index[str(mapping[c])] for c in source.class_names])
-
-
 class BuiltinTrainer:
     """Pretrain on each job's source groups, transfer to each target in each mode.
 
@@ -122,6 +98,10 @@ class BuiltinTrainer:
         Optional path to a JSON object mapping each source class name to a group name (e.g.
         CIFAR-100's ``coarse.json`` for its 20 superclasses, clusters, or any ids of yours):
         masks then range over groups, and a model trains on every class of its groups.
+    pool:
+        Example-level runs: ``{classes = [...], context = "none" | "all"}`` makes every image
+        of those classes a group of its own, so masks range over single images; the other
+        source images are in no model ("none", the default) or in every model ("all").
     """
 
     def __init__(
@@ -131,6 +111,7 @@ class BuiltinTrainer:
         modes: Sequence[str] = ("fixed_feature",),
         recipe: dict[str, Any] | None = None,
         groups: str | None = None,
+        pool: dict[str, Any] | None = None,
     ) -> None:
         unknown = set(recipe or {}) - {f.name for f in fields(Recipe)}
         if unknown:
@@ -147,7 +128,17 @@ class BuiltinTrainer:
         self.modes = tuple(modes)
         self.source = load_dataset(source, "train", "source")
         self.source_test = load_dataset(source, "test", "source")
-        self.group_names, self.group_of_class = group_classes(self.source, groups)
+        if pool is not None and groups is not None:
+            raise ValueError("give either groups (of classes) or a pool (of images), not both")
+        if pool is not None:
+            unknown = set(pool) - {"classes", "context"}
+            if unknown or "classes" not in pool:
+                raise ValueError("a pool is {classes = [...], context = 'none' or 'all'}")
+            self.groups = example_pool(
+                self.source, list(pool["classes"]), pool.get("context", "none")
+            )
+        else:
+            self.groups = class_groups(self.source, groups)
         self.targets = [TargetData(spec) for spec in targets]
         if not self.targets:
             raise ValueError("the built-in trainer needs at least one target")
@@ -166,7 +157,7 @@ class BuiltinTrainer:
         for t in self.targets:
             fingerprints[f"{t.name}/train"] = t.train.fingerprint
             fingerprints[f"{t.name}/test"] = t.test.fingerprint
-        return TaskDescription(self.group_names, targets, self.modes, fingerprints)
+        return TaskDescription(self.groups.names, targets, self.modes, fingerprints)
 
     def estimate_seconds_per_model(self) -> float:
         """A rough CPU/GPU figure from the work per model; `status` reports measured speed."""
@@ -202,10 +193,9 @@ class BuiltinTrainer:
         if self.device.type == "cuda":
             net = net.to(memory_format=torch.channels_last)
         images, labels = self._tensors("source", self.source)
-        classes_of = [job.mask[self.group_of_class] for job in jobs]
-        members = [np.flatnonzero(included[self.source.labels]) for included in classes_of]
+        members = [self.groups.images(job.mask) for job in jobs]
         # An epoch is the expected subset's size: the same for every model of a run.
-        epoch_size = round(max(job.mask.mean() for job in jobs) * len(self.source))
+        epoch_size = self.groups.expected_images(max(job.mask.mean() for job in jobs))
         train_stack(
             net,
             images,
@@ -246,7 +236,7 @@ class BuiltinTrainer:
         logits = self._head_logits(net, images)
         accuracies = []
         for g, job in enumerate(jobs):
-            keep = torch.as_tensor(job.mask[self.group_of_class], device=self.device)
+            keep = torch.as_tensor(self.groups.classes(job.mask), device=self.device)
             rows = keep[labels]
             scores = logits[g][rows].masked_fill(~keep, float("-inf"))
             accuracies.append(float((scores.argmax(1) == labels[rows]).float().mean()))

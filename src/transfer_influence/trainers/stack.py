@@ -226,8 +226,9 @@ def train_stack(
         weight_decay=recipe.weight_decay,
     )
     warm = max(1, int(recipe.warmup * steps))
+    decay = max(1, steps - warm)  # a run of a single step is all warm-up
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: (s + 1) / warm if s < warm else max(0.0, (steps - s) / (steps - warm))
+        optimizer, lambda s: (s + 1) / warm if s < warm else max(0.0, (steps - s) / decay)
     )
     g_index = torch.arange(len(members), device=device)[:, None]
     net.train()

@@ -1,0 +1,131 @@
+"""Example-wise influence: which single source images help or hurt the target.
+
+For runs whose groups are single source images (a built-in trainer ``pool``, or any trainer
+whose groups are examples). With thousands of groups and fewer models than groups, the joint
+regression of the class-level estimator is not identified; the datamodels-style estimator here
+is a sparse (lasso) regression of the output on all inclusion indicators, its penalty chosen
+by cross-validation over held-out models. It is fitted for the mean output over all target
+examples and for each chosen target example; the difference in means stays available.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from .estimation import estimate_influence
+from .stability import SplitHalf, split_half_stability
+from .store import RunError, RunStore
+
+__all__ = ["ExampleInfluence", "sparse_influence"]
+
+ESTIMATORS = ("sparse", "difference")
+
+
+def sparse_influence(masks: np.ndarray, y: np.ndarray, folds: int = 5, seed: int = 0):
+    """Lasso coefficients of ``y`` (m) on ``masks`` (m x K), penalty by ``folds``-fold
+    cross-validation over models; returns (coefficients K, penalty)."""
+    from sklearn.linear_model import LassoCV
+    from sklearn.model_selection import KFold
+
+    x = masks.astype(np.float64)
+    model = LassoCV(
+        alphas=40, cv=KFold(folds, shuffle=True, random_state=seed), max_iter=5000, tol=1e-4
+    ).fit(x, np.asarray(y, dtype=np.float64))
+    return model.coef_, float(model.alpha_)
+
+
+class ExampleInfluence:
+    """Influence of every source example of an example-level run.
+
+    Parameters
+    ----------
+    target, mode, output:
+        As for :class:`~transfer_influence.ClassInfluence`.
+    examples:
+        Target examples (ids or indices) to attribute one by one, besides the overall mean.
+    estimator:
+        "sparse" (lasso, penalty by cross-validation over models) or "difference".
+
+    After :meth:`fit`: ``overall_`` (one row per source example, most helpful first),
+    ``per_example_`` (long table for the chosen target examples), ``penalties_``,
+    ``stability_`` (split-half rank stability of the overall difference-in-means ranking),
+    ``n_models_``.
+    """
+
+    def __init__(
+        self,
+        target: str | None = None,
+        mode: str | None = None,
+        output: str = "p_correct",
+        examples: Sequence[str | int] = (),
+        estimator: str = "sparse",
+    ) -> None:
+        self.target = target
+        self.mode = mode
+        self.output = output
+        self.examples = tuple(examples)
+        self.estimator = estimator
+
+    def _columns(self, ids: np.ndarray) -> np.ndarray:
+        position = {str(i): j for j, i in enumerate(ids)}
+        columns = []
+        for example in self.examples:
+            if str(example) in position:
+                columns.append(position[str(example)])
+            elif isinstance(example, int) or str(example).isdigit():
+                if not 0 <= int(example) < ids.size:
+                    raise ValueError(f"target example {example} out of range 0..{ids.size - 1}")
+                columns.append(int(example))
+            else:
+                raise ValueError(f"unknown target example {example!r}")
+        return np.array(columns, dtype=np.int64)
+
+    def fit(self, store: RunStore, progress: bool = False) -> ExampleInfluence:
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"unknown estimator {self.estimator!r}; choose from {ESTIMATORS}")
+        key = store.resolve_key(self.target, self.mode)
+        target = store.target(key.split("/")[0])
+        columns = self._columns(target.example_ids)
+        masks, means, chosen = [], [], []
+        chunks = store.iter_outputs(key, self.output)
+        for chunk_masks, values, _ in tqdm(chunks, disable=not progress, leave=False):
+            masks.append(chunk_masks)
+            means.append(values.mean(axis=1, dtype=np.float64))
+            chosen.append(values[:, columns])
+        if sum(len(m) for m in masks) < 10:
+            raise RunError(f"{store.root} has too few models for example-wise influence (< 10)")
+        x = np.concatenate(masks)
+        targets = {"overall": np.concatenate(means)}
+        per_column = np.concatenate(chosen).T
+        targets.update(
+            {str(target.example_ids[j]): y for j, y in zip(columns, per_column, strict=True)}
+        )
+        self.penalties_: dict[str, float | None] = {}
+        tables = {}
+        for name, y in targets.items():
+            if self.estimator == "sparse":
+                values, self.penalties_[name] = sparse_influence(x, y)
+            else:
+                values = estimate_influence(x, y[:, None]).overall.values[:, 0]
+                self.penalties_[name] = None
+            tables[name] = (
+                pd.DataFrame({"source_example": list(store.groups), "influence": values})
+                .sort_values("influence", ascending=False, kind="stable")
+                .reset_index(drop=True)
+            )
+        self.overall_ = tables.pop("overall")
+        rows = [t.assign(target_example=name) for name, t in tables.items()]
+        self.per_example_ = (
+            pd.concat(rows, ignore_index=True)
+            if rows
+            else pd.DataFrame(columns=["source_example", "influence", "target_example"])
+        )
+        self.stability_: SplitHalf | None = (
+            split_half_stability(x, targets["overall"]) if len(x) >= 8 else None
+        )
+        self.n_models_ = int(len(x))
+        return self

@@ -1,0 +1,85 @@
+"""Example-level runs: masks over single source images, and the sparse estimator."""
+
+import numpy as np
+import pytest
+
+from conftest import make_image_folder, tiny_builtin_config
+from transfer_influence import RunStore
+from transfer_influence.config import Config
+from transfer_influence.datasets import load_dataset
+from transfer_influence.engines.local import run_local
+from transfer_influence.examplewise import ExampleInfluence
+from transfer_influence.trainers import SimulatedTrainer
+from transfer_influence.trainers.source_groups import class_groups, example_pool
+
+
+def test_source_groups_select_the_masked_images(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRANSFER_INFLUENCE_CACHE", str(tmp_path / "cache"))
+    make_image_folder(tmp_path / "src", ["a", "b", "c"], 4)
+    source = load_dataset({"kind": "folder", "path": str(tmp_path / "src")}, "train", "source")
+    pool = example_pool(source, ["a", "c"])
+    assert pool.names == ("a/000.png", "a/001.png", "a/002.png", "a/003.png",
+                          "c/000.png", "c/001.png", "c/002.png", "c/003.png")  # fmt: skip
+    mask = np.zeros(8, bool)
+    mask[[1, 6]] = True
+    assert pool.images(mask).tolist() == [1, 10]  # a/001 and c/002, nothing of b
+    assert pool.classes(mask).tolist() == [True, False, True]
+    assert pool.expected_images(0.5) == 4
+    everything = example_pool(source, ["a", "c"], context="all")
+    assert everything.images(mask).tolist() == [1, 4, 5, 6, 7, 10]  # plus all of b
+    assert everything.expected_images(0.5) == 8
+    by_class = class_groups(source)
+    assert by_class.images(np.array([False, True, False])).tolist() == [4, 5, 6, 7]
+    with pytest.raises(ValueError, match="unknown source class 'z'"):
+        example_pool(source, ["z"])
+
+
+@pytest.mark.slow
+def test_an_example_level_run_with_the_builtin_trainer(tmp_path, cli, monkeypatch):
+    monkeypatch.setenv("TRANSFER_INFLUENCE_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "data"
+    make_image_folder(data / "source", list("abcd"), 6, ("train", "test"), size=16)
+    make_image_folder(data / "target", ["x", "y"], 6, ("train", "test"), size=16)
+    config = tiny_builtin_config(tmp_path / "pool.toml", data)
+    text = config.read_text().replace(
+        "[trainer.params.recipe]", 'pool = { classes = ["a", "b"] }\n[trainer.params.recipe]'
+    )
+    config.write_text(text.replace("models = 8", "models = 12"))
+    run = tmp_path / "run"
+    assert cli("run", config, "--run-dir", run, "--quiet")[0] == 0
+    store = RunStore(run)
+    assert len(store.groups) == 12 and store.groups[0] == "a/000.png"
+    fitted = ExampleInfluence(estimator="difference", examples=[0]).fit(store)
+    assert len(fitted.overall_) == 12 and fitted.n_models_ == 12
+    assert set(fitted.per_example_["target_example"]) == {store.target("tgt").example_ids[0]}
+
+
+def _simulated(models, groups=200, seed=0):
+    params = {"groups": groups, "examples": 60, "classes": 3, "modes": ["fixed_feature"],
+              "active": 0.05, "effect_scale": 0.4, "model_noise": 0.05, "seed": seed}  # fmt: skip
+    trainer = SimulatedTrainer(**params)
+    config = Config.from_dict(
+        {"run": {"models": models, "chunk_size": 50},
+         "trainer": {"type": "simulated", "params": params}}
+    )  # fmt: skip
+    return trainer, config
+
+
+def test_sparse_estimator_finds_the_few_influential_examples_with_fewer_models_than_groups(
+    tmp_path,
+):
+    trainer, config = _simulated(models=150)
+    store = RunStore.create(tmp_path / "run", config, trainer.describe())
+    run_local(store, workers=1, progress=False, trainer=trainer)
+    truth = trainer.true_influence("sim", "fixed_feature").mean(axis=1)
+    # Every true difference in means carries the same small contrast term; the rest is effect.
+    active = np.abs(truth - np.median(truth)) > 1e-6
+    assert 5 <= active.sum() <= 20
+    fitted = ExampleInfluence(output="margin", estimator="sparse").fit(store)
+    table = fitted.overall_.set_index("source_example").loc[list(store.groups)]
+    values = table["influence"].to_numpy()
+    top = np.argsort(-np.abs(values))[: active.sum()]
+    assert active[top].mean() >= 0.8  # the influential examples come first
+    assert (values[~active] == 0).mean() >= 0.8  # and most others are exactly zero
+    assert np.corrcoef(values, truth)[0, 1] > 0.9
+    assert fitted.penalties_["overall"] > 0
