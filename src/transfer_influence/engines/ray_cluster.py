@@ -64,7 +64,8 @@ def _connect(address: str | None, workers: int | None) -> bool:
         except (ConnectionError, RuntimeError, ValueError) as error:
             raise RunError(f"cannot connect to the Ray cluster at {address}: {error}") from None
         return False
-    ray.init(num_cpus=workers or os.cpu_count() or 1, **options)
+    # "local": a new cluster of our own, even where another one runs on this machine.
+    ray.init(address="local", num_cpus=workers or os.cpu_count() or 1, **options)
     return True
 
 
