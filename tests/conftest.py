@@ -133,6 +133,21 @@ probe_steps = 5
 """
 
 
+@pytest.fixture
+def tiny_data(tmp_path, monkeypatch):
+    """Tiny ImageFolder tarballs for the built-in trainer: ``make(source_classes,
+    target_per_class)`` writes DATA/source and DATA/target (classes x, y) and returns DATA."""
+    monkeypatch.setenv("TRANSFER_INFLUENCE_CACHE", str(tmp_path / "cache"))
+
+    def make(source_classes=tuple("abcdef"), target_per_class=6):
+        data = tmp_path / "data"
+        make_image_folder(data / "source", list(source_classes), 6, ("train", "test"), size=16)
+        make_image_folder(data / "target", ["x", "y"], target_per_class, ("train", "test"), size=16)
+        return data
+
+    return make
+
+
 def tiny_builtin_config(path, data, target_options=""):
     """A built-in trainer config over ``data``/source and ``data``/target that trains in
     seconds on CPU; ``target_options`` are extra keys of the target table (", k = v")."""

@@ -35,11 +35,8 @@ def test_source_groups_select_the_masked_images(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_an_example_level_run_with_the_builtin_trainer(tmp_path, cli, monkeypatch):
-    monkeypatch.setenv("TRANSFER_INFLUENCE_CACHE", str(tmp_path / "cache"))
-    data = tmp_path / "data"
-    make_image_folder(data / "source", list("abcd"), 6, ("train", "test"), size=16)
-    make_image_folder(data / "target", ["x", "y"], 6, ("train", "test"), size=16)
+def test_an_example_level_run_with_the_builtin_trainer(tmp_path, cli, tiny_data):
+    data = tiny_data("abcd")
     config = tiny_builtin_config(tmp_path / "pool.toml", data)
     text = config.read_text().replace(
         "[trainer.params.recipe]", 'pool = { classes = ["a", "b"] }\n[trainer.params.recipe]'

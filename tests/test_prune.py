@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from conftest import make_image_folder, tiny_builtin_config
+from conftest import tiny_builtin_config
 from transfer_influence import RunStore
 from transfer_influence.pruning import Pruning, plan_conditions, user_condition
 from transfer_influence.report import Report
@@ -120,11 +120,8 @@ def test_prune_refuses_what_would_mix_or_leak(simulated_run, tmp_path, cli):
 
 
 @pytest.mark.slow
-def test_prune_with_the_builtin_trainer_ranks_on_validation_only(tmp_path, cli, monkeypatch):
-    monkeypatch.setenv("TRANSFER_INFLUENCE_CACHE", str(tmp_path / "cache"))
-    data = tmp_path / "data"
-    make_image_folder(data / "source", list("abcdef"), 6, ("train", "test"), size=16)
-    make_image_folder(data / "target", ["x", "y"], 10, ("train", "test"), size=16)
+def test_prune_with_the_builtin_trainer_ranks_on_validation_only(tmp_path, cli, tiny_data):
+    data = tiny_data(target_per_class=10)
     on_test = tiny_builtin_config(tmp_path / "test.toml", data)
     assert cli("run", on_test, "--run-dir", tmp_path / "t", "--quiet")[0] == 0
     code, _, err = cli("prune", tmp_path / "t", "--quiet")

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import FIXTURE, SHARED, make_image_folder, tiny_builtin_config
+from conftest import FIXTURE, SHARED, tiny_builtin_config
 from transfer_influence import RunStore, record_arrays
 from transfer_influence.report import Report
 
@@ -121,12 +121,9 @@ def test_report_and_top_commands(tmp_path, cli):
 
 
 @pytest.mark.slow
-def test_report_of_a_builtin_run_finds_its_images_and_control(tmp_path, cli, monkeypatch):
-    monkeypatch.setenv("TRANSFER_INFLUENCE_CACHE", str(tmp_path / "cache"))
-    names = ["<img src=x onerror=alert(1)>", "b", "c", "d", "e", "f"]
-    make_image_folder(tmp_path / "data" / "source", names, 6, ("train", "test"), size=16)
-    make_image_folder(tmp_path / "data" / "target", ["x", "y"], 6, ("train", "test"), size=16)
-    config = tiny_builtin_config(tmp_path / "tiny.toml", tmp_path / "data")
+def test_report_of_a_builtin_run_finds_its_images_and_control(tmp_path, cli, tiny_data):
+    data = tiny_data(["<img src=x onerror=alert(1)>", "b", "c", "d", "e", "f"])
+    config = tiny_builtin_config(tmp_path / "tiny.toml", data)
     run = tmp_path / "run"
     assert cli("run", config, "--run-dir", run, "--quiet")[0] == 0
     assert (run / "control.json").is_file()
