@@ -182,22 +182,14 @@ class Report:
         self.tables_["projection"] = pd.concat(projections, ignore_index=True)
         self.tables_["failure_modes"] = pd.concat(failures, ignore_index=True)
         self.tables_["most_hurt"] = hurt
-        per_target = []
-        for c, name in enumerate(influence.target_classes_[:_MAX_TARGET_ROWS]):
-            per_target.append(
-                {
-                    "target": name,
-                    **{
-                        side: [
-                            {"name": r.group, "text": self._value(r.influence, r.stderr)}
-                            for r in top_groups(
-                                influence, 3, c, harmful=side == "harmful"
-                            ).itertuples()
-                        ]
-                        for side in ("helpful", "harmful")
-                    },
-                }
-            )
+        per_target = [
+            {
+                "target": name,
+                "helpful": self._top3(influence, c, harmful=False),
+                "harmful": self._top3(influence, c, harmful=True),
+            }
+            for c, name in enumerate(influence.target_classes_[:_MAX_TARGET_ROWS])
+        ]
         hurt_thumbs = [
             {
                 "src": _data_uri(png(thumbnail(images.target[r.example])))
@@ -223,6 +215,10 @@ class Report:
             else 0,
             "images_note": images.note,
         }
+
+    def _top3(self, influence: ClassInfluence, target_class: int, harmful: bool) -> list[dict]:
+        rows = top_groups(influence, 3, target_class, harmful=harmful).itertuples()
+        return [{"name": r.group, "text": self._value(r.influence, r.stderr)} for r in rows]
 
     def _leakage(self, influence: ClassInfluence, images: RunImages) -> dict[str, Any]:
         base = {"z_min": self.leakage_z, "similarity_min": self.leakage_similarity, "rows": []}
