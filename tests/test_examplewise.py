@@ -80,3 +80,25 @@ def test_sparse_estimator_finds_the_few_influential_examples_with_fewer_models_t
     assert (values[~active] == 0).mean() >= 0.8  # and most others are exactly zero
     assert np.corrcoef(values, truth)[0, 1] > 0.9
     assert fitted.penalties_["overall"] > 0
+
+
+@pytest.mark.slow
+def test_drill_down_from_a_class_run_then_example_wise_influence(tmp_path, cli, tiny_data):
+    data = tiny_data("abcd")
+    config = tiny_builtin_config(tmp_path / "classes.toml", data)
+    assert cli("run", config, "--run-dir", tmp_path / "classes", "--quiet")[0] == 0
+    code, out, err = cli(
+        "drill", tmp_path / "classes", "--run-dir", tmp_path / "pool", "--top", "1",
+        "--bottom", "1", "--models", "12", "--quiet",
+    )  # fmt: skip
+    assert code == 0, err
+    store = RunStore(tmp_path / "pool")
+    assert len(store.groups) == 12 and "pool: 12 images of" in out  # 2 classes x 6 images
+    assert store.config.trainer.params["pool"]["context"] == "none"
+    code, out, err = cli("examples", tmp_path / "pool", "--target-example", "0", "-n", "3",
+                         "--estimator", "difference")  # fmt: skip
+    assert code == 0, err
+    assert "most helpful" in out and "most harmful" in out
+    assert len((tmp_path / "pool" / "examples" / "overall.csv").read_text().splitlines()) == 13
+    code, _, err = cli("drill", tmp_path / "pool", "--run-dir", tmp_path / "again")
+    assert code == 2 and "no groups or pool" in err

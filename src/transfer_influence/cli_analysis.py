@@ -88,7 +88,38 @@ def add_analysis_commands(sub: argparse._SubParsersAction) -> dict:
     )  # fmt: skip
     prune.add_argument("--device", help="cpu, cuda or cuda:N (default: a GPU when there is one)")
     prune.add_argument("--quiet", action="store_true", help="no progress bars")
-    return {"report": _cmd_report, "top": _cmd_top, "prune": _cmd_prune}
+
+    drill = sub.add_parser(
+        "drill", help="an example-level run over the images of a run's most influential classes"
+    )
+    drill.add_argument("run_dir", help="a class-level run of the built-in trainer")
+    drill.add_argument("--run-dir", dest="out", required=True, help="the new run's directory")
+    drill.add_argument("--top", type=int, default=3, help="most helpful classes (default: 3)")
+    drill.add_argument("--bottom", type=int, default=3, help="most harmful classes (default: 3)")
+    drill.add_argument("--models", type=int, default=200, help="models (default: 200)")
+    drill.add_argument(
+        "--context", choices=("none", "all"), default="none",
+        help="the other source images: in no model (default) or in every model",
+    )  # fmt: skip
+    drill.add_argument("--workers", type=int, help="worker processes")
+    drill.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    examples = sub.add_parser("examples", help="example-wise influence of an example-level run")
+    examples.add_argument("run_dir")
+    examples.add_argument(
+        "--target-example", action="append", default=[], metavar="ID",
+        help="also attribute this target example (id or index; repeatable)",
+    )  # fmt: skip
+    examples.add_argument("--estimator", choices=("sparse", "difference"), default="sparse")
+    examples.add_argument("--output", default="p_correct", help="model output to attribute")
+    examples.add_argument("-n", type=int, default=10, help="rows at each end (default: 10)")
+    return {
+        "report": _cmd_report,
+        "top": _cmd_top,
+        "prune": _cmd_prune,
+        "drill": _cmd_drill,
+        "examples": _cmd_examples,
+    }
 
 
 def _integers(text: str, flag: str) -> list[int]:
@@ -188,4 +219,50 @@ def _cmd_top(args: argparse.Namespace) -> int:
     with pd.option_context("display.width", 120, "display.max_colwidth", 40):
         print(f"{model.n_models_} models; influence on {args.output} ({unit})")
         print(shown.to_string(index=False))
+    return 0
+
+
+def _cmd_drill(args: argparse.Namespace) -> int:
+    from .drilldown import drill_down_config
+    from .engines.local import run_local
+    from .trainers import load_trainer
+
+    source = RunStore(args.run_dir)
+    config, chosen = drill_down_config(source, args.top, args.bottom, args.models, args.context)
+    trainer = load_trainer(config.trainer.type, config.trainer.params)
+    store = RunStore.open_or_create(args.out, config, trainer.describe())
+    print(f"pool: {len(store.groups)} images of {', '.join(chosen)}")
+    run_local(store, args.workers, not args.quiet, trainer=trainer)
+    print(f"{store.planned_models} models done in {store.root}; next: "
+          f"transfer-influence examples {store.root}")  # fmt: skip
+    return 0
+
+
+def _cmd_examples(args: argparse.Namespace) -> int:
+    from .examplewise import ExampleInfluence
+    from .store.files import atomic_write_bytes
+
+    if args.n < 1:
+        raise ValueError("-n must be at least 1")
+    store = RunStore(args.run_dir)
+    fitted = ExampleInfluence(
+        output=args.output, examples=args.target_example, estimator=args.estimator
+    ).fit(store, progress=sys.stderr.isatty())
+    folder = store.root / "examples"
+    folder.mkdir(exist_ok=True)
+    for name, table in (("overall", fitted.overall_), ("per_example", fitted.per_example_)):
+        atomic_write_bytes(folder / f"{name}.csv", table.to_csv(index=False).encode())
+    scale, unit = output_units(args.output)
+    print(f"{fitted.n_models_} models, {len(store.groups)} source examples; {args.estimator} "
+          f"estimate of the influence on mean {args.output} ({unit})")  # fmt: skip
+    overall = fitted.overall_
+    for title, rows in (("most helpful", overall.head(args.n)),
+                        ("most harmful", overall.tail(args.n)[::-1])):  # fmt: skip
+        print(f"\n{title}:")
+        for row in rows.itertuples():
+            print(f"  {row.source_example:<32} {row.influence * scale:+9.4f}")
+    if fitted.stability_ is not None:
+        print(f"\nsplit-half rank stability (difference in means): "
+              f"{fitted.stability_.spearman:.2f}")  # fmt: skip
+    print(f"\nwrote {folder}/overall.csv, per_example.csv")
     return 0
