@@ -20,7 +20,7 @@ from .attribution import ClassInfluence, run_stability
 from .cli_analysis import add_analysis_commands, add_estimation_arguments
 from .config import Config, ConfigError, apply_overrides, load_config
 from .demo import run_demo
-from .engines.local import run_local, work
+from .engines.local import prepare, run_local, work
 from .estimation import ESTIMATORS
 from .importing import record_file
 from .outputs import output_units
@@ -193,9 +193,7 @@ def _train(args, store: RunStore, time_limit: float | None, trainer, verify: boo
     if args.engine == "local":
         run_local(store, args.workers, progress, time_limit, trainer, verify=verify)
         return
-    if verify:
-        store.remove_stale_temporaries()
-        store.verify()
+    prepare(store, verify)
     if args.engine == "ray":
         from .engines.ray_cluster import run_ray
 

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from .analyses.names import lookup
 from .estimation import estimate_influence
 from .stability import SplitHalf, split_half_stability
 from .store import RunError, RunStore
@@ -71,18 +72,10 @@ class ExampleInfluence:
         self.estimator = estimator
 
     def _columns(self, ids: np.ndarray) -> np.ndarray:
-        position = {str(i): j for j, i in enumerate(ids)}
-        columns = []
-        for example in self.examples:
-            if str(example) in position:
-                columns.append(position[str(example)])
-            elif isinstance(example, int) or str(example).isdigit():
-                if not 0 <= int(example) < ids.size:
-                    raise ValueError(f"target example {example} out of range 0..{ids.size - 1}")
-                columns.append(int(example))
-            else:
-                raise ValueError(f"unknown target example {example!r}")
-        return np.array(columns, dtype=np.int64)
+        names = ids.tolist()
+        return np.array(
+            [lookup(names, example, "target example") for example in self.examples], np.int64
+        )
 
     def fit(self, store: RunStore, progress: bool = False) -> ExampleInfluence:
         if self.estimator not in ESTIMATORS:

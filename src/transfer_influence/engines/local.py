@@ -22,7 +22,7 @@ from ..store.files import write_json
 from ..store.records import pack_results
 from ..trainers import Trainer, load_trainer
 
-__all__ = ["build_trainer", "record_control", "run_local", "work"]
+__all__ = ["build_trainer", "prepare", "record_control", "run_local", "work"]
 
 _POLL_S = 0.5
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -91,6 +91,14 @@ def work(
     return done
 
 
+def prepare(store: RunStore, verify: bool = True) -> None:
+    """Before any engine trains: clear old temporaries, and (``verify``) read every finished
+    chunk so that damaged ones are moved aside and redone."""
+    store.remove_stale_temporaries()
+    if verify:
+        store.verify()
+
+
 def record_control(store: RunStore, trainer: Trainer) -> None:
     """Once per run: the target accuracy of an untrained backbone with the same transfer, the
     baseline that pretraining must beat (for trainers that can say; written atomically)."""
@@ -133,9 +141,7 @@ def run_local(
     on). ``verify=False`` skips re-reading the finished chunks, for a caller that already has."""
     workers = workers or _default_workers()
     deadline = time.time() + time_limit if time_limit is not None else None
-    store.remove_stale_temporaries()
-    if verify:
-        store.verify()
+    prepare(store, verify)
     while True:
         missing = store.missing_chunks()
         if not missing or (deadline is not None and time.time() >= deadline):

@@ -29,7 +29,7 @@ def _train_chunk(root: str, start: int, stop: int, threads: int) -> str:
     """One Ray task: claim, train and write chunk [start, stop) of the run at ``root``."""
     import torch
 
-    from .local import build_trainer, record_control, work
+    from .local import build_trainer, work
 
     torch.set_num_threads(threads)
     store = RunStore(root)
@@ -37,8 +37,6 @@ def _train_chunk(root: str, start: int, stop: int, threads: int) -> str:
         _TRAINERS[root] = build_trainer(store)
     worker = f"ray:{socket.gethostname()}:{os.getpid()}"
     trained = work(store, worker, trainer=_TRAINERS[root], chunks=[Chunk(start, stop)])
-    if trained and not store.missing_chunks():
-        record_control(store, _TRAINERS[root])
     return "trained" if trained else "skipped"
 
 
