@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Unattended, resumable GPU script for a short lease:
-#   benchmarks/gpu_run.sh OUT [--budget-s S] [--resume TARBALL_OR_PARTS_PREFIX] [--skip-benchmark]
-#                             [--prune K_LIST]
-# Phases, inside the budget (default 360 s): (1) the speed/accuracy benchmark, (2) as many
+#   benchmarks/gpu_run.sh OUT [--budget-s S] [--benchmark-s S] [--skip-benchmark]
+#                             [--resume TARBALL_OR_PARTS_PREFIX] [--prune K_LIST]
+# Phases, inside the budget (default 360 s): (1) the speed/accuracy benchmark (at most
+# --benchmark-s, default 60% of the budget), (2) as many
 # influence models of the reference case as fit, (3) estimates. With --prune (e.g. 10,20,40)
 # phase 2 is instead `prune` of the run (needs a config that ranks on a validation split, e.g.
 # TI_CONFIG=configs/cifar100-to-cifar10-validation.toml; $TI_PRUNE_SEEDS seeds, default 3).
@@ -13,11 +14,12 @@
 set -euo pipefail
 out=${1:?usage: gpu_run.sh OUT [--budget-s S] [--resume TARBALL] [--skip-benchmark]}
 shift
-budget=360 resume="" benchmark=1 prune=""
+budget=360 resume="" benchmark=1 prune="" benchmark_s=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --budget-s) budget=$2; shift 2 ;;
     --resume) resume=$2; shift 2 ;;
+    --benchmark-s) benchmark_s=$2; shift 2 ;;
     --skip-benchmark) benchmark=0; shift ;;
     --prune) prune=$2; shift 2 ;;
     *) echo "gpu_run.sh: unknown option $1" >&2; exit 2 ;;
@@ -42,7 +44,7 @@ log="$out/gpu_run.log"
   fi
   if [ "$benchmark" = 1 ]; then
     echo "== benchmark ($(left) s left)"
-    timeout $(( $(left) * 6 / 10 )) python3 benchmarks/gpu_speed.py --datasets "$TI_DATASETS" \
+    timeout "${benchmark_s:-$(( $(left) * 6 / 10 ))}" python3 benchmarks/gpu_speed.py --datasets "$TI_DATASETS" \
       --out "$out/gpu_speed.json" || echo "benchmark stopped early (status $?)"
   fi
   limit=$(( $(left) - 60 ))

@@ -120,7 +120,11 @@ def test_groups_beyond_classes(tmp_path):
         BuiltinTrainer(DEMO, [dict(DEMO, name="s")], groups=str(tmp_path / "partial.json"))
 
 
-def test_a_stack_trains_exactly_its_models_independently():
+FAST_KNOBS = {"pool": "max+mean", "low_res_size": 8, "low_res_epochs": 1}
+
+
+@pytest.mark.parametrize("knobs", [{}, FAST_KNOBS], ids=["default", "maxmean-lowres"])
+def test_a_stack_trains_exactly_its_models_independently(knobs):
     """Model g of a stack ends where the same model trained alone ends: nothing is shared."""
     from transfer_influence.trainers.stack import Recipe, train_stack
 
@@ -128,14 +132,15 @@ def test_a_stack_trains_exactly_its_models_independently():
     images = torch.randint(0, 256, (64, 16, 16, 3), dtype=torch.uint8)
     labels = torch.randint(0, 5, (64,))
     members = [np.arange(0, 40), np.arange(20, 64)]
-    recipe = Recipe(widths=(8, 16), epochs=2, batch_size=16)
-    stacked = StackedResNet(2, recipe.widths, 5)
+    recipe = Recipe(widths=(8, 16), epochs=2, batch_size=16, **knobs)
+    low = recipe.low_res_epochs
+    stacked = StackedResNet(2, recipe.widths, 5, recipe.pool)
     stacked.reset_parameters([1, 2])
-    train_stack(stacked, images, labels, members, [1, 2], recipe, recipe.epochs, recipe.lr)
+    train_stack(stacked, images, labels, members, [1, 2], recipe, 2, recipe.lr, None, low)
     for g, seed in enumerate([1, 2]):
-        alone = StackedResNet(1, recipe.widths, 5)
+        alone = StackedResNet(1, recipe.widths, 5, recipe.pool)
         alone.reset_parameters([seed])
-        train_stack(alone, images, labels, [members[g]], [seed], recipe, recipe.epochs, recipe.lr)
+        train_stack(alone, images, labels, [members[g]], [seed], recipe, 2, recipe.lr, None, low)
         got = stacked.head_weight[g].detach()
         np.testing.assert_allclose(
             got.numpy(), alone.head_weight[0].detach().numpy(), rtol=1e-3, atol=1e-4
@@ -147,3 +152,36 @@ def test_a_stack_trains_exactly_its_models_independently():
             rtol=1e-3,
             atol=1e-4,
         )
+
+
+def test_progressive_resizing_and_pooling_change_the_model():
+    """The fast-recipe knobs take effect: low-resolution epochs train a different model,
+    max+mean pooling doubles the features."""
+    from transfer_influence.trainers.stack import Recipe, train_stack
+
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (48, 16, 16, 3), dtype=torch.uint8)
+    labels = torch.randint(0, 4, (48,))
+    weights = []
+    for low_res_epochs in (0, 1):
+        recipe = Recipe(widths=(8, 16), epochs=2, batch_size=16, low_res_size=8)
+        net = StackedResNet(1, recipe.widths, 4, "max+mean")
+        net.reset_parameters([3])
+        train_stack(net, images, labels, [np.arange(48)], [3], recipe, 2, 0.2, None, low_res_epochs)
+        weights.append(net.head_weight.detach().clone())
+        assert extract_features(net, images[:5]).shape == (1, 5, 32)
+    assert not torch.allclose(weights[0], weights[1])
+
+
+@pytest.mark.parametrize(
+    ("knobs", "message"),
+    [
+        ({"pool": "mean"}, "recipe.pool"),
+        ({"low_res_size": 16, "low_res_epochs": 9}, "low_res_epochs"),
+    ],
+)
+def test_recipe_refuses_bad_fast_knobs(knobs, message):
+    from transfer_influence.trainers.stack import Recipe
+
+    with pytest.raises(ValueError, match=message):
+        Recipe(epochs=6, **knobs)

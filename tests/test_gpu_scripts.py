@@ -70,16 +70,17 @@ def test_gpu_speed_benchmark_writes_its_result(toy):
         "--models",
         "2",
         "--variants",
-        "plain,stack8",
+        "plain,stack16-fast",
         "--out",
         str(root / "speed.json"),
     )
     result = json.loads((root / "speed.json").read_text())
-    assert set(result["variants"]) == {"plain", "stack8"}
+    assert set(result["variants"]) == {"plain", "stack16-fast"}
     for variant in result["variants"].values():
         assert variant["seconds_per_model"] > 0 and 0 <= variant["mean_accuracy_50_classes"] <= 1
     assert {"device_name", "torch", "git_sha", "date"} <= set(result)
-    assert 0 <= result["mean_accuracy_untrained_control"] <= 1
+    assert 0 <= result["mean_accuracy_untrained_control_fast"] <= 1
+    assert 0 <= result["mean_accuracy_100_classes_fast"] <= 1
 
 
 @pytest.mark.slow

@@ -19,7 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Recipe", "StackedResNet", "extract_features", "train_stack"]
+__all__ = ["POOLS", "Recipe", "StackedResNet", "extract_features", "train_stack"]
+
+POOLS = ("max", "max+mean")
 
 _MEAN = torch.tensor([0.4914, 0.4822, 0.4465])
 _STD = torch.tensor([0.2470, 0.2435, 0.2616])
@@ -39,6 +41,11 @@ class Recipe:
     warmup: float = 0.2  # fraction of steps for the linear warm-up of the one-cycle schedule
     crop_padding: int = 4  # random-translation augmentation, in pixels; 0 turns it off
     flip: bool = True
+    # Progressive resizing: the first low_res_epochs train on images downscaled to
+    # low_res_size pixels (a (s/32)^2 share of the arithmetic); 0 turns it off.
+    low_res_size: int = 0
+    low_res_epochs: int = 0
+    pool: str = "max"  # features: global "max" pooling of the last stage, or "max+mean"
     stack: int = 8  # models trained at once
     probe_l2: float = 1e-3  # L2 penalty of the fixed-feature logistic-regression head
     probe_steps: int = 100  # L-BFGS iterations of that head
@@ -54,6 +61,10 @@ class Recipe:
                 raise ValueError(f"recipe.{name} must be at least 1")
         if not 0.0 <= self.warmup < 1.0:
             raise ValueError("recipe.warmup must be in [0, 1)")
+        if self.pool not in POOLS:
+            raise ValueError(f"recipe.pool must be one of {', '.join(POOLS)}")
+        if self.low_res_size < 0 or not 0 <= self.low_res_epochs <= self.epochs:
+            raise ValueError("recipe.low_res_epochs must be between 0 and recipe.epochs")
 
 
 def _conv(models: int, c_in: int, c_out: int) -> nn.Conv2d:
@@ -87,9 +98,11 @@ class StackedResNet(nn.Module):
     """G ResNet-style CNNs (stem, then one pooled stage per width, residual blocks on the first
     and last stages) with per-model linear heads."""
 
-    def __init__(self, models: int, widths: tuple[int, ...], classes: int) -> None:
+    def __init__(
+        self, models: int, widths: tuple[int, ...], classes: int, pool: str = "max"
+    ) -> None:
         super().__init__()
-        self.models, self.widths, self.classes = models, widths, classes
+        self.models, self.widths, self.classes, self.pool = models, widths, classes, pool
         self.stem = nn.Sequential(
             _conv(models, 3, widths[0]), nn.BatchNorm2d(models * widths[0]), nn.ReLU(inplace=True)
         )
@@ -98,12 +111,12 @@ class StackedResNet(nn.Module):
             stages.append(_Block(models, c_in, width, residual=i in (0, len(widths) - 1)))
             c_in = width
         self.stages = nn.Sequential(*stages)
-        self.head_weight = nn.Parameter(torch.zeros(models, widths[-1], classes))
+        self.head_weight = nn.Parameter(torch.zeros(models, self.feature_dim, classes))
         self.head_bias = nn.Parameter(torch.zeros(models, classes))
 
     @property
     def feature_dim(self) -> int:
-        return self.widths[-1]
+        return self.widths[-1] * (2 if self.pool == "max+mean" else 1)
 
     def reset_parameters(self, seeds: list[int]) -> None:
         """Initialise model g's slice of every weight from ``seeds[g]`` alone."""
@@ -127,10 +140,13 @@ class StackedResNet(nn.Module):
             self.head_bias.zero_()
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """x: batch x (G*3) x H x W  ->  batch x G x feature_dim (globally max-pooled)."""
+        """x: batch x (G*3) x H x W  ->  batch x G x feature_dim (globally pooled)."""
         x = self.stages(self.stem(x))
-        x = torch.amax(x, dim=(2, 3))
-        return x.view(x.shape[0], self.models, self.feature_dim)
+        pooled = torch.amax(x, dim=(2, 3)).view(x.shape[0], self.models, -1)
+        if self.pool == "max+mean":
+            mean = x.mean(dim=(2, 3)).view(x.shape[0], self.models, -1)
+            pooled = torch.cat([pooled, mean], dim=2)
+        return pooled
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.features(x).float()
@@ -194,12 +210,14 @@ def train_stack(
     epochs: int,
     lr: float,
     epoch_size: int | None = None,
+    low_res_epochs: int = 0,
 ) -> None:
     """Train model g of ``net`` on ``images[members[g]]`` (uint8 N x H x W x 3 on the device).
 
     An epoch is ``epoch_size`` images (default: the mean member count). Pass a value that does
     not depend on which models share the stack — such as the expected subset size — so that a
-    model trains the same whatever its neighbours.
+    model trains the same whatever its neighbours. The first ``low_res_epochs`` train at
+    ``recipe.low_res_size`` pixels (pretraining only: fine-tuning passes 0).
     """
     device = images.device
     cuda = device.type == "cuda"
@@ -231,12 +249,18 @@ def train_stack(
         optimizer, lambda s: (s + 1) / warm if s < warm else max(0.0, (steps - s) / decay)
     )
     g_index = torch.arange(len(members), device=device)[:, None]
+    low_res_steps = steps // epochs * low_res_epochs if recipe.low_res_size else 0
     net.train()
     for step in range(steps):
         index = member_table[g_index, positions[step]]  # G x B image indices
         batch = _augmented_batch(padded, index, dys[step], dxs[step], flips[step], size)
         x = _normalise(batch, dtype)  # G x B x 3 x H x W
         x = x.transpose(0, 1).reshape(x.shape[1], -1, *size)
+        if step < low_res_steps:
+            small = (recipe.low_res_size, recipe.low_res_size)
+            x = F.interpolate(
+                x.float(), size=small, mode="bilinear", antialias=True, align_corners=False
+            ).to(dtype)
         if cuda:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
