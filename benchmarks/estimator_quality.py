@@ -7,8 +7,10 @@
     {difference, regression}.
 (b) The shared fixture (149 real models): LDS with 119 models fitted and 30 held out (200
     splits), and the split-half stability of the difference in means with its projection.
+(c) A GPU run of the reference case (``--run DIR``, e.g. the accumulated reference run
+    unpacked from benchmarks/results/): the same measurements on its models.
 
-    python benchmarks/estimator_quality.py [--repeats 3]
+    python benchmarks/estimator_quality.py [--repeats 3] [--run DIR] [--skip-simulated]
 """
 
 from __future__ import annotations
@@ -98,40 +100,80 @@ def models_for(rows: list[dict], design: str, estimator: str, target: float = 0.
     return points[0][0] if points and points[0][1] >= target else float("nan")
 
 
+def real_models(masks: np.ndarray, y: np.ndarray) -> dict:
+    """Plain versus improved on real models' overall outputs: LDS with a fifth held out
+    (200 splits) for both estimators; split-half stability for the difference in means, and
+    for the regression where each half has enough models to fit it."""
+    m = masks.shape[0]
+    held_out = max(1, m // 5)
+    stability = split_half_stability(masks, y, splits=200)
+    result = {
+        "models": int(m),
+        "held_out": held_out,
+        "lds_difference": linear_datamodeling_score(masks, y, held_out, 200)[0],
+        "split_half_difference": stability.spearman,
+        "models_for_0.9_difference": stability.models_needed(0.9),
+    }
+    if m - held_out >= GROUPS + 10:
+        result["lds_regression"] = linear_datamodeling_score(masks, y, held_out, 200, "regression")[
+            0
+        ]
+    if m // 2 >= GROUPS + 10:
+        regression = split_half_stability(masks, y, splits=50, estimator="regression")
+        result["split_half_regression"] = regression.spearman
+        result["models_for_0.9_regression"] = regression.models_needed(0.9)
+    print({k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()})
+    return result
+
+
 def fixture() -> dict:
     if not FIXTURE.exists():
         return {"skipped": f"{FIXTURE} not found"}
     with np.load(FIXTURE, allow_pickle=False) as data:
         masks, y = data["masks"], data["p_correct"].astype(np.float32).mean(axis=1)
-    stability = split_half_stability(masks, y, splits=200)
-    result = {
-        "models": int(masks.shape[0]),
-        "lds_difference": linear_datamodeling_score(masks, y, 30, 200)[0],
-        "lds_regression": linear_datamodeling_score(masks, y, 30, 200, "regression")[0],
-        "split_half_difference": stability.spearman,
-        "models_for_0.9_difference": stability.models_needed(0.9),
+    return real_models(masks, y)
+
+
+def gpu_run(run_dir: str) -> dict:
+    from transfer_influence.store import RunStore
+
+    store = RunStore(Path(run_dir))
+    key = store.resolve_key(None, None)
+    masks, means = [], []
+    for chunk_masks, values, _ in store.iter_outputs(key, "p_correct"):
+        masks.append(chunk_masks)
+        means.append(values.mean(axis=1, dtype=np.float64))
+    result = real_models(np.concatenate(masks), np.concatenate(means))
+    return {
+        "run": str(run_dir),
+        "recipe": store.meta["config"]["trainer"]["params"].get("recipe"),
+        **result,
     }
-    print({k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()})
-    return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--run", help="(c): a run directory of the reference case")
+    parser.add_argument("--skip-simulated", action="store_true", help="only (b) and (c)")
     args = parser.parse_args()
-    rows = simulated(args.repeats)
-    needed = {
-        f"{d}/{e}": models_for(rows, d, e)
-        for d in ("random", "complementary")
-        for e in ("difference", "regression")
-    }
-    print(
-        "models for split-half 0.9:", {k: round(v) if v == v else None for k, v in needed.items()}
-    )
-    path = save_result(
-        "estimator_quality",
-        {"simulated": rows, "models_for_split_half_0.9": needed, "fixture": fixture()},
-    )
+    result: dict = {}
+    if not args.skip_simulated:
+        rows = simulated(args.repeats)
+        needed = {
+            f"{d}/{e}": models_for(rows, d, e)
+            for d in ("random", "complementary")
+            for e in ("difference", "regression")
+        }
+        print(
+            "models for split-half 0.9:",
+            {k: round(v) if v == v else None for k, v in needed.items()},
+        )
+        result.update(simulated=rows, **{"models_for_split_half_0.9": needed})
+    result["fixture"] = fixture()
+    if args.run:
+        result["gpu_run"] = gpu_run(args.run)
+    path = save_result("estimator_quality", result)
     print(f"wrote {path}")
 
 

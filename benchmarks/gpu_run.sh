@@ -54,7 +54,9 @@ log="$out/gpu_run.log"
       --time-limit "$limit" --quiet
   elif [ "$limit" -gt 30 ]; then
     echo "== influence models for ${limit}s"
-    python3 -m transfer_influence run "$config" --run-dir "$run_dir" --time-limit "$limit" \
+    # A resumed run continues under its own stored config (its recipe may be an older one).
+    if [ -f "$run_dir/run.json" ]; then what=("$run_dir"); else what=("$config" --run-dir "$run_dir"); fi
+    python3 -m transfer_influence run "${what[@]}" --time-limit "$limit" \
       --quiet ${TI_MODELS:+--set run.models=$TI_MODELS}
   fi
   if [ -d "$run_dir/chunks" ]; then
