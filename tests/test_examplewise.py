@@ -1,6 +1,7 @@
 """Example-level runs: masks over single source images, and the sparse estimator."""
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from conftest import make_image_folder, tiny_builtin_config
@@ -49,6 +50,18 @@ def test_an_example_level_run_with_the_builtin_trainer(tmp_path, cli, tiny_data)
     fitted = ExampleInfluence(estimator="difference", examples=[0]).fit(store)
     assert len(fitted.overall_) == 12 and fitted.n_models_ == 12
     assert set(fitted.per_example_["target_example"]) == {store.target("tgt").example_ids[0]}
+    # The report of an example-level run has a section of single source images.
+    chosen = str(store.target("tgt").example_ids[3])
+    assert cli("report", run, "--quiet", "--target-example", chosen)[0] == 0
+    html = (run / "report" / "index.html").read_text()
+    assert 'id="examples"' in html and f"Target image {chosen}" in html
+    overall = pd.read_csv(run / "report" / "tables" / "examples_overall.csv")
+    assert sorted(overall["source_example"]) == sorted(store.groups)
+    per_target = pd.read_csv(run / "report" / "tables" / "examples_per_target.csv")
+    assert set(per_target["target_example"]) == {chosen}
+
+
+MODELS_PLANTED = 96
 
 
 def _simulated(models, groups=200, seed=0):
@@ -102,3 +115,44 @@ def test_drill_down_from_a_class_run_then_example_wise_influence(tmp_path, cli, 
     assert len((tmp_path / "pool" / "examples" / "overall.csv").read_text().splitlines()) == 13
     code, _, err = cli("drill", tmp_path / "pool", "--run-dir", tmp_path / "again")
     assert code == 2 and "no groups or pool" in err
+
+
+@pytest.mark.slow
+def test_planted_images_surface_at_the_extremes(tmp_path):
+    """A real example-level run: near-duplicates of target images rank near the top for the
+    image they copy, target-like mislabeled images near the bottom overall — far from where a
+    random ranking puts them (the middle)."""
+    from transfer_influence.datasets.arrays import save_npz
+    from transfer_influence.datasets.synthetic import planted_pool
+    from transfer_influence.trainers import load_trainer
+
+    pool = planted_pool(seed=0, per_class=20)
+    save_npz(tmp_path / "source.npz", pool.source_train, pool.source_test)
+    save_npz(tmp_path / "target.npz", pool.target_train, pool.target_test)
+    params = {
+        "source": {"kind": "npz", "path": str(tmp_path / "source.npz")},
+        "targets": [{"kind": "npz", "path": str(tmp_path / "target.npz"), "name": "t"}],
+        "pool": {"classes": list(pool.source_train.class_names)},
+        "recipe": {"widths": [16, 32, 64], "epochs": 40, "batch_size": 16, "stack": 8},
+    }
+    config = Config.from_dict(
+        {"run": {"models": MODELS_PLANTED, "chunk_size": 16, "shared_seed": True,
+                 "keep_logits": False},
+         "trainer": {"type": "builtin", "params": params}}
+    )  # fmt: skip
+    trainer = load_trainer("builtin", params)
+    store = RunStore.open_or_create(tmp_path / "run", config, trainer.describe())
+    run_local(store, 1, progress=False, trainer=trainer)
+    fitted = ExampleInfluence(
+        output="margin", examples=list(pool.duplicates.values()), estimator="difference"
+    ).fit(store)
+    pool_size = len(store.groups)
+    duplicate_ranks = []
+    for copy, original in pool.duplicates.items():
+        table = fitted.per_example_[fitted.per_example_["target_example"] == original]
+        duplicate_ranks.append(table["source_example"].tolist().index(copy))
+    overall = fitted.overall_["source_example"].tolist()
+    mislabeled_ranks = [pool_size - 1 - overall.index(i) for i in pool.mislabeled]
+    middle = (pool_size - 1) / 2
+    assert np.median(duplicate_ranks) < 0.3 * middle, duplicate_ranks
+    assert np.median(mislabeled_ranks) < 0.6 * middle, mislabeled_ranks

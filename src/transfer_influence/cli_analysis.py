@@ -46,6 +46,14 @@ def add_analysis_commands(sub: argparse._SubParsersAction) -> dict:
         "not trained by the built-in trainer"
     )  # fmt: skip
     report.add_argument("--target-data", help="target images, likewise")
+    report.add_argument(
+        "--target-example",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="example-level runs: a target image to attribute (repeatable; default: the 4 "
+        "most affected)",
+    )
     report.add_argument("--out", help="output folder (default: RUN/report)")
     report.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -177,6 +185,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         [name.strip() for name in args.classes.split(",") if name.strip()],
         args.source_data,
         args.target_data,
+        target_examples=args.target_example,
     ).build(store, args.out, progress=not args.quiet and sys.stderr.isatty())
     print(f"wrote {report.path_} ({report.influence_.n_models_} models)")
     if report.leakage_ is not None:

@@ -51,7 +51,8 @@ class ExampleInfluence:
     estimator:
         "sparse" (lasso, penalty by cross-validation over models) or "difference".
 
-    After :meth:`fit`: ``overall_`` (one row per source example, most helpful first),
+    After :meth:`fit`: ``overall_`` (one row per source example, most helpful first; the
+    ``difference`` in means beside the ``influence`` breaks the lasso's ties at zero),
     ``per_example_`` (long table for the chosen target examples), ``penalties_``,
     ``stability_`` (split-half rank stability of the overall difference-in-means ranking),
     ``n_models_``.
@@ -100,14 +101,22 @@ class ExampleInfluence:
         self.penalties_: dict[str, float | None] = {}
         tables = {}
         for name, y in targets.items():
+            difference = estimate_influence(x, y[:, None]).overall.values[:, 0]
             if self.estimator == "sparse":
                 values, self.penalties_[name] = sparse_influence(x, y)
             else:
-                values = estimate_influence(x, y[:, None]).overall.values[:, 0]
-                self.penalties_[name] = None
+                values, self.penalties_[name] = difference, None
+            # The lasso sets most coefficients to exactly zero: those are ordered by the
+            # difference in means rather than left in pool order.
             tables[name] = (
-                pd.DataFrame({"source_example": list(store.groups), "influence": values})
-                .sort_values("influence", ascending=False, kind="stable")
+                pd.DataFrame(
+                    {
+                        "source_example": list(store.groups),
+                        "influence": values,
+                        "difference": difference,
+                    }
+                )
+                .sort_values(["influence", "difference"], ascending=False, kind="stable")
                 .reset_index(drop=True)
             )
         self.overall_ = tables.pop("overall")
@@ -115,7 +124,9 @@ class ExampleInfluence:
         self.per_example_ = (
             pd.concat(rows, ignore_index=True)
             if rows
-            else pd.DataFrame(columns=["source_example", "influence", "target_example"])
+            else pd.DataFrame(
+                columns=["source_example", "influence", "difference", "target_example"]
+            )
         )
         self.stability_: SplitHalf | None = (
             split_half_stability(x, targets["overall"]) if len(x) >= 8 else None

@@ -15,7 +15,7 @@ import numpy as np
 from .base import ImageDataset
 from .folder import expand_path
 
-__all__ = ["load_npz"]
+__all__ = ["load_npz", "save_npz"]
 
 
 def load_npz(path: str, split: str) -> ImageDataset:
@@ -55,3 +55,20 @@ def load_npz(path: str, split: str) -> ImageDataset:
         + hashlib.sha256(labels.tobytes() + "\n".join(ids.tolist()).encode()).hexdigest()[:8]
     )
     return ImageDataset(images, labels, classes, ids, fingerprint=digest)
+
+
+def save_npz(path: str | Path, train: ImageDataset, test: ImageDataset) -> None:
+    """Write a train and a test split (same classes) as an ``.npz`` that :func:`load_npz`
+    reads back with the same images, labels, ids and class names."""
+    if train.class_names != test.class_names:
+        raise ValueError("train and test splits must have the same classes")
+    np.savez(
+        Path(path),
+        train_images=train.images,
+        train_labels=train.labels,
+        train_ids=train.example_ids.astype(str),
+        test_images=test.images,
+        test_labels=test.labels,
+        test_ids=test.example_ids.astype(str),
+        class_names=np.array(train.class_names),
+    )

@@ -16,11 +16,13 @@ from a seed in a few seconds: nothing is downloaded.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from .base import ImageDataset
 
-__all__ = ["DEMO_ANGLES", "demo_dataset", "planted_classes"]
+__all__ = ["DEMO_ANGLES", "PlantedPool", "demo_dataset", "planted_classes", "planted_pool"]
 
 DEMO_ANGLES = (0, 45, 90, 135)
 _COLOURS = {
@@ -166,3 +168,70 @@ def demo_dataset(
         ids.append(f"{names[label]}/{counters[label]:05d}")
         counters[label] += 1
     return ImageDataset(images, labels.astype(np.int64), names, np.array(ids))
+
+
+@dataclass(frozen=True)
+class PlantedPool:
+    """An example-level task with planted source images (see :func:`planted_pool`):
+    ``mislabeled`` ids, and ``duplicates`` mapping each copy's id to the target test id it
+    copies."""
+
+    source_train: ImageDataset
+    source_test: ImageDataset
+    target_train: ImageDataset
+    target_test: ImageDataset
+    mislabeled: tuple[str, ...]
+    duplicates: dict[str, str]
+
+
+def _stripes_only(data: ImageDataset) -> ImageDataset:
+    rows = np.flatnonzero(data.labels < len(DEMO_ANGLES))  # the helpful classes come first
+    return ImageDataset(
+        data.images[rows], data.labels[rows], data.class_names[: len(DEMO_ANGLES)],
+        data.example_ids[rows],
+    )  # fmt: skip
+
+
+def planted_pool(seed: int = 0, per_class: int = 20, planted: int = 10) -> PlantedPool:
+    """A pool of the demo's clear-stripes source images with two kinds of planted images:
+
+    - mislabeled: fresh target-like images (faint, noisy stripes) under the source class of
+      the orientation 90 degrees away — they should hurt the target;
+    - near-duplicates: copies of target test images (new pixel noise, shifted by a pixel)
+      under the class of their own orientation — they should help the image they copy.
+    """
+    rng = np.random.default_rng([seed, 2024])
+    source = _stripes_only(demo_dataset("source", "train", seed=seed, source_per_class=per_class))
+    target_test = demo_dataset("target", "test", seed=seed)
+    fresh = demo_dataset("target", "train", seed=seed + 1000)
+    wrong = rng.choice(len(fresh), size=planted, replace=False)
+    copied = rng.choice(len(target_test), size=planted, replace=False)
+    copies = target_test.images[copied].astype(np.int16)
+    copies += rng.normal(0, 4, size=copies.shape).round().astype(np.int16)
+    copies = np.roll(np.clip(copies, 0, 255).astype(np.uint8), 1, axis=2)
+    mislabeled = tuple(f"mislabeled/{i:02d}" for i in range(planted))
+    duplicates = {f"duplicate/{target_test.example_ids[j]}": str(target_test.example_ids[j])
+                  for j in copied}  # fmt: skip
+    train = ImageDataset(
+        np.concatenate([source.images, fresh.images[wrong], copies]),
+        np.concatenate(
+            [
+                source.labels,
+                (fresh.labels[wrong] + 2) % len(DEMO_ANGLES),
+                target_test.labels[copied],
+            ]
+        ),
+        source.class_names,
+        np.concatenate([source.example_ids, mislabeled, list(duplicates)]),
+    )
+    source_test = _stripes_only(
+        demo_dataset("source", "test", seed=seed, source_per_class=per_class)
+    )
+    return PlantedPool(
+        train,
+        source_test,
+        demo_dataset("target", "train", seed=seed),
+        target_test,
+        mislabeled,
+        duplicates,
+    )

@@ -30,6 +30,7 @@ from ..outputs import output_units
 from ..provenance import package_version
 from ..store import RunStore
 from ..store.files import atomic_write_bytes
+from .examples import example_section, is_example_run
 from .figures import class_bars, class_heatmap
 from .header import run_facts, trust_sentence
 from .images import RunImages, load_run_images, png, thumbnail
@@ -63,6 +64,9 @@ class Report:
         directory or tarballs, or ``.npz``) or a dataset table.
     leakage_z, leakage_similarity:
         Thresholds of :func:`~transfer_influence.analyses.find_leakage`.
+    target_examples:
+        Example-level runs (a built-in ``pool``): target images (ids) whose most helpful and
+        most harmful source images are shown; by default the 4 most affected ones.
 
     After :meth:`build`: ``path_`` (index.html), ``influence_`` (the fitted ClassInfluence),
     ``tables_`` (every table written, by name) and ``leakage_`` (all leakage candidates; None
@@ -83,6 +87,7 @@ class Report:
         target_data: str | dict[str, Any] | None = None,
         leakage_z: float = 4.0,
         leakage_similarity: float = 0.75,
+        target_examples: Sequence[str] = (),
     ) -> None:
         self.target = target
         self.mode = mode
@@ -96,6 +101,7 @@ class Report:
         self.target_data = target_data
         self.leakage_z = leakage_z
         self.leakage_similarity = leakage_similarity
+        self.target_examples = tuple(target_examples)
 
     def build(self, store: RunStore, out: str | Path | None = None, progress: bool = False):
         """Estimate, analyse and write the report into ``out`` (default RUN/report)."""
@@ -119,6 +125,13 @@ class Report:
         context = self._sections(influence, images)
         steps.update()
         context["leakage"] = self._leakage(influence, images)
+        context["examples"] = None
+        if is_example_run(store):
+            context["examples"], tables = example_section(
+                store, influence, images, self.target_examples, self.examples,
+                self._value, _data_uri,
+            )  # fmt: skip
+            self.tables_.update(tables)
         steps.update()
         context["header"] = self._header(store, influence)
         context["figures"] = self._figures(influence, folder)
