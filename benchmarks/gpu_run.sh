@@ -9,6 +9,7 @@
 # TI_CONFIG=configs/cifar100-to-cifar10-validation.toml; $TI_PRUNE_SEEDS seeds, default 3).
 # Leaves in OUT: the benchmark JSON, the run directory as a tarball (split into 15 MB parts),
 # a log and a summary.
+# $TI_VARIANTS (e.g. plain,stack16-fast-r20x4) limits the benchmark's recipe variants.
 # Needs no network; data from $TI_DATASETS (default ../shared/datasets). Where .git does not
 # travel, set TRANSFER_INFLUENCE_GIT_SHA so that results name the commit they measured.
 set -euo pipefail
@@ -45,7 +46,8 @@ log="$out/gpu_run.log"
   if [ "$benchmark" = 1 ]; then
     echo "== benchmark ($(left) s left)"
     timeout "${benchmark_s:-$(( $(left) * 6 / 10 ))}" python3 benchmarks/gpu_speed.py --datasets "$TI_DATASETS" \
-      --out "$out/gpu_speed.json" || echo "benchmark stopped early (status $?)"
+      --out "$out/gpu_speed.json" ${TI_VARIANTS:+--variants "$TI_VARIANTS"} \
+      || echo "benchmark stopped early (status $?)"
   fi
   limit=$(( $(left) - 60 ))
   if [ -n "$prune" ] && [ "$limit" -gt 30 ]; then
