@@ -6,7 +6,8 @@ reports seconds per model, achieved TFLOP/s and mean target accuracy; also 100-c
 and an untrained backbone with the same head (the control). The "plain" variant is the same
 network, epochs and batch size trained one model at a time (stack = 1): the baseline loop.
 
-    python benchmarks/gpu_speed.py [--datasets DIR] [--variants plain,stack8,...] [--models N]
+    python benchmarks/gpu_speed.py [--datasets DIR] [--variants plain,stack16-fast-r20x4]
+                                    [--models N] [--tiny]
 
 Writes one JSON result to benchmarks/results/ (and to --out if given).
 """
