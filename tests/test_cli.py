@@ -225,6 +225,7 @@ def test_estimate_reports_lds_and_stability(make_config, cli, tmp_path):
     assert code == 0 and "held-out LDS" in out and "split-half rank stability" in out
     summary = json.loads((run_dir / "influence" / "summary.json").read_text())
     assert -1 <= summary["lds"] <= 1 and -1 <= summary["split_half_spearman"] <= 1
+    assert summary["explained_by_subsets"] <= 1 and "subsets explain" in out
 
 
 def test_time_limit_zero_starts_nothing_and_a_rerun_continues(make_config, cli, tmp_path):

@@ -221,3 +221,20 @@ def test_lds_rewards_real_effects_and_not_noise():
     assert 0.5 < plain < adjusted
     masks, y = model_means(null=True)
     assert abs(linear_datamodeling_score(masks, y, 30, splits=50)[0]) < 0.1
+
+
+def test_explained_by_subsets_separates_composition_from_training_noise():
+    from transfer_influence.stability import explained_by_subsets, explained_sentence
+
+    rng = np.random.default_rng(3)
+    masks = np.stack([j.mask for j in make_jobs(range(200), 40, 0.5, base_seed=3)])
+    effects = rng.normal(0, 1.0, size=40)
+    composition = masks @ effects  # variance 40 / 4 = 10
+    for noise_sd, low, high in ((0.5, 0.9, 1.0), (np.sqrt(10.0), 0.2, 0.65), (30.0, -0.1, 0.1)):
+        y = composition + rng.normal(0, noise_sd, size=200)
+        share = explained_by_subsets(masks, y)
+        assert low <= share <= high, (noise_sd, share)
+    assert "no estimator removes" in explained_sentence(0.1)
+    assert "no estimator" not in explained_sentence(0.8) and "80%" in explained_sentence(0.8)
+    with pytest.raises(ValueError, match="at least 20 models"):
+        explained_by_subsets(masks[:12], composition[:12])

@@ -18,7 +18,12 @@ from .estimation import (
     InfluenceEstimate,
     InfluenceWarning,
 )
-from .stability import SplitHalf, linear_datamodeling_score, split_half_stability
+from .stability import (
+    SplitHalf,
+    explained_by_subsets,
+    linear_datamodeling_score,
+    split_half_stability,
+)
 from .store import RunError, RunStore
 from .store.files import atomic_write_bytes, write_json
 
@@ -94,6 +99,8 @@ class ClassInfluence:
         masks, means, m = accumulator.masks, accumulator.model_means, accumulator.n_models
         if m >= 8:
             self.stability_ = split_half_stability(masks, means)
+        # How much of what separates models their subsets explain; the rest is training noise.
+        self.explained_: float | None = explained_by_subsets(masks, means) if m >= 20 else None
         # Held-out prediction of whole-model outputs; the fitting part must suit the estimator.
         self.lds_: float | None = None
         held_out = max(3, m // 5)
@@ -184,6 +191,7 @@ class ClassInfluence:
                     "records"
                 ),
                 "lds": self.lds_,
+                "explained_by_subsets": self.explained_,
                 "split_half_spearman": self.stability_.spearman if self.stability_ else None,
                 "models_for_split_half_0.9": (
                     self.stability_.models_needed(0.9) if self.stability_ else None

@@ -24,6 +24,7 @@ from .engines.local import prepare, run_local, work
 from .estimation import ESTIMATORS
 from .importing import record_file
 from .outputs import output_units
+from .stability import explained_sentence
 from .store import CorruptFileError, RecordError, RunError, RunStore
 from .store.status import run_status
 from .trainers import load_trainer
@@ -306,6 +307,8 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
             f"random halves): Spearman {model.stability_.spearman:.2f}; about "
             f"{model.stability_.models_needed(0.9):,.0f} models would give 0.9"
         )
+    if model.explained_ is not None:
+        print(f"\n{explained_sentence(model.explained_)}")
     print(f"\nwrote {folder}/classes.csv, per_target_class.csv, influence.npy, summary.json")
     return 0
 

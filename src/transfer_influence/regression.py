@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["choose_ridge", "regression_influence"]
+__all__ = ["choose_ridge", "regression_influence", "ridge_cross_validation"]
 
 
 def regression_influence(
@@ -57,9 +57,13 @@ def _stats(x: np.ndarray, y: np.ndarray):
     return x.T @ x, x.sum(axis=0), x.T @ y, y.sum(axis=0), (y * y).sum(axis=0)
 
 
-def choose_ridge(masks: np.ndarray, y: np.ndarray, folds: int = 10, seed: int = 0) -> float:
-    """The ridge penalty with the lowest k-fold cross-validated error in predicting ``y``
-    (one output per model) from the masks; 0 (least squares) is a candidate when m > K + 1."""
+def ridge_cross_validation(
+    masks: np.ndarray, y: np.ndarray, folds: int = 10, seed: int = 0
+) -> tuple[list[float], np.ndarray, float]:
+    """k-fold cross-validation of predicting ``y`` (one output per model) from the masks:
+    the candidate ridge penalties, the squared error summed over all models for each, and that
+    of predicting every model by the mean of the others (no groups). 0 (least squares) is a
+    candidate when m > K + 1."""
     x = masks.astype(np.float64)
     m, k = x.shape
     scale = np.trace(x.T @ x - np.outer(x.sum(0), x.sum(0)) / m) / k
@@ -70,10 +74,12 @@ def choose_ridge(masks: np.ndarray, y: np.ndarray, folds: int = 10, seed: int = 
     fold_of = np.empty(m, dtype=int)
     fold_of[order] = np.arange(m) % max(2, min(folds, m))
     errors = np.zeros(len(candidates))
+    baseline = 0.0
     for fold in np.unique(fold_of):
         train, test = fold_of != fold, fold_of == fold
         gram, n_in, xty, total, _ = _stats(x[train], y[train, None])
         mt = int(train.sum())
+        baseline += float(((y[test] - total[0] / mt) ** 2).sum())
         # One eigendecomposition per fold serves every penalty: (G + rI)^-1 = V diag(1/(w+r)) V'.
         w, v = np.linalg.eigh(gram - np.outer(n_in, n_in) / mt)
         projected = v.T @ (xty - np.outer(n_in, total / mt))
@@ -84,4 +90,11 @@ def choose_ridge(masks: np.ndarray, y: np.ndarray, folds: int = 10, seed: int = 
             inverse = np.divide(1.0, w + ridge, out=np.zeros_like(w), where=usable)
             predicted = total / mt + features @ (inverse[:, None] * projected)
             errors[c] += float(((predicted[:, 0] - y[test]) ** 2).sum())
+    return candidates, errors, baseline
+
+
+def choose_ridge(masks: np.ndarray, y: np.ndarray, folds: int = 10, seed: int = 0) -> float:
+    """The ridge penalty with the lowest k-fold cross-validated error in predicting ``y``
+    (one output per model) from the masks."""
+    candidates, errors, _ = ridge_cross_validation(masks, y, folds, seed)
     return candidates[int(np.argmin(errors))]

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from ..attribution import ClassInfluence
+from ..stability import explained_sentence
 from ..store import RunStore
 from ..store.files import CorruptFileError, read_json
 
@@ -95,6 +96,14 @@ def run_facts(store: RunStore, influence: ClassInfluence) -> list[tuple[str, str
     )
     facts.append(
         (
+            "Differences between models explained by their subsets",
+            f"{max(influence.explained_, 0.0):.0%} (cross-validated)"
+            if influence.explained_ is not None
+            else "needs at least 20 models",
+        )
+    )
+    facts.append(
+        (
             "Held-out LDS",
             f"{influence.lds_:.2f}" if influence.lds_ is not None else "too few models to hold out",
         )
@@ -129,4 +138,6 @@ def trust_sentence(influence: ClassInfluence) -> str:
             f"Held-out models' mean output is predicted from their subsets with Spearman "
             f"{influence.lds_:.2f} (LDS)."
         )
+    if influence.explained_ is not None:
+        parts.append(explained_sentence(influence.explained_))
     return " ".join(parts)

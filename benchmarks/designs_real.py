@@ -1,0 +1,210 @@
+"""Plain versus improved estimator and design on real CNNs, trained on CPU.
+
+A scaled-down reference case that a 2-core machine can train hundreds of times: CIFAR-100 ->
+CIFAR-10 from ``../shared/datasets`` at 16 x 16 pixels, 50 images per source class, the source
+grouped into its 20 superclasses (a model pretrains on every class of a random 10 of them),
+small CNNs (widths 16-32-64, 6 epochs) transferred with fixed features (head fitted on 5,000
+CIFAR-10 training images, outputs on 2,000 test images). Two runs ("arms") train the same
+number of models on independently drawn random subsets:
+
+- ``independent``: every model its own seed (the paper's design);
+- ``shared``: every model the same seed (``run.shared_seed``: the same initialisation and
+  sampling stream, so models differ by their subsets, not by their luck).
+
+For each arm and estimator (difference in means, regression), at growing m (the first m
+models): split-half rank stability of the overall group ranking with its Spearman-Brown
+projection of the models needed for 0.9, the held-out LDS (a fifth held out, 200 splits), and
+the Spearman correlation with the *other* arm's estimate from all its models (an independent
+reference; no arm knows the truth). Also the across-model spread of the overall output and
+how much of it the subsets explain (the regression's share), which says what any estimator
+can gain. Runs resume from ``--workdir``.
+
+    python benchmarks/designs_real.py [--models 240] [--arms independent,shared]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from _common import save_result
+from transfer_influence import estimate_influence
+from transfer_influence.config import Config
+from transfer_influence.datasets.arrays import save_npz
+from transfer_influence.datasets.folder import load_folder
+from transfer_influence.engines.local import run_local
+from transfer_influence.stability import (
+    _ranks,
+    explained_by_subsets,
+    linear_datamodeling_score,
+    split_half_stability,
+)
+from transfer_influence.store import RunStore
+from transfer_influence.trainers import load_trainer
+
+SHARED = Path(__file__).resolve().parents[2] / "shared/datasets"
+SIZE, SOURCE_PER_CLASS, TARGET_TRAIN, TARGET_TEST = 16, 50, 5000, 2000
+RECIPE = {"widths": [16, 32, 64], "epochs": 6, "batch_size": 128, "stack": 8}
+ESTIMATORS = ("difference", "regression")
+
+
+def _per_class(dataset, n: int, seed: int):
+    rng = np.random.default_rng(seed)
+    chosen = [
+        rng.choice(np.flatnonzero(dataset.labels == c), n, replace=False)
+        for c in range(len(dataset.class_names))
+    ]
+    return dataset.subset(np.sort(np.concatenate(chosen)))
+
+
+def prepare_data(workdir: Path) -> dict:
+    """The scaled-down datasets as npz files and the superclass map; their specs."""
+    source, target = workdir / "cifar100-16px.npz", workdir / "cifar10-16px.npz"
+    groups = workdir / "coarse.json"
+    if not (source.exists() and target.exists() and groups.exists()):
+        c100 = [load_folder(str(SHARED / "cifar100"), s, size=SIZE) for s in ("train", "test")]
+        c10 = [load_folder(str(SHARED / "cifar10"), s, size=SIZE) for s in ("train", "test")]
+        save_npz(source, _per_class(c100[0], SOURCE_PER_CLASS, 0), _per_class(c100[1], 10, 1))
+        train, test = (
+            _per_class(c10[0], TARGET_TRAIN // 10, 2),
+            _per_class(c10[1], TARGET_TEST // 10, 3),
+        )
+        save_npz(target, train, test)
+        groups.write_text((SHARED / "cifar100/coarse.json").read_text())
+    return {
+        "source": {"kind": "npz", "path": str(source)},
+        "targets": [{"kind": "npz", "path": str(target), "name": "cifar10"}],
+        "groups": str(groups),
+        "modes": ["fixed_feature"],
+        "recipe": RECIPE,
+    }
+
+
+def train_arm(workdir: Path, params: dict, arm: str, models: int) -> tuple[RunStore, float]:
+    config = Config.from_dict(
+        {
+            "run": {
+                "seed": 1 if arm == "shared" else 0,  # independent draws of subsets
+                "alpha": 0.5,
+                "models": models,
+                "chunk_size": 8,
+                "shared_seed": arm == "shared",
+                "keep_logits": False,
+            },
+            "trainer": {"type": "builtin", "params": params},
+        }
+    )
+    trainer = load_trainer(config.trainer.type, config.trainer.params)
+    store = RunStore.open_or_create(workdir / arm, config, trainer.describe())
+    missing = sum(c.stop - c.start for c in store.missing_chunks())
+    start = time.perf_counter()
+    run_local(store, 1, progress=True, trainer=trainer)
+    seconds = time.perf_counter() - start
+    return store, (seconds / missing if missing else float("nan"))
+
+
+def overall_outputs(store: RunStore) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Masks, each model's mean p_correct and its accuracy, in model order."""
+    key = store.resolve_key(None, None)
+    masks, means, accuracy = [], [], []
+    for chunk_masks, values, _ in store.iter_outputs(key, "p_correct"):
+        masks.append(chunk_masks)
+        means.append(values.mean(axis=1, dtype=np.float64))
+    for _, values, _ in store.iter_outputs(key, "correct"):
+        accuracy.append(values.mean(axis=1, dtype=np.float64))
+    return np.concatenate(masks), np.concatenate(means), np.concatenate(accuracy)
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(_ranks(a), _ranks(b))[0, 1])
+
+
+def measure(masks, y, reference: dict[str, np.ndarray], sizes) -> list[dict]:
+    rows = []
+    k = masks.shape[1]
+    for m in sizes:
+        for estimator in ESTIMATORS:
+            row: dict = {"models": m, "estimator": estimator}
+            if estimator == "regression" and m // 2 < k + 10:
+                continue
+            split = split_half_stability(masks[:m], y[:m], splits=50, estimator=estimator)
+            row["split_half"] = split.spearman
+            row["models_for_0.9"] = split.models_needed(0.9)
+            row["lds"] = linear_datamodeling_score(
+                masks[:m], y[:m], m // 5, splits=200, estimator=estimator
+            )[0]
+            values = estimate_influence(masks[:m], y[:m, None], estimator=estimator)
+            for name, other in reference.items():
+                row[f"agreement_with_other_arm_{name}"] = _spearman(
+                    values.overall.values[:, 0], other
+                )
+            rows.append(row)
+            print(
+                f"  m={m:4d} {estimator:10s} split-half {row['split_half']:.3f} "
+                f"(0.9 needs ~{row['models_for_0.9']:.0f})  LDS {row['lds']:.3f}  "
+                + "  ".join(
+                    f"vs other arm ({n}) {row[f'agreement_with_other_arm_{n}']:.3f}"
+                    for n in reference
+                ),
+                flush=True,
+            )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", type=int, default=240, help="models per arm")
+    parser.add_argument("--arms", default="independent,shared")
+    parser.add_argument("--workdir", default="/tmp/ti-designs-real", help="kept: runs resume")
+    args = parser.parse_args()
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    params = prepare_data(workdir)
+    arms = args.arms.split(",")
+    data, seconds = {}, {}
+    for arm in arms:
+        print(f"training arm {arm!r}: {args.models} models", flush=True)
+        store, seconds[arm] = train_arm(workdir, params, arm, args.models)
+        data[arm] = overall_outputs(store)
+    sizes = [m for m in (60, 120, 240, 480, 960) if m <= args.models]
+    data_spec = {"size": SIZE, "source_per_class": SOURCE_PER_CLASS}
+    data_spec.update(target_train=TARGET_TRAIN, target_test=TARGET_TEST)
+    result: dict = {"recipe": RECIPE, "data": data_spec, "arms": {}}
+    for arm in arms:
+        masks, y, accuracy = data[arm]
+        others = [a for a in arms if a != arm]
+        reference = {}
+        if others:
+            other_masks, other_y, _ = data[others[0]]
+            for estimator in ESTIMATORS:
+                if estimator == "regression" and len(other_y) < masks.shape[1] + 10:
+                    continue
+                reference[estimator] = estimate_influence(
+                    other_masks, other_y[:, None], estimator=estimator
+                ).overall.values[:, 0]
+        print(
+            f"arm {arm}: {len(y)} models, accuracy {accuracy.mean():.1%} (std "
+            f"{accuracy.std() * 100:.2f} points), p_correct std {y.std() * 100:.2f} points, "
+            f"subsets explain {explained_by_subsets(masks, y):.0%}",
+            flush=True,
+        )
+        result["arms"][arm] = {
+            "models": len(y),
+            "seconds_per_model_this_call": seconds[arm],
+            "accuracy_mean": float(accuracy.mean()),
+            "accuracy_std": float(accuracy.std()),
+            "p_correct_std": float(y.std()),
+            "share_explained_by_subsets": explained_by_subsets(masks, y),
+            "rows": measure(masks, y, reference, sizes),
+        }
+    path = save_result("designs_real", result)
+    print(f"wrote {path}")
+    print(json.dumps({a: r["rows"][-2:] for a, r in result["arms"].items()}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
