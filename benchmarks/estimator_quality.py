@@ -24,6 +24,7 @@ from _common import save_result
 from transfer_influence import estimate_influence, make_jobs
 from transfer_influence.stability import (
     _ranks,
+    explained_by_subsets,
     linear_datamodeling_score,
     split_half_stability,
 )
@@ -103,7 +104,8 @@ def models_for(rows: list[dict], design: str, estimator: str, target: float = 0.
 def real_models(masks: np.ndarray, y: np.ndarray) -> dict:
     """Plain versus improved on real models' overall outputs: LDS with a fifth held out
     (200 splits) for both estimators; split-half stability for the difference in means, and
-    for the regression where each half has enough models to fit it."""
+    for the regression where each half has enough models to fit it; the share of the spread
+    between models that their subsets explain (what the regression can remove)."""
     m = masks.shape[0]
     held_out = max(1, m // 5)
     stability = split_half_stability(masks, y, splits=200)
@@ -113,6 +115,7 @@ def real_models(masks: np.ndarray, y: np.ndarray) -> dict:
         "lds_difference": linear_datamodeling_score(masks, y, held_out, 200)[0],
         "split_half_difference": stability.spearman,
         "models_for_0.9_difference": stability.models_needed(0.9),
+        "explained_by_subsets": explained_by_subsets(masks, y),
     }
     if m - held_out >= GROUPS + 10:
         result["lds_regression"] = linear_datamodeling_score(masks, y, held_out, 200, "regression")[

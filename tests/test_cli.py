@@ -234,3 +234,14 @@ def test_time_limit_zero_starts_nothing_and_a_rerun_continues(make_config, cli, 
     assert code == 0 and "stopped at the time limit with 24 models to go" in out
     assert len(RunStore(run_dir).missing_chunks()) == 6
     assert cli("run", run_dir, "--quiet")[0] == 0 and not RunStore(run_dir).missing_chunks()
+
+
+def test_estimate_says_when_stability_is_within_one_seed(make_config, cli, tmp_path):
+    for shared in ("false", "true"):
+        run_dir = tmp_path / shared
+        cli("run", make_config(models=40), "--run-dir", run_dir, "--quiet",
+            "--set", f"run.shared_seed={shared}")  # fmt: skip
+        code, out, _ = cli("estimate", run_dir)
+        assert code == 0 and ("share one seed" in out) == (shared == "true")
+        summary = json.loads((run_dir / "influence" / "summary.json").read_text())
+        assert summary["split_half_within_one_seed"] is (shared == "true")

@@ -82,6 +82,8 @@ def test_report_writes_html_figures_and_tables_with_every_name_escaped(tmp_path)
     for table in ("per_target_class", "class_matrix", "projection", "failure_modes", "most_hurt"):
         assert len(pd.read_csv(run / "report" / "tables" / f"{table}.csv")) > 0
     assert "40 used" in html and "imported results" in html
+    assert "Differences between models explained by their subsets" in html
+    assert "of how models differ in their mean output" in html
 
 
 def test_report_without_images_says_where_to_give_them(tmp_path, cli):

@@ -110,6 +110,7 @@ class ClassInfluence:
             self.lds_ = linear_datamodeling_score(
                 masks, means, held_out, estimator=self.estimate_.estimator
             )[0]
+        self.shared_seed_ = store.config.run.shared_seed
         self.groups_ = store.groups
         self.target_classes_ = target.class_names
         self.example_ids_ = target.example_ids
@@ -193,6 +194,7 @@ class ClassInfluence:
                 "lds": self.lds_,
                 "explained_by_subsets": self.explained_,
                 "split_half_spearman": self.stability_.spearman if self.stability_ else None,
+                "split_half_within_one_seed": self.shared_seed_,
                 "models_for_split_half_0.9": (
                     self.stability_.models_needed(0.9) if self.stability_ else None
                 ),

@@ -24,7 +24,7 @@ from .engines.local import prepare, run_local, work
 from .estimation import ESTIMATORS
 from .importing import record_file
 from .outputs import output_units
-from .stability import explained_sentence
+from .stability import SHARED_SEED_CAVEAT, explained_sentence
 from .store import CorruptFileError, RecordError, RunError, RunStore
 from .store.status import run_status
 from .trainers import load_trainer
@@ -306,6 +306,7 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
             f"\nsplit-half rank stability (difference in means, {model.stability_.splits} "
             f"random halves): Spearman {model.stability_.spearman:.2f}; about "
             f"{model.stability_.models_needed(0.9):,.0f} models would give 0.9"
+            + (f"\n{SHARED_SEED_CAVEAT}" if model.shared_seed_ else "")
         )
     if model.explained_ is not None:
         print(f"\n{explained_sentence(model.explained_)}")

@@ -22,6 +22,7 @@ from .estimation import InfluenceWarning, estimate_influence
 from .regression import ridge_cross_validation
 
 __all__ = [
+    "SHARED_SEED_CAVEAT",
     "SplitHalf",
     "explained_by_subsets",
     "explained_sentence",
@@ -147,6 +148,12 @@ def explained_by_subsets(masks: np.ndarray, outputs: np.ndarray, folds: int = 10
     return float(1.0 - errors.min() / baseline) if baseline > 0 else float("nan")
 
 
+SHARED_SEED_CAVEAT = (
+    "All models share one seed, so this is the ranking's stability for that seed; a run with "
+    'another seed ranks somewhat differently (README: "Shared seeds").'
+)
+
+
 def explained_sentence(share: float) -> str:
     """What :func:`explained_by_subsets` means for the user, in one sentence."""
     text = (
@@ -155,7 +162,4 @@ def explained_sentence(share: float) -> str:
     )
     if share >= 0.5:
         return text + "."
-    return (
-        text + ", which no estimator removes: more models average it away, and a steadier "
-        "recipe or run.shared_seed = true (one initialisation for every model) shrinks it."
-    )
+    return text + ", which no estimator removes: more models or a steadier recipe reduce it."

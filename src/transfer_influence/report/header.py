@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from ..attribution import ClassInfluence
-from ..stability import explained_sentence
+from ..stability import SHARED_SEED_CAVEAT, explained_sentence
 from ..store import RunStore
 from ..store.files import CorruptFileError, read_json
 
@@ -133,6 +133,8 @@ def trust_sentence(influence: ClassInfluence) -> str:
                 f"{stability.models_needed(0.9):,.0f} models would make it 0.9. Read the "
                 "intervals, not the order, of classes whose intervals overlap."
             )
+        if influence.shared_seed_:
+            parts.append(SHARED_SEED_CAVEAT)
     if influence.lds_ is not None:
         parts.append(
             f"Held-out models' mean output is predicted from their subsets with Spearman "
