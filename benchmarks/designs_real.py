@@ -21,6 +21,7 @@ ranking stable but specific to that seed, and two shared-seed arms with differen
 then disagree. Runs resume from ``--workdir``.
 
     python benchmarks/designs_real.py [--models 240] [--arms independent,shared,shared-2]
+        [--epochs 6] [--batch-size 128] [--workdir DIR]
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def _per_class(dataset, n: int, seed: int):
     return dataset.subset(np.sort(np.concatenate(chosen)))
 
 
-def prepare_data(workdir: Path) -> dict:
+def prepare_data(workdir: Path, recipe: dict) -> dict:
     """The scaled-down datasets as npz files and the superclass map; their specs."""
     source, target = workdir / "cifar100-16px.npz", workdir / "cifar10-16px.npz"
     groups = workdir / "coarse.json"
@@ -82,7 +83,7 @@ def prepare_data(workdir: Path) -> dict:
         "targets": [{"kind": "npz", "path": str(target), "name": "cifar10"}],
         "groups": str(groups),
         "modes": ["fixed_feature"],
-        "recipe": RECIPE,
+        "recipe": recipe,
     }
 
 
@@ -173,11 +174,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", type=int, default=240, help="models per arm")
     parser.add_argument("--arms", default=",".join(ARMS), help=f"of {', '.join(ARMS)}")
+    parser.add_argument("--epochs", type=int, default=RECIPE["epochs"])
+    parser.add_argument("--batch-size", type=int, default=RECIPE["batch_size"])
     parser.add_argument("--workdir", default="/tmp/ti-designs-real", help="kept: runs resume")
     args = parser.parse_args()
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    params = prepare_data(workdir)
+    recipe = dict(RECIPE, epochs=args.epochs, batch_size=args.batch_size)
+    params = prepare_data(workdir, recipe)
+    # What pretraining must beat: an untrained backbone with the same head.
+    control = load_trainer("builtin", params).untrained_control(models=8)
+    print(f"untrained backbone, same head: {control}", flush=True)
     arms = args.arms.split(",")
     if unknown := set(arms) - set(ARMS):
         parser.error(f"unknown arm(s) {', '.join(sorted(unknown))}; choose from {', '.join(ARMS)}")
@@ -189,7 +196,7 @@ def main() -> None:
     sizes = [m for m in (60, 120, 240, 480, 960) if m <= args.models]
     data_spec = {"size": SIZE, "source_per_class": SOURCE_PER_CLASS}
     data_spec.update(target_train=TARGET_TRAIN, target_test=TARGET_TEST)
-    result: dict = {"recipe": RECIPE, "data": data_spec, "arms": {}}
+    result: dict = {"recipe": recipe, "data": data_spec, "control": control, "arms": {}}
     for arm in arms:
         masks, y, accuracy = data[arm]
         share = explained_by_subsets(masks, y)
