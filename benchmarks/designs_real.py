@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from scipy.stats import spearmanr
 
 from _common import save_result
 from transfer_influence import estimate_influence
@@ -39,7 +40,6 @@ from transfer_influence.datasets.arrays import save_npz
 from transfer_influence.datasets.folder import load_folder
 from transfer_influence.engines.local import run_local
 from transfer_influence.stability import (
-    _ranks,
     explained_by_subsets,
     linear_datamodeling_score,
     split_half_stability,
@@ -122,10 +122,6 @@ def overall_outputs(store: RunStore) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return np.concatenate(masks), np.concatenate(means), np.concatenate(accuracy)
 
 
-def _spearman(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.corrcoef(_ranks(a), _ranks(b))[0, 1])
-
-
 def measure(masks: np.ndarray, y: np.ndarray, sizes) -> list[dict]:
     rows = []
     k = masks.shape[1]
@@ -163,7 +159,7 @@ def agreement(data: dict, a: str, b: str) -> dict:
         values[arm] = estimate_influence(masks, y[:, None]).overall.values[:, 0]
         r = split_half_stability(masks, y, splits=50).spearman
         reliability[arm] = 2 * r / (1 + r)
-    raw = _spearman(values[a], values[b])
+    raw = float(spearmanr(values[a], values[b]).statistic)
     ceiling = float(np.sqrt(max(reliability[a], 0.0) * max(reliability[b], 0.0)))
     result = {"arms": [a, b], "spearman": raw, "ceiling": ceiling, "ratio": raw / ceiling}
     print(f"{a} vs {b}: Spearman {raw:.3f}, ceiling {ceiling:.3f}, ratio {raw / ceiling:.2f}")
