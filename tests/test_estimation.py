@@ -238,3 +238,26 @@ def test_explained_by_subsets_separates_composition_from_training_noise():
     assert "no estimator" not in explained_sentence(0.8) and "80%" in explained_sentence(0.8)
     with pytest.raises(ValueError, match="at least 20 models"):
         explained_by_subsets(masks[:12], composition[:12])
+
+
+@pytest.mark.parametrize("m, k", [(60, 70), (80, 30)])  # more groups than models, and fewer
+def test_ridge_cross_validation_matches_a_direct_fit(m, k):
+    from transfer_influence.regression import ridge_cross_validation
+
+    rng = np.random.default_rng(1)
+    masks = rng.random((m, k)) < 0.5
+    y = masks @ rng.normal(size=k) + rng.normal(size=m)
+    penalties, errors, baseline = ridge_cross_validation(masks, y, folds=5, seed=3)
+    x = masks.astype(np.float64)
+    fold_of = np.empty(m, dtype=int)
+    fold_of[np.random.default_rng(3).permutation(m)] = np.arange(m) % 5
+    for penalty, error in zip(penalties, errors, strict=True):
+        direct = 0.0
+        for fold in range(5):
+            train, test = fold_of != fold, fold_of == fold
+            mx, my = x[train].mean(axis=0), y[train].mean()
+            gram = (x[train] - mx).T @ (x[train] - mx) + penalty * np.eye(k)
+            beta = np.linalg.pinv(gram) @ ((x[train] - mx).T @ (y[train] - my))
+            direct += float((((x[test] - mx) @ beta + my - y[test]) ** 2).sum())
+        assert error == pytest.approx(direct, rel=1e-6)
+    assert baseline > errors.min()  # the groups predict y

@@ -66,7 +66,7 @@ def ridge_cross_validation(
     candidate when m > K + 1."""
     x = masks.astype(np.float64)
     m, k = x.shape
-    scale = np.trace(x.T @ x - np.outer(x.sum(0), x.sum(0)) / m) / k
+    scale = float(((x - x.mean(axis=0)) ** 2).sum()) / k  # trace of the centred X'X, per group
     candidates = [f * scale for f in (1e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0)]
     if m > k + 1 + m // max(folds, 2):
         candidates.insert(0, 0.0)
@@ -77,19 +77,24 @@ def ridge_cross_validation(
     baseline = 0.0
     for fold in np.unique(fold_of):
         train, test = fold_of != fold, fold_of == fold
-        gram, n_in, xty, total, _ = _stats(x[train], y[train, None])
-        mt = int(train.sum())
-        baseline += float(((y[test] - total[0] / mt) ** 2).sum())
-        # One eigendecomposition per fold serves every penalty: (G + rI)^-1 = V diag(1/(w+r)) V'.
-        w, v = np.linalg.eigh(gram - np.outer(n_in, n_in) / mt)
-        projected = v.T @ (xty - np.outer(n_in, total / mt))
-        features = (x[test] - n_in / mt) @ v
+        mean_x, mean_y = x[train].mean(axis=0), y[train].mean()
+        xc, yc, xt = x[train] - mean_x, y[train] - mean_y, x[test] - mean_x
+        baseline += float(((y[test] - mean_y) ** 2).sum())
+        # One eigendecomposition per fold serves every penalty: with X'X = V diag(w) V' the fit
+        # is V diag(1/(w+r)) V'X'y; with more groups than models the same in the m x m kernel
+        # XX' = U diag(w) U' (fit X'U diag(1/(w+r)) U'y), whichever is smaller.
+        if k <= xc.shape[0]:
+            w, v = np.linalg.eigh(xc.T @ xc)
+            features, projected = xt @ v, v.T @ (xc.T @ yc)
+        else:
+            w, u = np.linalg.eigh(xc @ xc.T)
+            features, projected = (xt @ xc.T) @ u, u.T @ yc
         tiny = w.max() * 1e-10
         for c, ridge in enumerate(candidates):
             usable = (w > tiny) | (ridge > 0)  # least squares: a pseudo-inverse
             inverse = np.divide(1.0, w + ridge, out=np.zeros_like(w), where=usable)
-            predicted = total / mt + features @ (inverse[:, None] * projected)
-            errors[c] += float(((predicted[:, 0] - y[test]) ** 2).sum())
+            predicted = mean_y + features @ (inverse * projected)
+            errors[c] += float(((predicted - y[test]) ** 2).sum())
     return candidates, errors, baseline
 
 
