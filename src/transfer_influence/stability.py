@@ -150,7 +150,7 @@ def explained_by_subsets(masks: np.ndarray, outputs: np.ndarray, folds: int = 10
 
 SHARED_SEED_CAVEAT = (
     "All models share one seed, so this is the ranking's stability for that seed; a run with "
-    'another seed ranks somewhat differently (README: "Shared seeds").'
+    'another seed may rank somewhat differently (README: "Shared seeds").'
 )
 
 
