@@ -53,10 +53,6 @@ def regression_influence(
     return values, stderr, dof
 
 
-def _stats(x: np.ndarray, y: np.ndarray):
-    return x.T @ x, x.sum(axis=0), x.T @ y, y.sum(axis=0), (y * y).sum(axis=0)
-
-
 def ridge_cross_validation(
     masks: np.ndarray, y: np.ndarray, folds: int = 10, seed: int = 0
 ) -> tuple[list[float], np.ndarray, float]:
