@@ -11,7 +11,7 @@ from transfer_influence.datasets import load_dataset
 from transfer_influence.engines.local import run_local
 from transfer_influence.examplewise import ExampleInfluence
 from transfer_influence.trainers import SimulatedTrainer
-from transfer_influence.trainers.source_groups import class_groups, example_pool
+from transfer_influence.trainers.source_groups import example_pool, mapped_groups
 
 
 def test_source_groups_select_the_masked_images(tmp_path, monkeypatch):
@@ -29,7 +29,7 @@ def test_source_groups_select_the_masked_images(tmp_path, monkeypatch):
     everything = example_pool(source, ["a", "c"], context="all")
     assert everything.images(mask).tolist() == [1, 4, 5, 6, 7, 10]  # plus all of b
     assert everything.expected_images(0.5) == 8
-    by_class = class_groups(source)
+    by_class = mapped_groups(source)
     assert by_class.images(np.array([False, True, False])).tolist() == [4, 5, 6, 7]
     with pytest.raises(ValueError, match="unknown source class 'z'"):
         example_pool(source, ["z"])

@@ -18,6 +18,7 @@ import numpy as np
 from . import __version__
 from .attribution import ClassInfluence, run_stability
 from .cli_analysis import add_analysis_commands, add_estimation_arguments
+from .cli_cluster import add_cluster_command
 from .config import Config, ConfigError, apply_overrides, load_config
 from .demo import run_demo
 from .engines.local import prepare, run_local, work
@@ -134,6 +135,7 @@ def _parser() -> argparse.ArgumentParser:
     record.add_argument("--mode", default="fixed_feature", help="transfer mode for a new run")
     record.add_argument("--alpha", type=float, default=0.5, help="subset fraction used")
     _COMMANDS.update(add_analysis_commands(sub))
+    _COMMANDS.update(add_cluster_command(sub))
     return parser
 
 

@@ -15,7 +15,36 @@ import numpy as np
 from .base import ImageDataset
 from .folder import expand_path
 
-__all__ = ["load_npz", "save_npz"]
+__all__ = ["load_features", "load_npz", "save_npz"]
+
+
+def _read(file: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(file, allow_pickle=False) as archive:
+            return {name: archive[name] for name in archive.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
+        raise ValueError(f"{file}: not a readable .npz without pickled objects ({error})") from None
+
+
+def load_features(path: str, example_ids: np.ndarray) -> np.ndarray:
+    """Rows of an ``.npz`` with ``example_ids`` (N) and ``features`` (N x D), in the order of
+    ``example_ids`` — e.g. embeddings of the source images by a model of your own."""
+    file = Path(expand_path(path))
+    if not file.is_file():
+        raise ValueError(f"features not found: {file} (an .npz with example_ids and features)")
+    arrays = _read(file)
+    for key in ("example_ids", "features"):
+        if key not in arrays:
+            raise ValueError(f"{file}: no array {key!r} (has {', '.join(sorted(arrays))})")
+    features, ids = arrays["features"], arrays["example_ids"].astype(str)
+    if features.ndim != 2 or features.shape[0] != ids.shape[0]:
+        raise ValueError(f"{file}: features must be one row per example id, got {features.shape}")
+    row = {i: r for r, i in enumerate(ids.tolist())}
+    wanted = [str(i) for i in example_ids]
+    missing = [i for i in wanted if i not in row]
+    if missing:
+        raise ValueError(f"{file}: no features for {len(missing)} image(s), first {missing[0]!r}")
+    return features[[row[i] for i in wanted]].astype(np.float32)
 
 
 def load_npz(path: str, split: str) -> ImageDataset:
@@ -24,11 +53,7 @@ def load_npz(path: str, split: str) -> ImageDataset:
         raise ValueError(
             f"dataset not found: {file} (an .npz with {split}_images and {split}_labels arrays)"
         )
-    try:
-        with np.load(file, allow_pickle=False) as archive:
-            arrays = {name: archive[name] for name in archive.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
-        raise ValueError(f"{file}: not a readable .npz without pickled objects ({error})") from None
+    arrays = _read(file)
     for key in (f"{split}_images", f"{split}_labels"):
         if key not in arrays:
             raise ValueError(f"{file}: no array {key!r} (has {', '.join(sorted(arrays))})")

@@ -72,13 +72,13 @@ def _align_target(store: RunStore, target_name: str, data: ImageDataset) -> np.n
 def _source_groups(store: RunStore, data: ImageDataset, params: dict[str, Any]) -> np.ndarray:
     """The group of every source image (-1: in no group), for the run's grouping."""
     if params.get("pool") is not None or params.get("groups") is not None:
-        from ..trainers.source_groups import class_groups, example_pool
+        from ..trainers.source_groups import example_pool, mapped_groups
 
         pool = params.get("pool")
         groups = (
             example_pool(data, list(pool["classes"]), pool.get("context", "none"))
             if pool is not None
-            else class_groups(data, params["groups"])
+            else mapped_groups(data, params["groups"])
         )
         if groups.names != store.groups:
             raise RunError("the source images give other groups than the run's")

@@ -11,20 +11,19 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import fields
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..datasets import ImageDataset, load_dataset
+from ..datasets import ImageDataset, fingerprint_arrays, load_dataset
 from ..subsets import Job
 from .probe import fit_linear_probe
 from .protocol import JobResult, TargetInfo, TaskDescription, output_key
-from .source_groups import class_groups, example_pool
+from .source_groups import example_pool, mapped_groups
 from .stack import Recipe, StackedResNet, extract_features, train_stack
 
-__all__ = ["MODES", "BuiltinTrainer", "TargetData", "resolve_device"]
+__all__ = ["MODES", "BuiltinTrainer", "TargetData", "pretrained_features", "resolve_device"]
 
 MODES = ("fixed_feature", "finetune")
 
@@ -37,6 +36,23 @@ def resolve_device(requested: str | None = None) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} requested but CUDA is not available")
     return device
+
+
+def pretrained_features(
+    source: ImageDataset, recipe: Recipe, seed: int = 0, device: torch.device | None = None
+) -> np.ndarray:
+    """Features (N x D, float32) of every source image under one model pretrained on all of
+    them with ``recipe``: what ``transfer-influence cluster`` groups the images by."""
+    device = device or resolve_device()
+    net = StackedResNet.build([seed], recipe, len(source.class_names), device)
+    images = torch.from_numpy(np.array(source.images)).to(device)
+    labels = torch.from_numpy(source.labels).to(device)
+    everything = [np.arange(len(source))]
+    train_stack(
+        net, images, labels, everything, [seed], recipe, recipe.epochs, recipe.lr,
+        low_res_epochs=recipe.low_res_epochs,
+    )  # fmt: skip
+    return extract_features(net, images)[0].cpu().numpy()
 
 
 class TargetData:
@@ -113,13 +129,7 @@ class BuiltinTrainer:
         groups: str | None = None,
         pool: dict[str, Any] | None = None,
     ) -> None:
-        unknown = set(recipe or {}) - {f.name for f in fields(Recipe)}
-        if unknown:
-            raise ValueError(
-                f"unknown recipe key {sorted(unknown)[0]!r}; known: "
-                f"{', '.join(f.name for f in fields(Recipe))}"
-            )
-        self.recipe = Recipe(**(recipe or {}))
+        self.recipe = Recipe.from_dict(recipe)
         bad = [m for m in modes if m not in MODES]
         if bad or not modes:
             raise ValueError(
@@ -138,7 +148,8 @@ class BuiltinTrainer:
                 self.source, list(pool["classes"]), pool.get("context", "none")
             )
         else:
-            self.groups = class_groups(self.source, groups)
+            self.groups = mapped_groups(self.source, groups)
+        self.groups_file = groups
         self.targets = [TargetData(spec) for spec in targets]
         if not self.targets:
             raise ValueError("the built-in trainer needs at least one target")
@@ -159,6 +170,8 @@ class BuiltinTrainer:
         for t in self.targets:
             fingerprints[f"{t.name}/train"] = t.train.fingerprint
             fingerprints[f"{t.name}/test"] = t.test.fingerprint
+        if self.groups_file is not None:  # a rewritten groups file must not join the run
+            fingerprints["source/groups"] = fingerprint_arrays(self.groups.group_of_image)
         return TaskDescription(self.groups.names, targets, self.modes, fingerprints)
 
     def estimate_seconds_per_model(self) -> float:
@@ -189,11 +202,7 @@ class BuiltinTrainer:
         started = self._synchronized_clock()
         seeds = [job.seed for job in jobs]
         classes = len(self.source.class_names)
-        net = StackedResNet(len(jobs), self.recipe.widths, classes, self.recipe.pool)
-        net.reset_parameters(seeds)
-        net = net.to(self.device)
-        if self.device.type == "cuda":
-            net = net.to(memory_format=torch.channels_last)
+        net = StackedResNet.build(seeds, self.recipe, classes, self.device)
         images, labels = self._tensors("source", self.source)
         members = [self.groups.images(job.mask) for job in jobs]
         # An epoch is the expected subset's size: the same for every model of a run.
@@ -269,13 +278,8 @@ class BuiltinTrainer:
     def untrained_control(self, models: int = 1) -> dict[str, float]:
         """Mean target accuracy of untrained backbones (seeds 0, 1, ...) with the
         fixed-feature head: what pretraining must beat."""
-        net = StackedResNet(
-            models, self.recipe.widths, len(self.source.class_names), self.recipe.pool
-        )
-        net.reset_parameters(list(range(models)))
-        net = net.to(self.device)
-        if self.device.type == "cuda":
-            net = net.to(memory_format=torch.channels_last)
+        classes = len(self.source.class_names)
+        net = StackedResNet.build(list(range(models)), self.recipe, classes, self.device)
         accuracy = {}
         for target in self.targets:
             logits = self.fixed_feature_logits(net, target)
@@ -312,13 +316,9 @@ class BuiltinTrainer:
         seeds: list[int],
     ) -> StackedResNet:
         """A copy of the backbone with a new head, trained end to end on the target."""
-        tuned = StackedResNet(net.models, net.widths, classes, net.pool)
-        tuned.reset_parameters([s + 7919 for s in seeds])
+        tuned = StackedResNet.build([s + 7919 for s in seeds], self.recipe, classes, self.device)
         backbone = {k: v for k, v in net.state_dict().items() if not k.startswith("head_")}
         tuned.load_state_dict(backbone, strict=False)
-        tuned = tuned.to(self.device)
-        if self.device.type == "cuda":
-            tuned = tuned.to(memory_format=torch.channels_last)
         everything = [np.arange(images.shape[0])] * net.models
         train_stack(
             tuned,

@@ -1,10 +1,10 @@
 """What a job's mask ranges over, and which source images a mask selects.
 
-Masks range over *groups*: by default the source classes, or any grouping of classes (a JSON
-file mapping class -> group, e.g. CIFAR-100's superclasses), or — for example-level runs —
-the single images of a *pool* (the images of chosen classes), each its own group. A pool's
-other source images are in no model (``context = "none"``, the default) or in every model
-(``context = "all"``).
+Masks range over *groups*: by default the source classes, or the groups of a JSON file (class
+-> group, e.g. CIFAR-100's superclasses; or example id -> group, e.g. feature clusters), or —
+for example-level runs — the single images of a *pool* (the images of chosen classes), each its
+own group. A pool's other source images are in no model (``context = "none"``, the default)
+or in every model (``context = "all"``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 from ..datasets import ImageDataset
 from ..datasets.folder import expand_path
 
-__all__ = ["SourceGroups", "class_groups", "example_pool"]
+__all__ = ["SourceGroups", "example_pool", "mapped_groups"]
 
 
 @dataclass(frozen=True)
@@ -49,34 +49,42 @@ class SourceGroups:
         return round(int(np.count_nonzero(self.always)) + fraction * grouped)
 
 
-def class_groups(source: ImageDataset, path: str | None = None) -> SourceGroups:
-    """Groups of whole classes: one per class, or as a JSON file maps classes to groups."""
-    n_classes = len(source.class_names)
+def mapped_groups(source: ImageDataset, path: str | None = None) -> SourceGroups:
+    """One group per class, or the groups a JSON file assigns: it maps every source class
+    name to a group name (e.g. CIFAR-100's superclasses), or every source image's example id
+    to one (e.g. the feature clusters ``transfer-influence cluster`` writes)."""
     if path is None:
-        names, group_of_class = source.names, np.arange(n_classes)
-    else:
-        file = Path(expand_path(path))
-        try:
-            mapping = json.loads(file.read_text())
-        except (OSError, ValueError) as error:
-            raise ValueError(f"groups file {file}: {error}") from None
-        if not isinstance(mapping, dict):
-            raise ValueError(f"groups file {file} must map class names to group names")
-        missing = [c for c in source.class_names if c not in mapping]
-        if missing:
-            raise ValueError(
-                f"groups file {file} has no group for {len(missing)} source class(es), "
-                f"first {missing[0]!r}"
-            )
-        names = tuple(sorted({str(mapping[c]) for c in source.class_names}))
-        index = {name: i for i, name in enumerate(names)}
-        group_of_class = np.array([index[str(mapping[c])] for c in source.class_names])
+        return _grouped(source, source.names, np.arange(len(source.class_names))[source.labels])
+    file = Path(expand_path(path))
+    try:
+        mapping = json.loads(file.read_text())
+    except (OSError, ValueError) as error:
+        raise ValueError(f"groups file {file}: {error}") from None
+    if not isinstance(mapping, dict) or not mapping:
+        raise ValueError(f"groups file {file} must map class names (or example ids) to groups")
+    by_image = not any(name in mapping for name in source.class_names)
+    keys = [str(i) for i in source.example_ids] if by_image else list(source.class_names)
+    missing = [key for key in keys if key not in mapping]
+    if missing:
+        what = "source image" if by_image else "source class"
+        raise ValueError(
+            f"groups file {file} has no group for {len(missing)} {what}(s), first {missing[0]!r}"
+        )
+    names = tuple(sorted({str(mapping[key]) for key in keys}))
+    index = {name: i for i, name in enumerate(names)}
+    group = np.array([index[str(mapping[key])] for key in keys])
+    return _grouped(source, names, group if by_image else group[source.labels])
+
+
+def _grouped(
+    source: ImageDataset, names: tuple[str, ...], group_of_image: np.ndarray
+) -> SourceGroups:
     return SourceGroups(
         tuple(names),
-        group_of_class[source.labels],
+        group_of_image,
         np.zeros(len(source), bool),
         source.labels,
-        n_classes,
+        len(source.class_names),
     )
 
 

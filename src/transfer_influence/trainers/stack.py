@@ -12,7 +12,8 @@ other models share its stack.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,6 +52,15 @@ class Recipe:
     probe_steps: int = 100  # L-BFGS iterations of that head
     finetune_epochs: int = 2
     finetune_lr: float = 0.05
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None) -> Recipe:
+        """A recipe from a config's ``recipe`` table; an unknown key is a one-line error."""
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(values or {}) - set(known))
+        if unknown:
+            raise ValueError(f"unknown recipe key {unknown[0]!r}; known: {', '.join(known)}")
+        return cls(**(values or {}))
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
@@ -117,6 +127,16 @@ class StackedResNet(nn.Module):
     @property
     def feature_dim(self) -> int:
         return self.widths[-1] * (2 if self.pool == "max+mean" else 1)
+
+    @classmethod
+    def build(
+        cls, seeds: list[int], recipe: Recipe, classes: int, device: torch.device
+    ) -> StackedResNet:
+        """One model per seed, initialised from it, on ``device`` (channels-last on CUDA)."""
+        net = cls(len(seeds), recipe.widths, classes, recipe.pool)
+        net.reset_parameters(seeds)
+        net = net.to(device)
+        return net.to(memory_format=torch.channels_last) if device.type == "cuda" else net
 
     def reset_parameters(self, seeds: list[int]) -> None:
         """Initialise model g's slice of every weight from ``seeds[g]`` alone."""
