@@ -10,7 +10,10 @@ of models on independently drawn random subsets:
 - ``independent``: every model its own seed (the paper's design);
 - ``shared`` and ``shared-2``: every model of the run the same seed (``run.shared_seed``: the
   same initialisation and sampling stream, so models differ by their subsets, not by their
-  luck), a different seed in each of the two runs.
+  luck), a different seed in each of the two runs;
+- ``chunk-seeds``: a seed per chunk of 16 models (``run.seed_per_chunk``): each chunk's
+  outputs are centred, which removes its seed's offset, so the ranking is the seed-averaged
+  one; its split-half stability splits whole chunks, so it is stability across seeds.
 
 For each arm and estimator (difference in means, regression), at growing m (the first m
 models): split-half rank stability of the overall group ranking with its Spearman-Brown
@@ -20,7 +23,7 @@ of their estimates against the ceiling their reliabilities allow — a shared se
 ranking stable but specific to that seed, and two shared-seed arms with different seeds would
 then disagree. Runs resume from ``--workdir``.
 
-    python benchmarks/designs_real.py [--models 240] [--arms independent,shared,shared-2]
+    python benchmarks/designs_real.py [--models 240] [--arms independent,shared,chunk-seeds]
         [--epochs 6] [--batch-size 128] [--workdir DIR]
 """
 
@@ -35,6 +38,7 @@ from scipy.stats import spearmanr
 
 from _common import save_result
 from transfer_influence import estimate_influence
+from transfer_influence.attribution import seed_blocks
 from transfer_influence.config import Config
 from transfer_influence.datasets.arrays import save_npz
 from transfer_influence.datasets.folder import load_folder
@@ -51,8 +55,13 @@ SHARED = Path(__file__).resolve().parents[2] / "shared/datasets"
 SIZE, SOURCE_PER_CLASS, TARGET_TRAIN, TARGET_TEST = 16, 50, 5000, 2000
 RECIPE = {"widths": [16, 32, 64], "epochs": 6, "batch_size": 128, "stack": 8}
 ESTIMATORS = ("difference", "regression")
-# arm -> (base seed of the run: independent subset draws, shared_seed)
-ARMS = {"independent": (0, False), "shared": (1, True), "shared-2": (2, True)}
+# arm -> its run settings (each its own base seed: independent subset draws)
+ARMS = {
+    "independent": {"seed": 0},
+    "shared": {"seed": 1, "shared_seed": True},
+    "shared-2": {"seed": 2, "shared_seed": True},
+    "chunk-seeds": {"seed": 3, "seed_per_chunk": True, "chunk_size": 16},
+}
 
 
 def _per_class(dataset, n: int, seed: int):
@@ -90,14 +99,8 @@ def prepare_data(workdir: Path, recipe: dict) -> dict:
 def train_arm(workdir: Path, params: dict, arm: str, models: int) -> tuple[RunStore, float]:
     config = Config.from_dict(
         {
-            "run": {
-                "seed": ARMS[arm][0],
-                "alpha": 0.5,
-                "models": models,
-                "chunk_size": 8,
-                "shared_seed": ARMS[arm][1],
-                "keep_logits": False,
-            },
+            "run": {"alpha": 0.5, "models": models, "chunk_size": 8, "keep_logits": False}
+            | ARMS[arm],
             "trainer": {"type": "builtin", "params": params},
         }
     )
@@ -110,26 +113,31 @@ def train_arm(workdir: Path, params: dict, arm: str, models: int) -> tuple[RunSt
     return store, (seconds / missing if missing else float("nan"))
 
 
-def overall_outputs(store: RunStore) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Masks, each model's mean p_correct and its accuracy, in model order."""
+def overall_outputs(store: RunStore) -> tuple[np.ndarray, ...]:
+    """Masks, each model's mean p_correct (centred per chunk where seeds are per chunk), its
+    accuracy (as recorded), and which models share a seed (None: none do, or all)."""
     key = store.resolve_key(None, None)
     masks, means, accuracy = [], [], []
-    for chunk_masks, values, _ in store.iter_outputs(key, "p_correct"):
-        masks.append(chunk_masks)
-        means.append(values.mean(axis=1, dtype=np.float64))
-    for _, values, _ in store.iter_outputs(key, "correct"):
-        accuracy.append(values.mean(axis=1, dtype=np.float64))
-    return np.concatenate(masks), np.concatenate(means), np.concatenate(accuracy)
+    for chunk in store.iter_outputs(key, "p_correct"):
+        masks.append(chunk.masks)
+        means.append(chunk.values.mean(axis=1, dtype=np.float64))
+    for chunk in store.iter_outputs(key, "correct"):
+        accuracy.append(chunk.values.mean(axis=1, dtype=np.float64) + chunk.offset.mean())
+    blocks = seed_blocks(store, masks)
+    return np.concatenate(masks), np.concatenate(means), np.concatenate(accuracy), blocks
 
 
-def measure(masks: np.ndarray, y: np.ndarray, sizes) -> list[dict]:
+def measure(masks: np.ndarray, y: np.ndarray, blocks, sizes) -> list[dict]:
     rows = []
     k = masks.shape[1]
     for m in sizes:
         for estimator in ESTIMATORS:
             if estimator == "regression" and m // 2 < k + 10:
                 continue
-            split = split_half_stability(masks[:m], y[:m], splits=50, estimator=estimator)
+            split = split_half_stability(
+                masks[:m], y[:m], splits=50, estimator=estimator,
+                blocks=None if blocks is None else blocks[:m],
+            )  # fmt: skip
             row = {
                 "models": m,
                 "estimator": estimator,
@@ -155,9 +163,9 @@ def agreement(data: dict, a: str, b: str) -> dict:
     ratio well below 1 means the arms rank differently, not only noisily."""
     values, reliability = {}, {}
     for arm in (a, b):
-        masks, y, _ = data[arm]
+        masks, y, _, blocks = data[arm]
         values[arm] = estimate_influence(masks, y[:, None]).overall.values[:, 0]
-        r = split_half_stability(masks, y, splits=50).spearman
+        r = split_half_stability(masks, y, splits=50, blocks=blocks).spearman
         reliability[arm] = 2 * r / (1 + r)
     raw = float(spearmanr(values[a], values[b]).statistic)
     ceiling = float(np.sqrt(max(reliability[a], 0.0) * max(reliability[b], 0.0)))
@@ -194,7 +202,7 @@ def main() -> None:
     data_spec.update(target_train=TARGET_TRAIN, target_test=TARGET_TEST)
     result: dict = {"recipe": recipe, "data": data_spec, "control": control, "arms": {}}
     for arm in arms:
-        masks, y, accuracy = data[arm]
+        masks, y, accuracy, blocks = data[arm]
         share = explained_by_subsets(masks, y)
         print(
             f"arm {arm}: {len(y)} models, accuracy {accuracy.mean():.1%} (std "
@@ -209,7 +217,7 @@ def main() -> None:
             "accuracy_std": float(accuracy.std()),
             "p_correct_std": float(y.std()),
             "share_explained_by_subsets": share,
-            "rows": measure(masks, y, sizes),
+            "rows": measure(masks, y, blocks, sizes),
         }
     result["agreement"] = [agreement(data, a, b) for i, a in enumerate(arms) for b in arms[i + 1 :]]
     path = save_result("designs_real", result)

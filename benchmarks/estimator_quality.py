@@ -143,9 +143,9 @@ def gpu_run(run_dir: str) -> dict:
     store = RunStore(Path(run_dir))
     key = store.resolve_key(None, None)
     masks, means = [], []
-    for chunk_masks, values, _ in store.iter_outputs(key, "p_correct"):
-        masks.append(chunk_masks)
-        means.append(values.mean(axis=1, dtype=np.float64))
+    for chunk in store.iter_outputs(key, "p_correct"):
+        masks.append(chunk.masks)
+        means.append(chunk.values.mean(axis=1, dtype=np.float64))
     result = real_models(np.concatenate(masks), np.concatenate(means))
     return {
         "run": str(run_dir),

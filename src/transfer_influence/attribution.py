@@ -18,30 +18,45 @@ from .estimation import (
     InfluenceEstimate,
     InfluenceWarning,
 )
-from .stability import (
-    SplitHalf,
-    explained_by_subsets,
-    linear_datamodeling_score,
-    split_half_stability,
-)
+from .regression import ridge_cross_validation
+from .stability import SplitHalf, explained_share, linear_datamodeling_score, split_half_stability
 from .store import RunError, RunStore
 from .store.files import atomic_write_bytes, write_json
 
-__all__ = ["ClassInfluence", "run_stability"]
+__all__ = ["ClassInfluence", "model_stability", "run_stability", "seed_blocks"]
 
 
 def run_stability(
     store: RunStore, target: str | None = None, mode: str | None = None, output: str = "p_correct"
-) -> SplitHalf:
-    """Split-half rank stability of a run's overall class ranking (difference in means)."""
+) -> SplitHalf | None:
+    """Split-half rank stability of a run's overall class ranking (difference in means), or
+    None while there are too few models to measure it."""
     key = store.resolve_key(target, mode)
     masks, means = [], []
-    for chunk_masks, values, _ in store.iter_outputs(key, output):
-        masks.append(chunk_masks)
-        means.append(values.mean(axis=1, dtype=np.float64))
+    for chunk in store.iter_outputs(key, output):
+        masks.append(chunk.masks)
+        means.append(chunk.values.mean(axis=1, dtype=np.float64))
     if not masks:
         raise RunError(f"{store.root} has no finished models yet")
-    return split_half_stability(np.concatenate(masks), np.concatenate(means))
+    return model_stability(np.concatenate(masks), np.concatenate(means), seed_blocks(store, masks))
+
+
+def model_stability(
+    masks: np.ndarray, means: np.ndarray, blocks: np.ndarray | None
+) -> SplitHalf | None:
+    """Split-half stability, or None before there are 8 models (in 2 seed blocks, if any)."""
+    if len(masks) < 8 or (blocks is not None and np.unique(blocks).size < 2):
+        return None
+    return split_half_stability(masks, means, blocks=blocks)
+
+
+def seed_blocks(store: RunStore, masks_per_chunk: list[np.ndarray]) -> np.ndarray | None:
+    """Which models share a training seed, for splitting them into halves by whole seeds:
+    the chunk number of every model in a ``seed_per_chunk`` run, else None (every model its
+    own seed, or — ``shared_seed`` — one seed for all, which no split can separate)."""
+    if not store.config.run.seed_per_chunk:
+        return None
+    return np.concatenate([np.full(len(m), c) for c, m in enumerate(masks_per_chunk)])
 
 
 class ClassInfluence:
@@ -84,23 +99,31 @@ class ClassInfluence:
             disable=not progress,
             leave=False,
         )
-        for masks, values, excluded in chunks:
-            accumulator.update(masks, values)
-            self.n_excluded_ += excluded
+        chunk_masks, output_sum = [], 0.0
+        for chunk in chunks:
+            accumulator.update(chunk.masks, chunk.values)
+            self.n_excluded_ += chunk.excluded
+            chunk_masks.append(chunk.masks)
+            output_sum += chunk.values.sum(dtype=np.float64) + len(chunk.masks) * chunk.offset.sum()
         if accumulator.n_models < 2:
             raise RunError(
                 f"{store.root} has {accumulator.n_models} usable model(s) for {self.key_}; "
                 "need at least 2 (run more models)"
             )
+        masks, means, m = accumulator.masks, accumulator.model_means, accumulator.n_models
+        # One cross-validation serves the ridge penalty and the share the subsets explain.
+        validation = ridge_cross_validation(masks, means) if m >= 20 else None
+        ridge = self.ridge
+        if ridge is None and validation is not None:
+            ridge = validation[0][int(np.argmin(validation[1]))]
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", InfluenceWarning)
-            self.estimate_: InfluenceEstimate = accumulator.result(self.estimator, self.ridge)
-        self.stability_: SplitHalf | None = None
-        masks, means, m = accumulator.masks, accumulator.model_means, accumulator.n_models
-        if m >= 8:
-            self.stability_ = split_half_stability(masks, means)
+            self.estimate_: InfluenceEstimate = accumulator.result(self.estimator, ridge)
+        self.stability_ = model_stability(masks, means, seed_blocks(store, chunk_masks))
         # How much of what separates models their subsets explain; the rest is training noise.
-        self.explained_: float | None = explained_by_subsets(masks, means) if m >= 20 else None
+        self.explained_: float | None = (
+            explained_share(*validation[1:]) if validation is not None else None
+        )
         # Held-out prediction of whole-model outputs; the fitting part must suit the estimator.
         self.lds_: float | None = None
         held_out = max(3, m // 5)
@@ -111,12 +134,13 @@ class ClassInfluence:
                 masks, means, held_out, estimator=self.estimate_.estimator
             )[0]
         self.shared_seed_ = store.config.run.shared_seed
+        self.seed_per_chunk_ = store.config.run.seed_per_chunk
         self.groups_ = store.groups
         self.target_classes_ = target.class_names
         self.example_ids_ = target.example_ids
         self.example_labels_ = target.labels
         self.n_models_ = accumulator.n_models
-        self.mean_output_ = float(accumulator.model_means.mean())
+        self.mean_output_ = output_sum / (m * target.labels.size)
         self.classes_ = self._table(self.estimate_.overall, None)
         self.per_target_class_ = pd.concat(
             [
@@ -195,6 +219,7 @@ class ClassInfluence:
                 "explained_by_subsets": self.explained_,
                 "split_half_spearman": self.stability_.spearman if self.stability_ else None,
                 "split_half_within_one_seed": self.shared_seed_,
+                "seed_per_chunk": self.seed_per_chunk_,
                 "models_for_split_half_0.9": (
                     self.stability_.models_needed(0.9) if self.stability_ else None
                 ),

@@ -165,12 +165,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if not args.until_stable or store.missing_chunks():
             break
         stability = run_stability(store)
+        budget = args.max_models or store.planned_models
+        if stability is None:  # too few models (or seeds) to split yet
+            if store.planned_models >= budget:
+                break
+            store.set_models(min(2 * store.planned_models, budget))
+            continue
         target_models = stability.models_needed(args.until_stable)
         print(
             f"{stability.models} models: split-half rank stability {stability.spearman:.2f} "
             f"(target {args.until_stable}; projected {target_models:,.0f} models)"
         )
-        budget = args.max_models or store.planned_models
         if stability.spearman >= args.until_stable or store.planned_models >= budget:
             break
         grow = min(
@@ -306,7 +311,8 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
     if model.stability_ is not None:
         print(
             f"\nsplit-half rank stability (difference in means, {model.stability_.splits} "
-            f"random halves): Spearman {model.stability_.spearman:.2f}; about "
+            f"random halves{' of whole chunks' if model.seed_per_chunk_ else ''}): "
+            f"Spearman {model.stability_.spearman:.2f}; about "
             f"{model.stability_.models_needed(0.9):,.0f} models would give 0.9"
             + (f"\n{SHARED_SEED_CAVEAT}" if model.shared_seed_ else "")
         )

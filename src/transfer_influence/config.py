@@ -46,6 +46,7 @@ class RunSection:
     chunk_size: int = 10
     design: str = "random"
     shared_seed: bool = False
+    seed_per_chunk: bool = False
     keep_logits: bool = True
     outputs: tuple[str, ...] = DEFAULT_OUTPUTS
     claim_timeout_s: float = 900.0
@@ -94,6 +95,18 @@ class Config:
             f"run.design must be one of {', '.join(DESIGNS)}",
         )
         _check(isinstance(r.shared_seed, bool), "run.shared_seed must be true or false")
+        _check(isinstance(r.seed_per_chunk, bool), "run.seed_per_chunk must be true or false")
+        if r.seed_per_chunk:
+            _check(not r.shared_seed, "choose run.shared_seed or run.seed_per_chunk, not both")
+            # Whole rounds of the design per chunk, so each seed's models hold every group
+            # equally often and the seed's offset cancels from every contrast.
+            rounds = {"balanced": round(1 / r.alpha), "complementary": 2}.get(r.design, 1)
+            _check(r.chunk_size >= 2, "run.seed_per_chunk needs run.chunk_size >= 2")
+            _check(
+                r.chunk_size % rounds == 0,
+                f"run.seed_per_chunk with the {r.design} design needs run.chunk_size "
+                f"to be a multiple of {rounds}",
+            )
         _check(isinstance(r.keep_logits, bool), "run.keep_logits must be true or false")
         _check(r.claim_timeout_s > 0, "run.claim_timeout_s must be positive")
         _check(len(r.outputs) > 0, "run.outputs must name at least one output")

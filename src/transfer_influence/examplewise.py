@@ -17,8 +17,9 @@ import pandas as pd
 from tqdm import tqdm
 
 from .analyses.names import lookup
+from .attribution import model_stability, seed_blocks
 from .estimation import estimate_influence
-from .stability import SplitHalf, split_half_stability
+from .stability import SplitHalf
 from .store import RunError, RunStore
 
 __all__ = ["ExampleInfluence", "sparse_influence"]
@@ -86,10 +87,10 @@ class ExampleInfluence:
         columns = self._columns(target.example_ids)
         masks, means, chosen = [], [], []
         chunks = store.iter_outputs(key, self.output)
-        for chunk_masks, values, _ in tqdm(chunks, disable=not progress, leave=False):
-            masks.append(chunk_masks)
-            means.append(values.mean(axis=1, dtype=np.float64))
-            chosen.append(values[:, columns])
+        for chunk in tqdm(chunks, disable=not progress, leave=False):
+            masks.append(chunk.masks)
+            means.append(chunk.values.mean(axis=1, dtype=np.float64))
+            chosen.append(chunk.values[:, columns])
         if sum(len(m) for m in masks) < 10:
             raise RunError(f"{store.root} has too few models for example-wise influence (< 10)")
         x = np.concatenate(masks)
@@ -128,8 +129,8 @@ class ExampleInfluence:
                 columns=["source_example", "influence", "difference", "target_example"]
             )
         )
-        self.stability_: SplitHalf | None = (
-            split_half_stability(x, targets["overall"]) if len(x) >= 8 else None
+        self.stability_: SplitHalf | None = model_stability(
+            x, targets["overall"], seed_blocks(store, masks)
         )
         self.n_models_ = int(len(x))
         return self

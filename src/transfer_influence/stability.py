@@ -26,6 +26,7 @@ __all__ = [
     "SplitHalf",
     "explained_by_subsets",
     "explained_sentence",
+    "explained_share",
     "linear_datamodeling_score",
     "split_half_stability",
 ]
@@ -55,12 +56,22 @@ def _ranks(x: np.ndarray) -> np.ndarray:
     return np.argsort(np.argsort(x)).astype(np.float64)
 
 
-def _split_correlation(
-    masks: np.ndarray, outputs: np.ndarray, rng: np.random.Generator, estimator: str
-) -> list[float]:
-    m = masks.shape[0]
-    order = rng.permutation(m)
-    halves = order[: m // 2], order[m // 2 : 2 * (m // 2)]
+def _halves(
+    m: int, blocks: np.ndarray | None, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Two disjoint random halves of the models, made of whole blocks when given."""
+    if blocks is None:
+        order = rng.permutation(m)
+        return order[: m // 2], order[m // 2 : 2 * (m // 2)]
+    ids = rng.permutation(np.unique(blocks))
+    half = ids.size // 2
+    return (
+        np.flatnonzero(np.isin(blocks, ids[:half])),
+        np.flatnonzero(np.isin(blocks, ids[half : 2 * half])),
+    )
+
+
+def _correlation(masks: np.ndarray, outputs: np.ndarray, halves, estimator: str) -> list[float]:
     values = [
         estimate_influence(masks[h], outputs[h], estimator=estimator).overall.values[:, 0]
         for h in halves
@@ -77,24 +88,35 @@ def split_half_stability(
     splits: int = 50,
     estimator: str = "difference",
     seed: int = 0,
+    blocks: np.ndarray | None = None,
 ) -> SplitHalf:
     """Rank correlation of the overall class influence estimated on two random halves of the
-    models, averaged over ``splits`` splits. ``outputs`` is one value per model (m,)."""
+    models, averaged over ``splits`` splits. ``outputs`` is one value per model (m,).
+
+    ``blocks`` (one id per model) keeps the models of a block in the same half: models that
+    share a training seed must, or the halves share that seed's noise and agree too well.
+    """
     masks = np.asarray(masks)
     outputs = np.asarray(outputs, dtype=np.float64).reshape(-1, 1)
     m = masks.shape[0]
     if m < 8:
         raise ValueError(f"split-half stability needs at least 8 models, have {m}")
+    if blocks is not None and np.unique(blocks).size < 2:
+        raise ValueError("split-half stability by blocks needs at least 2 blocks")
     rng = np.random.default_rng(seed)
-    correlations = []
+    correlations, used = [], []
     with warnings.catch_warnings():  # a half may leave a group always in or out: it is skipped
         warnings.simplefilter("ignore", InfluenceWarning)
         for _ in range(splits):
-            correlations += _split_correlation(masks, outputs, rng, estimator)
+            halves = _halves(m, blocks, rng)
+            found = _correlation(masks, outputs, halves, estimator)
+            correlations += found
+            used += [len(halves[0]) + len(halves[1])] * len(found)
     if not correlations:
         raise ValueError("no split gave enough groups with estimates in both halves")
+    models = m if blocks is None else round(float(np.mean(used)))
     return SplitHalf(
-        float(np.mean(correlations)), float(np.std(correlations)), len(correlations), m
+        float(np.mean(correlations)), float(np.std(correlations)), len(correlations), models
     )
 
 
@@ -144,7 +166,11 @@ def explained_by_subsets(masks: np.ndarray, outputs: np.ndarray, folds: int = 10
     y = np.asarray(outputs, dtype=np.float64).reshape(-1)
     if masks.shape[0] < 2 * folds:
         raise ValueError(f"need at least {2 * folds} models, have {masks.shape[0]}")
-    _, errors, baseline = ridge_cross_validation(masks, y, folds)
+    return explained_share(*ridge_cross_validation(masks, y, folds)[1:])
+
+
+def explained_share(errors: np.ndarray, baseline: float) -> float:
+    """:func:`explained_by_subsets` from a :func:`ridge_cross_validation` already run."""
     return float(1.0 - errors.min() / baseline) if baseline > 0 else float("nan")
 
 

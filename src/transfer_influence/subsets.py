@@ -51,6 +51,7 @@ def make_job(
     base_seed: int,
     design: str = "random",
     shared_seed: bool = False,
+    seed_index: int | None = None,
 ) -> Job:
     """Job ``index`` of a run: a pure function of its arguments.
 
@@ -59,7 +60,8 @@ def make_job(
     fresh permutation of the groups into 1/alpha disjoint subsets for each round of 1/alpha
     jobs, so every group is in exactly alpha of the jobs of each round. With ``shared_seed``
     every job gets the same training seed (same initialisation, augmentation and sampling
-    stream), which removes seed noise from comparisons between subsets.
+    stream), which removes seed noise from comparisons between subsets. Jobs given the same
+    ``seed_index`` share the seed drawn for it (a run's chunks: one seed per chunk).
     """
     if index < 0:
         raise ValueError(f"job index must be non-negative, got {index}")
@@ -87,7 +89,9 @@ def make_job(
         mask[rng.choice(n_groups, size=size, replace=False)] = True
         if design == "complementary" and index % 2 == 1:
             mask = ~mask
-    seed_rng = np.random.default_rng([base_seed, 0 if shared_seed else index, _SEED_STREAM])
+    if seed_index is None:
+        seed_index = 0 if shared_seed else index
+    seed_rng = np.random.default_rng([base_seed, seed_index, _SEED_STREAM])
     seed = int(seed_rng.integers(0, 2**31 - 1))
     return Job(index=index, seed=seed, mask=mask)
 
@@ -99,5 +103,8 @@ def make_jobs(
     base_seed: int,
     design: str = "random",
     shared_seed: bool = False,
+    seed_index: int | None = None,
 ) -> list[Job]:
-    return [make_job(i, n_groups, alpha, base_seed, design, shared_seed) for i in indices]
+    return [
+        make_job(i, n_groups, alpha, base_seed, design, shared_seed, seed_index) for i in indices
+    ]

@@ -75,7 +75,8 @@ def run_facts(store: RunStore, influence: ClassInfluence) -> list[tuple[str, str
         (
             "Subsets",
             f"α = {config.run.alpha:g} of the groups each, {config.run.design} design"
-            + (", shared seed" if config.run.shared_seed else ""),
+            + (", shared seed" if config.run.shared_seed else "")
+            + (", a seed per chunk of models" if config.run.seed_per_chunk else ""),
         ),
         ("Trainer", f"{config.trainer.type}: {recipe}"),
         ("Target accuracy of the models", _percent(metrics["target_accuracy"][healthy])),
@@ -91,7 +92,7 @@ def run_facts(store: RunStore, influence: ClassInfluence) -> list[tuple[str, str
             "Split-half rank stability",
             f"{stability.spearman:.2f} (≈{stability.models_needed(0.9):,.0f} models for 0.9)"
             if stability is not None
-            else "needs at least 8 models",
+            else "needs at least 8 models (in 2 chunks, with a seed per chunk)",
         )
     )
     facts.append(

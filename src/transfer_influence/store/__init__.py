@@ -2,6 +2,6 @@
 
 from .files import CorruptFileError
 from .records import RecordError
-from .run import Chunk, RunError, RunStore
+from .run import Chunk, ChunkOutputs, RunError, RunStore
 
-__all__ = ["Chunk", "CorruptFileError", "RecordError", "RunError", "RunStore"]
+__all__ = ["Chunk", "ChunkOutputs", "CorruptFileError", "RecordError", "RunError", "RunStore"]

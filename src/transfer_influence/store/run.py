@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -37,7 +37,7 @@ from .claims import Claim, claim_state, try_claim
 from .files import CorruptFileError, read_arrays, read_json, write_arrays, write_json
 from .records import RecordError, outputs_from_arrays, pack_results
 
-__all__ = ["Chunk", "RunError", "RunStore"]
+__all__ = ["Chunk", "ChunkOutputs", "RunError", "RunStore"]
 
 FORMAT = 1
 
@@ -88,6 +88,22 @@ def _plan(existing: list[Chunk], models: int, chunk_size: int) -> list[Chunk]:
         chunks.append(Chunk(start, min(start + chunk_size, models)))
         start = chunks[-1].stop
     return chunks
+
+
+class ChunkOutputs(NamedTuple):
+    """One chunk's healthy models: ``masks`` (m x K), ``values`` (m x n) of one output,
+    ``excluded`` (models left out) and ``offset`` (n).
+
+    In a run with ``seed_per_chunk`` the chunk's models share a training seed, and the seed
+    shifts every model's outputs alike: ``values`` are centred on the chunk's mean per example
+    and ``offset`` is that mean (``values + offset`` are the outputs as recorded; a chunk with a
+    single healthy model cannot be centred and is left out). Elsewhere ``offset`` is zero.
+    """
+
+    masks: np.ndarray
+    values: np.ndarray
+    excluded: int
+    offset: np.ndarray
 
 
 class RunStore:
@@ -166,7 +182,8 @@ class RunStore:
         if not (Path(root) / "run.json").exists():
             return cls.create(root, config, task, config_text)
         store = cls(root)
-        differences = defining_diff(store.meta["config"], config.to_dict())
+        # Compared as parsed, so a field added in a later version reads as its default.
+        differences = defining_diff(store.config.to_dict(), config.to_dict())
         if differences:
             raise RunError(
                 f"{root} holds a run of another config ({'; '.join(differences)}); "
@@ -243,6 +260,7 @@ class RunStore:
             r.seed,
             r.design,
             r.shared_seed,
+            chunk.start if r.seed_per_chunk else None,
         )
 
     # -- chunk files ------------------------------------------------------------------------
@@ -313,14 +331,22 @@ class RunStore:
                 except FileNotFoundError:
                     pass
 
-    def iter_outputs(self, key: str, output: str) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
-        """Per finished chunk: masks and one output of its healthy models, and how many were
-        excluded as unhealthy (NaN or diverged)."""
+    def iter_outputs(self, key: str, output: str) -> Iterator[ChunkOutputs]:
+        """Per finished chunk: masks and one output of its healthy models (see
+        :class:`ChunkOutputs`), and how many were left out as unhealthy (NaN or diverged)."""
         labels = self.target(key.split("/")[0]).labels
+        per_chunk_seed = self.config.run.seed_per_chunk
         for _, arrays in self.iter_chunks():
             healthy = arrays["status"] == "ok"
-            values = outputs_from_arrays(arrays, key, output, labels)
-            yield arrays["mask"][healthy], values[healthy], int(np.count_nonzero(~healthy))
+            values = outputs_from_arrays(arrays, key, output, labels)[healthy]
+            masks = arrays["mask"][healthy]
+            offset = np.zeros(values.shape[1])
+            if per_chunk_seed and values.shape[0] < 2:  # nothing to centre on: left out
+                masks, values, healthy = masks[:0], values[:0], np.zeros_like(healthy)
+            elif per_chunk_seed:
+                offset = values.mean(axis=0, dtype=np.float64)
+                values = (values - offset).astype(values.dtype)
+            yield ChunkOutputs(masks, values, int(np.count_nonzero(~healthy)), offset)
 
     def chunk_meta(self, chunk: Chunk) -> dict[str, Any] | None:
         """A finished chunk's metadata (times, worker, device), read without verifying."""

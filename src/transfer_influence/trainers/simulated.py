@@ -2,9 +2,11 @@
 
 Each model's correct-class logit on target example j is
 
-    base_j + sum_k mask_k * effect[k, j] + model_noise + example_noise_j
+    base_j + sum_k mask_k * effect[k, j] + model_noise + example_noise_j + unshared_noise_j
 
-and the other logits are fixed per example, so the *margin* output is exactly additive in the
+The first two noise terms are drawn from the model's training seed, so models that share a seed
+share them; the last from the model's index, as the chaos of training that no shared seed
+removes. The other logits are fixed per example, so the *margin* output is exactly additive in the
 groups and its true difference-in-means influence is known in closed form.
 """
 
@@ -35,7 +37,11 @@ class SimulatedTrainer:
     active:
         Fraction of groups with any effect; the rest are irrelevant.
     model_noise, example_noise:
-        Standard deviations of noise shared by all examples of a model, and per example.
+        Standard deviations of noise shared by all examples of a model, and per example; both
+        follow the model's training seed.
+    unshared_noise:
+        Standard deviation of per-example noise that follows the model's index instead, so a
+        shared seed does not remove it (default 0: a shared seed removes all noise).
     null:
         No group has any effect (for checking that confidence intervals hold).
     seconds_per_model:
@@ -57,6 +63,7 @@ class SimulatedTrainer:
         active: float = 0.5,
         model_noise: float = 0.05,
         example_noise: float = 0.05,
+        unshared_noise: float = 0.0,
         null: bool = False,
         seconds_per_model: float = 0.0,
         diverge: Sequence[int] = (),
@@ -69,6 +76,7 @@ class SimulatedTrainer:
         self.groups, self.examples, self.classes = groups, examples, classes
         self.targets, self.modes = tuple(targets), tuple(modes)
         self.model_noise, self.example_noise = model_noise, example_noise
+        self.unshared_noise = unshared_noise
         self.seconds_per_model = seconds_per_model
         self.diverge = frozenset(int(i) for i in diverge)
         self.seed = seed
@@ -143,6 +151,9 @@ class SimulatedTrainer:
                         + rng.normal(0.0, self.model_noise)
                         + rng.normal(0.0, self.example_noise, size=self.examples)
                     )
+                    if self.unshared_noise:
+                        chaos = np.random.default_rng([self.seed, job.index, t, m, 1])
+                        score += chaos.normal(0.0, self.unshared_noise, size=self.examples)
                     logits = other_logits.copy()
                     logits[np.arange(self.examples), labels] = score
                     if job.index in self.diverge:
