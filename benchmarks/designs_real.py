@@ -11,9 +11,10 @@ of models on independently drawn random subsets:
 - ``shared`` and ``shared-2``: every model of the run the same seed (``run.shared_seed``: the
   same initialisation and sampling stream, so models differ by their subsets, not by their
   luck), a different seed in each of the two runs;
-- ``chunk-seeds``: a seed per chunk of 16 models (``run.seed_per_chunk``): each chunk's
-  outputs are centred, which removes its seed's offset, so the ranking is the seed-averaged
-  one; its split-half stability splits whole chunks, so it is stability across seeds.
+- ``chunk-seeds`` and ``chunk4-seeds``: a seed per chunk of 16 (or 4) models
+  (``run.seed_per_chunk``): each chunk's outputs are centred, which removes its seed's
+  offset, so the ranking is the seed-averaged one; split-half stability splits whole chunks,
+  so it is stability across seeds.
 
 For each arm and estimator (difference in means, regression), at growing m (the first m
 models): split-half rank stability of the overall group ranking with its Spearman-Brown
@@ -23,7 +24,7 @@ of their estimates against the ceiling their reliabilities allow — a shared se
 ranking stable but specific to that seed, and two shared-seed arms with different seeds would
 then disagree. Runs resume from ``--workdir``.
 
-    python benchmarks/designs_real.py [--models 240] [--arms independent,shared,chunk-seeds]
+    python benchmarks/designs_real.py [--models 240] [--arms independent,chunk-seeds,...]
         [--epochs 6] [--batch-size 128] [--workdir DIR]
 """
 
@@ -61,6 +62,7 @@ ARMS = {
     "shared": {"seed": 1, "shared_seed": True},
     "shared-2": {"seed": 2, "shared_seed": True},
     "chunk-seeds": {"seed": 3, "seed_per_chunk": True, "chunk_size": 16},
+    "chunk4-seeds": {"seed": 4, "seed_per_chunk": True, "chunk_size": 4},
 }
 
 
@@ -131,8 +133,13 @@ def measure(masks: np.ndarray, y: np.ndarray, blocks, sizes) -> list[dict]:
     rows = []
     k = masks.shape[1]
     for m in sizes:
+        # The smallest half: half the models, or the smallest half of the seed blocks.
+        counts = (
+            np.sort(np.bincount(blocks[:m])[np.unique(blocks[:m])]) if blocks is not None else None
+        )
+        half = m // 2 if counts is None else int(counts[: counts.size // 2].sum())
         for estimator in ESTIMATORS:
-            if estimator == "regression" and m // 2 < k + 10:
+            if estimator == "regression" and half < k + 10:
                 continue
             split = split_half_stability(
                 masks[:m], y[:m], splits=50, estimator=estimator,

@@ -66,7 +66,9 @@ class ClassInfluence:
     has one. After :meth:`fit`: ``estimate_`` (:class:`InfluenceEstimate`), ``classes_`` (one
     row per source group, most helpful first), ``per_target_class_`` (long table),
     ``n_models_`` and ``n_excluded_`` (unhealthy models left out), ``example_ids_`` and
-    ``example_labels_`` (the target examples, in the order of the per-example columns).
+    ``example_labels_`` (the target examples, in the order of the per-example columns);
+    how far to trust it: ``stability_`` (:class:`SplitHalf` or None), ``lds_``,
+    ``explained_`` and, for reading those, ``shared_seed_`` and ``seed_per_chunk_``.
     """
 
     def __init__(
@@ -140,7 +142,7 @@ class ClassInfluence:
         self.example_ids_ = target.example_ids
         self.example_labels_ = target.labels
         self.n_models_ = accumulator.n_models
-        self.mean_output_ = output_sum / (m * target.labels.size)
+        self.mean_output_ = float(output_sum / (m * target.labels.size))
         self.classes_ = self._table(self.estimate_.overall, None)
         self.per_target_class_ = pd.concat(
             [

@@ -34,6 +34,7 @@ def add_cluster_command(sub: argparse._SubParsersAction) -> dict:
         help="override a config value, e.g. --set trainer.params.recipe.epochs=10",
     )  # fmt: skip
     cluster.add_argument("--device", help="cpu, cuda or cuda:N (default: a GPU when there is one)")
+    cluster.add_argument("--quiet", action="store_true", help="no progress bar")
     return {"cluster": _cmd_cluster}
 
 
@@ -61,7 +62,7 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
             f"({recipe.epochs} epochs, {device}) for its features ...",
             file=sys.stderr,
         )
-        features = pretrained_features(source, recipe, args.seed, device)
+        features = pretrained_features(source, recipe, args.seed, device, not args.quiet)
     clusters = FeatureClusters(args.clusters, seed=args.seed)
     clusters.fit(features, source.labels, source.names)
     out = Path(args.out)

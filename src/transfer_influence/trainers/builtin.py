@@ -39,7 +39,11 @@ def resolve_device(requested: str | None = None) -> torch.device:
 
 
 def pretrained_features(
-    source: ImageDataset, recipe: Recipe, seed: int = 0, device: torch.device | None = None
+    source: ImageDataset,
+    recipe: Recipe,
+    seed: int = 0,
+    device: torch.device | None = None,
+    progress: bool = False,
 ) -> np.ndarray:
     """Features (N x D, float32) of every source image under one model pretrained on all of
     them with ``recipe``: what ``transfer-influence cluster`` groups the images by."""
@@ -50,7 +54,7 @@ def pretrained_features(
     everything = [np.arange(len(source))]
     train_stack(
         net, images, labels, everything, [seed], recipe, recipe.epochs, recipe.lr,
-        low_res_epochs=recipe.low_res_epochs,
+        low_res_epochs=recipe.low_res_epochs, progress=progress,
     )  # fmt: skip
     return extract_features(net, images)[0].cpu().numpy()
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 __all__ = ["POOLS", "Recipe", "StackedResNet", "extract_features", "train_stack"]
 
@@ -231,13 +232,15 @@ def train_stack(
     lr: float,
     epoch_size: int | None = None,
     low_res_epochs: int = 0,
+    progress: bool = False,
 ) -> None:
     """Train model g of ``net`` on ``images[members[g]]`` (uint8 N x H x W x 3 on the device).
 
     An epoch is ``epoch_size`` images (default: the mean member count). Pass a value that does
     not depend on which models share the stack — such as the expected subset size — so that a
     model trains the same whatever its neighbours. The first ``low_res_epochs`` train at
-    ``recipe.low_res_size`` pixels (pretraining only: fine-tuning passes 0).
+    ``recipe.low_res_size`` pixels (pretraining only: fine-tuning passes 0). ``progress``
+    shows a bar over the steps.
     """
     device = images.device
     cuda = device.type == "cuda"
@@ -271,7 +274,7 @@ def train_stack(
     g_index = torch.arange(len(members), device=device)[:, None]
     low_res_steps = steps // epochs * low_res_epochs if recipe.low_res_size else 0
     net.train()
-    for step in range(steps):
+    for step in tqdm(range(steps), desc="training", unit="step", disable=not progress, leave=False):
         index = member_table[g_index, positions[step]]  # G x B image indices
         batch = _augmented_batch(padded, index, dys[step], dxs[step], flips[step], size)
         x = _normalise(batch, dtype)  # G x B x 3 x H x W
