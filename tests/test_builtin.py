@@ -185,3 +185,22 @@ def test_recipe_refuses_bad_fast_knobs(knobs, message):
 
     with pytest.raises(ValueError, match=message):
         Recipe(epochs=6, **knobs)
+
+
+@pytest.mark.parametrize("widths, size", [((16, 32, 64), 32), ((8, 16, 32, 64), 16)])
+def test_forward_macs_counts_every_convolution(widths, size):
+    """The dry-run's cost estimate rests on this count: check it against the real network."""
+    net = StackedResNet(1, widths, 10)
+    counted = []
+
+    def count(module, inputs, output):
+        per_output = module.in_channels // module.groups * module.kernel_size[0] ** 2
+        counted.append(output.numel() * per_output)
+
+    for module in net.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            module.register_forward_hook(count)
+    net.eval()
+    with torch.no_grad():
+        net.features(torch.zeros(1, 3, size, size))
+    assert StackedResNet.forward_macs(widths, size) == sum(counted)

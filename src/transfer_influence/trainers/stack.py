@@ -125,6 +125,18 @@ class StackedResNet(nn.Module):
         self.head_weight = nn.Parameter(torch.zeros(models, self.feature_dim, classes))
         self.head_bias = nn.Parameter(torch.zeros(models, classes))
 
+    @staticmethod
+    def forward_macs(widths: tuple[int, ...], size: int) -> int:
+        """Multiply-accumulates of one model's forward pass on one ``size`` x ``size`` image."""
+        macs, c_in, side = size * size * 3 * widths[0] * 9, widths[0], size  # the stem
+        for i, width in enumerate(widths):
+            macs += side * side * c_in * width * 9
+            side //= 2
+            if i in (0, len(widths) - 1):  # the residual pair, after pooling
+                macs += 2 * side * side * width * width * 9
+            c_in = width
+        return macs
+
     @property
     def feature_dim(self) -> int:
         return self.widths[-1] * (2 if self.pool == "max+mean" else 1)
