@@ -27,7 +27,7 @@ from .importing import record_file
 from .outputs import output_units
 from .stability import SHARED_SEED_CAVEAT, explained_sentence
 from .store import CorruptFileError, RecordError, RunError, RunStore
-from .store.status import run_status
+from .store.status import duration, run_status
 from .trainers import load_trainer
 
 EXIT_BAD_INPUT = 2
@@ -239,9 +239,10 @@ def _dry_run(run_dir: Path, config: Config, trainer: object, workers: int) -> in
         print("cost: unknown until the first chunk finishes")
     else:
         total = seconds * missing / workers
+        per_model = f"{seconds:.3g} s" if seconds < 120 else duration(seconds)
         print(
-            f"cost: about {seconds:.3g} s per model ({source}), "
-            f"{total / 60:.1f} min with {workers} worker(s)"
+            f"cost: about {per_model} per model ({source}), "
+            f"{duration(total)} with {workers} worker(s)"
         )
     return 0
 

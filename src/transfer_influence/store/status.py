@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from .run import RunStore
 
-__all__ = ["RunStatus", "run_status"]
+__all__ = ["RunStatus", "duration", "run_status"]
 
 _RECENT_CHUNKS = 20
 
@@ -38,11 +38,12 @@ class RunStatus:
                 f"{self.models_per_hour:.4g} models/hour recently"
             )
         if self.missing and not math.isnan(self.eta_seconds):
-            rows.append(f"finish   in about {_duration(self.eta_seconds)} at the recent rate")
+            rows.append(f"finish   in about {duration(self.eta_seconds)} at the recent rate")
         return rows
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """Seconds as a person reads them: "45 s", "12 min", "3.5 h"."""
     if seconds < 120:
         return f"{seconds:.0f} s"
     if seconds < 7200:
