@@ -71,7 +71,12 @@ def _halves(
     )
 
 
-def _correlation(masks: np.ndarray, outputs: np.ndarray, halves, estimator: str) -> list[float]:
+def _correlation(
+    masks: np.ndarray,
+    outputs: np.ndarray,
+    halves: tuple[np.ndarray, np.ndarray],
+    estimator: str,
+) -> list[float]:
     values = [
         estimate_influence(masks[h], outputs[h], estimator=estimator).overall.values[:, 0]
         for h in halves
