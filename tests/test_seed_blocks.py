@@ -101,3 +101,12 @@ def test_a_run_made_before_a_config_field_existed_still_resumes(tmp_path):
     (store.root / "run.json").write_text(json.dumps(meta))
     grown, _ = _run(tmp_path, "run", models=48)
     assert grown.planned_models == 48 and not grown.missing_chunks()
+
+
+def test_the_report_says_how_seeds_were_shared_and_split(tmp_path, cli):
+    store, _ = _run(tmp_path, "run", models=64, seed_per_chunk=True)
+    code, _, err = cli("report", store.root, "--output", "margin", "--quiet")
+    assert code == 0, err
+    html = (store.root / "report" / "index.html").read_text()
+    assert "a seed per chunk of models" in html
+    assert "halves of whole chunks, so across seeds" in html

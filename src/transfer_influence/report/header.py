@@ -90,7 +90,8 @@ def run_facts(store: RunStore, influence: ClassInfluence) -> list[tuple[str, str
     facts.append(
         (
             "Split-half rank stability",
-            f"{stability.spearman:.2f} (≈{stability.models_needed(0.9):,.0f} models for 0.9)"
+            f"{stability.spearman:.2f} (≈{stability.models_needed(0.9):,.0f} models for 0.9"
+            + ("; halves of whole chunks, so across seeds)" if influence.seed_per_chunk_ else ")")
             if stability is not None
             else "needs at least 8 models (in 2 chunks, with a seed per chunk)",
         )
