@@ -123,6 +123,8 @@ def test_cluster_command_reads_your_own_features_and_names_bad_input(tmp_path, c
     assert code == 2 and "no features for 6 image(s)" in err and len(err.splitlines()) == 1
     code, _, err = cli("cluster", config, "--clusters", 40, "--features", tmp_path / "f.npz")
     assert code == 2 and "between 2 and half the images (18)" in err
+    code, _, err = cli("cluster", config, "--out", tmp_path / "groups.csv")
+    assert code == 2 and "the groups file is JSON" in err
     simulated = tmp_path / "sim.toml"
     simulated.write_text('[trainer]\ntype = "simulated"\n')
     code, _, err = cli("cluster", simulated)

@@ -46,6 +46,9 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
     from .trainers.builtin import pretrained_features, resolve_device
     from .trainers.stack import Recipe
 
+    out = Path(args.out)
+    if out.suffix == ".csv":
+        raise ValueError(f"--out {out}: the groups file is JSON; its description goes to .csv")
     config = load_config(args.config, args.set)
     params = config.trainer.params
     if config.trainer.type != "builtin" or "source" not in params:
@@ -65,7 +68,6 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
         features = pretrained_features(source, recipe, args.seed, device, not args.quiet)
     clusters = FeatureClusters(args.clusters, seed=args.seed)
     clusters.fit(features, source.labels, source.names)
-    out = Path(args.out)
     write_json(out, clusters.mapping(source.example_ids))
     described = out.with_suffix(".csv")
     atomic_write_bytes(described, clusters.clusters_.to_csv(index=False).encode())
