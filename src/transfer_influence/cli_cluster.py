@@ -68,10 +68,10 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
         features = pretrained_features(source, recipe, args.seed, device, not args.quiet)
     clusters = FeatureClusters(args.clusters, seed=args.seed)
     clusters.fit(features, source.labels, source.names)
+    table = clusters.clusters_
     write_json(out, clusters.mapping(source.example_ids))
     described = out.with_suffix(".csv")
-    atomic_write_bytes(described, clusters.clusters_.to_csv(index=False).encode())
-    table = clusters.clusters_
+    atomic_write_bytes(described, table.to_csv(index=False).encode())
     print(
         f"{args.clusters} clusters of {len(source):,} images ({features.shape[1]} features) in "
         f"{time.perf_counter() - started:.0f} s; median purity {table['purity'].median():.0%} "

@@ -54,7 +54,7 @@ def mapped_groups(source: ImageDataset, path: str | None = None) -> SourceGroups
     name to a group name (e.g. CIFAR-100's superclasses), or every source image's example id
     to one (e.g. the feature clusters ``transfer-influence cluster`` writes)."""
     if path is None:
-        return _grouped(source, source.names, np.arange(len(source.class_names))[source.labels])
+        return _grouped(source, source.names, source.labels.copy())  # a class is its group
     file = Path(expand_path(path))
     try:
         mapping = json.loads(file.read_text())
