@@ -4,8 +4,10 @@ closer are the estimates than with an own seed per model?
 The simulated trainer's noise mostly follows the training seed (model 0.1, per example 0.3)
 with a little that does not (0.05 per example); 20 groups, 200 target examples, 160 models in
 chunks of 16, margin output (exactly additive, so the truth is known). For each of three
-simulated tasks, design (random, balanced), seeding (own seed per model, a seed per chunk) and
-estimator: coverage of the per-example 95% intervals, mean standard error, mean absolute error.
+simulated tasks, five runs (subset and seed draws), design (random, balanced), seeding (own
+seed per model, a seed per chunk) and estimator: coverage of the per-example 95% intervals,
+mean standard error, mean absolute error. One run's coverage varies a lot (the groups' part
+of the error is shared by all examples), so the summary is over the 15 runs of each arm.
 
     python benchmarks/seed_per_chunk_sim.py
 """
@@ -16,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from _common import save_result
 from transfer_influence import ClassInfluence, RunStore
@@ -27,11 +30,14 @@ NOISE = {"model_noise": 0.1, "example_noise": 0.3, "unshared_noise": 0.05}
 TASK = {"groups": 20, "examples": 200, "classes": 4, "modes": ["fixed_feature"]}
 
 
+RUN_SEEDS = (7, 8, 9, 10, 11)
+
+
 def _fit(folder: Path, task_seed: int, run: dict) -> list[dict]:
     params = {**TASK, **NOISE, "effect_scale": 0.05, "seed": task_seed}
     config = Config.from_dict(
         {
-            "run": {"models": 160, "chunk_size": 16, "seed": 7, **run},
+            "run": {"models": 160, "chunk_size": 16, **run},
             "trainer": {"type": "simulated", "params": params},
         }
     )
@@ -61,19 +67,28 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for task_seed in (4, 5, 6):
-            for design in ("random", "balanced"):
-                for per_chunk in (False, True):
-                    run = {"design": design, "seed_per_chunk": per_chunk}
-                    name = f"{task_seed}-{design}-{per_chunk}"
-                    rows += _fit(Path(scratch) / name, task_seed, run)
-    for row in rows:
-        print(
-            f"task {row['task_seed']} {row['design']:>8} "
-            f"{'seed per chunk' if row['seed_per_chunk'] else 'own seed':>14} "
-            f"{row['estimator']:>10}: coverage {row['coverage']:.3f}  "
-            f"stderr {row['mean_stderr']:.4f}  error {row['mean_abs_error']:.4f}"
+            for run_seed in RUN_SEEDS:
+                for design in ("random", "balanced"):
+                    for per_chunk in (False, True):
+                        run = {"seed": run_seed, "design": design, "seed_per_chunk": per_chunk}
+                        name = f"{task_seed}-{run_seed}-{design}-{per_chunk}"
+                        rows += _fit(Path(scratch) / name, task_seed, run)
+    table = pd.DataFrame(rows)
+    summary = (
+        table.groupby(["design", "seed_per_chunk", "estimator"])
+        .agg(
+            runs=("coverage", "size"),
+            coverage=("coverage", "mean"),
+            coverage_min=("coverage", "min"),
+            coverage_max=("coverage", "max"),
+            mean_stderr=("mean_stderr", "mean"),
+            mean_abs_error=("mean_abs_error", "mean"),
         )
-    print(save_result("seed_per_chunk_sim", {"noise": NOISE, "task": TASK, "rows": rows}))
+        .reset_index()
+    )
+    print(summary.to_string(index=False, float_format="{:.4f}".format))
+    result = {"noise": NOISE, "task": TASK, "summary": summary.to_dict("records"), "rows": rows}
+    print(save_result("seed_per_chunk_sim", result))
 
 
 if __name__ == "__main__":

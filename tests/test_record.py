@@ -86,7 +86,9 @@ def test_shared_fixture_imports_and_estimates(tmp_path, cli):
     assert "models 0..148" in out
     code, out, err = cli("estimate", tmp_path / "fixture")
     assert code == 0, err
-    assert "held-out LDS (regression" in out  # 149 models >= K + 10: auto picks regression
+    # The default takes the estimator with the smaller error: at 149 models for 100 classes the
+    # regression's unpenalised fit is too loose, so the difference in means.
+    assert "held-out LDS (difference" in out
     model = ClassInfluence(estimator="difference").fit(RunStore(tmp_path / "fixture"))
     assert model.n_models_ == 149 and len(model.classes_) == 100
     with np.load(FIXTURE) as fixture:
@@ -99,9 +101,10 @@ def test_shared_fixture_imports_and_estimates(tmp_path, cli):
     np.testing.assert_allclose(got, direct.overall.values[:, 0], atol=1e-6)
     # Real effects are small next to the noise of 149 models: errors of 0.05-1 points.
     assert model.classes_["stderr"].between(0.0005, 0.01).all()
-    adjusted = ClassInfluence().fit(RunStore(tmp_path / "fixture"))
-    assert adjusted.estimate_.estimator == "regression"
-    assert adjusted.classes_["stderr"].mean() < 0.6 * model.classes_["stderr"].mean()
+    assert ClassInfluence().fit(RunStore(tmp_path / "fixture")).estimate_.estimator == "difference"
+    adjusted = ClassInfluence(estimator="regression").fit(RunStore(tmp_path / "fixture"))
+    ratio = adjusted.classes_["stderr"].median() / model.classes_["stderr"].median()
+    assert 1.0 < ratio < 1.4, ratio
 
 
 @pytest.mark.skipif(not FIXTURE.exists(), reason="needs ../shared/fixtures (real model outputs)")

@@ -103,7 +103,7 @@ class ClassInfluence:
         )
         chunk_masks, output_sum = [], 0.0
         for chunk in chunks:
-            accumulator.update(chunk.masks, chunk.values)
+            accumulator.update(chunk.masks, chunk.values, chunk.rounds)
             self.n_excluded_ += chunk.excluded
             chunk_masks.append(chunk.masks)
             output_sum += chunk.values.sum(dtype=np.float64) + len(chunk.masks) * chunk.offset.sum()

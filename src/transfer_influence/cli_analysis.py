@@ -27,8 +27,8 @@ def add_estimation_arguments(parser: argparse.ArgumentParser) -> None:
         "--estimator",
         choices=ESTIMATORS,
         default="auto",
-        help="difference in means (the paper's), joint regression, or auto (the default): "
-        "regression once there are K + 10 models, else the difference in means",
+        help="difference in means (the paper's), joint regression (needs K + 10 models), or "
+        "auto (the default): whichever has the smaller error of the overall influence",
     )
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .outputs import DEFAULT_OUTPUTS, get_output
-from .subsets import DESIGNS
+from .subsets import DESIGNS, round_size
 
 __all__ = ["NON_DEFINING", "Config", "ConfigError", "defining_diff", "load_config"]
 
@@ -100,7 +100,7 @@ class Config:
             _check(not r.shared_seed, "choose run.shared_seed or run.seed_per_chunk, not both")
             # Whole rounds of the design per chunk, so each seed's models hold every group
             # equally often and the seed's offset cancels from every contrast.
-            rounds = {"balanced": round(1 / r.alpha), "complementary": 2}.get(r.design, 1)
+            rounds = round_size(r.design, r.alpha) or 1
             _check(r.chunk_size >= 2, "run.seed_per_chunk needs run.chunk_size >= 2")
             _check(
                 r.chunk_size % rounds == 0,

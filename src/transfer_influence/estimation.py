@@ -10,18 +10,21 @@ the same size and the pooled error equals Welch's.
 
 Summaries over target examples (overall, per target class) are computed from each model's
 mean output over those examples, so their errors also vary over models, never over examples
-as if they were independent draws.
+as if they were independent draws. Where the design makes models in rounds that partition
+the groups (complementary, balanced), models are not independent and the round is the unit:
+see :mod:`transfer_influence.rounds`.
 """
 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy.special import stdtrit
 
 from .regression import choose_ridge, regression_influence
+from .rounds import RoundContrasts
 
 __all__ = [
     "Influence",
@@ -45,7 +48,8 @@ class Influence:
     """Influence of K groups on some targets, with standard errors across models.
 
     ``values`` and ``stderr`` are K x T (T target examples, target classes or one column for
-    the overall mean). ``dof`` is the degrees of freedom of the pooled variance (models - 2).
+    the overall mean). ``dof`` is the degrees of freedom of the error (models - 2 for the pooled
+    variance, rounds - 1 over design rounds, residual degrees of freedom for the regression).
     """
 
     values: np.ndarray
@@ -116,11 +120,22 @@ class InfluenceAccumulator:
         self._sum_sq = np.zeros(n_examples, dtype=np.float64)
         self._masks: list[np.ndarray] = []
         self._summaries: list[np.ndarray] = []  # per model: [mean over all, mean per class...]
+        # Per-round contrasts (per example, per summary), for designs whose models come in rounds.
+        self._by_round: tuple[RoundContrasts, RoundContrasts] | None = None
 
-    def update(self, masks: np.ndarray, outputs: np.ndarray) -> InfluenceAccumulator:
-        """Add models: ``masks`` is m_chunk x K bool, ``outputs`` m_chunk x n float."""
+    def update(
+        self, masks: np.ndarray, outputs: np.ndarray, rounds: np.ndarray | None = None
+    ) -> InfluenceAccumulator:
+        """Add models: ``masks`` is m_chunk x K bool, ``outputs`` m_chunk x n float.
+
+        ``rounds`` (m_chunk integers) numbers each model's design round where the design makes
+        models in rounds that partition the groups (complementary, balanced); the difference in
+        means' errors are then computed over rounds. Give it with every update or with none.
+        """
         masks = np.asarray(masks)
         outputs = np.asarray(outputs)
+        if self.n_models and (rounds is None) != (self._by_round is None):
+            raise ValueError("give rounds with every update or with none")
         if masks.ndim != 2 or masks.shape[1] != self.n_groups or masks.dtype != np.bool_:
             raise ValueError(f"masks must be a bool array of shape (models, {self.n_groups})")
         if outputs.shape != (masks.shape[0], self.n_examples):
@@ -132,6 +147,12 @@ class InfluenceAccumulator:
             raise ValueError("outputs contain NaN or infinity; exclude unhealthy models first")
         if masks.shape[0] == 0:
             return self
+        if rounds is not None and self._by_round is None:
+            columns = self._summary_weights.shape[1]
+            self._by_round = (
+                RoundContrasts(self.n_groups, self.n_examples),
+                RoundContrasts(self.n_groups, columns, np.float64),
+            )
         y = outputs.astype(np.float32, copy=False)
         # The one O(K*m*n) step, in float32 (its rounding, ~1e-7 of the output's scale, is far
         # below any effect worth reporting); partial sums are accumulated in float64.
@@ -143,7 +164,11 @@ class InfluenceAccumulator:
             block = y[start : start + _ROW_BLOCK]
             self._sum += block.sum(axis=0, dtype=np.float64)
             self._sum_sq += np.einsum("ij,ij->j", block, block)
-        self._summaries.append((y @ self._summary_weights).astype(np.float64))
+        summaries = (y @ self._summary_weights).astype(np.float64)
+        self._summaries.append(summaries)
+        if self._by_round is not None:
+            self._by_round[0].update(masks, y, rounds)
+            self._by_round[1].update(masks, summaries, rounds)
         self.n_models += masks.shape[0]
         self._masks.append(masks.copy())
         return self
@@ -163,9 +188,12 @@ class InfluenceAccumulator:
     ) -> InfluenceEstimate:
         """The estimate from all models added so far.
 
-        ``estimator`` is "difference" (the paper's difference in means) or "regression" (all
+        ``estimator`` is "difference" (the paper's difference in means), "regression" (all
         groups regressed jointly; see :mod:`transfer_influence.regression`), whose ``ridge``
-        penalty is chosen by cross-validation on the overall output unless given.
+        penalty is chosen by cross-validation on the overall output unless given, or "auto":
+        of the two, the one whose error of the overall influence is smaller (median over
+        groups). Both errors are honest, so the narrower says more: the regression once its
+        unpenalised fit is well determined and the subsets explain enough of the spread.
         """
         if estimator not in ESTIMATORS:
             raise ValueError(
@@ -173,33 +201,27 @@ class InfluenceAccumulator:
             )
         if self.n_models < 2:
             raise ValueError(f"need at least 2 models to estimate influence, have {self.n_models}")
-        if estimator == "auto":  # measured best where it applies (benchmarks/estimator_quality.py)
-            enough = self.n_models >= self.n_groups + MIN_RESIDUAL_DOF
-            estimator = "regression" if enough else "difference"
-        n_out = self.n_models - self._n_in
-        _warn_degenerate(self._n_in, n_out)
+        enough = self.n_models >= self.n_groups + MIN_RESIDUAL_DOF
+        if estimator == "regression" and not enough:
+            # Fewer models than groups fit the noise exactly: the errors would be fiction.
+            raise ValueError(
+                f"the regression estimator needs at least K + {MIN_RESIDUAL_DOF} = "
+                f"{self.n_groups + MIN_RESIDUAL_DOF} models, have {self.n_models}; "
+                "train more or use the difference estimator"
+            )
+        _warn_degenerate(self._n_in, self.n_models - self._n_in)
         masks = np.concatenate(self._masks)
         summaries = np.concatenate(self._summaries)
-        if estimator == "difference":
-            per_example = _pooled_difference(
-                self._sum_in, self._sum, self._sum_sq, self._n_in, self.n_models
-            )
-            summary = _exact_difference(masks, summaries)
-        else:
-            if self.n_models < self.n_groups + MIN_RESIDUAL_DOF:
-                # Fewer models than groups fit the noise exactly: the errors would be fiction.
-                raise ValueError(
-                    f"the regression estimator needs at least K + {MIN_RESIDUAL_DOF} = "
-                    f"{self.n_groups + MIN_RESIDUAL_DOF} models, have {self.n_models}; "
-                    "train more or use the difference estimator"
-                )
+        summary: dict[str, Influence] = {}
+        if estimator in ("difference", "auto"):
+            summary["difference"] = _exact_difference(masks, summaries)
+            if self._by_round is not None:
+                summary["difference"] = _round_errors(summary["difference"], self._by_round[1])
+        if estimator in ("regression", "auto") and enough:
             if ridge is None:
                 ridge = choose_ridge(masks, summaries[:, 0])
-            per_example = _regression(
-                self._gram, self._n_in, self._sum_in, self._sum, self._sum_sq, self.n_models, ridge
-            )
             x = masks.astype(np.float64)
-            summary = _regression(
+            summary["regression"] = _regression(
                 x.T @ x,
                 self._n_in,
                 x.T @ summaries,
@@ -208,19 +230,36 @@ class InfluenceAccumulator:
                 self.n_models,
                 ridge,
             )
+        if estimator == "auto":
+            estimator = min(summary, key=lambda name: np.nanmedian(summary[name].stderr[:, 0]))
+        if estimator == "difference":
+            ridge = None
+            per_example = _pooled_difference(
+                self._sum_in, self._sum, self._sum_sq, self._n_in, self.n_models
+            )
+            if self._by_round is not None:
+                per_example = _round_errors(per_example, self._by_round[0])
+        else:
+            per_example = _regression(
+                self._gram, self._n_in, self._sum_in, self._sum, self._sum_sq, self.n_models, ridge
+            )
+        chosen = summary[estimator]
         per_class = None
         if self.example_classes is not None:
             per_class = Influence(
-                summary.values[:, 1:],
-                summary.stderr[:, 1:],
-                summary.n_in,
-                summary.n_out,
-                summary.dof,
+                chosen.values[:, 1:], chosen.stderr[:, 1:], chosen.n_in, chosen.n_out, chosen.dof
             )
         overall = Influence(
-            summary.values[:, :1], summary.stderr[:, :1], summary.n_in, summary.n_out, summary.dof
+            chosen.values[:, :1], chosen.stderr[:, :1], chosen.n_in, chosen.n_out, chosen.dof
         )
         return InfluenceEstimate(per_example, overall, per_class, self.n_models, estimator, ridge)
+
+
+def _round_errors(influence: Influence, contrasts: RoundContrasts) -> Influence:
+    """The difference in means with its errors taken over design rounds."""
+    stderr, dof = contrasts.stderr()
+    stderr[np.isnan(influence.values)] = np.nan
+    return replace(influence, stderr=stderr, dof=dof)
 
 
 def _regression(gram, n_in, xty, total, total_sq, m, ridge) -> Influence:
@@ -237,19 +276,22 @@ def estimate_influence(
     example_classes: np.ndarray | None = None,
     estimator: str = "difference",
     ridge: float | None = None,
+    rounds: np.ndarray | None = None,
 ) -> InfluenceEstimate:
     """Influence of each group on each target example from all models at once.
 
     ``masks`` is m x K bool (group k in model i's subset), ``outputs`` m x n (model i's output
-    on target example j). Returns the K x n influence with standard errors and per-group
-    in/out counts, plus the overall and (given ``example_classes``) per-target-class summaries.
+    on target example j); ``rounds`` numbers the design round of each model where the design
+    has rounds (see :meth:`InfluenceAccumulator.update`). Returns the K x n influence with
+    standard errors and per-group in/out counts, plus the overall and (given
+    ``example_classes``) per-target-class summaries.
     """
     masks = np.asarray(masks)
     outputs = np.asarray(outputs)
     if masks.ndim != 2 or outputs.ndim != 2:
         raise ValueError("masks and outputs must both be 2-D (models first)")
     acc = InfluenceAccumulator(masks.shape[1], outputs.shape[1], example_classes)
-    return acc.update(masks, outputs).result(estimator, ridge)
+    return acc.update(masks, outputs, rounds).result(estimator, ridge)
 
 
 def _exact_difference(masks: np.ndarray, y: np.ndarray) -> Influence:

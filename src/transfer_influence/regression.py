@@ -9,8 +9,15 @@ one the difference in means estimates under an additive model,
     Infl[k] = b_k - mean_{l != k} b_l = K/(K-1) * (b_k - mean(b)),
 
 which is identified. Ridge regularisation (chosen by cross-validation over models) keeps it
-stable when there are few models per class. Everything here is computed from sufficient
-statistics (X'X, X'Y, sums of Y and Y^2), so it streams like the difference in means.
+stable when there are few models per class, but it shrinks every estimate toward zero, most
+for the largest effects — the ones a ranking is read for. An error from the ridge fit's own
+variance ignores that bias: its 95% intervals held the truth for 47-92% of the groups in
+simulation, and for 7-83% of the most influential tenth. So the error is that of the
+unpenalised least-squares fit (unbiased, identified once there are more models than groups)
+combined with the distance between the two fits, sqrt(se_ls^2 + (ridge - ls)^2): at least as
+wide as the unpenalised interval and centred on the reported estimate (97-100% coverage in
+the same simulations, `benchmarks/regression_intervals.py`). Everything here is computed from
+sufficient statistics (X'X, X'Y, sums of Y and Y^2), so it streams like the difference in means.
 """
 
 from __future__ import annotations
@@ -39,18 +46,27 @@ def regression_influence(
     g = gram - m * np.outer(mean_x, mean_x)  # centred X'X
     b = xty - np.outer(n_in, total / m)  # centred X'Y
     yy = total_sq - total**2 / m  # centred Y'Y
-    a = np.linalg.pinv(g) if ridge == 0 else np.linalg.inv(g + ridge * np.eye(k))
-    beta = a @ b
-    fitted_ss = np.einsum("kt,kt->t", beta, g @ beta)
-    rss = yy - 2.0 * np.einsum("kt,kt->t", beta, b) + fitted_ss
-    effective = float(np.trace(a @ g))
-    dof = max(int(round(m - 1 - effective)), 1)
-    sigma2 = np.maximum(rss, 0.0) / dof
     contrast = k / (k - 1) * (np.eye(k) - 1.0 / k)
-    values = contrast @ beta
-    factor = np.einsum("ij,jk,ik->i", contrast, a @ g @ a, contrast)
-    stderr = np.sqrt(np.maximum(factor, 0.0)[:, None] * sigma2[None, :])
-    return values, stderr, dof
+    inverse = _pseudo_inverse(g)
+    least_squares = inverse @ b
+    rss = yy - np.einsum("kt,kt->t", least_squares, b)  # b lies in the range of g
+    dof = max(int(round(m - 1 - np.trace(inverse @ g))), 1)
+    factor = np.einsum("ij,jk,ik->i", contrast, inverse, contrast)
+    variance = np.maximum(factor, 0.0)[:, None] * (np.maximum(rss, 0.0) / dof)[None, :]
+    values = contrast @ least_squares
+    if ridge > 0:
+        shrunk = contrast @ np.linalg.solve(g + ridge * np.eye(k), b)
+        variance += np.square(shrunk - values)
+        values = shrunk
+    return values, np.sqrt(variance), dof
+
+
+def _pseudo_inverse(gram: np.ndarray) -> np.ndarray:
+    """Inverse of a centred X'X on its range: fixed-size subsets leave the all-ones direction
+    out of it (the indicators sum to a constant), which no contrast depends on."""
+    w, v = np.linalg.eigh(gram)
+    inverse = np.divide(1.0, w, out=np.zeros_like(w), where=w > w.max() * 1e-10)
+    return (v * inverse) @ v.T
 
 
 def ridge_cross_validation(

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["DESIGNS", "Job", "make_job", "make_jobs", "subset_size"]
+__all__ = ["DESIGNS", "Job", "make_job", "make_jobs", "round_size", "subset_size"]
 
 DESIGNS = ("random", "complementary", "balanced")
 _MASK_STREAM, _SEED_STREAM = 0, 1
@@ -44,6 +44,12 @@ def subset_size(n_groups: int, alpha: float) -> int:
     return size
 
 
+def round_size(design: str, alpha: float) -> int | None:
+    """How many consecutive jobs of ``design`` partition the groups (each group in exactly one):
+    2 for "complementary", 1/alpha for "balanced"; None where jobs are drawn independently."""
+    return {"complementary": 2, "balanced": round(1 / alpha)}.get(design)
+
+
 def make_job(
     index: int,
     n_groups: int,
@@ -72,7 +78,7 @@ def make_job(
         raise ValueError("the complementary design needs alpha * K = K / 2 exactly")
     mask = np.zeros(n_groups, dtype=bool)
     if design == "balanced":
-        parts = round(1 / alpha)
+        parts = round_size(design, alpha)
         if parts * size != n_groups:
             raise ValueError(
                 "the balanced design needs K to split into 1/alpha subsets of "

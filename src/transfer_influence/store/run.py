@@ -31,7 +31,7 @@ import numpy as np
 
 from ..config import Config, ConfigError, defining_diff
 from ..provenance import provenance
-from ..subsets import Job, make_jobs
+from ..subsets import Job, make_jobs, round_size
 from ..trainers.protocol import JobResult, TargetInfo, TaskDescription, output_key
 from .claims import Claim, claim_state, try_claim
 from .files import CorruptFileError, read_arrays, read_json, write_arrays, write_json
@@ -92,18 +92,21 @@ def _plan(existing: list[Chunk], models: int, chunk_size: int) -> list[Chunk]:
 
 class ChunkOutputs(NamedTuple):
     """One chunk's healthy models: ``masks`` (m x K), ``values`` (m x n) of one output,
-    ``excluded`` (models left out) and ``offset`` (n).
+    ``excluded`` (models left out), ``offset`` (n) and ``rounds`` (m, or None).
 
     In a run with ``seed_per_chunk`` the chunk's models share a training seed, and the seed
     shifts every model's outputs alike: ``values`` are centred on the chunk's mean per example
     and ``offset`` is that mean (``values + offset`` are the outputs as recorded; a chunk with a
     single healthy model cannot be centred and is left out). Elsewhere ``offset`` is zero.
+    ``rounds`` numbers the design round of each model where the design has rounds (complementary
+    pairs, balanced rounds: models whose subsets partition the groups), else it is None.
     """
 
     masks: np.ndarray
     values: np.ndarray
     excluded: int
     offset: np.ndarray
+    rounds: np.ndarray | None = None
 
 
 class RunStore:
@@ -336,6 +339,7 @@ class RunStore:
         :class:`ChunkOutputs`), and how many were left out as unhealthy (NaN or diverged)."""
         labels = self.target(key.split("/")[0]).labels
         per_chunk_seed = self.config.run.seed_per_chunk
+        models_per_round = round_size(self.config.run.design, self.config.run.alpha)
         for _, arrays in self.iter_chunks():
             healthy = arrays["status"] == "ok"
             values = outputs_from_arrays(arrays, key, output, labels)[healthy]
@@ -346,7 +350,10 @@ class RunStore:
             elif per_chunk_seed:
                 offset = values.mean(axis=0, dtype=np.float64)
                 values = (values - offset).astype(values.dtype)
-            yield ChunkOutputs(masks, values, int(np.count_nonzero(~healthy)), offset)
+            rounds = None
+            if models_per_round is not None:
+                rounds = arrays["index"][healthy] // models_per_round
+            yield ChunkOutputs(masks, values, int(np.count_nonzero(~healthy)), offset, rounds)
 
     def chunk_meta(self, chunk: Chunk) -> dict[str, Any] | None:
         """A finished chunk's metadata (times, worker, device), read without verifying."""
