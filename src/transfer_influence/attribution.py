@@ -229,7 +229,8 @@ class ClassInfluence:
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "files": {
                     "influence.npy": "K x n float32, rows in classes order of run.json groups",
-                    "stderr.npy": "K x n float32 standard errors across models",
+                    "stderr.npy": "K x n float32 standard errors across models (regression: "
+                    "those of its unpenalised fit)",
                 },
             },
         )

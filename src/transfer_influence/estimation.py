@@ -50,6 +50,8 @@ class Influence:
     ``values`` and ``stderr`` are K x T (T target examples, target classes or one column for
     the overall mean). ``dof`` is the degrees of freedom of the error (models - 2 for the pooled
     variance, rounds - 1 over design rounds, residual degrees of freedom for the regression).
+    ``center``, where given, is the unbiased estimate that ``stderr`` belongs to when
+    ``values`` are shrunk (the regression's unpenalised fit; see :meth:`ci`).
     """
 
     values: np.ndarray
@@ -57,13 +59,25 @@ class Influence:
     n_in: np.ndarray
     n_out: np.ndarray
     dof: int
+    center: np.ndarray | None = None
 
     def ci(self, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
-        """Two-sided confidence interval (Student t with ``dof`` degrees of freedom)."""
+        """Two-sided confidence interval (Student t with ``dof`` degrees of freedom) around
+        ``center`` when given, widened where needed to hold ``values``: still a valid interval
+        (it contains the unbiased one) that contains the reported estimate."""
         if not 0.0 < level < 1.0:
             raise ValueError(f"confidence level must be in (0, 1), got {level}")
         half = stdtrit(max(self.dof, 1), 0.5 + level / 2.0) * self.stderr
-        return self.values - half, self.values + half
+        if self.center is None:
+            return self.values - half, self.values + half
+        return np.fmin(self.center - half, self.values), np.fmax(self.center + half, self.values)
+
+    def columns(self, part: slice) -> Influence:
+        """The same estimate for some of its T columns."""
+        center = None if self.center is None else self.center[:, part]
+        return replace(
+            self, values=self.values[:, part], stderr=self.stderr[:, part], center=center
+        )
 
 
 @dataclass(frozen=True)
@@ -244,14 +258,8 @@ class InfluenceAccumulator:
                 self._gram, self._n_in, self._sum_in, self._sum, self._sum_sq, self.n_models, ridge
             )
         chosen = summary[estimator]
-        per_class = None
-        if self.example_classes is not None:
-            per_class = Influence(
-                chosen.values[:, 1:], chosen.stderr[:, 1:], chosen.n_in, chosen.n_out, chosen.dof
-            )
-        overall = Influence(
-            chosen.values[:, :1], chosen.stderr[:, :1], chosen.n_in, chosen.n_out, chosen.dof
-        )
+        per_class = chosen.columns(slice(1, None)) if self.example_classes is not None else None
+        overall = chosen.columns(slice(0, 1))
         return InfluenceEstimate(per_example, overall, per_class, self.n_models, estimator, ridge)
 
 
@@ -263,11 +271,11 @@ def _round_errors(influence: Influence, contrasts: RoundContrasts) -> Influence:
 
 
 def _regression(gram, n_in, xty, total, total_sq, m, ridge) -> Influence:
-    values, stderr, dof = regression_influence(gram, n_in, xty, total, total_sq, m, ridge)
+    values, stderr, center, dof = regression_influence(gram, n_in, xty, total, total_sq, m, ridge)
     undefined = (n_in == 0) | (n_in == m)
-    values[undefined] = np.nan
-    stderr[undefined] = np.nan
-    return Influence(values, stderr, n_in.copy(), m - n_in, dof)
+    for array in (values, stderr, center):
+        array[undefined] = np.nan
+    return Influence(values, stderr, n_in.copy(), m - n_in, dof, None if ridge == 0 else center)
 
 
 def estimate_influence(

@@ -10,13 +10,12 @@ one the difference in means estimates under an additive model,
 
 which is identified. Ridge regularisation (chosen by cross-validation over models) keeps it
 stable when there are few models per class, but it shrinks every estimate toward zero, most
-for the largest effects — the ones a ranking is read for. An error from the ridge fit's own
-variance ignores that bias: its 95% intervals held the truth for 47-92% of the groups in
-simulation, and for 7-83% of the most influential tenth. So the error is that of the
-unpenalised least-squares fit (unbiased, identified once there are more models than groups)
-combined with the distance between the two fits, sqrt(se_ls^2 + (ridge - ls)^2): at least as
-wide as the unpenalised interval and centred on the reported estimate (97-100% coverage in
-the same simulations, `benchmarks/regression_intervals.py`). Everything here is computed from
+for the largest effects — the ones a ranking is read for. Intervals from the ridge fit's own
+variance ignore that bias: in simulation they held the truth for 47-92% of the groups and
+7-83% of the most influential tenth (`benchmarks/regression_intervals.py`). So the standard
+error and the interval are those of the unpenalised least-squares fit (unbiased, identified
+once there are more models than groups), widened where needed to hold the ridge estimate
+(see :meth:`transfer_influence.estimation.Influence.ci`). Everything here is computed from
 sufficient statistics (X'X, X'Y, sums of Y and Y^2), so it streams like the difference in means.
 """
 
@@ -35,8 +34,9 @@ def regression_influence(
     total_sq: np.ndarray,
     m: int,
     ridge: float,
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """Influence contrasts, their standard errors and residual degrees of freedom.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Influence contrasts (ridge), the standard error and contrasts of the unpenalised fit
+    (the interval's centre), and that fit's residual degrees of freedom.
 
     ``gram`` = X'X (K x K), ``n_in`` = X'1, ``xty`` = X'Y (K x T), ``total`` = 1'Y,
     ``total_sq`` = per-column sum of squares of Y, for m models.
@@ -52,13 +52,10 @@ def regression_influence(
     rss = yy - np.einsum("kt,kt->t", least_squares, b)  # b lies in the range of g
     dof = max(int(round(m - 1 - np.trace(inverse @ g))), 1)
     factor = np.einsum("ij,jk,ik->i", contrast, inverse, contrast)
-    variance = np.maximum(factor, 0.0)[:, None] * (np.maximum(rss, 0.0) / dof)[None, :]
-    values = contrast @ least_squares
-    if ridge > 0:
-        shrunk = contrast @ np.linalg.solve(g + ridge * np.eye(k), b)
-        variance += np.square(shrunk - values)
-        values = shrunk
-    return values, np.sqrt(variance), dof
+    stderr = np.sqrt(np.maximum(factor, 0.0)[:, None] * (np.maximum(rss, 0.0) / dof)[None, :])
+    center = contrast @ least_squares
+    values = center if ridge == 0 else contrast @ np.linalg.solve(g + ridge * np.eye(k), b)
+    return values, stderr, center, dof
 
 
 def _pseudo_inverse(gram: np.ndarray) -> np.ndarray:
