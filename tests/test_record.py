@@ -28,7 +28,7 @@ def test_record_creates_then_appends_and_matches_direct_estimate(tmp_path):
     second = record_arrays(
         run, {k: (v[7:] if k in ("masks", "logits") else v) for k, v in data.items()}
     )
-    assert (first.start, first.stop, second.start, second.stop) == (0, 7, 7, 12)
+    assert [(c.start, c.stop) for c in first + second] == [(0, 7), (7, 12)]
     model = ClassInfluence(output="margin").fit(RunStore(run))
     from transfer_influence.outputs import margin
 
@@ -61,6 +61,48 @@ def test_record_reorders_by_example_id_and_refuses_unknown_ids(tmp_path):
     with pytest.raises(RecordError, match="masks must be bool of shape"):
         record_arrays(run, dict(data, masks=data["masks"][:, :4]))
     assert len(RunStore(run).chunks) == 2  # refused records left nothing behind
+
+
+def test_record_with_seeds_writes_a_chunk_per_seed_and_removes_each_seeds_offset(tmp_path, cli):
+    data = _fake_results(m=12)
+    seeds = np.array([7, 7, 7, 3, 3, 3, 7, 9, 9, 9, 3, 9])
+    chunks = record_arrays(tmp_path / "run", dict(data, seeds=seeds))
+    assert [(c.start, c.stop) for c in chunks] == [(0, 4), (4, 8), (8, 12)]  # 7, 3, 9
+    store = RunStore(tmp_path / "run")
+    assert store.config.run.seed_per_chunk
+    np.testing.assert_array_equal(
+        store.model_metrics("target/fixed_feature")["seed"], [7] * 4 + [3] * 4 + [9] * 4
+    )
+    recorded = list(store.iter_outputs("target/fixed_feature", "margin"))
+    for chunk, seed in zip(recorded, (7, 3, 9), strict=True):
+        np.testing.assert_array_equal(chunk.masks, data["masks"][seeds == seed])
+        np.testing.assert_allclose(chunk.values.mean(axis=0), 0.0, atol=1e-5)
+    fit = ClassInfluence(output="margin", estimator="difference").fit(store)
+    assert fit.seed_per_chunk_ and fit.n_models_ == 12
+    # A seed's models are recorded together, and a run is recorded with seeds or without.
+    with pytest.raises(RecordError, match="seed\\(s\\) 3, 7, 9 were recorded before"):
+        record_arrays(tmp_path / "run", dict(data, seeds=seeds))
+    with pytest.raises(RecordError, match="recorded with 'seeds'"):
+        record_arrays(tmp_path / "run", data)
+    more = record_arrays(tmp_path / "run", dict(data, seeds=np.repeat([11, 12], 6)))
+    assert [(c.start, c.stop) for c in more] == [(12, 18), (18, 24)]
+    record_arrays(tmp_path / "plain", data)
+    with pytest.raises(RecordError, match="recorded without 'seeds'"):
+        record_arrays(tmp_path / "plain", dict(data, seeds=seeds))
+    for bad, message in (
+        (np.arange(12), "seed 0 has one model"),
+        (np.zeros(5, int), "12 integers, one per model"),
+        (np.full(12, 0.5), "12 integers, one per model"),
+        (np.full(12, -1), "non-negative"),
+    ):
+        with pytest.raises(RecordError, match=message):
+            record_arrays(tmp_path / "refused", dict(data, seeds=bad))
+    assert not (tmp_path / "refused").exists()
+    path = tmp_path / "seeded.npz"
+    np.savez(path, **dict(data, seeds=seeds))
+    code, out, err = cli("record", tmp_path / "cli-run", "--from", path)
+    assert code == 0, err
+    assert "recorded models 0..11 (3 seeds, a chunk each)" in out
 
 
 def test_record_cli_refuses_corrupt_file(tmp_path, cli):

@@ -82,6 +82,7 @@ def test_report_writes_html_figures_and_tables_with_every_name_escaped(tmp_path)
     for table in ("per_target_class", "class_matrix", "projection", "failure_modes", "most_hurt"):
         assert len(pd.read_csv(run / "report" / "tables" / f"{table}.csv")) > 0
     assert "40 used" in html and "imported results" in html
+    assert "<b>Estimator</b>regression on all groups (least squares)" in html
     assert "Differences between models explained by their subsets" in html
     assert "of how models differ in their mean output" in html
 
@@ -193,6 +194,7 @@ def test_report_of_the_fixture_with_the_reference_images(tmp_path, cli):
     assert code == 0, err
     html = (run / "report" / "index.html").read_text()
     assert "149 used" in html and "62.5%" in html
+    assert "intervals of its unpenalised fit, widened to hold the shrunk estimate" in html
     projection = pd.read_csv(run / "report" / "tables" / "projection.csv")
     # pickup_truck is the most helpful class, and the images it helps most are automobiles.
     first = projection[projection["source"] == "pickup_truck"]

@@ -324,8 +324,9 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
 
 
 def _cmd_record(args: argparse.Namespace) -> int:
-    chunk = record_file(args.run_dir, args.source, args.target, args.mode, args.alpha)
-    print(f"recorded models {chunk.start}..{chunk.stop - 1} into {args.run_dir}")
+    chunks = record_file(args.run_dir, args.source, args.target, args.mode, args.alpha)
+    seeds = f" ({len(chunks)} seeds, a chunk each)" if len(chunks) > 1 else ""
+    print(f"recorded models {chunks[0].start}..{chunks[-1].stop - 1}{seeds} into {args.run_dir}")
     return 0
 
 

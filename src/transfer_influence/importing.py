@@ -8,7 +8,11 @@ The file is an ``.npz`` (loaded without pickle) with:
 - ``labels`` (or ``y_target``): n target labels, needed to create a run and checked after;
 - optional ``example_ids``: n stable ids of the target examples (default: "000000", ...),
   matched against the run's ids in any order;
-- optional ``source_classes`` (K names) and ``target_classes`` (C names).
+- optional ``source_classes`` (K names) and ``target_classes`` (C names);
+- optional ``seeds``: m integers, each model's training seed (or any id of it). Models that
+  share one are recorded as one chunk of a run with ``seed_per_chunk``: that seed's offset is
+  removed from the estimates and split-half stability splits whole seeds, as for runs the tool
+  trains (README, "A seed per chunk"). A run is recorded with seeds or without, not both.
 """
 
 from __future__ import annotations
@@ -32,8 +36,9 @@ def record_file(
     target: str = "target",
     mode: str = "fixed_feature",
     alpha: float = 0.5,
-) -> Chunk:
-    """Import one ``.npz`` of externally trained models into ``run_dir`` (created if absent)."""
+) -> list[Chunk]:
+    """Import one ``.npz`` of externally trained models into ``run_dir`` (created if absent);
+    returns the chunks written (one, or one per training seed)."""
     path = Path(path)
     if not path.is_file():
         raise RecordError(f"results file not found: {path}")
@@ -53,10 +58,11 @@ def record_arrays(
     target: str = "target",
     mode: str = "fixed_feature",
     alpha: float = 0.5,
-) -> Chunk:
+) -> list[Chunk]:
     if "masks" not in arrays:
         raise RecordError("results have no 'masks' array (models x groups, bool)")
     masks = np.asarray(arrays["masks"]).astype(bool)
+    seeds = _seeds(arrays, masks.shape[0])
     labels = arrays.get("labels", arrays.get("y_target"))
     n = _example_count(arrays)
     ids = arrays.get("example_ids")
@@ -88,7 +94,9 @@ def record_arrays(
             (mode,),
             {"imported": "external"},
         )
-        store = RunStore.create_external(run_dir, task, outputs or list(DEFAULT_OUTPUTS), alpha)
+        store = RunStore.create_external(
+            run_dir, task, outputs or list(DEFAULT_OUTPUTS), alpha, seeds is not None
+        )
     if len(store.keys) != 1:
         raise RecordError(f"{run_dir} has several (target, mode) keys; record with the Python API")
     info = store.target(store.target_names[0])
@@ -98,6 +106,11 @@ def record_arrays(
         raise RecordError("the target labels differ from the run's")
     if "source_classes" in arrays and arrays["source_classes"].tolist() != list(store.groups):
         raise RecordError("the source class names differ from the run's groups")
+    if (seeds is not None) != store.config.run.seed_per_chunk:
+        raise RecordError(
+            f"{run_dir} was recorded {'with' if store.config.run.seed_per_chunk else 'without'} "
+            "'seeds'; record these results the same way (or into a new run)"
+        )
     key = output_key(info.name, store.modes[0])
     results = []
     for i in range(masks.shape[0]):
@@ -114,7 +127,36 @@ def record_arrays(
         results.append(result)
     for name in store.config.run.outputs:
         get_output(name)
-    return store.record(masks, results)
+    if seeds is None:
+        return [store.record(masks, results)]
+    recorded = store.model_metrics(key)["seed"]
+    if again := sorted(set(recorded.tolist()).intersection(seeds.tolist())):
+        raise RecordError(
+            f"seed(s) {', '.join(map(str, again[:5]))} were recorded before: a seed's models "
+            "must be recorded together"
+        )
+    chunks = []
+    for seed in dict.fromkeys(seeds.tolist()):  # in order of first appearance
+        rows = np.flatnonzero(seeds == seed)
+        chunks.append(store.record(masks[rows], [results[i] for i in rows], seed=int(seed)))
+    return chunks
+
+
+def _seeds(arrays: dict[str, np.ndarray], models: int) -> np.ndarray | None:
+    if "seeds" not in arrays:
+        return None
+    seeds = np.asarray(arrays["seeds"])
+    if seeds.shape != (models,) or not np.issubdtype(seeds.dtype, np.integer):
+        raise RecordError(f"'seeds' must be {models} integers, one per model")
+    values, counts = np.unique(seeds, return_counts=True)
+    if (values < 0).any():
+        raise RecordError("'seeds' must be non-negative")
+    if (counts < 2).any():
+        raise RecordError(
+            f"seed {values[counts < 2][0]} has one model: a seed's offset cannot be told "
+            "from its subset's effect without at least two models"
+        )
+    return seeds
 
 
 def _example_count(arrays: dict[str, np.ndarray]) -> int:

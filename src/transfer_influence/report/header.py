@@ -10,6 +10,7 @@ from ..attribution import ClassInfluence
 from ..stability import SHARED_SEED_CAVEAT, explained_sentence
 from ..store import RunStore
 from ..store.files import CorruptFileError, read_json
+from ..subsets import round_size
 
 __all__ = ["describe_dataset", "run_facts", "trust_sentence"]
 
@@ -39,6 +40,20 @@ def _control(store: RunStore, key: str) -> str:
         return "not recorded for this run"
     accuracy = control.get("accuracy", {}).get(key)
     return f"{100 * accuracy:.1f}%" if accuracy is not None else "not recorded for this output"
+
+
+def _estimator(influence: ClassInfluence, design: str, alpha: float) -> str:
+    estimate = influence.estimate_
+    if estimate.estimator == "regression":
+        if not estimate.ridge:
+            return "regression on all groups (least squares)"
+        return (
+            f"regression on all groups (ridge {estimate.ridge:.3g}, chosen by cross-validation); "
+            "intervals of its unpenalised fit, widened to hold the shrunk estimate"
+        )
+    if round_size(design, alpha) is not None:
+        return "difference in means; errors over design rounds"
+    return "difference in means (the paper's)"
 
 
 def run_facts(store: RunStore, influence: ClassInfluence) -> list[tuple[str, str]]:
@@ -78,6 +93,7 @@ def run_facts(store: RunStore, influence: ClassInfluence) -> list[tuple[str, str
             + (", shared seed" if config.run.shared_seed else "")
             + (", a seed per chunk of models" if config.run.seed_per_chunk else ""),
         ),
+        ("Estimator", _estimator(influence, config.run.design, config.run.alpha)),
         ("Trainer", f"{config.trainer.type}: {recipe}"),
         ("Target accuracy of the models", _percent(metrics["target_accuracy"][healthy])),
         ("Untrained backbone, same head", _control(store, key)),

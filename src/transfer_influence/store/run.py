@@ -366,9 +366,9 @@ class RunStore:
             return None
 
     def model_metrics(self, key: str) -> dict[str, np.ndarray]:
-        """Per finished model: ``index``, ``status``, ``source_accuracy``, ``target_accuracy``
-        (on ``key``) and ``seconds``. Read without verifying checksums: for summaries only."""
-        names = ("index", "status", "source_accuracy", f"accuracy/{key}", "seconds")
+        """Per finished model: ``index``, ``seed``, ``status``, ``source_accuracy``,
+        ``target_accuracy`` (on ``key``) and ``seconds``. Read without verifying checksums."""
+        names = ("index", "seed", "status", "source_accuracy", f"accuracy/{key}", "seconds")
         columns: dict[str, list[np.ndarray]] = {name: [] for name in names}
         for chunk in self.chunks:
             try:
@@ -388,25 +388,29 @@ class RunStore:
 
     @classmethod
     def create_external(
-        cls, root: str | Path, task: TaskDescription, outputs: list[str], alpha: float = 0.5
+        cls,
+        root: str | Path,
+        task: TaskDescription,
+        outputs: list[str],
+        alpha: float = 0.5,
+        seed_per_chunk: bool = False,
     ) -> RunStore:
-        """A run for results trained outside the tool; fill it with :meth:`record`."""
-        config = Config.from_dict(
-            {
-                "run": {"alpha": alpha, "design": "external", "outputs": outputs, "models": 2},
-                "trainer": {"type": "external"},
-            }
-        )
+        """A run for results trained outside the tool; fill it with :meth:`record`. With
+        ``seed_per_chunk`` each recorded chunk's models share one training seed."""
+        run = {"alpha": alpha, "design": "external", "outputs": outputs, "models": 2}
+        run["seed_per_chunk"] = seed_per_chunk
+        config = Config.from_dict({"run": run, "trainer": {"type": "external"}})
         store = cls.create(root, config, task)
         store.meta["chunks"], store.chunks = [], []
         write_json(store.root / "run.json", store.meta)
         return store
 
-    def record(self, masks: np.ndarray, results: list[JobResult]) -> Chunk:
+    def record(self, masks: np.ndarray, results: list[JobResult], seed: int = -1) -> Chunk:
         """Append models trained elsewhere as one new chunk; returns it.
 
         ``results[i]`` belongs to ``masks[i]``; its index is ignored and assigned here. Outputs
-        must already be in the run's example order (see :func:`align_to_target`).
+        must already be in the run's example order (see :func:`align_to_target`). ``seed``
+        is stored with every model of the chunk (-1: not given).
         """
         if not self.external:
             raise RunError(f"{self.root} is trained by the tool; record into an imported run")
@@ -422,7 +426,7 @@ class RunStore:
             self._adopt_orphans()
             start = self.planned_models
             chunk = Chunk(start, start + masks.shape[0])
-            jobs = [Job(start + i, -1, mask) for i, mask in enumerate(masks)]
+            jobs = [Job(start + i, seed, mask) for i, mask in enumerate(masks)]
             for job, result in zip(jobs, results, strict=True):
                 result.index = job.index
             targets = {name: self.target(name) for name in self.target_names}
