@@ -14,7 +14,10 @@ of models on independently drawn random subsets:
 - ``chunk-seeds`` and ``chunk4-seeds``: a seed per chunk of 16 (or 4) models
   (``run.seed_per_chunk``): each chunk's outputs are centred, which removes its seed's
   offset, so the ranking is the seed-averaged one; split-half stability splits whole chunks,
-  so it is stability across seeds.
+  so it is stability across seeds;
+- ``pair-seeds``: the balanced design (at alpha = 0.5: a subset and its complement) with a
+  seed per pair, so each pair's contrast is free of its seed's offset and centring loses no
+  information about the groups (every group is in exactly one model of a pair).
 
 For each arm and estimator (difference in means, regression), at growing m (the first m
 models): split-half rank stability of the overall group ranking with its Spearman-Brown
@@ -63,6 +66,7 @@ ARMS = {
     "shared-2": {"seed": 2, "shared_seed": True},
     "chunk-seeds": {"seed": 3, "seed_per_chunk": True, "chunk_size": 16},
     "chunk4-seeds": {"seed": 4, "seed_per_chunk": True, "chunk_size": 4},
+    "pair-seeds": {"seed": 5, "design": "balanced", "seed_per_chunk": True, "chunk_size": 2},
 }
 
 

@@ -4,6 +4,7 @@ the difference in means' errors are taken over rounds, the independent unit."""
 import numpy as np
 import pytest
 
+from conftest import NOISY_SEEDS
 from transfer_influence import ClassInfluence, RunStore
 from transfer_influence.config import Config
 from transfer_influence.engines.local import run_local
@@ -94,24 +95,13 @@ def test_rounds_are_given_always_or_never():
 
 
 def test_a_balanced_run_with_a_seed_per_chunk_has_honest_intervals(tmp_path):
-    params = {
-        "groups": 20,
-        "examples": 200,
-        "classes": 4,
-        "modes": ["fixed_feature"],
-        "effect_scale": 0.05,
-        "model_noise": 0.1,
-        "example_noise": 0.3,
-        "unshared_noise": 0.05,
-        "seed": 4,
-    }
     covered = {"rounds": [], "pooled": []}
     for seed in range(4):  # the groups' part of the error is shared by all 200 examples
         run = {"models": 160, "chunk_size": 16, "seed": seed, "design": "balanced"}
         config = Config.from_dict(
             {
                 "run": run | {"seed_per_chunk": True},
-                "trainer": {"type": "simulated", "params": params},
+                "trainer": {"type": "simulated", "params": NOISY_SEEDS},
             }
         )
         trainer = load_trainer("simulated", config.trainer.params)

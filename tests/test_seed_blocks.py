@@ -7,31 +7,18 @@ import json
 import numpy as np
 import pytest
 
+from conftest import NOISY_SEEDS
 from transfer_influence import ClassInfluence, RunStore
 from transfer_influence.config import Config, ConfigError
 from transfer_influence.engines.local import run_local
 from transfer_influence.trainers import load_trainer
-
-NOISY = {
-    "groups": 20,
-    "examples": 200,
-    "classes": 4,
-    "modes": ["fixed_feature"],
-    "effect_scale": 0.05,
-    # Most noise follows the seed (as a shared seed measured on real CNNs suggests); the
-    # rest is per model.
-    "model_noise": 0.1,
-    "example_noise": 0.3,
-    "unshared_noise": 0.05,
-    "seed": 4,
-}
 
 
 def _run(tmp_path, name, models=160, **run):
     config = Config.from_dict(
         {
             "run": {"models": models, "chunk_size": 16, "seed": 7, **run},
-            "trainer": {"type": "simulated", "params": NOISY},
+            "trainer": {"type": "simulated", "params": NOISY_SEEDS},
         }
     )
     trainer = load_trainer("simulated", config.trainer.params)
