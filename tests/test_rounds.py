@@ -8,7 +8,11 @@ from conftest import NOISY_SEEDS
 from transfer_influence import ClassInfluence, RunStore
 from transfer_influence.config import Config
 from transfer_influence.engines.local import run_local
-from transfer_influence.estimation import InfluenceAccumulator, estimate_influence
+from transfer_influence.estimation import (
+    InfluenceAccumulator,
+    InfluenceWarning,
+    estimate_influence,
+)
 from transfer_influence.rounds import RoundContrasts
 from transfer_influence.subsets import make_jobs, round_size
 from transfer_influence.trainers import load_trainer
@@ -85,6 +89,13 @@ def test_a_round_that_lost_a_model_is_left_out_of_the_errors():
     alone = RoundContrasts(masks.shape[1], outputs.shape[1])
     alone.update(masks[complete], outputs[complete], rounds[complete])
     np.testing.assert_allclose(contrasts.stderr()[0], alone.stderr()[0])
+
+
+def test_rounds_that_never_complete_say_so():
+    masks, outputs, _, _ = additive_case("balanced", 0.25, seed=5, m=40)
+    with pytest.warns(InfluenceWarning, match="0 complete design round"):
+        est = estimate_influence(masks, outputs, estimator="difference", rounds=np.arange(40))
+    assert np.isnan(est.overall.stderr).all() and np.isfinite(est.overall.values).all()
 
 
 def test_rounds_are_given_always_or_never():

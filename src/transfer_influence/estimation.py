@@ -231,6 +231,13 @@ class InfluenceAccumulator:
             summary["difference"] = _exact_difference(masks, summaries)
             if self._by_round is not None:
                 summary["difference"] = _round_errors(summary["difference"], self._by_round[1])
+                if self._by_round[1].count < 2:
+                    warnings.warn(
+                        f"{self._by_round[1].count} complete design round(s) (models whose "
+                        "subsets partition the groups): errors need 2 or more, so they are NaN",
+                        InfluenceWarning,
+                        stacklevel=2,
+                    )
         if estimator in ("regression", "auto") and enough:
             if ridge is None:
                 ridge = choose_ridge(masks, summaries[:, 0])
@@ -245,7 +252,7 @@ class InfluenceAccumulator:
                 ridge,
             )
         if estimator == "auto":
-            estimator = min(summary, key=lambda name: np.nanmedian(summary[name].stderr[:, 0]))
+            estimator = min(summary, key=lambda name: _median_error(summary[name]))
         if estimator == "difference":
             ridge = None
             per_example = _pooled_difference(
@@ -261,6 +268,11 @@ class InfluenceAccumulator:
         per_class = chosen.columns(slice(1, None)) if self.example_classes is not None else None
         overall = chosen.columns(slice(0, 1))
         return InfluenceEstimate(per_example, overall, per_class, self.n_models, estimator, ridge)
+
+
+def _median_error(influence: Influence) -> float:
+    errors = influence.stderr[:, 0]
+    return float(np.median(errors[np.isfinite(errors)])) if np.isfinite(errors).any() else np.inf
 
 
 def _round_errors(influence: Influence, contrasts: RoundContrasts) -> Influence:
