@@ -102,8 +102,9 @@ class ClassInfluence:
             leave=False,
         )
         chunk_masks, output_sum = [], 0.0
+        centred = store.config.run.seed_per_chunk  # the store centres each chunk's outputs
         for chunk in chunks:
-            accumulator.update(chunk.masks, chunk.values, chunk.rounds)
+            accumulator.update(chunk.masks, chunk.values, chunk.rounds, centred)
             self.n_excluded_ += chunk.excluded
             chunk_masks.append(chunk.masks)
             output_sum += chunk.values.sum(dtype=np.float64) + len(chunk.masks) * chunk.offset.sum()

@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from scipy.special import stdtrit
 
+from .centring import ChunkCentring, within_difference
 from .regression import choose_ridge, regression_influence
 from .rounds import RoundContrasts
 
@@ -136,20 +137,30 @@ class InfluenceAccumulator:
         self._summaries: list[np.ndarray] = []  # per model: [mean over all, mean per class...]
         # Per-round contrasts (per example, per summary), for designs whose models come in rounds.
         self._by_round: tuple[RoundContrasts, RoundContrasts] | None = None
+        self._centring: ChunkCentring | None = None  # outputs centred within each update
 
     def update(
-        self, masks: np.ndarray, outputs: np.ndarray, rounds: np.ndarray | None = None
+        self,
+        masks: np.ndarray,
+        outputs: np.ndarray,
+        rounds: np.ndarray | None = None,
+        centred: bool = False,
     ) -> InfluenceAccumulator:
         """Add models: ``masks`` is m_chunk x K bool, ``outputs`` m_chunk x n float.
 
         ``rounds`` (m_chunk integers) numbers each model's design round where the design makes
         models in rounds that partition the groups (complementary, balanced); the difference in
         means' errors are then computed over rounds. Give it with every update or with none.
+        ``centred`` says the outputs were centred on their own mean per example (a seed per
+        chunk, its offset removed); the estimates are then slopes within chunks (see
+        :mod:`transfer_influence.centring`). Centre every update or none.
         """
         masks = np.asarray(masks)
         outputs = np.asarray(outputs)
         if self.n_models and (rounds is None) != (self._by_round is None):
             raise ValueError("give rounds with every update or with none")
+        if self.n_models and centred != (self._centring is not None):
+            raise ValueError("centre every update or none")
         if masks.ndim != 2 or masks.shape[1] != self.n_groups or masks.dtype != np.bool_:
             raise ValueError(f"masks must be a bool array of shape (models, {self.n_groups})")
         if outputs.shape != (masks.shape[0], self.n_examples):
@@ -185,6 +196,9 @@ class InfluenceAccumulator:
             self._by_round[1].update(masks, summaries, rounds)
         self.n_models += masks.shape[0]
         self._masks.append(masks.copy())
+        if centred:
+            self._centring = self._centring or ChunkCentring(self.n_groups)
+            self._centring.update(masks)
         return self
 
     @property
@@ -228,7 +242,11 @@ class InfluenceAccumulator:
         summaries = np.concatenate(self._summaries)
         summary: dict[str, Influence] = {}
         if estimator in ("difference", "auto"):
-            summary["difference"] = _exact_difference(masks, summaries)
+            summary["difference"] = self._difference(
+                masks.T.astype(np.float64) @ summaries,
+                summaries.sum(axis=0),
+                (summaries**2).sum(axis=0),
+            )
             if self._by_round is not None:
                 summary["difference"] = _round_errors(summary["difference"], self._by_round[1])
                 if self._by_round[1].count < 2:
@@ -242,32 +260,51 @@ class InfluenceAccumulator:
             if ridge is None:
                 ridge = choose_ridge(masks, summaries[:, 0])
             x = masks.astype(np.float64)
-            summary["regression"] = _regression(
-                x.T @ x,
-                self._n_in,
-                x.T @ summaries,
-                summaries.sum(axis=0),
-                (summaries**2).sum(axis=0),
-                self.n_models,
-                ridge,
+            summary["regression"] = self._regression(
+                x.T @ x, x.T @ summaries, summaries.sum(axis=0), (summaries**2).sum(axis=0), ridge
             )
         if estimator == "auto":
             estimator = min(summary, key=lambda name: _median_error(summary[name]))
         if estimator == "difference":
             ridge = None
-            per_example = _pooled_difference(
-                self._sum_in, self._sum, self._sum_sq, self._n_in, self.n_models
-            )
+            per_example = self._difference(self._sum_in, self._sum, self._sum_sq)
             if self._by_round is not None:
                 per_example = _round_errors(per_example, self._by_round[0])
         else:
-            per_example = _regression(
-                self._gram, self._n_in, self._sum_in, self._sum, self._sum_sq, self.n_models, ridge
-            )
+            per_example = self._regression(self._gram, self._sum_in, self._sum, self._sum_sq, ridge)
         chosen = summary[estimator]
         per_class = chosen.columns(slice(1, None)) if self.example_classes is not None else None
         overall = chosen.columns(slice(0, 1))
         return InfluenceEstimate(per_example, overall, per_class, self.n_models, estimator, ridge)
+
+    def _difference(self, sum_in: np.ndarray, total: np.ndarray, total_sq: np.ndarray) -> Influence:
+        """Difference in means from X'Y, column sums and sums of squares of Y — or, for
+        centred chunks, the slopes within chunks."""
+        m, n_in = self.n_models, self._n_in
+        if self._centring is None:
+            return _pooled_difference(sum_in, total, total_sq, n_in, m)
+        values, stderr, dof = within_difference(
+            sum_in, total_sq, self._centring.spread, m, self._centring.chunks
+        )
+        return Influence(values, stderr, n_in.copy(), m - n_in, dof)
+
+    def _regression(self, gram, xty, total, total_sq, ridge) -> Influence:
+        m, n_in, centring = self.n_models, self._n_in, self._centring
+        values, stderr, center, dof = regression_influence(
+            gram,
+            n_in,
+            xty,
+            total,
+            total_sq,
+            m,
+            ridge,
+            between=None if centring is None else centring.between,
+            absorbed=0 if centring is None else centring.chunks - 1,
+        )
+        undefined = (n_in == 0) | (n_in == m)
+        for array in (values, stderr, center):
+            array[undefined] = np.nan
+        return Influence(values, stderr, n_in.copy(), m - n_in, dof, None if ridge == 0 else center)
 
 
 def _median_error(influence: Influence) -> float:
@@ -280,14 +317,6 @@ def _round_errors(influence: Influence, contrasts: RoundContrasts) -> Influence:
     stderr, dof = contrasts.stderr()
     stderr[np.isnan(influence.values)] = np.nan
     return replace(influence, stderr=stderr, dof=dof)
-
-
-def _regression(gram, n_in, xty, total, total_sq, m, ridge) -> Influence:
-    values, stderr, center, dof = regression_influence(gram, n_in, xty, total, total_sq, m, ridge)
-    undefined = (n_in == 0) | (n_in == m)
-    for array in (values, stderr, center):
-        array[undefined] = np.nan
-    return Influence(values, stderr, n_in.copy(), m - n_in, dof, None if ridge == 0 else center)
 
 
 def estimate_influence(
@@ -314,17 +343,15 @@ def estimate_influence(
     return acc.update(masks, outputs, rounds).result(estimator, ridge)
 
 
-def _exact_difference(masks: np.ndarray, y: np.ndarray) -> Influence:
-    """Difference in means for a few outputs per model, in float64 (y is m x T, T small)."""
-    m = masks.shape[0]
-    sum_in = masks.T.astype(np.float64) @ y
-    return _pooled_difference(sum_in, y.sum(axis=0), (y * y).sum(axis=0), masks.sum(axis=0), m)
-
-
 def _pooled_difference(
-    sum_in: np.ndarray, total: np.ndarray, total_sq: np.ndarray, n_in: np.ndarray, m: int
+    sum_in: np.ndarray,
+    total: np.ndarray,
+    total_sq: np.ndarray,
+    n_in: np.ndarray,
+    m: int,
 ) -> Influence:
     n_out = m - n_in
+    dof = m - 2
     # In place: at K x n = 10^7 these arrays are 80 MB each, and passes over them cost more
     # than the arithmetic.
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -342,14 +369,14 @@ def _pooled_difference(
         mean_in += mean_out
         stderr = np.subtract(total_sq[None, :], mean_in, out=mean_in)
         np.maximum(stderr, 0.0, out=stderr)
-        stderr *= (1.0 / ni + 1.0 / no) / max(m - 2, 1)
+        stderr *= (1.0 / ni + 1.0 / no) / max(dof, 1)
         np.sqrt(stderr, out=stderr)
     undefined = (n_in == 0) | (n_out == 0)
     values[undefined] = np.nan
     stderr[undefined] = np.nan
-    if m < 3:
+    if dof < 1:
         stderr[:] = np.nan
-    return Influence(values, stderr, n_in.copy(), n_out.copy(), m - 2)
+    return Influence(values, stderr, n_in.copy(), n_out.copy(), dof)
 
 
 def _warn_degenerate(n_in: np.ndarray, n_out: np.ndarray) -> None:

@@ -34,23 +34,28 @@ def regression_influence(
     total_sq: np.ndarray,
     m: int,
     ridge: float,
+    between: np.ndarray | None = None,
+    absorbed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """Influence contrasts (ridge), the standard error and contrasts of the unpenalised fit
     (the interval's centre), and that fit's residual degrees of freedom.
 
     ``gram`` = X'X (K x K), ``n_in`` = X'1, ``xty`` = X'Y (K x T), ``total`` = 1'Y,
-    ``total_sq`` = per-column sum of squares of Y, for m models.
+    ``total_sq`` = per-column sum of squares of Y, for m models. Where Y was centred within
+    chunks (see :mod:`transfer_influence.centring`), X is centred within them too:
+    ``between`` = sum over chunks of a a' / C, and ``absorbed`` = chunks - 1 means spent.
     """
     k = gram.shape[0]
-    mean_x = n_in / m
-    g = gram - m * np.outer(mean_x, mean_x)  # centred X'X
-    b = xty - np.outer(n_in, total / m)  # centred X'Y
+    if between is None:
+        between = np.outer(n_in, n_in) / m
+    g = gram - between  # X'X centred (within chunks, where Y was)
+    b = xty - np.outer(n_in, total / m)  # centred X'Y (total is 0 where Y was centred)
     yy = total_sq - total**2 / m  # centred Y'Y
     contrast = k / (k - 1) * (np.eye(k) - 1.0 / k)
     inverse = _pseudo_inverse(g)
     least_squares = inverse @ b
     rss = yy - np.einsum("kt,kt->t", least_squares, b)  # b lies in the range of g
-    dof = max(int(round(m - 1 - np.trace(inverse @ g))), 1)
+    dof = max(int(round(m - 1 - absorbed - np.trace(inverse @ g))), 1)
     factor = np.einsum("ij,jk,ik->i", contrast, inverse, contrast)
     stderr = np.sqrt(np.maximum(factor, 0.0)[:, None] * (np.maximum(rss, 0.0) / dof)[None, :])
     center = contrast @ least_squares
