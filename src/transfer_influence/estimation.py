@@ -12,7 +12,9 @@ Summaries over target examples (overall, per target class) are computed from eac
 mean output over those examples, so their errors also vary over models, never over examples
 as if they were independent draws. Where the design makes models in rounds that partition
 the groups (complementary, balanced), models are not independent and the round is the unit:
-see :mod:`transfer_influence.rounds`.
+see :mod:`transfer_influence.rounds`. Where each chunk's outputs were centred on their own mean
+(a seed per chunk), the estimates are slopes within chunks: see
+:mod:`transfer_influence.centring`.
 """
 
 from __future__ import annotations
