@@ -2,12 +2,13 @@
 closer are the estimates than with an own seed per model?
 
 The simulated trainer's noise mostly follows the training seed (model 0.1, per example 0.3)
-with a little that does not (0.05 per example); 20 groups, 200 target examples, 160 models in
-chunks of 16, margin output (exactly additive, so the truth is known). For each of three
-simulated tasks, five runs (subset and seed draws), design (random, balanced), seeding (own
-seed per model, a seed per chunk) and estimator: coverage of the per-example 95% intervals,
-mean standard error, mean absolute error. One run's coverage varies a lot (the groups' part
-of the error is shared by all examples), so the summary is over the 15 runs of each arm.
+with a little that does not (0.05 per example); 20 groups, 200 target examples, 160 models,
+margin output (exactly additive, so the truth is known). For each of three simulated tasks,
+five runs (subset and seed draws), design (random, balanced), seeding (own seed per model in
+chunks of 16; a seed per chunk of 16, 4 or 2 models) and estimator: coverage of the
+per-example 95% intervals, mean standard error, mean absolute error, and the slope of the
+estimates on the truth (1: not shrunk). One run's coverage varies a lot (the groups' part of
+the error is shared by all examples), so the summary is over the 15 runs of each arm.
 
     python benchmarks/seed_per_chunk_sim.py
 """
@@ -31,13 +32,14 @@ TASK = {"groups": 20, "examples": 200, "classes": 4, "modes": ["fixed_feature"]}
 
 
 RUN_SEEDS = (7, 8, 9, 10, 11)
+SEEDINGS = ((False, 16), (True, 16), (True, 4), (True, 2))  # (seed per chunk, chunk size)
 
 
 def _fit(folder: Path, task_seed: int, run: dict) -> list[dict]:
     params = {**TASK, **NOISE, "effect_scale": 0.05, "seed": task_seed}
     config = Config.from_dict(
         {
-            "run": {"models": 160, "chunk_size": 16, **run},
+            "run": {"models": 160, **run},
             "trainer": {"type": "simulated", "params": params},
         }
     )
@@ -58,6 +60,7 @@ def _fit(folder: Path, task_seed: int, run: dict) -> list[dict]:
                 "coverage": float(np.mean((low <= truth) & (truth <= high))),
                 "mean_stderr": float(per_example.stderr.mean()),
                 "mean_abs_error": float(np.abs(per_example.values - truth).mean()),
+                "slope_on_truth": float(np.sum(per_example.values * truth) / np.sum(truth**2)),
             }
         )
     return rows
@@ -69,13 +72,13 @@ def main() -> None:
         for task_seed in (4, 5, 6):
             for run_seed in RUN_SEEDS:
                 for design in ("random", "balanced"):
-                    for per_chunk in (False, True):
+                    for per_chunk, size in SEEDINGS:
                         run = {"seed": run_seed, "design": design, "seed_per_chunk": per_chunk}
-                        name = f"{task_seed}-{run_seed}-{design}-{per_chunk}"
-                        rows += _fit(Path(scratch) / name, task_seed, run)
+                        name = f"{task_seed}-{run_seed}-{design}-{per_chunk}-{size}"
+                        rows += _fit(Path(scratch) / name, task_seed, run | {"chunk_size": size})
     table = pd.DataFrame(rows)
     summary = (
-        table.groupby(["design", "seed_per_chunk", "estimator"])
+        table.groupby(["design", "seed_per_chunk", "chunk_size", "estimator"])
         .agg(
             runs=("coverage", "size"),
             coverage=("coverage", "mean"),
@@ -83,6 +86,7 @@ def main() -> None:
             coverage_max=("coverage", "max"),
             mean_stderr=("mean_stderr", "mean"),
             mean_abs_error=("mean_abs_error", "mean"),
+            slope_on_truth=("slope_on_truth", "mean"),
         )
         .reset_index()
     )
