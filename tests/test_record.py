@@ -1,5 +1,7 @@
 """Importing results trained outside the tool, including the shared real-model fixture."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -103,6 +105,28 @@ def test_record_with_seeds_writes_a_chunk_per_seed_and_removes_each_seeds_offset
     code, out, err = cli("record", tmp_path / "cli-run", "--from", path)
     assert code == 0, err
     assert "recorded models 0..11 (3 seeds, a chunk each)" in out
+
+
+def test_saved_files_rebuild_the_per_example_intervals(tmp_path):
+    from scipy.special import stdtrit
+
+    data = _fake_results(m=60)
+    rng = np.random.default_rng(3)
+    data["logits"][:, :, 0] += 2.0 * data["masks"][:, :1] + rng.normal(0, 1, (60, 1))
+    record_arrays(tmp_path / "run", data)
+    store, out = RunStore(tmp_path / "run"), tmp_path / "influence"
+    fit = ClassInfluence(output="margin", estimator="regression", ridge=5.0).fit(store)
+    fit.save(out)
+    names = ("influence", "stderr", "interval_center")
+    values, stderr, center = (np.load(out / f"{name}.npy") for name in names)
+    summary = json.loads((out / "summary.json").read_text())
+    half = stdtrit(summary["dof"], 0.975) * stderr
+    low, high = fit.estimate_.per_example.ci(0.95)
+    np.testing.assert_allclose(np.fmin(center - half, values), low, atol=1e-5)
+    np.testing.assert_allclose(np.fmax(center + half, values), high, atol=1e-5)
+    assert "interval_center.npy" in summary["files"]
+    ClassInfluence(output="margin", estimator="difference").fit(store).save(out)
+    assert not (out / "interval_center.npy").exists()  # it would belong to other values
 
 
 def test_record_cli_refuses_corrupt_file(tmp_path, cli):

@@ -183,17 +183,30 @@ class ClassInfluence:
         ).reset_index(drop=True)
 
     def save(self, folder: str | Path, run: str = "") -> Path:
-        """Write classes.csv, per_target_class.csv, influence.npy, stderr.npy, summary.json."""
+        """Write classes.csv, per_target_class.csv, influence.npy, stderr.npy (and, for the
+        ridge regression, interval_center.npy), summary.json."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(folder / "classes.csv", self.classes_.to_csv(index=False).encode())
         atomic_write_bytes(
             folder / "per_target_class.csv", self.per_target_class_.to_csv(index=False).encode()
         )
-        for name, array in (
-            ("influence", self.estimate_.per_example.values),
-            ("stderr", self.estimate_.per_example.stderr),
-        ):
+        per_example = self.estimate_.per_example
+        files = {
+            "influence.npy": "K x n float32, rows in classes order of run.json groups",
+            "stderr.npy": "K x n float32 standard errors across models (regression: those of "
+            "its unpenalised fit)",
+        }
+        arrays = {"influence": per_example.values, "stderr": per_example.stderr}
+        if per_example.center is not None:
+            files["interval_center.npy"] = (
+                "K x n float32: the unpenalised fit's estimate; the interval is center +- t * "
+                "stderr (t with the summary's dof), widened to hold the influence"
+            )
+            arrays["interval_center"] = per_example.center
+        else:  # an earlier estimate's centre would belong to other values
+            (folder / "interval_center.npy").unlink(missing_ok=True)
+        for name, array in arrays.items():
             buffer = io.BytesIO()
             np.save(buffer, array.astype(np.float32))
             atomic_write_bytes(folder / f"{name}.npy", buffer.getvalue())
@@ -228,11 +241,8 @@ class ClassInfluence:
                 ),
                 "ci_excludes_zero": int(((defined.ci_low > 0) | (defined.ci_high < 0)).sum()),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "files": {
-                    "influence.npy": "K x n float32, rows in classes order of run.json groups",
-                    "stderr.npy": "K x n float32 standard errors across models (regression: "
-                    "those of its unpenalised fit)",
-                },
+                "dof": per_example.dof,
+                "files": files,
             },
         )
         return folder
