@@ -52,23 +52,22 @@ def regression_influence(
     b = xty - np.outer(n_in, total / m)  # centred X'Y (total is 0 where Y was centred)
     yy = total_sq - total**2 / m  # centred Y'Y
     contrast = k / (k - 1) * (np.eye(k) - 1.0 / k)
-    inverse = _pseudo_inverse(g)
-    least_squares = inverse @ b
+    # One eigendecomposition serves both fits. Fixed-size subsets leave the all-ones direction
+    # out of g's range (the indicators sum to a constant); no contrast depends on it.
+    w, v = np.linalg.eigh(g)
+    kept = w > w.max() * 1e-10
+    inverse_w = np.divide(1.0, w, out=np.zeros_like(w), where=kept)
+    projected = v.T @ b
+    least_squares = v @ (inverse_w[:, None] * projected)
     rss = yy - np.einsum("kt,kt->t", least_squares, b)  # b lies in the range of g
-    dof = max(int(round(m - 1 - absorbed - np.trace(inverse @ g))), 1)
-    factor = np.einsum("ij,jk,ik->i", contrast, inverse, contrast)
+    dof = max(int(m - 1 - absorbed - np.count_nonzero(kept)), 1)
+    factor = np.einsum("ij,jk,ik->i", contrast, (v * inverse_w) @ v.T, contrast)
     stderr = np.sqrt(np.maximum(factor, 0.0)[:, None] * (np.maximum(rss, 0.0) / dof)[None, :])
     center = contrast @ least_squares
-    values = center if ridge == 0 else contrast @ np.linalg.solve(g + ridge * np.eye(k), b)
-    return values, stderr, center, dof
-
-
-def _pseudo_inverse(gram: np.ndarray) -> np.ndarray:
-    """Inverse of a centred X'X on its range: fixed-size subsets leave the all-ones direction
-    out of it (the indicators sum to a constant), which no contrast depends on."""
-    w, v = np.linalg.eigh(gram)
-    inverse = np.divide(1.0, w, out=np.zeros_like(w), where=w > w.max() * 1e-10)
-    return (v * inverse) @ v.T
+    if ridge == 0:
+        return center, stderr, center, dof
+    shrunk = v @ (projected / np.maximum(w + ridge, ridge)[:, None])
+    return contrast @ shrunk, stderr, center, dof
 
 
 def ridge_cross_validation(
