@@ -7,8 +7,10 @@ margin output (exactly additive, so the truth is known). For each of three simul
 five runs (subset and seed draws), design (random, balanced), seeding (own seed per model in
 chunks of 16; a seed per chunk of 16, 4 or 2 models) and estimator: coverage of the
 per-example 95% intervals, mean standard error, mean absolute error, and the slope of the
-estimates on the truth (1: not shrunk). One run's coverage varies a lot (the groups' part of
-the error is shared by all examples), so the summary is over the 15 runs of each arm.
+estimates on the truth (1: not shrunk); for a seed per chunk also what earlier versions
+reported (the plain difference in means of the centred outputs). One run's coverage varies a
+lot (the groups' part of the error is shared by all examples), so the summary is over the 15
+runs of each arm.
 
     python benchmarks/seed_per_chunk_sim.py
 """
@@ -25,6 +27,7 @@ from _common import save_result
 from transfer_influence import ClassInfluence, RunStore
 from transfer_influence.config import Config
 from transfer_influence.engines.local import run_local
+from transfer_influence.estimation import estimate_influence
 from transfer_influence.trainers import load_trainer
 
 NOISE = {"model_noise": 0.1, "example_noise": 0.3, "unshared_noise": 0.05}
@@ -47,10 +50,19 @@ def _fit(folder: Path, task_seed: int, run: dict) -> list[dict]:
     store = RunStore.open_or_create(folder, config, trainer.describe())
     run_local(store, 1, progress=False, trainer=trainer)
     truth = trainer.true_influence("sim", "fixed_feature")
+    estimates = {
+        name: ClassInfluence(output="margin", estimator=name).fit(store).estimate_.per_example
+        for name in ("difference", "regression")
+    }
+    if run["seed_per_chunk"]:
+        # What earlier versions reported: the plain difference in means of centred outputs,
+        # pooled error (shrunk by (C - 1) / C; over-counted degrees of freedom).
+        chunks = list(store.iter_outputs("sim/fixed_feature", "margin"))
+        estimates["plain on centred outputs"] = estimate_influence(
+            np.concatenate([c.masks for c in chunks]), np.concatenate([c.values for c in chunks])
+        ).per_example
     rows = []
-    for estimator in ("difference", "regression"):
-        fitted = ClassInfluence(output="margin", estimator=estimator).fit(store)
-        per_example = fitted.estimate_.per_example
+    for estimator, per_example in estimates.items():
         low, high = per_example.ci(0.95)
         rows.append(
             {
