@@ -64,12 +64,12 @@ def test_an_example_level_run_with_the_builtin_trainer(tmp_path, cli, tiny_data)
 MODELS_PLANTED = 96
 
 
-def _simulated(models, groups=200, seed=0):
+def _simulated(models, groups=200, seed=0, **run):
     params = {"groups": groups, "examples": 60, "classes": 3, "modes": ["fixed_feature"],
               "active": 0.05, "effect_scale": 0.4, "model_noise": 0.05, "seed": seed}  # fmt: skip
     trainer = SimulatedTrainer(**params)
     config = Config.from_dict(
-        {"run": {"models": models, "chunk_size": 50},
+        {"run": {"models": models, "chunk_size": 50} | run,
          "trainer": {"type": "simulated", "params": params}}
     )  # fmt: skip
     return trainer, config
@@ -115,6 +115,23 @@ def test_drill_down_from_a_class_run_then_example_wise_influence(tmp_path, cli, 
     assert len((tmp_path / "pool" / "examples" / "overall.csv").read_text().splitlines()) == 13
     code, _, err = cli("drill", tmp_path / "pool", "--run-dir", tmp_path / "again")
     assert code == 2 and "no groups or pool" in err
+
+
+def test_example_influence_with_a_seed_per_chunk_is_not_shrunk(tmp_path):
+    """Chunks of 4 models share a seed: both estimators compare models within their chunk.
+    The lasso on centred outputs but uncentred masks (as before) shrank effects by ~1/4."""
+    trainer, config = _simulated(models=400, seed_per_chunk=True, chunk_size=4)
+    store = RunStore.create(tmp_path / "run", config, trainer.describe())
+    run_local(store, workers=1, progress=False, trainer=trainer)
+    truth = trainer.true_influence("sim", "fixed_feature").mean(axis=1)
+    truth -= np.median(truth)  # the contrast term every group shares
+    for estimator in ("difference", "sparse"):
+        fitted = ExampleInfluence(output="margin", estimator=estimator).fit(store)
+        values = fitted.overall_.set_index("source_example").loc[list(store.groups), "influence"]
+        values = values.to_numpy() - np.median(values)
+        slope = np.sum(values * truth) / np.sum(truth**2)
+        assert 0.85 <= slope <= 1.15, (estimator, slope)
+    assert fitted.stability_.models == 400
 
 
 @pytest.mark.slow

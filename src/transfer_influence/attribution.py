@@ -29,8 +29,9 @@ __all__ = ["ClassInfluence", "model_stability", "run_stability", "seed_blocks"]
 def run_stability(
     store: RunStore, target: str | None = None, mode: str | None = None, output: str = "p_correct"
 ) -> SplitHalf | None:
-    """Split-half rank stability of a run's overall class ranking (difference in means), or
-    None while there are too few models to measure it."""
+    """Split-half rank stability of a run's overall class ranking (difference in means, or
+    slopes within chunks where seeds are per chunk), or None while there are too few models
+    to measure it."""
     key = store.resolve_key(target, mode)
     masks, means = [], []
     for chunk in store.iter_outputs(key, output):
@@ -122,7 +123,8 @@ class ClassInfluence:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", InfluenceWarning)
             self.estimate_: InfluenceEstimate = accumulator.result(self.estimator, ridge)
-        self.stability_ = model_stability(masks, means, seed_blocks(store, chunk_masks))
+        blocks = seed_blocks(store, chunk_masks)
+        self.stability_ = model_stability(masks, means, blocks)
         # How much of what separates models their subsets explain; the rest is training noise.
         self.explained_: float | None = (
             explained_share(*validation[1:]) if validation is not None else None
@@ -134,7 +136,7 @@ class ClassInfluence:
             len(store.groups) + MIN_RESIDUAL_DOF if self.estimate_.estimator == "regression" else 4
         ):
             self.lds_ = linear_datamodeling_score(
-                masks, means, held_out, estimator=self.estimate_.estimator
+                masks, means, held_out, estimator=self.estimate_.estimator, blocks=blocks
             )[0]
         self.shared_seed_ = store.config.run.shared_seed
         self.seed_per_chunk_ = store.config.run.seed_per_chunk

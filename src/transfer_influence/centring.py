@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["ChunkCentring", "within_difference"]
+__all__ = ["ChunkCentring", "centre_within", "within_difference"]
 
 
 class ChunkCentring:
@@ -56,3 +56,13 @@ def within_difference(
     if dof < 1:
         stderr[:] = np.nan
     return values, stderr, dof
+
+
+def centre_within(values: np.ndarray, blocks: np.ndarray) -> np.ndarray:
+    """``values`` (m or m x K) minus the mean of their block (one id per model) — float64."""
+    ids = np.unique(np.asarray(blocks), return_inverse=True)[1]
+    values = np.asarray(values, dtype=np.float64)
+    sums = np.zeros((ids.max() + 1,) + values.shape[1:])
+    np.add.at(sums, ids, values)
+    counts = np.bincount(ids).reshape((-1,) + (1,) * (values.ndim - 1))
+    return values - (sums / counts)[ids]

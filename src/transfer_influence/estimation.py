@@ -328,21 +328,36 @@ def estimate_influence(
     estimator: str = "difference",
     ridge: float | None = None,
     rounds: np.ndarray | None = None,
+    chunks: np.ndarray | None = None,
 ) -> InfluenceEstimate:
     """Influence of each group on each target example from all models at once.
 
     ``masks`` is m x K bool (group k in model i's subset), ``outputs`` m x n (model i's output
     on target example j); ``rounds`` numbers the design round of each model where the design
-    has rounds (see :meth:`InfluenceAccumulator.update`). Returns the K x n influence with
-    standard errors and per-group in/out counts, plus the overall and (given
-    ``example_classes``) per-target-class summaries.
+    has rounds (see :meth:`InfluenceAccumulator.update`). ``chunks`` numbers the models that
+    shared a training seed (a seed per chunk): outputs are centred within each chunk, which
+    removes its seed's offset (outputs already centred are left as they are), and the
+    estimates are slopes within chunks. Returns the K x n influence with standard errors and
+    per-group in/out counts, plus the overall and (given ``example_classes``) per-target-class
+    summaries.
     """
     masks = np.asarray(masks)
     outputs = np.asarray(outputs)
     if masks.ndim != 2 or outputs.ndim != 2:
         raise ValueError("masks and outputs must both be 2-D (models first)")
     acc = InfluenceAccumulator(masks.shape[1], outputs.shape[1], example_classes)
-    return acc.update(masks, outputs, rounds).result(estimator, ridge)
+    if chunks is None:
+        return acc.update(masks, outputs, rounds).result(estimator, ridge)
+    chunks = np.asarray(chunks)
+    if chunks.shape != (masks.shape[0],):
+        raise ValueError(f"chunks must give one chunk per model ({masks.shape[0]})")
+    for chunk in dict.fromkeys(chunks.tolist()):  # in order of first appearance
+        rows = np.flatnonzero(chunks == chunk)
+        y = outputs[rows].astype(np.float64)
+        acc.update(
+            masks[rows], y - y.mean(axis=0), None if rounds is None else rounds[rows], centred=True
+        )
+    return acc.result(estimator, ridge)
 
 
 def _pooled_difference(

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from .analyses.names import lookup
 from .attribution import model_stability, seed_blocks
+from .centring import centre_within
 from .estimation import estimate_influence
 from .stability import SplitHalf
 from .store import RunError, RunStore
@@ -27,13 +28,23 @@ __all__ = ["ExampleInfluence", "sparse_influence"]
 ESTIMATORS = ("sparse", "difference")
 
 
-def sparse_influence(masks: np.ndarray, y: np.ndarray, folds: int = 5, seed: int = 0):
+def sparse_influence(
+    masks: np.ndarray,
+    y: np.ndarray,
+    folds: int = 5,
+    seed: int = 0,
+    blocks: np.ndarray | None = None,
+):
     """Lasso coefficients of ``y`` (m) on ``masks`` (m x K), penalty by ``folds``-fold
-    cross-validation over models; returns (coefficients K, penalty)."""
+    cross-validation over models; returns (coefficients K, penalty). ``blocks`` numbers the
+    models that shared a training seed: masks and outputs are then centred within blocks
+    (a fixed effect per seed), as the difference in means' slopes within chunks are."""
     from sklearn.linear_model import LassoCV
     from sklearn.model_selection import KFold
 
     x = masks.astype(np.float64)
+    if blocks is not None:
+        x, y = centre_within(x, blocks), centre_within(y, blocks)
     model = LassoCV(
         alphas=40, cv=KFold(folds, shuffle=True, random_state=seed), max_iter=5000, tol=1e-4
     ).fit(x, np.asarray(y, dtype=np.float64))
@@ -101,10 +112,11 @@ class ExampleInfluence:
         )
         self.penalties_: dict[str, float | None] = {}
         tables = {}
+        blocks = seed_blocks(store, masks)
         for name, y in targets.items():
-            difference = estimate_influence(x, y[:, None]).overall.values[:, 0]
+            difference = estimate_influence(x, y[:, None], chunks=blocks).overall.values[:, 0]
             if self.estimator == "sparse":
-                values, self.penalties_[name] = sparse_influence(x, y)
+                values, self.penalties_[name] = sparse_influence(x, y, blocks=blocks)
             else:
                 values, self.penalties_[name] = difference, None
             # The lasso sets most coefficients to exactly zero: those are ordered by the
@@ -129,8 +141,6 @@ class ExampleInfluence:
                 columns=["source_example", "influence", "difference", "target_example"]
             )
         )
-        self.stability_: SplitHalf | None = model_stability(
-            x, targets["overall"], seed_blocks(store, masks)
-        )
+        self.stability_: SplitHalf | None = model_stability(x, targets["overall"], blocks)
         self.n_models_ = int(len(x))
         return self

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .centring import centre_within
 from .estimation import InfluenceWarning, estimate_influence
 from .regression import ridge_cross_validation
 
@@ -71,14 +72,24 @@ def _halves(
     )
 
 
+def _overall(
+    masks: np.ndarray, outputs: np.ndarray, estimator: str, blocks: np.ndarray | None
+) -> np.ndarray:
+    """The overall influence (K,) from outputs (m x 1); slopes within seed blocks if given."""
+    return estimate_influence(masks, outputs, estimator=estimator, chunks=blocks).overall.values[
+        :, 0
+    ]
+
+
 def _correlation(
     masks: np.ndarray,
     outputs: np.ndarray,
     halves: tuple[np.ndarray, np.ndarray],
     estimator: str,
+    blocks: np.ndarray | None,
 ) -> list[float]:
     values = [
-        estimate_influence(masks[h], outputs[h], estimator=estimator).overall.values[:, 0]
+        _overall(masks[h], outputs[h], estimator, None if blocks is None else blocks[h])
         for h in halves
     ]
     keep = np.isfinite(values[0]) & np.isfinite(values[1])
@@ -98,8 +109,10 @@ def split_half_stability(
     """Rank correlation of the overall class influence estimated on two random halves of the
     models, averaged over ``splits`` splits. ``outputs`` is one value per model (m,).
 
-    ``blocks`` (one id per model) keeps the models of a block in the same half: models that
-    share a training seed must, or the halves share that seed's noise and agree too well.
+    ``blocks`` (one id per model) numbers the models that share a training seed (a seed per
+    chunk). A block's models stay in the same half, or the halves would share that seed's
+    noise and agree too well, and each half is estimated as in :func:`estimate_influence` with
+    ``chunks``: slopes within blocks.
     """
     masks = np.asarray(masks)
     outputs = np.asarray(outputs, dtype=np.float64).reshape(-1, 1)
@@ -114,7 +127,7 @@ def split_half_stability(
         warnings.simplefilter("ignore", InfluenceWarning)
         for _ in range(splits):
             halves = _halves(m, blocks, rng)
-            found = _correlation(masks, outputs, halves, estimator)
+            found = _correlation(masks, outputs, halves, estimator, blocks)
             correlations += found
             used += [len(halves[0]) + len(halves[1])] * len(found)
     if not correlations:
@@ -132,18 +145,24 @@ def linear_datamodeling_score(
     splits: int = 200,
     estimator: str = "difference",
     seed: int = 0,
+    blocks: np.ndarray | None = None,
 ) -> tuple[float, float]:
     """Mean and standard deviation over random splits of the Spearman correlation between the
     held-out models' outputs and their prediction from influences fitted on the other models.
 
     The prediction of model i is the sum of the fitted influences of the groups in its mask
     (a constant shift would not change ranks). ``outputs`` is one value per model (m,).
+    ``blocks`` numbers the models that share a training seed: outputs are compared within
+    them (each block's outputs and predictions centred on the block's mean, which removes the
+    seed's offset) and influences are fitted as slopes within blocks.
     """
     masks = np.asarray(masks)
     y = np.asarray(outputs, dtype=np.float64).reshape(-1)
     m = masks.shape[0]
     if not 3 <= held_out <= m - 4:
         raise ValueError(f"held_out must leave at least 4 models to fit, have {m}")
+    if blocks is not None:
+        y = centre_within(y, blocks)
     rng = np.random.default_rng(seed)
     scores = []
     with warnings.catch_warnings():
@@ -151,11 +170,13 @@ def linear_datamodeling_score(
         for _ in range(splits):
             order = rng.permutation(m)
             test, train = order[:held_out], order[held_out:]
-            influence = estimate_influence(
-                masks[train], y[train, None], estimator=estimator
-            ).overall.values[:, 0]
-            predicted = masks[test].astype(np.float64) @ np.nan_to_num(influence)
-            scores.append(np.corrcoef(_ranks(predicted), _ranks(y[test]))[0, 1])
+            influence = _overall(
+                masks[train], y[train, None], estimator, None if blocks is None else blocks[train]
+            )
+            predicted = masks.astype(np.float64) @ np.nan_to_num(influence)
+            if blocks is not None:
+                predicted = centre_within(predicted, blocks)
+            scores.append(np.corrcoef(_ranks(predicted[test]), _ranks(y[test]))[0, 1])
     return float(np.nanmean(scores)), float(np.nanstd(scores))
 
 
