@@ -135,6 +135,22 @@ def test_stability_and_lds_compare_models_within_their_seed():
         assert lds > linear_datamodeling_score(masks, centred, 48)[0] + 0.1
 
 
+def test_the_regression_counts_the_levels_spent_on_seeds():
+    """40 models in 20 seed pairs for 20 groups: 19 residual degrees of freedom go to the
+    seeds, too few left for honest errors, so the regression refuses and auto takes the
+    difference in means (which still has 19)."""
+    rng = np.random.default_rng(0)
+    masks = rng.random((40, 20)) < 0.5
+    outputs = rng.normal(size=(40, 3))
+    pairs = np.arange(40) // 2
+    with pytest.raises(ValueError, match=r"K \+ 10 \+ 19 \(one per seed chunk but one\) = 49"):
+        estimate_influence(masks, outputs, estimator="regression", chunks=pairs)
+    chosen = estimate_influence(masks, outputs, estimator="auto", chunks=pairs)
+    assert chosen.estimator == "difference" and chosen.per_example.dof == 40 - 20 - 1
+    # Without seeds to absorb, the same 40 models leave the regression its 19.
+    assert estimate_influence(masks, outputs, estimator="regression").per_example.dof == 19
+
+
 def test_a_run_made_before_a_config_field_existed_still_resumes(tmp_path):
     store, _ = _run(tmp_path, "run", models=32)
     meta = json.loads((store.root / "run.json").read_text())

@@ -132,8 +132,11 @@ class ClassInfluence:
         # Held-out prediction of whole-model outputs; the fitting part must suit the estimator.
         self.lds_: float | None = None
         held_out = max(3, m // 5)
+        seed_levels = 0 if blocks is None else np.unique(blocks).size - 1
         if m - held_out >= (
-            len(store.groups) + MIN_RESIDUAL_DOF if self.estimate_.estimator == "regression" else 4
+            len(store.groups) + MIN_RESIDUAL_DOF + seed_levels
+            if self.estimate_.estimator == "regression"
+            else 4
         ):
             self.lds_ = linear_datamodeling_score(
                 masks, means, held_out, estimator=self.estimate_.estimator, blocks=blocks

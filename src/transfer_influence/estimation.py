@@ -231,12 +231,16 @@ class InfluenceAccumulator:
             )
         if self.n_models < 2:
             raise ValueError(f"need at least 2 models to estimate influence, have {self.n_models}")
-        enough = self.n_models >= self.n_groups + MIN_RESIDUAL_DOF
+        # A seed per chunk spends a level per chunk, beyond the first, on the seeds.
+        absorbed = self._centring.chunks - 1 if self._centring is not None else 0
+        needed = self.n_groups + MIN_RESIDUAL_DOF + absorbed
+        enough = self.n_models >= needed
         if estimator == "regression" and not enough:
             # Fewer models than groups fit the noise exactly: the errors would be fiction.
+            beyond = f" + {absorbed} (one per seed chunk but one)" if absorbed else ""
             raise ValueError(
-                f"the regression estimator needs at least K + {MIN_RESIDUAL_DOF} = "
-                f"{self.n_groups + MIN_RESIDUAL_DOF} models, have {self.n_models}; "
+                f"the regression estimator needs at least K + {MIN_RESIDUAL_DOF}{beyond} = "
+                f"{needed} models, have {self.n_models}; "
                 "train more or use the difference estimator"
             )
         _warn_degenerate(self._n_in, self.n_models - self._n_in)
