@@ -25,7 +25,14 @@ projection of the models needed for 0.9, and the held-out LDS (a fifth held out,
 the share of the across-model spread the subsets explain. Between arms: the rank correlation
 of their estimates against the ceiling their reliabilities allow — a shared seed could make a
 ranking stable but specific to that seed, and two shared-seed arms with different seeds would
-then disagree. Runs resume from ``--workdir``.
+then disagree.
+
+Error gains: each arm's median standard error of the overall influence from all its models, as
+``estimate`` reports it, squared against the own-seed difference in means'. At equal signal
+that ratio is the factor by which the arm needs fewer models. A shared seed's error is its
+error within that seed (the seed's own view of the groups is fitted, not counted as noise), so
+its gain bounds what any design that averages over seeds, and any estimator, can reach.
+Runs resume from ``--workdir``.
 
     python benchmarks/designs_real.py [--models 240] [--arms independent,chunk-seeds,...]
         [--epochs 6] [--batch-size 128] [--workdir DIR]
@@ -41,7 +48,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from _common import save_result
-from transfer_influence import estimate_influence
+from transfer_influence import ClassInfluence, estimate_influence
 from transfer_influence.attribution import seed_blocks
 from transfer_influence.config import Config
 from transfer_influence.datasets.arrays import save_npz
@@ -142,20 +149,21 @@ def measure(masks: np.ndarray, y: np.ndarray, blocks, sizes) -> list[dict]:
             np.sort(np.bincount(blocks[:m])[np.unique(blocks[:m])]) if blocks is not None else None
         )
         half = m // 2 if counts is None else int(counts[: counts.size // 2].sum())
+        seed_levels = 0 if counts is None else counts.size // 2 - 1  # spent on seeds in a half
+        first = None if blocks is None else blocks[:m]
         for estimator in ESTIMATORS:
-            if estimator == "regression" and half < k + 10:
+            if estimator == "regression" and half < k + 10 + seed_levels:
                 continue
             split = split_half_stability(
-                masks[:m], y[:m], splits=50, estimator=estimator,
-                blocks=None if blocks is None else blocks[:m],
-            )  # fmt: skip
+                masks[:m], y[:m], splits=50, estimator=estimator, blocks=first
+            )
             row = {
                 "models": m,
                 "estimator": estimator,
                 "split_half": split.spearman,
                 "models_for_0.9": split.models_needed(0.9),
                 "lds": linear_datamodeling_score(
-                    masks[:m], y[:m], m // 5, splits=200, estimator=estimator
+                    masks[:m], y[:m], m // 5, splits=200, estimator=estimator, blocks=first
                 )[0],
             }
             rows.append(row)
@@ -175,7 +183,7 @@ def agreement(data: dict, a: str, b: str) -> dict:
     values, reliability = {}, {}
     for arm in (a, b):
         masks, y, _, blocks = data[arm]
-        values[arm] = estimate_influence(masks, y[:, None]).overall.values[:, 0]
+        values[arm] = estimate_influence(masks, y[:, None], chunks=blocks).overall.values[:, 0]
         r = split_half_stability(masks, y, splits=50, blocks=blocks).spearman
         reliability[arm] = 2 * r / (1 + r)
     raw = float(spearmanr(values[a], values[b]).statistic)
@@ -183,6 +191,29 @@ def agreement(data: dict, a: str, b: str) -> dict:
     result = {"arms": [a, b], "spearman": raw, "ceiling": ceiling, "ratio": raw / ceiling}
     print(f"{a} vs {b}: Spearman {raw:.3f}, ceiling {ceiling:.3f}, ratio {raw / ceiling:.2f}")
     return result
+
+
+def median_errors(store: RunStore) -> dict[str, float]:
+    """Median standard error of the overall influence, per estimator, as ``estimate`` gives it."""
+    return {
+        estimator: float(np.median(ClassInfluence(estimator=estimator).fit(store).classes_.stderr))
+        for estimator in ESTIMATORS
+    }
+
+
+def error_gains(arms: dict) -> dict[str, dict[str, float]]:
+    """(own-seed difference-in-means error / each arm's error)^2: at equal signal, how many
+    times fewer models the arm needs."""
+    if "independent" not in arms:
+        return {}
+    base = arms["independent"]["median_stderr"]["difference"]
+    gains = {
+        arm: {name: (base / error) ** 2 for name, error in values["median_stderr"].items()}
+        for arm, values in arms.items()
+    }
+    for arm, values in gains.items():
+        print(f"error gain {arm}: " + ", ".join(f"{k} {v:.2f}x" for k, v in values.items()))
+    return gains
 
 
 def main() -> None:
@@ -203,11 +234,11 @@ def main() -> None:
     arms = args.arms.split(",")
     if unknown := set(arms) - set(ARMS):
         parser.error(f"unknown arm(s) {', '.join(sorted(unknown))}; choose from {', '.join(ARMS)}")
-    data, seconds = {}, {}
+    data, seconds, stores = {}, {}, {}
     for arm in arms:
         print(f"training arm {arm!r}: {args.models} models", flush=True)
-        store, seconds[arm] = train_arm(workdir, params, arm, args.models)
-        data[arm] = overall_outputs(store)
+        stores[arm], seconds[arm] = train_arm(workdir, params, arm, args.models)
+        data[arm] = overall_outputs(stores[arm])
     sizes = [m for m in (60, 120, 240, 480, 960) if m <= args.models]
     data_spec = {"size": SIZE, "source_per_class": SOURCE_PER_CLASS}
     data_spec.update(target_train=TARGET_TRAIN, target_test=TARGET_TEST)
@@ -229,7 +260,9 @@ def main() -> None:
             "p_correct_std": float(y.std()),
             "share_explained_by_subsets": share,
             "rows": measure(masks, y, blocks, sizes),
+            "median_stderr": median_errors(stores[arm]),
         }
+    result["error_gains"] = error_gains(result["arms"])
     result["agreement"] = [agreement(data, a, b) for i, a in enumerate(arms) for b in arms[i + 1 :]]
     path = save_result("designs_real", result)
     print(f"wrote {path}")
