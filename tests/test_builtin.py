@@ -123,7 +123,11 @@ def test_groups_beyond_classes(tmp_path):
 FAST_KNOBS = {"pool": "max+mean", "low_res_size": 8, "low_res_epochs": 1}
 
 
-@pytest.mark.parametrize("knobs", [{}, FAST_KNOBS], ids=["default", "maxmean-lowres"])
+@pytest.mark.parametrize(
+    "knobs",
+    [{}, FAST_KNOBS, {"data_order": "coupled"}],
+    ids=["default", "maxmean-lowres", "coupled"],
+)
 def test_a_stack_trains_exactly_its_models_independently(knobs):
     """Model g of a stack ends where the same model trained alone ends: nothing is shared."""
     from transfer_influence.trainers.stack import Recipe, train_stack
@@ -178,6 +182,7 @@ def test_progressive_resizing_and_pooling_change_the_model():
     [
         ({"pool": "mean"}, "recipe.pool"),
         ({"low_res_size": 16, "low_res_epochs": 9}, "low_res_epochs"),
+        ({"data_order": "shared"}, "recipe.data_order must be one of independent, coupled"),
     ],
 )
 def test_recipe_refuses_bad_fast_knobs(knobs, message):
@@ -185,6 +190,33 @@ def test_recipe_refuses_bad_fast_knobs(knobs, message):
 
     with pytest.raises(ValueError, match=message):
         Recipe(epochs=6, **knobs)
+
+
+def test_coupled_order_shows_a_seed_s_models_their_common_images_alike():
+    """Two models of one seed, half their images in common: each passes over exactly its own
+    images, and they meet the common ones in the same order, cropped and flipped alike. With
+    the independent order (or another seed) the common images come in unrelated orders."""
+    from transfer_influence.trainers.stack import _plan_batches
+
+    members = [np.arange(0, 60), np.arange(30, 90)]
+    common = np.arange(30, 60)
+
+    def first_pass(seeds, coupled):
+        plan = _plan_batches(members, 100, 10, 12, seeds, 4, True, coupled)
+        streams = []
+        for g in range(2):
+            index, dy, dx, flip = (t[:, g].reshape(-1)[:60].numpy() for t in plan)
+            assert sorted(index) == members[g].tolist()  # every image once per pass
+            shared = np.isin(index, common)
+            streams.append(np.stack([index[shared], dy[shared], dx[shared], flip[shared]]))
+        return streams
+
+    a, b = first_pass([5, 5], coupled=True)
+    np.testing.assert_array_equal(a, b)
+    assert len(np.unique(a[1])) > 1 and 0 < a[3].mean() < 1  # crops and flips still vary
+    for seeds, coupled in (([5, 5], False), ([5, 6], True)):
+        a, b = first_pass(seeds, coupled)
+        assert (a[0] != b[0]).mean() > 0.5
 
 
 @pytest.mark.parametrize("widths, size", [((16, 32, 64), 32), ((8, 16, 32, 64), 16)])

@@ -24,6 +24,7 @@ from tqdm import tqdm
 __all__ = ["POOLS", "Recipe", "StackedResNet", "extract_features", "train_stack"]
 
 POOLS = ("max", "max+mean")
+DATA_ORDERS = ("independent", "coupled")
 
 _MEAN = torch.tensor([0.4914, 0.4822, 0.4465])
 _STD = torch.tensor([0.2470, 0.2435, 0.2616])
@@ -43,6 +44,10 @@ class Recipe:
     warmup: float = 0.2  # fraction of steps for the linear warm-up of the one-cycle schedule
     crop_padding: int = 4  # random-translation augmentation, in pixels; 0 turns it off
     flip: bool = True
+    # "independent": each model draws its own order of its images. "coupled": models that share
+    # a seed (run.shared_seed, run.seed_per_chunk) see the images they have in common in the
+    # same order, cropped and flipped alike — common random numbers for their contrasts.
+    data_order: str = "independent"
     # Progressive resizing: the first low_res_epochs train on images downscaled to
     # low_res_size pixels (a (s/32)^2 share of the arithmetic); 0 turns it off.
     low_res_size: int = 0
@@ -72,6 +77,8 @@ class Recipe:
                 raise ValueError(f"recipe.{name} must be at least 1")
         if not 0.0 <= self.warmup < 1.0:
             raise ValueError("recipe.warmup must be in [0, 1)")
+        if self.data_order not in DATA_ORDERS:
+            raise ValueError(f"recipe.data_order must be one of {', '.join(DATA_ORDERS)}")
         if self.pool not in POOLS:
             raise ValueError(f"recipe.pool must be one of {', '.join(POOLS)}")
         if self.low_res_size < 0 or not 0 <= self.low_res_epochs <= self.epochs:
@@ -193,28 +200,67 @@ def _normalise(images: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return x.movedim(-1, -3)
 
 
+def _own_order(
+    member: torch.Tensor, needed: int, gen: torch.Generator, pad: int, flip: bool
+) -> tuple[torch.Tensor, ...]:
+    """A model's own stream: passes over its images in random order, and for every sample a
+    crop offset and a flip."""
+    size = len(member)
+    order = torch.cat(
+        [torch.randperm(size, generator=gen) for _ in range(math.ceil(needed / size))]
+    )[:needed]
+    dy = torch.randint(0, 2 * pad + 1, (needed,), generator=gen)
+    dx = torch.randint(0, 2 * pad + 1, (needed,), generator=gen)
+    flips = torch.rand((needed,), generator=gen) < (0.5 if flip else 0.0)
+    return member[order], dy, dx, flips
+
+
+def _coupled_order(
+    member: torch.Tensor, total: int, needed: int, gen: torch.Generator, pad: int, flip: bool
+) -> tuple[torch.Tensor, ...]:
+    """The seed's passes over all ``total`` images — an order, and a crop and flip per image —
+    of which the model takes its own images: models of one seed see the images they share in
+    the same order, cropped and flipped alike. Each model's stream alone is as random as its
+    own order would be."""
+    held = torch.zeros(total, dtype=torch.bool)
+    held[member] = True
+    parts: list[list[torch.Tensor]] = [[], [], [], []]
+    for _ in range(math.ceil(needed / len(member))):
+        order = torch.randperm(total, generator=gen)
+        dy = torch.randint(0, 2 * pad + 1, (total,), generator=gen)
+        dx = torch.randint(0, 2 * pad + 1, (total,), generator=gen)
+        flips = torch.rand((total,), generator=gen) < (0.5 if flip else 0.0)
+        mine = order[held[order]]
+        for part, values in zip(parts, (mine, dy[mine], dx[mine], flips[mine]), strict=True):
+            part.append(values)
+    return tuple(torch.cat(part)[:needed] for part in parts)
+
+
 def _plan_batches(
-    sizes: list[int], batch: int, steps: int, seeds: list[int], pad: int, flip: bool
+    members: list[np.ndarray],
+    total: int,
+    batch: int,
+    steps: int,
+    seeds: list[int],
+    pad: int,
+    flip: bool,
+    coupled: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Every step's sample positions, crop offsets and flips for every model, drawn up front
-    from each model's own generator: steps x G x batch each."""
-    positions, dys, dxs, flips = [], [], [], []
-    for size, seed in zip(sizes, seeds, strict=True):
+    """Every step's image indices (into all ``total`` images), crop offsets and flips for every
+    model, drawn up front from each model's seed: steps x G x batch each."""
+    planned: list[list[torch.Tensor]] = [[], [], [], []]
+    for member, seed in zip(members, seeds, strict=True):
         gen = torch.Generator().manual_seed(int(seed) + 1)
-        needed = steps * batch
-        order = torch.cat(
-            [torch.randperm(size, generator=gen) for _ in range(math.ceil(needed / size))]
-        )[:needed]
-        positions.append(order.view(steps, batch))
-        dys.append(torch.randint(0, 2 * pad + 1, (steps, batch), generator=gen))
-        dxs.append(torch.randint(0, 2 * pad + 1, (steps, batch), generator=gen))
-        flips.append(torch.rand((steps, batch), generator=gen) < (0.5 if flip else 0.0))
-    return (
-        torch.stack(positions, 1),
-        torch.stack(dys, 1),
-        torch.stack(dxs, 1),
-        torch.stack(flips, 1),
-    )
+        member = torch.as_tensor(np.asarray(member), dtype=torch.long)
+        stream = (
+            _coupled_order(member, total, steps * batch, gen, pad, flip)
+            if coupled
+            else _own_order(member, steps * batch, gen, pad, flip)
+        )
+        for part, values in zip(planned, stream, strict=True):
+            part.append(values.view(steps, batch))
+    indices, dys, dxs, flips = (torch.stack(part, 1) for part in planned)
+    return indices, dys, dxs, flips
 
 
 def _augmented_batch(
@@ -260,16 +306,19 @@ def train_stack(
     pad = recipe.crop_padding
     size = (images.shape[1], images.shape[2])
     padded = F.pad(images, (0, 0, pad, pad, pad, pad)) if pad else images
-    sizes = [len(m) for m in members]
-    epoch_size = epoch_size or sum(sizes) / len(sizes)
+    epoch_size = epoch_size or sum(len(m) for m in members) / len(members)
     steps = max(1, math.ceil(epoch_size / recipe.batch_size)) * epochs
-    plan = _plan_batches(sizes, recipe.batch_size, steps, seeds, pad, recipe.flip)
-    member_table = torch.zeros((len(members), max(sizes)), dtype=torch.long)
-    for g, member in enumerate(members):
-        member_table[g, : len(member)] = torch.as_tensor(member)
-    member_table = member_table.to(device)
-    positions, dys, dxs, flips = (t.to(device) for t in plan)
-    steps = positions.shape[0]
+    plan = _plan_batches(
+        members,
+        images.shape[0],
+        recipe.batch_size,
+        steps,
+        seeds,
+        pad,
+        recipe.flip,
+        coupled=recipe.data_order == "coupled",
+    )
+    indices, dys, dxs, flips = (t.to(device) for t in plan)
     scaled_lr = lr * recipe.batch_size / 512
     optimizer = torch.optim.SGD(
         net.parameters(),
@@ -283,11 +332,10 @@ def train_stack(
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: (s + 1) / warm if s < warm else max(0.0, (steps - s) / decay)
     )
-    g_index = torch.arange(len(members), device=device)[:, None]
     low_res_steps = steps // epochs * low_res_epochs if recipe.low_res_size else 0
     net.train()
     for step in tqdm(range(steps), desc="training", unit="step", disable=not progress, leave=False):
-        index = member_table[g_index, positions[step]]  # G x B image indices
+        index = indices[step]  # G x B image indices
         batch = _augmented_batch(padded, index, dys[step], dxs[step], flips[step], size)
         x = _normalise(batch, dtype)  # G x B x 3 x H x W
         x = x.transpose(0, 1).reshape(x.shape[1], -1, *size)
