@@ -17,7 +17,11 @@ of models on independently drawn random subsets:
   so it is stability across seeds;
 - ``pair-seeds``: the balanced design (at alpha = 0.5: a subset and its complement) with a
   seed per pair, so each pair's contrast is free of its seed's offset and centring loses no
-  information about the groups (every group is in exactly one model of a pair).
+  information about the groups (every group is in exactly one model of a pair);
+- ``shared-coupled`` and ``chunk4-coupled``: the subsets and seeds of ``shared`` and
+  ``chunk4-seeds`` with ``recipe.data_order = "coupled"`` (a seed's models meet the images they
+  share in the same order, cropped and flipped alike): what the data order adds to sharing the
+  initialisation, model for model.
 
 For each arm and estimator (difference in means, regression), at growing m (the first m
 models): split-half rank stability of the overall group ranking with its Spearman-Brown
@@ -74,7 +78,12 @@ ARMS = {
     "chunk-seeds": {"seed": 3, "seed_per_chunk": True, "chunk_size": 16},
     "chunk4-seeds": {"seed": 4, "seed_per_chunk": True, "chunk_size": 4},
     "pair-seeds": {"seed": 5, "design": "balanced", "seed_per_chunk": True, "chunk_size": 2},
-}
+    # The same subsets and seeds as "shared" and "chunk4-seeds", with the coupled data order.
+    "shared-coupled": {"seed": 1, "shared_seed": True, "recipe": {"data_order": "coupled"}},
+    "chunk4-coupled": {
+        "seed": 4, "seed_per_chunk": True, "chunk_size": 4, "recipe": {"data_order": "coupled"}
+    },
+}  # fmt: skip
 
 
 def _per_class(dataset, n: int, seed: int):
@@ -110,10 +119,11 @@ def prepare_data(workdir: Path, recipe: dict) -> dict:
 
 
 def train_arm(workdir: Path, params: dict, arm: str, models: int) -> tuple[RunStore, float]:
+    run = dict(ARMS[arm])
+    params = dict(params, recipe=params["recipe"] | run.pop("recipe", {}))
     config = Config.from_dict(
         {
-            "run": {"alpha": 0.5, "models": models, "chunk_size": 8, "keep_logits": False}
-            | ARMS[arm],
+            "run": {"alpha": 0.5, "models": models, "chunk_size": 8, "keep_logits": False} | run,
             "trainer": {"type": "builtin", "params": params},
         }
     )
