@@ -122,8 +122,8 @@ def test_stability_and_lds_compare_models_within_their_seed():
         fits = [
             (
                 estimate_influence(masks, y[:, None], chunks=blocks).overall.values[:, 0],
-                split_half_stability(masks, y, blocks=blocks).spearman,
-                linear_datamodeling_score(masks, y, 48, blocks=blocks)[0],
+                split_half_stability(masks, y, splits=20, blocks=blocks).spearman,
+                linear_datamodeling_score(masks, y, 48, splits=50, blocks=blocks)[0],
             )
             for y in (recorded, centred)
         ]
@@ -132,7 +132,7 @@ def test_stability_and_lds_compare_models_within_their_seed():
         values, stability, lds = fits[0]
         assert 0.7 <= np.sum(values * effects) / np.sum(effects**2) <= 1.3
         assert stability > 0.5
-        assert lds > linear_datamodeling_score(masks, centred, 48)[0] + 0.1
+        assert lds > linear_datamodeling_score(masks, centred, 48, splits=50)[0] + 0.1
 
 
 def test_the_regression_counts_the_levels_spent_on_seeds():
