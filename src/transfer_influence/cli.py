@@ -310,11 +310,15 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
             f"200 splits): {model.lds_:.2f}"
         )
     if model.stability_ is not None:
+        splits = model.stability_.splits
+        how = (
+            f"slopes within chunks, {splits} random halves of whole chunks"
+            if model.seed_per_chunk_
+            else f"difference in means, {splits} random halves"
+        )
         print(
-            f"\nsplit-half rank stability (difference in means, {model.stability_.splits} "
-            f"random halves{' of whole chunks' if model.seed_per_chunk_ else ''}): "
-            f"Spearman {model.stability_.spearman:.2f}; about "
-            f"{model.stability_.models_needed(0.9):,.0f} models would give 0.9"
+            f"\nsplit-half rank stability ({how}): Spearman {model.stability_.spearman:.2f}; "
+            f"about {model.stability_.models_needed(0.9):,.0f} models would give 0.9"
             + (f"\n{SHARED_SEED_CAVEAT}" if model.shared_seed_ else "")
         )
     if model.explained_ is not None:

@@ -271,7 +271,7 @@ def _cmd_examples(args: argparse.Namespace) -> int:
         for row in rows.itertuples():
             print(f"  {row.source_example:<32} {row.influence * scale:+9.4f}")
     if fitted.stability_ is not None:
-        print(f"\nsplit-half rank stability (difference in means): "
-              f"{fitted.stability_.spearman:.2f}")  # fmt: skip
+        how = "slopes within chunks" if store.config.run.seed_per_chunk else "difference in means"
+        print(f"\nsplit-half rank stability ({how}): {fitted.stability_.spearman:.2f}")
     print(f"\nwrote {folder}/overall.csv, per_example.csv")
     return 0
