@@ -218,6 +218,23 @@ def test_run_until_stable_grows_the_run_until_the_target_or_budget(make_config, 
     assert code == 0 and RunStore(run_dir).planned_models == planned + 8  # the budget stops it
 
 
+def test_until_stable_grows_by_the_projection_and_doubles_without_one():
+    """Halves that do not agree (Spearman <= 0) give no projection: the run doubles (this
+    crashed on a NaN before). A projection is followed, at least a chunk and at most double."""
+    from transfer_influence.cli import grown_models
+    from transfer_influence.stability import SplitHalf
+
+    disagree = SplitHalf(spearman=-0.1, spread=0.2, splits=50, models=40)
+    assert grown_models(disagree, 0.9, 40, 8, 1000) == 80
+    assert grown_models(disagree, 0.9, 40, 8, 60) == 60  # the budget
+    assert disagree.projection(0.9) == "no projection to 0.9 while the halves do not agree"
+    agree = SplitHalf(spearman=0.5, spread=0.1, splits=50, models=40)  # 9x the models for 0.9
+    assert agree.projection(0.9) == "about 360 models would give 0.9"
+    assert grown_models(agree, 0.9, 40, 8, 1000) == 80
+    assert grown_models(agree, 0.6, 40, 8, 1000) == 60  # 1.5x the models for 0.6
+    assert grown_models(SplitHalf(0.89, 0.1, 50, 40), 0.9, 40, 8, 1000) == 48  # a chunk more
+
+
 def test_estimate_reports_lds_and_stability(make_config, cli, tmp_path):
     run_dir = tmp_path / "run"
     cli("run", make_config(models=40), "--run-dir", run_dir, "--quiet")

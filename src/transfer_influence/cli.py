@@ -25,7 +25,7 @@ from .engines.local import prepare, run_local, work
 from .estimation import ESTIMATORS
 from .importing import record_file
 from .outputs import output_units
-from .stability import SHARED_SEED_CAVEAT, explained_sentence
+from .stability import SHARED_SEED_CAVEAT, SplitHalf, explained_sentence
 from .store import CorruptFileError, RecordError, RunError, RunStore
 from .store.status import duration, run_status
 from .trainers import load_trainer
@@ -171,19 +171,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 break
             store.set_models(min(2 * store.planned_models, budget))
             continue
-        target_models = stability.models_needed(args.until_stable)
         print(
             f"{stability.models} models: split-half rank stability {stability.spearman:.2f} "
-            f"(target {args.until_stable}; projected {target_models:,.0f} models)"
+            f"(target {args.until_stable}: {stability.projection(args.until_stable)})"
         )
         if stability.spearman >= args.until_stable or store.planned_models >= budget:
             break
-        grow = min(
-            max(target_models, store.planned_models + store.config.run.chunk_size),
-            2 * store.planned_models,
-            budget,
-        )  # at most double before measuring again
-        store.set_models(int(math.ceil(grow)))
+        store.set_models(
+            grown_models(stability, args.until_stable, store.planned_models,
+                         store.config.run.chunk_size, budget)
+        )  # fmt: skip
     missing = sum(c.size for c in store.missing_chunks())
     if missing:
         print(f"stopped at the time limit with {missing} models to go; run again to continue")
@@ -193,6 +190,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
             f"next: transfer-influence estimate {store.root}"
         )
     return 0
+
+
+def grown_models(
+    stability: SplitHalf, target: float, planned: int, chunk_size: int, budget: int
+) -> int:
+    """How many models to plan next on the way to ``target``: the Spearman-Brown projection,
+    at least a chunk more and at most double (then measure again), within ``budget``. While
+    the halves do not agree at all there is no projection, so double."""
+    projected = stability.models_needed(target)
+    wanted = max(projected, planned + chunk_size) if math.isfinite(projected) else 2 * planned
+    return int(math.ceil(min(wanted, 2 * planned, budget)))
 
 
 def _train(args, store: RunStore, time_limit: float | None, trainer, verify: bool) -> None:
@@ -318,7 +326,7 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
         )
         print(
             f"\nsplit-half rank stability ({how}): Spearman {model.stability_.spearman:.2f}; "
-            f"about {model.stability_.models_needed(0.9):,.0f} models would give 0.9"
+            f"{model.stability_.projection(0.9)}"
             + (f"\n{SHARED_SEED_CAVEAT}" if model.shared_seed_ else "")
         )
     if model.explained_ is not None:

@@ -52,6 +52,13 @@ class SplitHalf:
         k = target * (1.0 - r) / (r * (1.0 - target))
         return max(k, 1.0) * self.models
 
+    def projection(self, target: float = 0.9) -> str:
+        """:meth:`models_needed` in words, or why there is none yet."""
+        needed = self.models_needed(target)
+        if not math.isfinite(needed):
+            return f"no projection to {target:g} while the halves do not agree"
+        return f"about {needed:,.0f} models would give {target:g}"
+
 
 def _ranks(x: np.ndarray) -> np.ndarray:
     return np.argsort(np.argsort(x)).astype(np.float64)

@@ -96,8 +96,7 @@ def example_section(
     if stability is not None:
         note += (
             f" Split-half rank stability of the overall ranking (difference in means): "
-            f"{stability.spearman:.2f}; about {stability.models_needed(0.9):,.0f} models "
-            "would give 0.9."
+            f"{stability.spearman:.2f}; {stability.projection(0.9)}."
         )
     context = {
         "note": note,

@@ -106,7 +106,7 @@ def run_facts(store: RunStore, influence: ClassInfluence) -> list[tuple[str, str
     facts.append(
         (
             "Split-half rank stability",
-            f"{stability.spearman:.2f} (≈{stability.models_needed(0.9):,.0f} models for 0.9"
+            f"{stability.spearman:.2f} ({stability.projection(0.9)}"
             + ("; halves of whole chunks, so across seeds)" if influence.seed_per_chunk_ else ")")
             if stability is not None
             else "needs at least 8 models (in 2 chunks, with a seed per chunk)",
@@ -147,8 +147,7 @@ def trust_sentence(influence: ClassInfluence) -> str:
         else:
             parts.append(
                 f"The class ranking is {'moderately' if spearman >= 0.6 else 'not yet'} stable "
-                f"(split-half Spearman {spearman:.2f}); about "
-                f"{stability.models_needed(0.9):,.0f} models would make it 0.9. Read the "
+                f"(split-half Spearman {spearman:.2f}; {stability.projection(0.9)}). Read the "
                 "intervals, not the order, of classes whose intervals overlap."
             )
         if influence.shared_seed_:
