@@ -177,10 +177,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         )
         if stability.spearman >= args.until_stable or store.planned_models >= budget:
             break
+        chunk_size = store.config.run.chunk_size
         store.set_models(
-            grown_models(stability, args.until_stable, store.planned_models,
-                         store.config.run.chunk_size, budget)
-        )  # fmt: skip
+            grown_models(stability, args.until_stable, store.planned_models, chunk_size, budget)
+        )
     missing = sum(c.size for c in store.missing_chunks())
     if missing:
         print(f"stopped at the time limit with {missing} models to go; run again to continue")

@@ -83,9 +83,8 @@ def _overall(
     masks: np.ndarray, outputs: np.ndarray, estimator: str, blocks: np.ndarray | None
 ) -> np.ndarray:
     """The overall influence (K,) from outputs (m x 1); slopes within seed blocks if given."""
-    return estimate_influence(masks, outputs, estimator=estimator, chunks=blocks).overall.values[
-        :, 0
-    ]
+    estimate = estimate_influence(masks, outputs, estimator=estimator, chunks=blocks)
+    return estimate.overall.values[:, 0]
 
 
 def _correlation(
