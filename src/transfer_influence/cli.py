@@ -25,7 +25,7 @@ from .engines.local import prepare, run_local, work
 from .estimation import ESTIMATORS
 from .importing import record_file
 from .outputs import output_units
-from .stability import SHARED_SEED_CAVEAT, SplitHalf, explained_sentence
+from .stability import SHARED_SEED_CAVEAT, SplitHalf, explained_sentence, split_half_method
 from .store import CorruptFileError, RecordError, RunError, RunStore
 from .store.status import duration, run_status
 from .trainers import load_trainer
@@ -319,11 +319,8 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
         )
     if model.stability_ is not None:
         splits = model.stability_.splits
-        how = (
-            f"slopes within chunks, {splits} random halves of whole chunks"
-            if model.seed_per_chunk_
-            else f"difference in means, {splits} random halves"
-        )
+        halves = "random halves of whole chunks" if model.seed_per_chunk_ else "random halves"
+        how = f"{split_half_method(model.seed_per_chunk_)}, {splits} {halves}"
         print(
             f"\nsplit-half rank stability ({how}): Spearman {model.stability_.spearman:.2f}; "
             f"{model.stability_.projection(0.9)}"

@@ -9,6 +9,7 @@ import sys
 
 from .estimation import ESTIMATORS
 from .outputs import output_units
+from .stability import split_half_method
 from .store import RunStore
 from .store.files import read_json
 
@@ -271,7 +272,7 @@ def _cmd_examples(args: argparse.Namespace) -> int:
         for row in rows.itertuples():
             print(f"  {row.source_example:<32} {row.influence * scale:+9.4f}")
     if fitted.stability_ is not None:
-        how = "slopes within chunks" if store.config.run.seed_per_chunk else "difference in means"
+        how = split_half_method(store.config.run.seed_per_chunk)
         print(f"\nsplit-half rank stability ({how}): {fitted.stability_.spearman:.2f}")
     print(f"\nwrote {folder}/overall.csv, per_example.csv")
     return 0

@@ -29,6 +29,7 @@ __all__ = [
     "explained_sentence",
     "explained_share",
     "linear_datamodeling_score",
+    "split_half_method",
     "split_half_stability",
 ]
 
@@ -204,6 +205,12 @@ def explained_by_subsets(masks: np.ndarray, outputs: np.ndarray, folds: int = 10
 def explained_share(errors: np.ndarray, baseline: float) -> float:
     """:func:`explained_by_subsets` from a :func:`ridge_cross_validation` already run."""
     return float(1.0 - errors.min() / baseline) if baseline > 0 else float("nan")
+
+
+def split_half_method(seed_per_chunk: bool) -> str:
+    """What :func:`split_half_stability` estimates each half with, for reports: slopes within
+    chunks where seeds are per chunk (``blocks``), else the difference in means."""
+    return "slopes within chunks" if seed_per_chunk else "difference in means"
 
 
 SHARED_SEED_CAVEAT = (

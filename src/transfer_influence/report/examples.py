@@ -12,6 +12,7 @@ import pandas as pd
 
 from ..attribution import ClassInfluence
 from ..examplewise import ExampleInfluence
+from ..stability import split_half_method
 from ..store import RunError, RunStore
 from .images import RunImages, png, thumbnail
 
@@ -95,7 +96,8 @@ def example_section(
     )
     if stability is not None:
         note += (
-            f" Split-half rank stability of the overall ranking (difference in means): "
+            " Split-half rank stability of the overall ranking "
+            f"({split_half_method(store.config.run.seed_per_chunk)}): "
             f"{stability.spearman:.2f}; {stability.projection(0.9)}."
         )
     context = {
