@@ -22,7 +22,7 @@ import numpy as np
 
 from _common import save_result
 from transfer_influence import estimate_influence, make_jobs
-from transfer_influence.stability import (
+from transfer_influence.estimation.diagnostics import (
     _ranks,
     explained_by_subsets,
     linear_datamodeling_score,

@@ -28,7 +28,7 @@ from transfer_influence.config import Config
 from transfer_influence.datasets.arrays import save_npz
 from transfer_influence.datasets.synthetic import planted_pool
 from transfer_influence.engines.local import run_local
-from transfer_influence.examplewise import ExampleInfluence
+from transfer_influence.estimation import ExampleInfluence
 from transfer_influence.store import RunStore
 from transfer_influence.trainers import load_trainer
 

@@ -42,7 +42,7 @@ def test_top_groups_overall_and_per_target_class(fitted):
     helpful = top_groups(fitted, 4)
     assert helpful["group"].tolist() == fitted.classes_["group"].head(4).tolist()
     assert helpful["rank"].tolist() == [1, 2, 3, 4]
-    harmful = top_groups(fitted, 3, harmful=True)
+    harmful = top_groups(fitted, 3, bottom=True)
     assert harmful["rank"].tolist() == [12, 11, 10]
     assert harmful["influence"].is_monotonic_increasing
     name = fitted.target_classes_[1]

@@ -19,7 +19,7 @@ def test_run_status_estimate(make_config, cli, tmp_path):
     assert "24 of 24 done" in out and "6 done, 0 running, 0 missing" in out
     code, out, _ = cli("estimate", run_dir, "--top", "2")
     assert code == 0
-    assert "most helpful" in out and "most harmful" in out
+    assert "most helpful" in out and "least helpful (below the average class)" in out
     table = pd.read_csv(run_dir / "influence" / "classes.csv")
     assert list(table.columns) == [
         "group",
@@ -27,6 +27,7 @@ def test_run_status_estimate(make_config, cli, tmp_path):
         "stderr",
         "ci_low",
         "ci_high",
+        "q_value",
         "n_in",
         "n_out",
     ]
@@ -222,14 +223,16 @@ def test_until_stable_grows_by_the_projection_and_doubles_without_one():
     """Halves that do not agree (Spearman <= 0) give no projection: the run doubles (this
     crashed on a NaN before). A projection is followed, at least a chunk and at most double."""
     from transfer_influence.cli import grown_models
-    from transfer_influence.stability import SplitHalf
+    from transfer_influence.estimation.diagnostics import SplitHalf
 
     disagree = SplitHalf(spearman=-0.1, spread=0.2, splits=50, models=40)
     assert grown_models(disagree, 0.9, 40, 8, 1000) == 80
     assert grown_models(disagree, 0.9, 40, 8, 60) == 60  # the budget
-    assert disagree.projection(0.9) == "no projection to 0.9 while the halves do not agree"
+    assert disagree.projection(0.9) == (
+        "no projection to Spearman 0.9 while the halves agree no more than chance"
+    )
     agree = SplitHalf(spearman=0.5, spread=0.1, splits=50, models=40)  # 9x the models for 0.9
-    assert agree.projection(0.9) == "about 360 models would give 0.9"
+    assert agree.projection(0.9) == "about 360 models would give Spearman 0.9"
     assert grown_models(agree, 0.9, 40, 8, 1000) == 80
     assert grown_models(agree, 0.6, 40, 8, 1000) == 60  # 1.5x the models for 0.6
     assert grown_models(SplitHalf(0.89, 0.1, 50, 40), 0.9, 40, 8, 1000) == 48  # a chunk more
@@ -239,9 +242,12 @@ def test_estimate_reports_lds_and_stability(make_config, cli, tmp_path):
     run_dir = tmp_path / "run"
     cli("run", make_config(models=40), "--run-dir", run_dir, "--quiet")
     code, out, _ = cli("estimate", run_dir)
-    assert code == 0 and "held-out LDS" in out and "split-half rank stability" in out
+    assert code == 0 and "held-out LDS" in out and "Whole ranking: split-half Spearman" in out
+    assert "of their top 3 (0.8 by chance)" in out and "of their bottom 3" in out
     summary = json.loads((run_dir / "influence" / "summary.json").read_text())
-    assert -1 <= summary["lds"] <= 1 and -1 <= summary["split_half_spearman"] <= 1
+    stability = summary["stability"]
+    assert -1 <= summary["lds"] <= 1 and -1 <= stability["spearman"] <= 1
+    assert 0 <= stability["bottom_overlap"] <= 1 and stability["chance_overlap"] == 3 / 12
     assert summary["explained_by_subsets"] <= 1 and "subsets explain" in out
 
 
@@ -261,4 +267,4 @@ def test_estimate_says_when_stability_is_within_one_seed(make_config, cli, tmp_p
         code, out, _ = cli("estimate", run_dir)
         assert code == 0 and ("share one seed" in out) == (shared == "true")
         summary = json.loads((run_dir / "influence" / "summary.json").read_text())
-        assert summary["split_half_within_one_seed"] is (shared == "true")
+        assert summary["stability"]["within_one_seed"] is (shared == "true")

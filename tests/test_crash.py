@@ -70,6 +70,7 @@ def reference(tmp_path_factory):
     return config, folder / "reference"
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_and_inside_writes(reference, tmp_path):
     config, reference_dir = reference
     run_dir = tmp_path / "crashed"

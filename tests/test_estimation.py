@@ -175,7 +175,7 @@ def test_regression_estimator_removes_composition_noise():
     truth = trainer.true_influence("sim", "ff")
     plain = estimate_influence(masks, outputs, labels)
     adjusted = estimate_influence(masks, outputs, labels, estimator="regression")
-    assert adjusted.estimator == "regression" and adjusted.ridge is not None
+    assert adjusted.estimator == "regression"
     assert adjusted.overall.stderr.mean() < plain.overall.stderr.mean() / 3
     errors = {
         name: np.abs(est.overall.values[:, 0] - truth.mean(axis=1)).mean()
@@ -189,9 +189,10 @@ def test_regression_estimator_removes_composition_noise():
     )
 
 
-def test_regression_intervals_hold_the_truth_of_the_largest_effects():
-    """Ridge shrinks the largest effects most; intervals from the ridge fit's own variance
-    held the truth for about half of the most influential groups here."""
+def test_regression_intervals_are_centred_and_hold_the_truth_of_the_largest_effects():
+    """What is ranked is the centre of its interval, and the interval holds the truth as
+    often as it says, also for the largest effects (a ridge estimate, shrunk most there, had
+    held the truth for about half of the most influential groups here)."""
     covered, top_covered = [], []
     for seed in range(40):
         rng = np.random.default_rng(seed)
@@ -199,19 +200,14 @@ def test_regression_intervals_hold_the_truth_of_the_largest_effects():
         effects = rng.normal(0.0, 0.02, 20)
         outputs = (masks @ effects)[:, None] + rng.normal(0.0, 0.1, (160, 1))
         est = estimate_influence(masks, outputs, estimator="regression")
-        assert est.ridge > 0  # the case where it matters
         low, high = est.overall.ci(0.95)
-        # The interval is the unpenalised fit's, widened to hold the shrunk estimate.
-        unpenalised = estimate_influence(masks, outputs, estimator="regression", ridge=0.0)
-        plain_low, plain_high = unpenalised.overall.ci(0.95)
-        assert np.all(low <= plain_low) and np.all(high >= plain_high)
-        assert np.all((low <= est.overall.values) & (est.overall.values <= high))
-        np.testing.assert_allclose(est.overall.stderr, unpenalised.overall.stderr)
+        np.testing.assert_allclose((low + high) / 2, est.overall.values, atol=1e-12)
         truth = 20 / 19 * (effects - effects.mean())
         held = (low[:, 0] <= truth) & (truth <= high[:, 0])
         covered.append(held.mean())
         top_covered.append(held[np.argsort(-np.abs(truth))[:3]].mean())
-    assert np.mean(covered) >= 0.94 and np.mean(top_covered) >= 0.93, (covered, top_covered)
+    # 800 and 120 intervals: 3.3 and 3.5 standard errors of a 95% coverage below 0.95.
+    assert np.mean(covered) >= 0.925 and np.mean(top_covered) >= 0.88, (covered, top_covered)
 
 
 def test_regression_needs_more_models_than_groups():
@@ -223,7 +219,7 @@ def test_regression_needs_more_models_than_groups():
 
 
 def test_lds_rewards_real_effects_and_not_noise():
-    from transfer_influence.stability import linear_datamodeling_score
+    from transfer_influence.estimation.diagnostics import linear_datamodeling_score
 
     def model_means(null):
         trainer = SimulatedTrainer(
@@ -248,41 +244,25 @@ def test_lds_rewards_real_effects_and_not_noise():
     assert abs(linear_datamodeling_score(masks, y, 30, splits=50)[0]) < 0.1
 
 
-def test_explained_by_subsets_separates_composition_from_training_noise():
-    from transfer_influence.stability import explained_by_subsets, explained_sentence
+def test_explained_by_subsets_is_unbiased_near_as_many_models_as_groups():
+    """At m = 1.5 K, as on the shared fixture, the adjusted R^2 reads the true share on
+    average (a cross-validated ridge R^2 read 0.19-0.22 there for a true 0.46-0.48)."""
+    from transfer_influence.estimation.diagnostics import explained_by_subsets
+    from transfer_influence.estimation.words import explained_sentence
 
-    rng = np.random.default_rng(3)
-    masks = np.stack([j.mask for j in make_jobs(range(200), 40, 0.5, base_seed=3)])
-    effects = rng.normal(0, 1.0, size=40)
-    composition = masks @ effects  # variance 40 / 4 = 10
-    for noise_sd, low, high in ((0.5, 0.9, 1.0), (np.sqrt(10.0), 0.2, 0.65), (30.0, -0.1, 0.1)):
-        y = composition + rng.normal(0, noise_sd, size=200)
-        share = explained_by_subsets(masks, y)
-        assert low <= share <= high, (noise_sd, share)
+    readings = {0.46: [], 0.9: [], 0.0: []}
+    for seed in range(30):
+        rng = np.random.default_rng(seed)
+        masks = np.stack([j.mask for j in make_jobs(range(150), 100, 0.5, base_seed=seed)])
+        composition = masks @ rng.normal(0, 1.0, size=100)
+        composition -= composition.mean()
+        for share in readings:
+            spread = composition.var() * (1 - share) / share if share else 1.0
+            y = (composition if share else 0.0) + rng.normal(0, np.sqrt(spread), size=150)
+            readings[share].append(explained_by_subsets(masks, y))
+    for share, values in readings.items():
+        # 30 readings of sd <= 0.2 (at 49 residual dof): 3.5 standard errors of their mean.
+        assert abs(np.mean(values) - share) <= 0.13, (share, np.mean(values))
     assert "no estimator removes" in explained_sentence(0.1)
     assert "no estimator" not in explained_sentence(0.8) and "80%" in explained_sentence(0.8)
-    with pytest.raises(ValueError, match="at least 20 models"):
-        explained_by_subsets(masks[:12], composition[:12])
-
-
-@pytest.mark.parametrize("m, k", [(60, 70), (80, 30)])  # more groups than models, and fewer
-def test_ridge_cross_validation_matches_a_direct_fit(m, k):
-    from transfer_influence.regression import ridge_cross_validation
-
-    rng = np.random.default_rng(1)
-    masks = rng.random((m, k)) < 0.5
-    y = masks @ rng.normal(size=k) + rng.normal(size=m)
-    penalties, errors, baseline = ridge_cross_validation(masks, y, folds=5, seed=3)
-    x = masks.astype(np.float64)
-    fold_of = np.empty(m, dtype=int)
-    fold_of[np.random.default_rng(3).permutation(m)] = np.arange(m) % 5
-    for penalty, error in zip(penalties, errors, strict=True):
-        direct = 0.0
-        for fold in range(5):
-            train, test = fold_of != fold, fold_of == fold
-            mx, my = x[train].mean(axis=0), y[train].mean()
-            gram = (x[train] - mx).T @ (x[train] - mx) + penalty * np.eye(k)
-            beta = np.linalg.pinv(gram) @ ((x[train] - mx).T @ (y[train] - my))
-            direct += float((((x[test] - mx) @ beta + my - y[test]) ** 2).sum())
-        assert error == pytest.approx(direct, rel=1e-6)
-    assert baseline > errors.min()  # the groups predict y
+    assert explained_by_subsets(masks[:105], y[:105]) is None  # 105 - 1 - 99 < 10 dof

@@ -9,7 +9,7 @@ from transfer_influence import RunStore
 from transfer_influence.config import Config
 from transfer_influence.datasets import load_dataset
 from transfer_influence.engines.local import run_local
-from transfer_influence.examplewise import ExampleInfluence
+from transfer_influence.estimation import ExampleInfluence
 from transfer_influence.trainers import SimulatedTrainer
 from transfer_influence.trainers.source_groups import example_pool, mapped_groups
 
@@ -111,7 +111,7 @@ def test_drill_down_from_a_class_run_then_example_wise_influence(tmp_path, cli, 
     code, out, err = cli("examples", tmp_path / "pool", "--target-example", "0", "-n", "3",
                          "--estimator", "difference")  # fmt: skip
     assert code == 0, err
-    assert "most helpful" in out and "most harmful" in out
+    assert "most helpful" in out and "least helpful" in out
     assert len((tmp_path / "pool" / "examples" / "overall.csv").read_text().splitlines()) == 13
     code, _, err = cli("drill", tmp_path / "pool", "--run-dir", tmp_path / "again")
     assert code == 2 and "no groups or pool" in err

@@ -103,7 +103,7 @@ def test_report_and_top_commands(tmp_path, cli):
     assert code == 0 and (tmp_path / "r" / "index.html").is_file()
     code, out, _ = cli("top", run, "-n", "2")
     assert code == 0 and HOSTILE in out.splitlines()[2]
-    code, out, _ = cli("top", run, "--harmful", "-n", "1", "--csv")
+    code, out, _ = cli("top", run, "--bottom", "-n", "1", "--csv")
     assert code == 0 and out.splitlines()[1].startswith("12,$x^2$ & co,-")
     code, out, _ = cli("top", run, "--target-class", "plain", "-n", "3", "--csv")
     assert code == 0 and len(out.splitlines()) == 4

@@ -13,7 +13,7 @@ from transfer_influence.estimation import (
     InfluenceWarning,
     estimate_influence,
 )
-from transfer_influence.rounds import RoundContrasts
+from transfer_influence.estimation.rounds import RoundContrasts
 from transfer_influence.subsets import make_jobs, round_size
 from transfer_influence.trainers import load_trainer
 

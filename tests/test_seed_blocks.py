@@ -9,10 +9,13 @@ import pytest
 
 from conftest import NOISY_SEEDS
 from transfer_influence import ClassInfluence, RunStore, estimate_influence
-from transfer_influence.centring import centre_within
 from transfer_influence.config import Config, ConfigError
 from transfer_influence.engines.local import run_local
-from transfer_influence.stability import linear_datamodeling_score, split_half_stability
+from transfer_influence.estimation.centring import centre_within
+from transfer_influence.estimation.diagnostics import (
+    linear_datamodeling_score,
+    split_half_stability,
+)
 from transfer_influence.trainers import load_trainer
 
 

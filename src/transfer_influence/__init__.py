@@ -4,9 +4,9 @@ Implements the data-based view of transfer learning of Jain et al. (CVPR 2023): 
 on random subsets of the source classes, transfer each, and compare their target outputs.
 """
 
-from .attribution import ClassInfluence
 from .config import Config, ConfigError, load_config
 from .estimation import (
+    ClassInfluence,
     Influence,
     InfluenceAccumulator,
     InfluenceEstimate,

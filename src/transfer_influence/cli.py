@@ -16,16 +16,25 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .attribution import ClassInfluence, run_stability
 from .cli_analysis import add_analysis_commands, add_estimation_arguments
 from .cli_cluster import add_cluster_command
 from .config import Config, ConfigError, apply_overrides, load_config
 from .demo import run_demo
 from .engines.local import prepare, run_local, work
-from .estimation import ESTIMATORS
+from .estimation import ESTIMATORS, ClassInfluence, run_stability
+from .estimation.classes import LDS_SPLITS
+from .estimation.diagnostics import SplitHalf
+from .estimation.words import (
+    BELOW_AVERAGE,
+    RELATIVE_NOTE,
+    SHARED_SEED_CAVEAT,
+    explained_sentence,
+    flagged_sentence,
+    split_half_method,
+    stability_sentences,
+)
 from .importing import record_file
 from .outputs import output_units
-from .stability import SHARED_SEED_CAVEAT, SplitHalf, explained_sentence, split_half_method
 from .store import CorruptFileError, RecordError, RunError, RunStore
 from .store.status import duration, run_status
 from .trainers import load_trainer
@@ -304,27 +313,29 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
     )
     for title, rows in (
         ("most helpful", table.head(args.top)),
-        ("most harmful", table.tail(args.top)[::-1]),
+        (BELOW_AVERAGE, table.tail(args.top)[::-1]),
     ):
         print(f"\n{title}:")
         for row in rows.itertuples():
             print(
                 f"  {row.group:<24} {row.influence * scale:+8.3f}  "
-                f"[{row.ci_low * scale:+.3f}, {row.ci_high * scale:+.3f}]"
+                f"[{row.ci_low * scale:+.3f}, {row.ci_high * scale:+.3f}]  q {row.q_value:.2f}"
             )
-    if model.lds_ is not None:
-        print(
-            f"\nheld-out LDS ({model.estimate_.estimator}, a fifth of the models held out, "
-            f"200 splits): {model.lds_:.2f}"
-        )
+    print(f"\n{flagged_sentence(*model.flagged(), len(table))}")
+    print(RELATIVE_NOTE.replace("`", ""))
     if model.stability_ is not None:
         splits = model.stability_.splits
         halves = "random halves of whole chunks" if model.seed_per_chunk_ else "random halves"
         how = f"{split_half_method(model.seed_per_chunk_)}, {splits} {halves}"
+        print(f"\nstability ({how}):")
+        for sentence in stability_sentences(model.stability_):
+            print(f"  {sentence}")
+        if model.shared_seed_:
+            print(f"  {SHARED_SEED_CAVEAT}")
+    if model.lds_ is not None:
         print(
-            f"\nsplit-half rank stability ({how}): Spearman {model.stability_.spearman:.2f}; "
-            f"{model.stability_.projection(0.9)}"
-            + (f"\n{SHARED_SEED_CAVEAT}" if model.shared_seed_ else "")
+            f"\nheld-out LDS ({model.estimate_.estimator}, a fifth of the models held out, "
+            f"{LDS_SPLITS} splits): {model.lds_:.2f}"
         )
     if model.explained_ is not None:
         print(f"\n{explained_sentence(model.explained_)}")
@@ -348,7 +359,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         f"{summary['models']} models, mean target accuracy {summary['mean_target_accuracy']:.1%}"
         f", {summary['seconds']:.0f} s; influence on p_correct ({args.estimator}), points, 95% CI"
     )
-    for title, rows in (("most helpful", table.head(5)), ("most harmful", table.tail(5)[::-1])):
+    for title, rows in (("most helpful", table.head(5)), (BELOW_AVERAGE, table.tail(5)[::-1])):
         print(f"\n{title}:")
         for row in rows.itertuples():
             print(

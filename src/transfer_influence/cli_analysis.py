@@ -8,8 +8,8 @@ import os
 import sys
 
 from .estimation import ESTIMATORS
+from .estimation.words import split_half_method
 from .outputs import output_units
-from .stability import split_half_method
 from .store import RunStore
 from .store.files import read_json
 
@@ -58,7 +58,9 @@ def add_analysis_commands(sub: argparse._SubParsersAction) -> dict:
     report.add_argument("--out", help="output folder (default: RUN/report)")
     report.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    top = sub.add_parser("top", help="most helpful (or harmful) classes or target examples")
+    top = sub.add_parser(
+        "top", help="most (or least) helpful source classes, or the target examples they move"
+    )
     top.add_argument("run_dir")
     add_estimation_arguments(top)
     which = top.add_mutually_exclusive_group()
@@ -70,17 +72,22 @@ def add_analysis_commands(sub: argparse._SubParsersAction) -> dict:
         "--most-hurt", action="store_true",
         help="list the target examples that one source class hurts most, with that class",
     )  # fmt: skip
-    top.add_argument("--harmful", action="store_true", help="the most negative instead")
+    top.add_argument(
+        "--bottom", "--harmful", dest="bottom", action="store_true",
+        help="the least helpful instead (below the average class)",
+    )  # fmt: skip
     top.add_argument("-n", type=int, default=10, help="rows (default: 10)")
     top.add_argument("--csv", action="store_true", help="print CSV instead of a table")
 
     prune = sub.add_parser(
-        "prune", help="pretrain again without the most harmful (top, random) source classes"
+        "prune",
+        help="pretrain again without the least helpful (or most helpful, or random) source "
+        "classes: does removing them help?",
     )
     prune.add_argument("run_dir")
     prune.add_argument(
         "--remove", default="bottom,top,random",
-        help="rules, comma-separated: bottom (most harmful first), top, random "
+        help="rules, comma-separated: bottom (least helpful first), top, random "
         "(default: all three); the full source always runs",
     )  # fmt: skip
     prune.add_argument("--k", default="10,20,40", help="classes to remove (default: 10,20,40)")
@@ -104,7 +111,7 @@ def add_analysis_commands(sub: argparse._SubParsersAction) -> dict:
     drill.add_argument("run_dir", help="a class-level run of the built-in trainer")
     drill.add_argument("--run-dir", dest="out", required=True, help="the new run's directory")
     drill.add_argument("--top", type=int, default=3, help="most helpful classes (default: 3)")
-    drill.add_argument("--bottom", type=int, default=3, help="most harmful classes (default: 3)")
+    drill.add_argument("--bottom", type=int, default=3, help="least helpful classes (default: 3)")
     drill.add_argument("--models", type=int, default=200, help="models (default: 200)")
     drill.add_argument(
         "--context", choices=("none", "all"), default="none",
@@ -199,22 +206,24 @@ def _cmd_top(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from .analyses import failure_modes, most_hurt, projection, top_groups
-    from .attribution import ClassInfluence
+    from .estimation import ClassInfluence
 
     if args.n < 1:
         raise ValueError("-n must be at least 1")
     store = RunStore(args.run_dir)
-    model = ClassInfluence(args.target, args.mode, args.output, args.level, args.estimator)
+    model = ClassInfluence(
+        args.target, args.mode, args.output, args.level, args.estimator, diagnostics=False
+    )
     model.fit(store, progress=sys.stderr.isatty())
     if args.most_hurt:
         table = most_hurt(model, args.n)
         columns = ["example", "example_id", "target_class", "source", "influence", "stderr"]
     elif args.source_class is not None:
-        query = failure_modes if args.harmful else projection
+        query = failure_modes if args.bottom else projection
         table = query(model, args.source_class, args.n)
         columns = ["example", "example_id", "target_class", "influence", "stderr"]
     else:
-        table = top_groups(model, args.n, args.target_class, args.harmful)
+        table = top_groups(model, args.n, args.target_class, args.bottom)
         columns = ["rank", "group", "influence", "stderr", "ci_low", "ci_high"]
     table = table[columns]
     if args.csv:
@@ -249,7 +258,7 @@ def _cmd_drill(args: argparse.Namespace) -> int:
 
 
 def _cmd_examples(args: argparse.Namespace) -> int:
-    from .examplewise import ExampleInfluence
+    from .estimation import ExampleInfluence
     from .store.files import atomic_write_bytes
 
     if args.n < 1:
@@ -267,7 +276,7 @@ def _cmd_examples(args: argparse.Namespace) -> int:
           f"estimate of the influence on mean {args.output} ({unit})")  # fmt: skip
     overall = fitted.overall_
     for title, rows in (("most helpful", overall.head(args.n)),
-                        ("most harmful", overall.tail(args.n)[::-1])):  # fmt: skip
+                        ("least helpful", overall.tail(args.n)[::-1])):  # fmt: skip
         print(f"\n{title}:")
         for row in rows.itertuples():
             print(f"  {row.source_example:<32} {row.influence * scale:+9.4f}")

@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 from scipy.special import bdtrik
 
-from .attribution import ClassInfluence
 from .config import Config
 from .datasets import planted_classes
 from .engines.local import run_local
+from .estimation import ClassInfluence
 from .store import RunStore
 from .store.files import write_json
 from .trainers import load_trainer

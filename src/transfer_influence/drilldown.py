@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import copy
 
-from .attribution import ClassInfluence
 from .config import Config
+from .estimation import ClassInfluence
 from .store import RunError, RunStore
 
 __all__ = ["drill_down_config"]
@@ -20,8 +20,8 @@ def drill_down_config(
     context: str = "none",
     estimator: str = "auto",
 ) -> tuple[Config, list[str]]:
-    """An example-level config whose pool is the ``top`` most helpful and ``bottom`` most
-    harmful source classes of ``store`` (same trainer, recipe and target); and those classes."""
+    """An example-level config whose pool is the ``top`` most helpful and ``bottom`` least
+    helpful source classes of ``store`` (same trainer, recipe and target); and those classes."""
     if store.config.trainer.type != "builtin":
         raise RunError("drill-down makes a built-in trainer run; this run has another trainer")
     params = copy.deepcopy(store.config.trainer.params)
@@ -29,7 +29,8 @@ def drill_down_config(
         raise RunError("drill-down starts from a run over single classes (no groups or pool)")
     if top < 0 or bottom < 0 or top + bottom < 1:
         raise ValueError("choose at least one class: --top and --bottom are counts >= 0")
-    table = ClassInfluence(estimator=estimator).fit(store).classes_.dropna(subset=["influence"])
+    model = ClassInfluence(estimator=estimator, diagnostics=False).fit(store)
+    table = model.classes_.dropna(subset=["influence"])
     chosen = table["group"].head(top).tolist() + table["group"].tail(bottom).tolist()
     chosen = list(dict.fromkeys(chosen))
     params["pool"] = {"classes": chosen, "context": context}

@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..attribution import ClassInfluence
-from .names import lookup
+from ..estimation import ClassInfluence
+from ..names import lookup
 
 __all__ = ["failure_modes", "group_index", "most_hurt", "projection"]
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..attribution import ClassInfluence
-from .names import lookup
+from ..estimation import ClassInfluence
+from ..names import lookup
 
 __all__ = ["class_matrix", "top_groups"]
 
@@ -19,12 +19,14 @@ def top_groups(
     model: ClassInfluence,
     n: int = 10,
     target_class: str | int | None = None,
-    harmful: bool = False,
+    bottom: bool = False,
 ) -> pd.DataFrame:
-    """The ``n`` most helpful (or, with ``harmful``, most harmful) source groups.
+    """The ``n`` most helpful (or, with ``bottom``, least helpful) source groups.
 
     Overall by default, or on one ``target_class`` (name or label index). Rows carry the
-    influence, its standard error and confidence interval, and ``rank`` (1 = most helpful).
+    influence, its standard error, confidence interval and q-value, and ``rank`` (1 = most
+    helpful). Influence is relative to the average class: the bottom is "less helpful than
+    average", which is not harm; `prune` measures that.
     """
     if n < 1:
         raise ValueError("n must be at least 1")
@@ -35,7 +37,7 @@ def top_groups(
         table = model.per_target_class_[model.per_target_class_["target_class"] == name]
     table = table.dropna(subset=["influence"]).reset_index(drop=True)
     table.insert(0, "rank", np.arange(1, len(table) + 1))
-    chosen = table.tail(n).iloc[::-1] if harmful else table.head(n)
+    chosen = table.tail(n).iloc[::-1] if bottom else table.head(n)
     return chosen.reset_index(drop=True)
 
 

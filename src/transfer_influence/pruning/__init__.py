@@ -1,5 +1,6 @@
-"""Counterfactual pruning: pretrain again without the harmful (or helpful, or random) source
-groups and measure the target honestly (ranked and k chosen on validation, reported on test)."""
+"""Counterfactual pruning: pretrain again without the least helpful (or most helpful, or
+random) source groups and measure the target honestly (ranked and k chosen on validation,
+reported on test)."""
 
 from .conditions import RULES, Condition, plan_conditions, user_condition
 from .experiment import Pruning, test_companion

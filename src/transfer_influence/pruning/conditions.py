@@ -40,7 +40,7 @@ def plan_conditions(
 ) -> list[Condition]:
     """Every (rule, k, seed) condition plus ``full`` per seed.
 
-    ``ranking`` lists group indices from most helpful to most harmful.
+    ``ranking`` lists group indices from most helpful to least helpful.
     """
     groups = len(ranking)
     unknown = [rule for rule in rules if rule not in RULES]

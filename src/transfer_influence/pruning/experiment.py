@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from ..attribution import ClassInfluence
+from ..estimation import ClassInfluence
 from ..report.figures import pruning_accuracy
 from ..store import RunError, RunStore
 from ..store.files import CorruptFileError, read_json, write_json
@@ -69,7 +69,7 @@ class Pruning:
     Parameters
     ----------
     remove:
-        Rules among "bottom" (most harmful first), "top" (most helpful first), "random".
+        Rules among "bottom" (least helpful first), "top" (most helpful first), "random".
     k:
         Numbers of groups to remove.
     seeds:
@@ -152,7 +152,7 @@ class Pruning:
     # -- steps ------------------------------------------------------------------------------
 
     def _ranking(self, store: RunStore, key: str) -> list[str]:
-        """The groups from most helpful to most harmful, fixed when the prune first ran."""
+        """The groups from most helpful to least helpful, fixed when the prune first ran."""
         plan_path = self.folder_ / "plan.json"
         if plan_path.is_file():
             try:
@@ -165,9 +165,9 @@ class Pruning:
                     "move it aside to prune by another output"
                 )
             return list(plan["ranking"])
-        influence = ClassInfluence(*key.split("/"), self.output, estimator=self.estimator).fit(
-            store
-        )
+        influence = ClassInfluence(
+            *key.split("/"), self.output, estimator=self.estimator, diagnostics=False
+        ).fit(store)
         table = influence.classes_
         if table["influence"].isna().any():
             raise RunError("some groups have no influence estimate yet; train more models first")

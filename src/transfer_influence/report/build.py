@@ -25,7 +25,7 @@ from ..analyses import (
     projection,
     top_groups,
 )
-from ..attribution import ClassInfluence
+from ..estimation import ClassInfluence
 from ..outputs import output_units
 from ..provenance import package_version
 from ..store import RunStore
@@ -53,7 +53,7 @@ class Report:
     target, mode, output, estimator, level:
         What to estimate, as for :class:`ClassInfluence`.
     top:
-        Source classes in the bar chart on each side (helpful, harmful), and classes shown in
+        Source classes in the bar chart on each side (most and least helpful), and classes shown in
         the projection and failure-mode sections (``top // 2`` each, at least 3).
     examples:
         Target images shown per source class.
@@ -66,7 +66,7 @@ class Report:
         Thresholds of :func:`~transfer_influence.analyses.find_leakage`.
     target_examples:
         Example-level runs (a built-in ``pool``): target images (ids) whose most helpful and
-        most harmful source images are shown; by default the 4 most affected ones.
+        least helpful source images are shown; by default the 4 most affected ones.
 
     After :meth:`build`: ``path_`` (index.html), ``influence_`` (the fitted ClassInfluence),
     ``tables_`` (every table written, by name) and ``leakage_`` (all leakage candidates; None
@@ -185,10 +185,10 @@ class Report:
     def _sections(self, influence: ClassInfluence, images: RunImages) -> dict[str, Any]:
         shown = max(3, self.top // 2)
         helpful = top_groups(influence, shown)["group"].tolist()
-        harmful = top_groups(influence, shown, harmful=True)["group"].tolist()
+        bottom = top_groups(influence, shown, bottom=True)["group"].tolist()
         projected = list(dict.fromkeys([*self.classes, *helpful]))
         projections = [projection(influence, name, self.examples) for name in projected]
-        failures = [failure_modes(influence, name, self.examples) for name in harmful]
+        failures = [failure_modes(influence, name, self.examples) for name in bottom]
         hurt = most_hurt(influence, 2 * self.examples)
         self.tables_["classes"] = influence.classes_
         self.tables_["per_target_class"] = influence.per_target_class_
@@ -198,8 +198,8 @@ class Report:
         per_target = [
             {
                 "target": name,
-                "helpful": self._top3(influence, c, harmful=False),
-                "harmful": self._top3(influence, c, harmful=True),
+                "helpful": self._top3(influence, c, bottom=False),
+                "bottom": self._top3(influence, c, bottom=True),
             }
             for c, name in enumerate(influence.target_classes_[:_MAX_TARGET_ROWS])
         ]
@@ -219,7 +219,7 @@ class Report:
             ],
             "failures": [
                 self._block(influence, images, name, table)
-                for name, table in zip(harmful, failures, strict=True)
+                for name, table in zip(bottom, failures, strict=True)
             ],
             "most_hurt": hurt_thumbs,
             "per_target": per_target,
@@ -229,8 +229,8 @@ class Report:
             "images_note": images.note,
         }
 
-    def _top3(self, influence: ClassInfluence, target_class: int, harmful: bool) -> list[dict]:
-        rows = top_groups(influence, 3, target_class, harmful=harmful).itertuples()
+    def _top3(self, influence: ClassInfluence, target_class: int, bottom: bool) -> list[dict]:
+        rows = top_groups(influence, 3, target_class, bottom=bottom).itertuples()
         return [{"name": r.group, "text": self._value(r.influence, r.stderr)} for r in rows]
 
     def _leakage(self, influence: ClassInfluence, images: RunImages) -> dict[str, Any]:
@@ -283,7 +283,7 @@ class Report:
         figures = {
             "bars": class_bars(
                 top_groups(influence, self.top),
-                top_groups(influence, self.top, harmful=True),
+                top_groups(influence, self.top, bottom=True),
                 self.output,
                 self.level,
             ),

@@ -10,9 +10,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..attribution import ClassInfluence
-from ..examplewise import ExampleInfluence
-from ..stability import split_half_method
+from ..estimation import ClassInfluence, ExampleInfluence
+from ..estimation.words import split_half_method
 from ..store import RunError, RunStore
 from .images import RunImages, png, thumbnail
 
@@ -104,7 +103,7 @@ def example_section(
         "note": note,
         "overall": [
             {"title": "most helpful", "thumbs": source_thumbs(helpful)},
-            {"title": "most harmful", "thumbs": source_thumbs(harmful)},
+            {"title": "least helpful", "thumbs": source_thumbs(harmful)},
         ],
         "targets": blocks,
     }

@@ -29,7 +29,7 @@ def _png(figure: plt.Figure) -> bytes:
 
 
 def class_bars(helpful: pd.DataFrame, harmful: pd.DataFrame, output: str, level: float) -> bytes:
-    """Most helpful and most harmful groups as horizontal bars with confidence intervals."""
+    """Most helpful and least helpful groups as horizontal bars with confidence intervals."""
     scale, unit = output_units(output)
     rows = pd.concat([helpful, harmful.iloc[::-1]], ignore_index=True)
     with plt.rc_context(_STYLE):

@@ -6,8 +6,13 @@ from typing import Any
 
 import numpy as np
 
-from ..attribution import ClassInfluence
-from ..stability import SHARED_SEED_CAVEAT, explained_sentence
+from ..estimation import ClassInfluence
+from ..estimation.words import (
+    RELATIVE_NOTE,
+    SHARED_SEED_CAVEAT,
+    explained_sentence,
+    flagged_sentence,
+)
 from ..store import RunStore
 from ..store.files import CorruptFileError, read_json
 from ..subsets import round_size
@@ -45,12 +50,7 @@ def _control(store: RunStore, key: str) -> str:
 def _estimator(influence: ClassInfluence, design: str, alpha: float) -> str:
     estimate = influence.estimate_
     if estimate.estimator == "regression":
-        if not estimate.ridge:
-            return "regression on all groups (least squares)"
-        return (
-            f"regression on all groups (ridge {estimate.ridge:.3g}, chosen by cross-validation); "
-            "intervals of its unpenalised fit, widened to hold the shrunk estimate"
-        )
+        return "regression on all groups (least squares)"
     if round_size(design, alpha) is not None:
         return "difference in means; errors over design rounds"
     return "difference in means (the paper's)"
@@ -105,9 +105,11 @@ def run_facts(store: RunStore, influence: ClassInfluence) -> list[tuple[str, str
     stability = influence.stability_
     facts.append(
         (
-            "Split-half rank stability",
-            f"{stability.spearman:.2f} ({stability.projection(0.9)}"
-            + ("; halves of whole chunks, so across seeds)" if influence.seed_per_chunk_ else ")")
+            "Split-half stability",
+            f"top {stability.k} shared {stability.top_overlap * stability.k:.1f}, bottom "
+            f"{stability.bottom_overlap * stability.k:.1f} (chance "
+            f"{stability.chance_overlap * stability.k:.1f}); Spearman {stability.spearman:.2f}"
+            + ("; halves of whole chunks, so across seeds" if influence.seed_per_chunk_ else "")
             if stability is not None
             else "needs at least 8 models (in 2 chunks, with a seed per chunk)",
         )
@@ -115,9 +117,9 @@ def run_facts(store: RunStore, influence: ClassInfluence) -> list[tuple[str, str
     facts.append(
         (
             "Differences between models explained by their subsets",
-            f"{max(influence.explained_, 0.0):.0%} (cross-validated)"
+            f"{max(influence.explained_, 0.0):.0%} (adjusted R²)"
             if influence.explained_ is not None
-            else "needs at least 20 models",
+            else "needs 10 more models than groups",
         )
     )
     facts.append(
@@ -132,23 +134,19 @@ def run_facts(store: RunStore, influence: ClassInfluence) -> list[tuple[str, str
 def trust_sentence(influence: ClassInfluence) -> str:
     """One paragraph that says how far the rankings below can be trusted."""
     table = influence.classes_.dropna(subset=["influence"])
-    significant = int(((table.ci_low > 0) | (table.ci_high < 0)).sum())
-    expected = 0.05 * len(table) if influence.level == 0.95 else None
-    parts = [
-        f"{significant} of {len(table)} source classes have a {influence.level:.0%} interval "
-        "that excludes zero"
-        + (f" (about {expected:.0f} would by chance alone)." if expected is not None else ".")
-    ]
+    parts = [flagged_sentence(*influence.flagged(), len(table))]
     stability = influence.stability_
     if stability is not None:
-        spearman = stability.spearman
-        if spearman >= 0.9:
-            parts.append(f"The class ranking is stable (split-half Spearman {spearman:.2f}).")
-        else:
+        parts.append(
+            f"Two random halves of the models share {stability.top_overlap * stability.k:.1f} "
+            f"of their top {stability.k} and {stability.bottom_overlap * stability.k:.1f} of "
+            f"their bottom {stability.k} ({stability.chance_overlap * stability.k:.1f} by "
+            f"chance); {stability.overlap_words('bottom').split('; ')[-1]} at the bottom."
+        )
+        if stability.spearman < 0.9:
             parts.append(
-                f"The class ranking is {'moderately' if spearman >= 0.6 else 'not yet'} stable "
-                f"(split-half Spearman {spearman:.2f}; {stability.projection(0.9)}). Read the "
-                "intervals, not the order, of classes whose intervals overlap."
+                "Read the intervals and q-values, not the order, of classes whose intervals "
+                "overlap."
             )
         if influence.shared_seed_:
             parts.append(SHARED_SEED_CAVEAT)
@@ -159,4 +157,5 @@ def trust_sentence(influence: ClassInfluence) -> str:
         )
     if influence.explained_ is not None:
         parts.append(explained_sentence(influence.explained_))
+    parts.append(RELATIVE_NOTE.replace("`", ""))
     return " ".join(parts)

@@ -16,12 +16,12 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from .analyses.names import lookup
-from .attribution import model_stability, seed_blocks
+from ..names import lookup
+from ..store import RunError, RunStore
+from .accumulator import estimate_influence
 from .centring import centre_within
-from .estimation import estimate_influence
-from .stability import SplitHalf
-from .store import RunError, RunStore
+from .classes import model_stability, seed_blocks
+from .diagnostics import SplitHalf
 
 __all__ = ["ExampleInfluence", "sparse_influence"]
 

@@ -12,9 +12,9 @@ Summaries over target examples (overall, per target class) are computed from eac
 mean output over those examples, so their errors also vary over models, never over examples
 as if they were independent draws. Where the design makes models in rounds that partition
 the groups (complementary, balanced), models are not independent and the round is the unit:
-see :mod:`transfer_influence.rounds`. Where each chunk's outputs were centred on their own mean
-(a seed per chunk), the estimates are slopes within chunks: see
-:mod:`transfer_influence.centring`.
+see :mod:`.rounds`. Where each chunk's outputs were centred on their own mean (a seed per chunk),
+the estimates are slopes within chunks: see :mod:`.centring`. Every estimate is the centre of
+its own symmetric interval: what is ranked is what the interval is about.
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ import numpy as np
 from scipy.special import stdtrit
 
 from .centring import ChunkCentring, within_difference
-from .regression import choose_ridge, regression_influence
+from .regression import regression_influence
 from .rounds import RoundContrasts
+from .significance import q_values, t_test_p_values
 
 __all__ = [
     "Influence",
@@ -53,8 +54,7 @@ class Influence:
     ``values`` and ``stderr`` are K x T (T target examples, target classes or one column for
     the overall mean). ``dof`` is the degrees of freedom of the error (models - 2 for the pooled
     variance, rounds - 1 over design rounds, residual degrees of freedom for the regression).
-    ``center``, where given, is the unbiased estimate that ``stderr`` belongs to when
-    ``values`` are shrunk (the regression's unpenalised fit; see :meth:`ci`).
+    Every estimate here is unbiased and the centre of its interval (:meth:`ci`).
     """
 
     values: np.ndarray
@@ -62,25 +62,28 @@ class Influence:
     n_in: np.ndarray
     n_out: np.ndarray
     dof: int
-    center: np.ndarray | None = None
 
     def ci(self, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
-        """Two-sided confidence interval (Student t with ``dof`` degrees of freedom) around
-        ``center`` when given, widened where needed to hold ``values``: still a valid interval
-        (it contains the unbiased one) that contains the reported estimate."""
+        """Two-sided confidence interval: Student t with ``dof`` degrees of freedom."""
         if not 0.0 < level < 1.0:
             raise ValueError(f"confidence level must be in (0, 1), got {level}")
         half = stdtrit(max(self.dof, 1), 0.5 + level / 2.0) * self.stderr
-        if self.center is None:
-            return self.values - half, self.values + half
-        return np.fmin(self.center - half, self.values), np.fmax(self.center + half, self.values)
+        return self.values - half, self.values + half
+
+    def p_values(self) -> np.ndarray:
+        """Two-sided p-values of "no influence" from each estimate's t statistic (NaN where
+        the estimate is undefined)."""
+        return t_test_p_values(self.values, self.stderr, self.dof)
+
+    def q_values(self) -> np.ndarray:
+        """Benjamini-Hochberg q-values over the K groups, column by column: a group is
+        distinguishable from the average class at false discovery rate q when q_value <= q,
+        however many groups it was picked out of."""
+        return q_values(self.p_values())
 
     def columns(self, part: slice) -> Influence:
         """The same estimate for some of its T columns."""
-        center = None if self.center is None else self.center[:, part]
-        return replace(
-            self, values=self.values[:, part], stderr=self.stderr[:, part], center=center
-        )
+        return replace(self, values=self.values[:, part], stderr=self.stderr[:, part])
 
 
 @dataclass(frozen=True)
@@ -92,7 +95,6 @@ class InfluenceEstimate:
     per_target_class: Influence | None  # K x C when example classes were given
     n_models: int
     estimator: str = "difference"
-    ridge: float | None = None  # the regression estimator's penalty
 
 
 class InfluenceAccumulator:
@@ -213,17 +215,14 @@ class InfluenceAccumulator:
         """Each model's mean output over all target examples (m,)."""
         return np.concatenate(self._summaries)[:, 0] if self._summaries else np.zeros(0)
 
-    def result(
-        self, estimator: str = "difference", ridge: float | None = None
-    ) -> InfluenceEstimate:
+    def result(self, estimator: str = "difference") -> InfluenceEstimate:
         """The estimate from all models added so far.
 
         ``estimator`` is "difference" (the paper's difference in means), "regression" (all
-        groups regressed jointly; see :mod:`transfer_influence.regression`), whose ``ridge``
-        penalty is chosen by cross-validation on the overall output unless given, or "auto":
-        of the two, the one whose error of the overall influence is smaller (median over
-        groups). Both errors are honest, so the narrower says more: the regression once its
-        unpenalised fit is well determined and the subsets explain enough of the spread.
+        groups regressed jointly by least squares; see :mod:`.regression`), or "auto": of the
+        two, the one whose error of the overall influence is smaller (median over groups).
+        Both are unbiased with honest errors, so the narrower says more: the regression once
+        it is well determined (m well above K) and the subsets explain enough of the spread.
         """
         if estimator not in ESTIMATORS:
             raise ValueError(
@@ -263,25 +262,22 @@ class InfluenceAccumulator:
                         stacklevel=2,
                     )
         if estimator in ("regression", "auto") and enough:
-            if ridge is None:
-                ridge = choose_ridge(masks, summaries[:, 0])
             x = masks.astype(np.float64)
             summary["regression"] = self._regression(
-                x.T @ x, x.T @ summaries, summaries.sum(axis=0), (summaries**2).sum(axis=0), ridge
+                x.T @ x, x.T @ summaries, summaries.sum(axis=0), (summaries**2).sum(axis=0)
             )
         if estimator == "auto":
             estimator = min(summary, key=lambda name: _median_error(summary[name]))
         if estimator == "difference":
-            ridge = None
             per_example = self._difference(self._sum_in, self._sum, self._sum_sq)
             if self._by_round is not None:
                 per_example = _round_errors(per_example, self._by_round[0])
         else:
-            per_example = self._regression(self._gram, self._sum_in, self._sum, self._sum_sq, ridge)
+            per_example = self._regression(self._gram, self._sum_in, self._sum, self._sum_sq)
         chosen = summary[estimator]
         per_class = chosen.columns(slice(1, None)) if self.example_classes is not None else None
         overall = chosen.columns(slice(0, 1))
-        return InfluenceEstimate(per_example, overall, per_class, self.n_models, estimator, ridge)
+        return InfluenceEstimate(per_example, overall, per_class, self.n_models, estimator)
 
     def _difference(self, sum_in: np.ndarray, total: np.ndarray, total_sq: np.ndarray) -> Influence:
         """Difference in means from X'Y, column sums and sums of squares of Y — or, for
@@ -294,23 +290,22 @@ class InfluenceAccumulator:
         )
         return Influence(values, stderr, n_in.copy(), m - n_in, dof)
 
-    def _regression(self, gram, xty, total, total_sq, ridge) -> Influence:
+    def _regression(self, gram, xty, total, total_sq) -> Influence:
         m, n_in, centring = self.n_models, self._n_in, self._centring
-        values, stderr, center, dof = regression_influence(
+        values, stderr, dof = regression_influence(
             gram,
             n_in,
             xty,
             total,
             total_sq,
             m,
-            ridge,
             between=None if centring is None else centring.between,
             absorbed=0 if centring is None else centring.chunks - 1,
         )
         undefined = (n_in == 0) | (n_in == m)
-        for array in (values, stderr, center):
-            array[undefined] = np.nan
-        return Influence(values, stderr, n_in.copy(), m - n_in, dof, None if ridge == 0 else center)
+        values[undefined] = np.nan
+        stderr[undefined] = np.nan
+        return Influence(values, stderr, n_in.copy(), m - n_in, dof)
 
 
 def _median_error(influence: Influence) -> float:
@@ -330,7 +325,6 @@ def estimate_influence(
     outputs: np.ndarray,
     example_classes: np.ndarray | None = None,
     estimator: str = "difference",
-    ridge: float | None = None,
     rounds: np.ndarray | None = None,
     chunks: np.ndarray | None = None,
 ) -> InfluenceEstimate:
@@ -351,7 +345,7 @@ def estimate_influence(
         raise ValueError("masks and outputs must both be 2-D (models first)")
     acc = InfluenceAccumulator(masks.shape[1], outputs.shape[1], example_classes)
     if chunks is None:
-        return acc.update(masks, outputs, rounds).result(estimator, ridge)
+        return acc.update(masks, outputs, rounds).result(estimator)
     chunks = np.asarray(chunks)
     if chunks.shape != (masks.shape[0],):
         raise ValueError(f"chunks must give one chunk per model ({masks.shape[0]})")
@@ -361,7 +355,7 @@ def estimate_influence(
         acc.update(
             masks[rows], y - y.mean(axis=0), None if rounds is None else rounds[rows], centred=True
         )
-    return acc.result(estimator, ridge)
+    return acc.result(estimator)
 
 
 def _pooled_difference(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 import time
 import warnings
 from pathlib import Path
@@ -11,25 +12,34 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from .estimation import (
+from ..outputs import output_units
+from ..store import RunError, RunStore
+from ..store.files import atomic_write_bytes, write_json
+from .accumulator import (
     MIN_RESIDUAL_DOF,
     Influence,
     InfluenceAccumulator,
     InfluenceEstimate,
     InfluenceWarning,
 )
-from .regression import ridge_cross_validation
-from .stability import SplitHalf, explained_share, linear_datamodeling_score, split_half_stability
-from .store import RunError, RunStore
-from .store.files import atomic_write_bytes, write_json
+from .diagnostics import (
+    SplitHalf,
+    explained_by_subsets,
+    linear_datamodeling_score,
+    split_half_stability,
+)
+from .significance import FLAG_LEVEL
+from .words import RELATIVE_NOTE
 
 __all__ = ["ClassInfluence", "model_stability", "run_stability", "seed_blocks"]
+
+LDS_SPLITS = 50  # random fifths held out; the score's spread over them is ~0.1 at m = 150
 
 
 def run_stability(
     store: RunStore, target: str | None = None, mode: str | None = None, output: str = "p_correct"
 ) -> SplitHalf | None:
-    """Split-half rank stability of a run's overall class ranking (difference in means, or
+    """Split-half stability of a run's overall class ranking (difference in means, or
     slopes within chunks where seeds are per chunk), or None while there are too few models
     to measure it."""
     key = store.resolve_key(target, mode)
@@ -48,7 +58,10 @@ def model_stability(
     """Split-half stability, or None before there are 8 models (in 2 seed blocks, if any)."""
     if len(masks) < 8 or (blocks is not None and np.unique(blocks).size < 2):
         return None
-    return split_half_stability(masks, means, blocks=blocks)
+    try:
+        return split_half_stability(masks, means, blocks=blocks)
+    except ValueError:  # no split left enough groups estimable in both halves
+        return None
 
 
 def seed_blocks(store: RunStore, masks_per_chunk: list[np.ndarray]) -> np.ndarray | None:
@@ -64,12 +77,17 @@ class ClassInfluence:
     """Influence of every source group on one (target, mode) output of a run.
 
     Parameters follow the run's names; ``target`` and ``mode`` may be left out when the run
-    has one. After :meth:`fit`: ``estimate_`` (:class:`InfluenceEstimate`), ``classes_`` (one
-    row per source group, most helpful first), ``per_target_class_`` (long table),
-    ``n_models_`` and ``n_excluded_`` (unhealthy models left out), ``example_ids_`` and
-    ``example_labels_`` (the target examples, in the order of the per-example columns);
-    how far to trust it: ``stability_`` (:class:`SplitHalf` or None), ``lds_``,
-    ``explained_`` and, for reading those, ``shared_seed_`` and ``seed_per_chunk_``.
+    has one; ``diagnostics=False`` skips the measures of trust (for a quick query). After
+    :meth:`fit`: ``estimate_`` (:class:`InfluenceEstimate`), ``classes_`` (one row per source
+    group, most helpful first, with its interval and q-value), ``per_target_class_`` (long
+    table, q-values per target class), ``n_models_`` and ``n_excluded_`` (unhealthy models
+    left out), ``example_ids_`` and ``example_labels_`` (the target examples, in the order of
+    the per-example columns); how far to trust it: ``stability_`` (:class:`SplitHalf` or
+    None), ``lds_``, ``explained_`` and, for reading those, ``shared_seed_`` and
+    ``seed_per_chunk_``.
+
+    Influence is in the output's own unit (a fraction for probabilities and accuracy) and
+    relative to the average class: see :data:`.words.RELATIVE_NOTE`.
     """
 
     def __init__(
@@ -79,14 +97,14 @@ class ClassInfluence:
         output: str = "p_correct",
         level: float = 0.95,
         estimator: str = "auto",
-        ridge: float | None = None,
+        diagnostics: bool = True,
     ) -> None:
         self.target = target
         self.mode = mode
         self.output = output
         self.level = level
         self.estimator = estimator
-        self.ridge = ridge
+        self.diagnostics = diagnostics
 
     def fit(self, store: RunStore, progress: bool = False) -> ClassInfluence:
         """Stream every finished chunk of ``store`` through the estimator."""
@@ -114,40 +132,22 @@ class ClassInfluence:
                 f"{store.root} has {accumulator.n_models} usable model(s) for {self.key_}; "
                 "need at least 2 (run more models)"
             )
-        masks, means, m = accumulator.masks, accumulator.model_means, accumulator.n_models
-        # One cross-validation serves the ridge penalty and the share the subsets explain.
-        validation = ridge_cross_validation(masks, means) if m >= 20 else None
-        ridge = self.ridge
-        if ridge is None and validation is not None:
-            ridge = validation[0][int(np.argmin(validation[1]))]
+        m = accumulator.n_models
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", InfluenceWarning)
-            self.estimate_: InfluenceEstimate = accumulator.result(self.estimator, ridge)
-        blocks = seed_blocks(store, chunk_masks)
-        self.stability_ = model_stability(masks, means, blocks)
-        # How much of what separates models their subsets explain; the rest is training noise.
-        self.explained_: float | None = (
-            explained_share(*validation[1:]) if validation is not None else None
-        )
-        # Held-out prediction of whole-model outputs; the fitting part must suit the estimator.
+            self.estimate_: InfluenceEstimate = accumulator.result(self.estimator)
+        self.stability_: SplitHalf | None = None
+        self.explained_: float | None = None
         self.lds_: float | None = None
-        held_out = max(3, m // 5)
-        seed_levels = 0 if blocks is None else np.unique(blocks).size - 1
-        if m - held_out >= (
-            len(store.groups) + MIN_RESIDUAL_DOF + seed_levels
-            if self.estimate_.estimator == "regression"
-            else 4
-        ):
-            self.lds_ = linear_datamodeling_score(
-                masks, means, held_out, estimator=self.estimate_.estimator, blocks=blocks
-            )[0]
+        if self.diagnostics:
+            self._diagnose(accumulator, seed_blocks(store, chunk_masks), len(store.groups))
         self.shared_seed_ = store.config.run.shared_seed
         self.seed_per_chunk_ = store.config.run.seed_per_chunk
         self.groups_ = store.groups
         self.target_classes_ = target.class_names
         self.example_ids_ = target.example_ids
         self.example_labels_ = target.labels
-        self.n_models_ = accumulator.n_models
+        self.n_models_ = m
         self.mean_output_ = float(output_sum / (m * target.labels.size))
         self.classes_ = self._table(self.estimate_.overall, None)
         self.per_target_class_ = pd.concat(
@@ -167,6 +167,27 @@ class ClassInfluence:
             )
         return self
 
+    def _diagnose(
+        self, accumulator: InfluenceAccumulator, blocks: np.ndarray | None, groups: int
+    ) -> None:
+        """Split-half stability, the explained share and the held-out LDS of the estimate."""
+        masks, means, m = accumulator.masks, accumulator.model_means, accumulator.n_models
+        self.stability_ = model_stability(masks, means, blocks)
+        self.explained_ = explained_by_subsets(masks, means, blocks)
+        # Held-out prediction of whole-model outputs; the fitting part must suit the estimator.
+        held_out = max(3, m // 5)
+        seed_levels = 0 if blocks is None else np.unique(blocks).size - 1
+        regression = self.estimate_.estimator == "regression"
+        if m - held_out >= (groups + MIN_RESIDUAL_DOF + seed_levels if regression else 4):
+            self.lds_ = linear_datamodeling_score(
+                masks,
+                means,
+                held_out,
+                splits=LDS_SPLITS,
+                estimator=self.estimate_.estimator,
+                blocks=blocks,
+            )[0]
+
     def _table(self, influence: Influence, column: int | None) -> pd.DataFrame:
         col = 0 if column is None else column
         low, high = influence.ci(self.level)
@@ -177,6 +198,7 @@ class ClassInfluence:
                 "stderr": influence.stderr[:, col],
                 "ci_low": low[:, col],
                 "ci_high": high[:, col],
+                "q_value": influence.q_values()[:, col],
                 "n_in": influence.n_in,
                 "n_out": influence.n_out,
             }
@@ -187,67 +209,100 @@ class ClassInfluence:
             "influence", ascending=False, na_position="last", kind="stable"
         ).reset_index(drop=True)
 
+    def flagged(self) -> tuple[int, int]:
+        """Groups distinguishable from the average class (q <= FLAG_LEVEL): above, below."""
+        table = self.classes_
+        flagged = table["q_value"] <= FLAG_LEVEL
+        return int((flagged & (table["influence"] > 0)).sum()), int(
+            (flagged & (table["influence"] < 0)).sum()
+        )
+
     def save(self, folder: str | Path, run: str = "") -> Path:
-        """Write classes.csv, per_target_class.csv, influence.npy, stderr.npy (and, for the
-        ridge regression, interval_center.npy), summary.json."""
+        """Write classes.csv, per_target_class.csv, influence.npy, stderr.npy, summary.json."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        scale, unit = output_units(self.output)
         atomic_write_bytes(folder / "classes.csv", self.classes_.to_csv(index=False).encode())
         atomic_write_bytes(
             folder / "per_target_class.csv", self.per_target_class_.to_csv(index=False).encode()
         )
         per_example = self.estimate_.per_example
         files = {
-            "influence.npy": "K x n float32, rows in classes order of run.json groups",
-            "stderr.npy": "K x n float32 standard errors across models (regression: those of "
-            "its unpenalised fit)",
+            "classes.csv": "one row per source group, most helpful first; influence, stderr and "
+            "the interval in the unit below; q_value: Benjamini-Hochberg over the groups",
+            "per_target_class.csv": "the same per (target class, source group); q-values over "
+            "the groups within each target class",
+            "influence.npy": "K x n float32, rows in the order of run.json's groups",
+            "stderr.npy": "K x n float32 standard errors across models",
         }
-        arrays = {"influence": per_example.values, "stderr": per_example.stderr}
-        if per_example.center is not None:
-            files["interval_center.npy"] = (
-                "K x n float32: the unpenalised fit's estimate; the interval is center +- t * "
-                "stderr (t with the summary's dof), widened to hold the influence"
-            )
-            arrays["interval_center"] = per_example.center
-        else:  # an earlier estimate's centre would belong to other values
-            (folder / "interval_center.npy").unlink(missing_ok=True)
-        for name, array in arrays.items():
+        for name, array in (("influence", per_example.values), ("stderr", per_example.stderr)):
             buffer = io.BytesIO()
             np.save(buffer, array.astype(np.float32))
             atomic_write_bytes(folder / f"{name}.npy", buffer.getvalue())
+        # An earlier version's ridge estimate wrote its interval centre here.
+        (folder / "interval_center.npy").unlink(missing_ok=True)
         defined = self.classes_.dropna(subset=["influence"])
+        helps, below = self.flagged()
+        ends = ["group", "influence", "stderr", "ci_low", "ci_high", "q_value"]
         write_json(
             folder / "summary.json",
             {
                 "run": run,
                 "key": self.key_,
                 "output": self.output,
+                "unit": f"fraction of {self.output}; shown multiplied by {scale:g} as {unit}"
+                if scale != 1
+                else unit,
+                "meaning": RELATIVE_NOTE,
                 "estimator": self.estimate_.estimator,
-                "ridge": self.estimate_.ridge,
                 "level": self.level,
+                "dof": per_example.dof,
                 "n_models": self.n_models_,
                 "n_excluded_unhealthy": self.n_excluded_,
                 "n_groups": len(self.groups_),
                 "n_examples": int(self.estimate_.per_example.values.shape[1]),
                 "mean_output": self.mean_output_,
-                "most_helpful": defined.head(5)[["group", "influence", "stderr"]].to_dict(
-                    "records"
-                ),
-                "most_harmful": defined.tail(5)[::-1][["group", "influence", "stderr"]].to_dict(
-                    "records"
-                ),
+                "most_helpful": defined.head(5)[ends].to_dict("records"),
+                "least_helpful": defined.tail(5)[::-1][ends].to_dict("records"),
+                "flagged": {
+                    "q_level": FLAG_LEVEL,
+                    "above_average": helps,
+                    "below_average": below,
+                    "chance": "with no real effects, 19 runs in 20 flag none; among flagged "
+                    f"groups at most {FLAG_LEVEL:.0%} are expected to be false",
+                },
+                "ci_excludes_zero": int(((defined.ci_low > 0) | (defined.ci_high < 0)).sum()),
+                "ci_excludes_zero_by_chance": round((1 - self.level) * len(defined), 1),
+                "stability": _stability_summary(self.stability_, self.shared_seed_),
+                "seed_per_chunk": self.seed_per_chunk_,
                 "lds": self.lds_,
                 "explained_by_subsets": self.explained_,
-                "split_half_spearman": self.stability_.spearman if self.stability_ else None,
-                "split_half_within_one_seed": self.shared_seed_,
-                "seed_per_chunk": self.seed_per_chunk_,
-                "models_for_split_half_0.9": (
-                    self.stability_.models_needed(0.9) if self.stability_ else None
-                ),
-                "ci_excludes_zero": int(((defined.ci_low > 0) | (defined.ci_high < 0)).sum()),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "dof": per_example.dof,
                 "files": files,
             },
         )
         return folder
+
+
+def _stability_summary(stability: SplitHalf | None, shared_seed: bool) -> dict | None:
+    if stability is None:
+        return None
+    return {
+        "spearman": stability.spearman,
+        "top_overlap": stability.top_overlap,
+        "bottom_overlap": stability.bottom_overlap,
+        "chance_overlap": stability.chance_overlap,
+        "k": stability.k,
+        "models": stability.models,
+        "splits": stability.splits,
+        "within_one_seed": shared_seed,
+        "models_needed": {
+            "spearman_0.9": _finite(stability.models_needed(0.9)),
+            "top_overlap_0.8": _finite(stability.overlap_models_needed("top", 0.8)),
+            "bottom_overlap_0.8": _finite(stability.overlap_models_needed("bottom", 0.8)),
+        },
+    }
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None

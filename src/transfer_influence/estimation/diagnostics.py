@@ -1,0 +1,326 @@
+"""How far to trust a class ranking (pure numpy, no I/O).
+
+- Split-half stability of what a user reads: the rank correlation of the whole ranking and
+  the share of its top and bottom that two random halves of the models agree on, each beside
+  its chance level, with a projection of the models each needs.
+- The held-out linear datamodeling score (LDS): do the influences predict the outputs of
+  models they were not fitted on? Stability alone is fooled by any ranking that ignores the
+  data; the LDS is not.
+- The share of the differences between models that their subsets explain (adjusted R^2 of the
+  least-squares fit): the rest is training noise, which no estimator removes and only more
+  models average away. It bounds what the regression estimator can gain over the difference
+  in means: about 1 / (1 - share) in models, once there are many more models than groups.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from .accumulator import InfluenceWarning, estimate_influence
+from .centring import centre_within
+
+__all__ = [
+    "SplitHalf",
+    "end_size",
+    "expected_overlap",
+    "explained_by_subsets",
+    "linear_datamodeling_score",
+    "split_half_stability",
+]
+
+_OVERLAP_DRAWS = 400  # Monte Carlo draws of the Gaussian model behind the overlap projection
+
+
+def end_size(n_groups: int) -> int:
+    """How many groups a user reads at each end of a ranking: 10, or a quarter of fewer."""
+    return max(1, min(10, n_groups // 4))
+
+
+@dataclass(frozen=True)
+class SplitHalf:
+    """Agreement between two random halves of the models, averaged over ``splits`` splits.
+
+    ``spearman``: rank correlation of the whole ranking; ``top_overlap`` and
+    ``bottom_overlap``: the share of the ``k`` most (least) helpful groups of one half that
+    are among the other half's; ``chance_overlap``: the same for rankings that ignore the data
+    (k / groups). Each half has about ``models / 2`` models.
+    """
+
+    spearman: float
+    spread: float  # standard deviation of the Spearman correlation over the splits
+    splits: int
+    models: int
+    top_overlap: float = math.nan
+    bottom_overlap: float = math.nan
+    k: int = 10
+    groups: int = 0
+
+    @property
+    def chance_overlap(self) -> float:
+        return self.k / self.groups if self.groups else math.nan
+
+    def models_needed(self, target: float = 0.9) -> float:
+        """Models for the split-half correlation to reach ``target`` (Spearman-Brown).
+
+        The correlation r was measured at m/2 models per half; k times more models per half
+        gives k r / (1 + (k - 1) r).
+        """
+        return _spearman_brown(self.spearman, target, self.models)
+
+    def overlap_models_needed(self, end: str, target: float = 0.8) -> float:
+        """Models for two halves to share ``target`` of their top (``end="top"``) or bottom
+        k. The measured overlap is read as the reliability a Gaussian model of effects and
+        errors would need to give it, which Spearman-Brown then projects; NaN while the
+        halves agree no more than chance."""
+        measured = self.top_overlap if end == "top" else self.bottom_overlap
+        if not math.isfinite(measured) or self.groups < 2:
+            return math.nan
+        if measured >= target:
+            return float(self.models)
+        reliability = _reliability_for_overlap(measured, self.groups, self.k)
+        wanted = _reliability_for_overlap(target, self.groups, self.k)
+        return _spearman_brown(reliability, wanted, self.models)
+
+    def projection(self, target: float = 0.9) -> str:
+        """:meth:`models_needed` in words, or why there is none yet."""
+        return _projection_words(self.models_needed(target), f"Spearman {target:g}")
+
+    def overlap_words(self, end: str, target: float = 0.8) -> str:
+        """The overlap at one end in words, with chance and a projection."""
+        measured = self.top_overlap if end == "top" else self.bottom_overlap
+        side = "top" if end == "top" else "bottom"
+        shared = f"{measured * self.k:.1f} of {self.k}"
+        chance = f"{self.chance_overlap * self.k:.1f} by chance"
+        wanted = f"{round(target * self.k)} of {self.k}"
+        needed = self.overlap_models_needed(end, target)
+        return (
+            f"two halves of {self.models // 2} models share {shared} of their {side} {self.k} "
+            f"({chance}); {_projection_words(needed, wanted)}"
+        )
+
+
+def _spearman_brown(r: float, target: float, models: int) -> float:
+    if not 0.0 < r < 1.0:
+        return math.nan if not r > 0 else float(models)
+    k = target * (1.0 - r) / (r * (1.0 - target))
+    return max(k, 1.0) * models
+
+
+def _projection_words(needed: float, target: str) -> str:
+    if not math.isfinite(needed):
+        return f"no projection to {target} while the halves agree no more than chance"
+    return f"about {needed:,.0f} models would give {target}"
+
+
+def expected_overlap(reliability: float, groups: int, k: int, draws: int = _OVERLAP_DRAWS) -> float:
+    """Expected share of the top k shared by two rankings of ``groups`` estimates that each
+    correlate ``reliability`` with each other (true effects and errors Gaussian; the same
+    random numbers on every call, so it is monotone in ``reliability``)."""
+    rng = np.random.default_rng(12345)
+    truth = rng.standard_normal((draws, groups))
+    noise = rng.standard_normal((2, draws, groups))
+    r = min(max(reliability, 0.0), 1.0)
+    a = np.sqrt(r) * truth + np.sqrt(1.0 - r) * noise[0]
+    b = np.sqrt(r) * truth + np.sqrt(1.0 - r) * noise[1]
+    top_a = np.argpartition(-a, k - 1, axis=1)[:, :k]
+    top_b = np.argpartition(-b, k - 1, axis=1)[:, :k]
+    hits = (top_a[:, :, None] == top_b[:, None, :]).any(axis=2).sum(axis=1)
+    return float(hits.mean() / k)
+
+
+def _reliability_for_overlap(overlap: float, groups: int, k: int) -> float:
+    """The reliability at which :func:`expected_overlap` reaches ``overlap`` (bisection)."""
+    low, high = 0.0, 1.0
+    if overlap <= expected_overlap(0.0, groups, k):
+        return 0.0
+    for _ in range(30):
+        middle = (low + high) / 2
+        if expected_overlap(middle, groups, k) < overlap:
+            low = middle
+        else:
+            high = middle
+    return (low + high) / 2
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    return np.argsort(np.argsort(x)).astype(np.float64)
+
+
+def _halves(
+    m: int, blocks: np.ndarray | None, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Two disjoint random halves of the models, made of whole blocks when given."""
+    if blocks is None:
+        order = rng.permutation(m)
+        return order[: m // 2], order[m // 2 : 2 * (m // 2)]
+    ids = rng.permutation(np.unique(blocks))
+    half = ids.size // 2
+    return (
+        np.flatnonzero(np.isin(blocks, ids[:half])),
+        np.flatnonzero(np.isin(blocks, ids[half : 2 * half])),
+    )
+
+
+def overall_difference(
+    masks: np.ndarray, y: np.ndarray, blocks: np.ndarray | None = None
+) -> np.ndarray:
+    """The difference in means of one output per model (K,), or with ``blocks`` the slopes
+    within blocks, as :func:`estimate_influence` computes them, without its errors: O(m K),
+    for diagnostics that re-estimate many times. NaN where a group never varies."""
+    x = masks.astype(np.float64)
+    if blocks is None:
+        m = x.shape[0]
+        n_in = x.sum(axis=0)
+        sum_in = x.T @ y
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return sum_in / n_in - (y.sum() - sum_in) / (m - n_in)
+    ids = np.unique(blocks, return_inverse=True)[1]
+    held = np.zeros((ids.max() + 1, x.shape[1]))
+    np.add.at(held, ids, x)
+    sizes = np.bincount(ids)[:, None].astype(np.float64)
+    spread = (held * (sizes - held) / sizes).sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        values = x.T @ centre_within(y, blocks) / spread
+    values[spread <= 0] = np.nan
+    return values
+
+
+def _overall(
+    masks: np.ndarray, y: np.ndarray, blocks: np.ndarray | None, estimator: str
+) -> np.ndarray:
+    if estimator == "difference":
+        return overall_difference(masks, y, blocks)
+    with warnings.catch_warnings():  # a group always in or out is NaN, and skipped
+        warnings.simplefilter("ignore", InfluenceWarning)
+        estimate = estimate_influence(masks, y[:, None], estimator=estimator, chunks=blocks)
+    return estimate.overall.values[:, 0]
+
+
+def split_half_stability(
+    masks: np.ndarray,
+    outputs: np.ndarray,
+    splits: int = 50,
+    seed: int = 0,
+    blocks: np.ndarray | None = None,
+    k: int | None = None,
+    estimator: str = "difference",
+) -> SplitHalf:
+    """Agreement of the overall class influence estimated on two random halves of the models,
+    averaged over ``splits`` splits; ``outputs`` is one value per model (m,), ``k`` the groups
+    read at each end (default :func:`end_size`), ``estimator`` that of each half.
+
+    ``blocks`` (one id per model) numbers the models that share a training seed (a seed per
+    chunk). A block's models stay in the same half, or the halves would share that seed's
+    noise and agree too well, and each half is estimated as slopes within blocks.
+    """
+    masks = np.asarray(masks)
+    y = np.asarray(outputs, dtype=np.float64).reshape(-1)
+    m, groups = masks.shape
+    if m < 8:
+        raise ValueError(f"split-half stability needs at least 8 models, have {m}")
+    if blocks is not None and np.unique(blocks).size < 2:
+        raise ValueError("split-half stability by blocks needs at least 2 blocks")
+    k = end_size(groups) if k is None else k
+    rng = np.random.default_rng(seed)
+    correlations, tops, bottoms, used = [], [], [], []
+    with threadpool_limits(1, user_api="blas"):  # small products: threads cost more than they give
+        for _ in range(splits):
+            halves = _halves(m, blocks, rng)
+            values = [
+                _overall(masks[h], y[h], None if blocks is None else blocks[h], estimator)
+                for h in halves
+            ]
+            keep = np.isfinite(values[0]) & np.isfinite(values[1])
+            if keep.sum() < max(3, 2 * k):  # a half left a group always in or out: skip it
+                continue
+            a, b = values[0][keep], values[1][keep]
+            correlations.append(float(np.corrcoef(_ranks(a), _ranks(b))[0, 1]))
+            order_a, order_b = np.argsort(-a, kind="stable"), np.argsort(-b, kind="stable")
+            tops.append(np.intersect1d(order_a[:k], order_b[:k]).size / k)
+            bottoms.append(np.intersect1d(order_a[-k:], order_b[-k:]).size / k)
+            used.append(len(halves[0]) + len(halves[1]))
+    if not correlations:
+        raise ValueError("no split gave enough groups with estimates in both halves")
+    return SplitHalf(
+        float(np.mean(correlations)),
+        float(np.std(correlations)),
+        len(correlations),
+        m if blocks is None else round(float(np.mean(used))),
+        float(np.mean(tops)),
+        float(np.mean(bottoms)),
+        k,
+        groups,
+    )
+
+
+def linear_datamodeling_score(
+    masks: np.ndarray,
+    outputs: np.ndarray,
+    held_out: int,
+    splits: int = 50,
+    estimator: str = "difference",
+    seed: int = 0,
+    blocks: np.ndarray | None = None,
+) -> tuple[float, float]:
+    """Mean and standard deviation over random splits of the Spearman correlation between the
+    held-out models' outputs and their prediction from influences fitted on the other models.
+
+    The prediction of model i is the sum of the fitted influences of the groups in its mask
+    (a constant shift would not change ranks). ``outputs`` is one value per model (m,).
+    ``blocks`` numbers the models that share a training seed: outputs are compared within
+    them (each block's outputs and predictions centred on the block's mean, which removes the
+    seed's offset) and influences are fitted as slopes within blocks.
+    """
+    masks = np.asarray(masks)
+    y = np.asarray(outputs, dtype=np.float64).reshape(-1)
+    m = masks.shape[0]
+    if not 3 <= held_out <= m - 4:
+        raise ValueError(f"held_out must leave at least 4 models to fit, have {m}")
+    if blocks is not None:
+        y = centre_within(y, blocks)
+    rng = np.random.default_rng(seed)
+    scores = []
+    with warnings.catch_warnings(), threadpool_limits(1, user_api="blas"):
+        warnings.simplefilter("ignore", InfluenceWarning)
+        for _ in range(splits):
+            order = rng.permutation(m)
+            test, train = order[:held_out], order[held_out:]
+            train_blocks = None if blocks is None else blocks[train]
+            influence = _overall(masks[train], y[train], train_blocks, estimator)
+            predicted = masks.astype(np.float64) @ np.nan_to_num(influence)
+            if blocks is not None:
+                predicted = centre_within(predicted, blocks)
+            scores.append(np.corrcoef(_ranks(predicted[test]), _ranks(y[test]))[0, 1])
+    return float(np.nanmean(scores)), float(np.nanstd(scores))
+
+
+def explained_by_subsets(
+    masks: np.ndarray, outputs: np.ndarray, blocks: np.ndarray | None = None
+) -> float | None:
+    """Share of the across-model variance of ``outputs`` (one value per model) that the models'
+    subsets explain: the adjusted R^2 of regressing it on the masks by least squares, which is
+    about unbiased at any m (a cross-validated R^2 is not: fitted on fewer models than it
+    judges, it reads far too low near m = K). ``blocks`` numbers models that share a seed:
+    outputs and masks are compared within blocks. None until the fit has 10 residual degrees
+    of freedom; it can be below 0 when the subsets cannot be told apart from noise.
+    """
+    x = np.asarray(masks, dtype=np.float64)
+    y = np.asarray(outputs, dtype=np.float64).reshape(-1)
+    if blocks is None:
+        x, y, spent = x - x.mean(axis=0), y - y.mean(), 1
+    else:
+        x, y, spent = centre_within(x, blocks), centre_within(y, blocks), np.unique(blocks).size
+    coefficients, _, rank, _ = np.linalg.lstsq(x, y, rcond=None)
+    dof = x.shape[0] - spent - rank
+    if dof < 10:
+        return None
+    rss = float(((y - x @ coefficients) ** 2).sum())
+    total = float((y**2).sum())
+    if total <= 0:
+        return None
+    return 1.0 - (rss / dof) / (total / (x.shape[0] - spent))
