@@ -8,6 +8,7 @@ import os
 import sys
 
 from .estimation import ESTIMATORS
+from .estimation.significance import FLAG_LEVEL
 from .estimation.words import split_half_method
 from .outputs import output_units
 from .store import RunStore
@@ -224,7 +225,7 @@ def _cmd_top(args: argparse.Namespace) -> int:
         columns = ["example", "example_id", "target_class", "influence", "stderr"]
     else:
         table = top_groups(model, args.n, args.target_class, args.bottom)
-        columns = ["rank", "group", "influence", "stderr", "ci_low", "ci_high"]
+        columns = ["rank", "group", "influence", "stderr", "ci_low", "ci_high", "q_value"]
     table = table[columns]
     if args.csv:
         print(table.to_csv(index=False), end="")
@@ -235,9 +236,14 @@ def _cmd_top(args: argparse.Namespace) -> int:
         if column in shown:
             style = "{:.3f}" if column == "stderr" else "{:+.3f}"
             shown[column] = (shown[column] * scale).map(style.format)
+    if "q_value" in shown:
+        shown["q_value"] = shown["q_value"].map("{:.2f}".format)
     with pd.option_context("display.width", 120, "display.max_colwidth", 40):
         print(f"{model.n_models_} models; influence on {args.output} ({unit})")
         print(shown.to_string(index=False))
+    if "q_value" in table:
+        print(f"q_value <= {FLAG_LEVEL}: distinguishable from the average class, allowing for "
+              f"the choice among {len(model.classes_)} classes")  # fmt: skip
     return 0
 
 

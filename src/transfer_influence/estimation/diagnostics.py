@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from dataclasses import dataclass
@@ -94,7 +95,7 @@ class SplitHalf:
         """The overlap at one end in words, with chance and a projection."""
         measured = self.top_overlap if end == "top" else self.bottom_overlap
         side = "top" if end == "top" else "bottom"
-        shared = f"{measured * self.k:.1f} of {self.k}"
+        shared = f"{measured * self.k:.1f}"
         chance = f"{self.chance_overlap * self.k:.1f} by chance"
         wanted = f"{round(target * self.k)} of {self.k}"
         needed = self.overlap_models_needed(end, target)
@@ -121,9 +122,7 @@ def expected_overlap(reliability: float, groups: int, k: int, draws: int = _OVER
     """Expected share of the top k shared by two rankings of ``groups`` estimates that each
     correlate ``reliability`` with each other (true effects and errors Gaussian; the same
     random numbers on every call, so it is monotone in ``reliability``)."""
-    rng = np.random.default_rng(12345)
-    truth = rng.standard_normal((draws, groups))
-    noise = rng.standard_normal((2, draws, groups))
+    truth, noise = _gaussian_draws(draws, groups)
     r = min(max(reliability, 0.0), 1.0)
     a = np.sqrt(r) * truth + np.sqrt(1.0 - r) * noise[0]
     b = np.sqrt(r) * truth + np.sqrt(1.0 - r) * noise[1]
@@ -131,6 +130,12 @@ def expected_overlap(reliability: float, groups: int, k: int, draws: int = _OVER
     top_b = np.argpartition(-b, k - 1, axis=1)[:, :k]
     hits = (top_a[:, :, None] == top_b[:, None, :]).any(axis=2).sum(axis=1)
     return float(hits.mean() / k)
+
+
+@functools.lru_cache(maxsize=8)
+def _gaussian_draws(draws: int, groups: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(12345)
+    return rng.standard_normal((draws, groups)), rng.standard_normal((2, draws, groups))
 
 
 def _reliability_for_overlap(overlap: float, groups: int, k: int) -> float:
@@ -317,10 +322,8 @@ def explained_by_subsets(
         x, y, spent = centre_within(x, blocks), centre_within(y, blocks), np.unique(blocks).size
     coefficients, _, rank, _ = np.linalg.lstsq(x, y, rcond=None)
     dof = x.shape[0] - spent - rank
-    if dof < 10:
+    total = float((y**2).sum())
+    if dof < 10 or total <= 0:
         return None
     rss = float(((y - x @ coefficients) ** 2).sum())
-    total = float((y**2).sum())
-    if total <= 0:
-        return None
     return 1.0 - (rss / dof) / (total / (x.shape[0] - spent))
