@@ -22,6 +22,7 @@ def save_result(name: str, result: dict, device: str = "cpu") -> Path:
         "benchmark": name,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": platform.node(),
+        "cpus": os.cpu_count(),
         **provenance(device),
         **result,
     }
