@@ -36,8 +36,10 @@ from transfer_influence.estimation import ExampleInfluence  # noqa: E402
 from transfer_influence.trainers import load_trainer  # noqa: E402
 
 
-def planted_ranks(folder: Path, models: int, pool_seed: int, run_seed: int) -> dict:
-    pool = planted_pool(seed=pool_seed, per_class=20)
+def planted_ranks(
+    folder: Path, models: int, pool_seed: int, run_seed: int, planted: int
+) -> dict:
+    pool = planted_pool(seed=pool_seed, per_class=20, planted=planted)
     save_npz(folder / "source.npz", pool.source_train, pool.source_test)
     save_npz(folder / "target.npz", pool.target_train, pool.target_test)
     params = {
@@ -73,12 +75,13 @@ def planted_ranks(folder: Path, models: int, pool_seed: int, run_seed: int) -> d
         "seconds": seconds,
         "duplicate_ranks": duplicate,
         "duplicate_median": float(np.median(duplicate)),
+        "duplicates_in_top_10": int(np.sum(np.array(duplicate) < 10)),
         "mislabeled_ranks": mislabeled,
         "mislabeled_median": float(np.median(mislabeled)),
     }
 
 
-def null_quantiles(pool: int = 100, planted: int = 10, draws: int = 200_000) -> dict:
+def null_quantiles(pool: int = 100, planted: int = 10, draws: int = 100_000) -> dict:
     """Quantiles of both statistics when the ranking ignores the data."""
     rng = np.random.default_rng(0)
     # Duplicates: each copy's rank for its own image, independently uniform over the pool.
@@ -86,8 +89,11 @@ def null_quantiles(pool: int = 100, planted: int = 10, draws: int = 200_000) -> 
     # Mislabeled: distinct ranks in one overall ranking.
     mislabeled = np.median(np.argsort(rng.random((draws, pool)), axis=1)[:, :planted], axis=1)
     levels = [0.001, 0.01, 0.05]
+    in_top_10 = (rng.integers(0, pool, (draws, planted)) < 10).sum(axis=1)
     return {
+        "pool": pool,
         "levels": levels,
+        "duplicates_in_top_10_upper": np.quantile(in_top_10, [1 - q for q in levels]).tolist(),
         "duplicate_median": np.quantile(duplicate, levels).tolist(),
         "mislabeled_median": np.quantile(mislabeled, levels).tolist(),
     }
@@ -99,6 +105,7 @@ def main() -> None:
     parser.add_argument("--pool-seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--run-seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--planted", type=int, default=10, help="images of each kind")
     args = parser.parse_args()
     runs = []
     for threads in args.threads:
@@ -106,9 +113,16 @@ def main() -> None:
         for pool_seed in args.pool_seeds:
             for run_seed in args.run_seeds:
                 with tempfile.TemporaryDirectory() as folder:
-                    runs.append(planted_ranks(Path(folder), args.models, pool_seed, run_seed))
+                    runs.append(
+                        planted_ranks(Path(folder), args.models, pool_seed, run_seed, args.planted)
+                    )
                 print(json.dumps(runs[-1]), flush=True)
-    result = {"models": args.models, "runs": runs, "null": null_quantiles()}
+    result = {
+        "models": args.models,
+        "planted": args.planted,
+        "runs": runs,
+        "null": null_quantiles(pool=80 + 2 * args.planted, planted=args.planted),
+    }
     print(save_result("planted_margins", result))
 
 
