@@ -115,7 +115,8 @@ def _spearman_brown(r: float, target: float, models: int) -> float:
 def _projection_words(needed: float, target: str) -> str:
     if not math.isfinite(needed):
         return f"no projection to {target} while the halves agree no more than chance"
-    return f"about {needed:,.0f} models would give {target}"
+    digits = max(len(str(int(needed))) - 2, 0)  # a projection is rough: two figures
+    return f"about {round(needed, -digits):,.0f} models would give {target}"
 
 
 def expected_overlap(reliability: float, groups: int, k: int, draws: int = _OVERLAP_DRAWS) -> float:

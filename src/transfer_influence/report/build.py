@@ -26,6 +26,7 @@ from ..analyses import (
     top_groups,
 )
 from ..estimation import ClassInfluence
+from ..estimation.significance import FLAG_LEVEL
 from ..outputs import output_units
 from ..provenance import package_version
 from ..store import RunStore
@@ -231,7 +232,17 @@ class Report:
 
     def _top3(self, influence: ClassInfluence, target_class: int, bottom: bool) -> list[dict]:
         rows = top_groups(influence, 3, target_class, bottom=bottom).itertuples()
-        return [{"name": r.group, "text": self._value(r.influence, r.stderr)} for r in rows]
+        return [
+            {
+                "name": r.group + (" *" if r.q_value <= FLAG_LEVEL else ""),
+                "text": self._interval(r.influence, r.ci_low, r.ci_high),
+            }
+            for r in rows
+        ]
+
+    def _interval(self, value: float, low: float, high: float) -> str:
+        scale, _ = output_units(self.output)
+        return f"{value * scale:+.2f} [{low * scale:+.2f}, {high * scale:+.2f}]"
 
     def _leakage(self, influence: ClassInfluence, images: RunImages) -> dict[str, Any]:
         base = {"z_min": self.leakage_z, "similarity_min": self.leakage_similarity, "rows": []}

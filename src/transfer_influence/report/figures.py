@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from ..estimation.significance import FLAG_LEVEL  # noqa: E402
 from ..outputs import output_units  # noqa: E402
 
 __all__ = ["class_bars", "class_heatmap", "pruning_accuracy"]
@@ -42,12 +43,20 @@ def class_bars(helpful: pd.DataFrame, harmful: pd.DataFrame, output: str, level:
         colours = [HELPFUL if v >= 0 else HARMFUL for v in values]
         axis.barh(y, values, color=colours, alpha=0.85, height=0.7)
         axis.errorbar(values, y, xerr=[low, high], fmt="none", ecolor="#333333", lw=1, capsize=2)
-        axis.set_yticks(y, [str(name) for name in rows["group"]])
+        flagged = rows["q_value"].to_numpy() <= FLAG_LEVEL if "q_value" in rows else None
+        names = [
+            f"{name} *" if flagged is not None and flagged[i] else str(name)
+            for i, name in enumerate(rows["group"])
+        ]
+        axis.set_yticks(y, names)
         axis.axvline(0, color="#333333", lw=0.8)
         if len(helpful) and len(harmful):
             axis.axhline(y[len(helpful) - 1] - 0.5, color="#999999", lw=0.6, ls=":")
-        axis.set_xlabel(f"influence on the target ({unit}); bars: {level:.0%} confidence intervals")
-        axis.set_title("Source classes that help (top) and hurt (bottom) the target", loc="left")
+        axis.set_xlabel(
+            f"influence on the target ({unit}), relative to the average class; "
+            f"{level:.0%} intervals; * q ≤ {FLAG_LEVEL:g}"
+        )
+        axis.set_title("Most helpful (top) and least helpful (bottom) source classes", loc="left")
         return _png(figure)
 
 
