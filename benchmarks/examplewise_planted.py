@@ -83,7 +83,7 @@ def one_run(per_class: int, models: int, seed: int, workdir: Path, output: str) 
                 "alpha": 0.5,
                 "models": models,
                 "chunk_size": 16,
-                "shared_seed": True,
+                "seeds": "run",
                 "keep_logits": False,
             },  # fmt: skip
             "trainer": {

@@ -36,9 +36,7 @@ from transfer_influence.estimation import ExampleInfluence  # noqa: E402
 from transfer_influence.trainers import load_trainer  # noqa: E402
 
 
-def planted_ranks(
-    folder: Path, models: int, pool_seed: int, run_seed: int, planted: int
-) -> dict:
+def planted_ranks(folder: Path, models: int, pool_seed: int, run_seed: int, planted: int) -> dict:
     pool = planted_pool(seed=pool_seed, per_class=20, planted=planted)
     save_npz(folder / "source.npz", pool.source_train, pool.source_test)
     save_npz(folder / "target.npz", pool.target_train, pool.target_test)
@@ -49,7 +47,7 @@ def planted_ranks(
         "recipe": {"widths": [16, 32, 64], "epochs": 40, "batch_size": 16, "stack": 8},
     }
     config = Config.from_dict(
-        {"run": {"models": models, "chunk_size": 16, "shared_seed": True, "seed": run_seed,
+        {"run": {"models": models, "chunk_size": 16, "seeds": "run", "seed": run_seed,
                  "keep_logits": False},
          "trainer": {"type": "builtin", "params": params}}
     )  # fmt: skip

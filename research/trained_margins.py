@@ -84,8 +84,10 @@ def builtin(seed: int) -> dict:
         "seed": seed,
         "source_accuracy": [r.source_accuracy for r in results],
         "transfer_over_untrained": [
-            float((r.logits["stripes/fixed_feature"].argmax(1) == labels).mean()
-                  - (untrained[g].argmax(1) == labels).mean())
+            float(
+                (r.logits["stripes/fixed_feature"].argmax(1) == labels).mean()
+                - (untrained[g].argmax(1) == labels).mean()
+            )
             for g, r in enumerate(results)
         ],  # fmt: skip
     }

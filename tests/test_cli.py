@@ -260,11 +260,11 @@ def test_time_limit_zero_starts_nothing_and_a_rerun_continues(make_config, cli, 
 
 
 def test_estimate_says_when_stability_is_within_one_seed(make_config, cli, tmp_path):
-    for shared in ("false", "true"):
-        run_dir = tmp_path / shared
+    for seeds in ("model", "run"):
+        run_dir = tmp_path / seeds
         cli("run", make_config(models=40), "--run-dir", run_dir, "--quiet",
-            "--set", f"run.shared_seed={shared}")  # fmt: skip
+            "--set", f'run.seeds="{seeds}"')  # fmt: skip
         code, out, _ = cli("estimate", run_dir)
-        assert code == 0 and ("share one seed" in out) == (shared == "true")
+        assert code == 0 and ("share one seed" in out) == (seeds == "run")
         summary = json.loads((run_dir / "influence" / "summary.json").read_text())
-        assert summary["stability"]["within_one_seed"] is (shared == "true")
+        assert summary["stability"]["within_one_seed"] is (seeds == "run")

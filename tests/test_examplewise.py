@@ -120,7 +120,7 @@ def test_drill_down_from_a_class_run_then_example_wise_influence(tmp_path, cli, 
 def test_example_influence_with_a_seed_per_chunk_is_not_shrunk(tmp_path):
     """Chunks of 4 models share a seed: both estimators compare models within their chunk.
     The lasso on centred outputs but uncentred masks (as before) shrank effects by ~1/4."""
-    trainer, config = _simulated(models=400, seed_per_chunk=True, chunk_size=4)
+    trainer, config = _simulated(models=400, seeds="chunk", chunk_size=4)
     store = RunStore.create(tmp_path / "run", config, trainer.describe())
     run_local(store, workers=1, progress=False, trainer=trainer)
     truth = trainer.true_influence("sim", "fixed_feature").mean(axis=1)
@@ -154,7 +154,7 @@ def test_planted_images_surface_at_the_extremes(tmp_path):
         "recipe": {"widths": [16, 32, 64], "epochs": 40, "batch_size": 16, "stack": 8},
     }
     config = Config.from_dict(
-        {"run": {"models": MODELS_PLANTED, "chunk_size": 16, "shared_seed": True,
+        {"run": {"models": MODELS_PLANTED, "chunk_size": 16, "seeds": "run",
                  "keep_logits": False},
          "trainer": {"type": "builtin", "params": params}}
     )  # fmt: skip

@@ -71,16 +71,22 @@ def test_record_with_seeds_writes_a_chunk_per_seed_and_removes_each_seeds_offset
     chunks = record_arrays(tmp_path / "run", dict(data, seeds=seeds))
     assert [(c.start, c.stop) for c in chunks] == [(0, 4), (4, 8), (8, 12)]  # 7, 3, 9
     store = RunStore(tmp_path / "run")
-    assert store.config.run.seed_per_chunk
+    assert store.config.run.seeds == "chunk"
     np.testing.assert_array_equal(
         store.model_metrics("target/fixed_feature")["seed"], [7] * 4 + [3] * 4 + [9] * 4
     )
     recorded = list(store.iter_outputs("target/fixed_feature", "margin"))
     for chunk, seed in zip(recorded, (7, 3, 9), strict=True):
         np.testing.assert_array_equal(chunk.masks, data["masks"][seeds == seed])
-        np.testing.assert_allclose(chunk.values.mean(axis=0), 0.0, atol=1e-5)
     fit = ClassInfluence(output="margin", estimator="difference").fit(store)
-    assert fit.seed_per_chunk_ and fit.n_models_ == 12
+    assert fit.seeds_ == "chunk" and fit.n_models_ == 12
+    blocks = np.repeat([0, 1, 2], 4)
+    by_seed = np.concatenate([seeds[seeds == s] for s in (7, 3, 9)])
+    assert (by_seed == np.repeat([7, 3, 9], 4)).all()
+    masks = np.concatenate([c.masks for c in recorded])
+    values = np.concatenate([c.values for c in recorded])
+    direct = estimate_influence(masks, values, blocks=blocks).overall.values[:, 0]
+    np.testing.assert_allclose(fit.estimate_.overall.values[:, 0], direct, atol=1e-6)
     # A seed's models are recorded together, and a run is recorded with seeds or without.
     with pytest.raises(RecordError, match="seed\\(s\\) 3, 7, 9 were recorded before"):
         record_arrays(tmp_path / "run", dict(data, seeds=seeds))

@@ -13,6 +13,7 @@ from transfer_influence.estimation import (
     InfluenceWarning,
     estimate_influence,
 )
+from transfer_influence.estimation.centring import centre_within
 from transfer_influence.estimation.rounds import RoundContrasts
 from transfer_influence.subsets import make_jobs, round_size
 from transfer_influence.trainers import load_trainer
@@ -111,7 +112,7 @@ def test_a_balanced_run_with_a_seed_per_chunk_has_honest_intervals(tmp_path):
         run = {"models": 160, "chunk_size": 16, "seed": seed, "design": "balanced"}
         config = Config.from_dict(
             {
-                "run": run | {"seed_per_chunk": True},
+                "run": run | {"seeds": "chunk"},
                 "trainer": {"type": "simulated", "params": NOISY_SEEDS},
             }
         )
@@ -124,9 +125,9 @@ def test_a_balanced_run_with_a_seed_per_chunk_has_honest_intervals(tmp_path):
         assert per_example.dof == 79  # 160 models in 80 complementary pairs
         chunks = list(store.iter_outputs("sim/fixed_feature", "margin"))
         assert all(c.rounds is not None for c in chunks)
-        pooled = estimate_influence(
-            np.concatenate([c.masks for c in chunks]), np.concatenate([c.values for c in chunks])
-        ).per_example
+        blocks = np.concatenate([np.full(len(c.masks), i) for i, c in enumerate(chunks)])
+        centred = centre_within(np.concatenate([c.values for c in chunks]), blocks)
+        pooled = estimate_influence(np.concatenate([c.masks for c in chunks]), centred).per_example
         for name, estimate in (("rounds", per_example), ("pooled", pooled)):
             low, high = estimate.ci(0.95)
             covered[name].append(np.mean((low <= truth) & (truth <= high)))

@@ -33,7 +33,7 @@ def _run(tmp_path, name, models=160, **run):
 
 
 def test_the_models_of_a_chunk_share_a_seed_and_chunks_differ(tmp_path):
-    store, _ = _run(tmp_path, "run", models=48, design="balanced", seed_per_chunk=True)
+    store, _ = _run(tmp_path, "run", models=48, design="balanced", seeds="chunk")
     seeds = [{job.seed for job in store.jobs(chunk)} for chunk in store.chunks]
     assert all(len(s) == 1 for s in seeds)
     assert len(set.union(*seeds)) == len(store.chunks) == 3
@@ -45,20 +45,30 @@ def test_the_models_of_a_chunk_share_a_seed_and_chunks_differ(tmp_path):
 @pytest.mark.parametrize(
     "run, message",
     [
+        ({"seeds": "chunk", "design": "balanced", "chunk_size": 5}, "multiple of 2"),
+        ({"seeds": "chunk", "chunk_size": 1}, "chunk_size >= 2"),
+        ({"seeds": "sometimes"}, "run.seeds must be one of 'model', 'chunk', 'run'"),
+        # The two keys of earlier versions are still read, and checked:
         ({"seed_per_chunk": True, "shared_seed": True}, "not both"),
-        ({"seed_per_chunk": True, "design": "balanced", "chunk_size": 5}, "multiple of 2"),
-        ({"seed_per_chunk": True, "chunk_size": 1}, "chunk_size >= 2"),
         ({"seed_per_chunk": "yes"}, "true or false"),
+        ({"shared_seed": True, "seeds": "chunk"}, "contradicts"),
     ],
 )
-def test_seed_per_chunk_settings_are_checked(run, message):
+def test_seed_settings_are_checked(run, message):
     with pytest.raises(ConfigError, match=message):
         Config.from_dict({"run": run})
 
 
+def test_the_keys_of_earlier_versions_mean_one_setting():
+    for old, new in (({"shared_seed": True}, "run"), ({"seed_per_chunk": True}, "chunk"),
+                     ({"shared_seed": False, "seed_per_chunk": False}, "model")):  # fmt: skip
+        config = Config.from_dict({"run": old})
+        assert config.run.seeds == new and config.to_dict()["run"]["seeds"] == new
+
+
 def test_seed_offsets_are_removed_and_intervals_stay_honest(tmp_path):
     independent, trainer = _run(tmp_path, "independent")
-    per_chunk, _ = _run(tmp_path, "per-chunk", seed_per_chunk=True)
+    per_chunk, _ = _run(tmp_path, "per-chunk", seeds="chunk")
     truth = trainer.true_influence("sim", "fixed_feature")
     fits = {
         name: ClassInfluence(output="margin", estimator="difference").fit(store)
@@ -78,10 +88,11 @@ def test_seed_offsets_are_removed_and_intervals_stay_honest(tmp_path):
     assert errors["per-chunk"] < 0.6 * errors["independent"], errors
     # Stability splits whole chunks: 10 chunks -> halves of 5 chunks = 80 models each.
     assert fits["per-chunk"].stability_.models == 160
-    assert not fits["per-chunk"].shared_seed_
+    assert fits["per-chunk"].seeds_ == "chunk"
 
-    # The mean output is the recorded one, not the centred one (which is 0).
-    recorded = [c.values + c.offset for c in per_chunk.iter_outputs("sim/fixed_feature", "margin")]
+    # The store yields the outputs as recorded; the mean output is theirs, not the centred
+    # one (which is 0).
+    recorded = [c.values for c in per_chunk.iter_outputs("sim/fixed_feature", "margin")]
     assert fits["per-chunk"].mean_output_ == pytest.approx(np.concatenate(recorded).mean())
     assert abs(fits["per-chunk"].mean_output_) > 0.1
 
@@ -94,7 +105,7 @@ def test_small_chunks_are_neither_shrunk_nor_overconfident(tmp_path, chunk_size)
     covered, slopes = {"difference": [], "regression": []}, []
     for seed in range(3):
         store, trainer = _run(
-            tmp_path, f"{chunk_size}-{seed}", seed=seed, seed_per_chunk=True, chunk_size=chunk_size
+            tmp_path, f"{chunk_size}-{seed}", seed=seed, seeds="chunk", chunk_size=chunk_size
         )
         truth = trainer.true_influence("sim", "fixed_feature")
         for estimator in covered:
@@ -124,7 +135,7 @@ def test_stability_and_lds_compare_models_within_their_seed():
         assert np.allclose(np.bincount(blocks, centred), 0)
         fits = [
             (
-                estimate_influence(masks, y[:, None], chunks=blocks).overall.values[:, 0],
+                estimate_influence(masks, y[:, None], blocks=blocks).overall.values[:, 0],
                 split_half_stability(masks, y, splits=20, blocks=blocks).spearman,
                 linear_datamodeling_score(masks, y, 48, splits=50, blocks=blocks)[0],
             )
@@ -147,8 +158,8 @@ def test_the_regression_counts_the_levels_spent_on_seeds():
     outputs = rng.normal(size=(40, 3))
     pairs = np.arange(40) // 2
     with pytest.raises(ValueError, match=r"K \+ 10 \+ 19 \(one per seed chunk but one\) = 49"):
-        estimate_influence(masks, outputs, estimator="regression", chunks=pairs)
-    chosen = estimate_influence(masks, outputs, estimator="auto", chunks=pairs)
+        estimate_influence(masks, outputs, estimator="regression", blocks=pairs)
+    chosen = estimate_influence(masks, outputs, estimator="auto", blocks=pairs)
     assert chosen.estimator == "difference" and chosen.per_example.dof == 40 - 20 - 1
     # Without seeds to absorb, the same 40 models leave the regression its 19.
     assert estimate_influence(masks, outputs, estimator="regression").per_example.dof == 19
@@ -157,14 +168,14 @@ def test_the_regression_counts_the_levels_spent_on_seeds():
 def test_a_run_made_before_a_config_field_existed_still_resumes(tmp_path):
     store, _ = _run(tmp_path, "run", models=32)
     meta = json.loads((store.root / "run.json").read_text())
-    del meta["config"]["run"]["seed_per_chunk"]  # as written by an older version
+    del meta["config"]["run"]["seeds"]  # as written by an older version
     (store.root / "run.json").write_text(json.dumps(meta))
     grown, _ = _run(tmp_path, "run", models=48)
     assert grown.planned_models == 48 and not grown.missing_chunks()
 
 
 def test_the_report_says_how_seeds_were_shared_and_split(tmp_path, cli):
-    store, _ = _run(tmp_path, "run", models=64, seed_per_chunk=True)
+    store, _ = _run(tmp_path, "run", models=64, seeds="chunk")
     code, _, err = cli("report", store.root, "--output", "margin", "--quiet")
     assert code == 0, err
     html = (store.root / "report" / "index.html").read_text()

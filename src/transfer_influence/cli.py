@@ -325,12 +325,13 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
     print(RELATIVE_NOTE.replace("`", ""))
     if model.stability_ is not None:
         splits = model.stability_.splits
-        halves = "random halves of whole chunks" if model.seed_per_chunk_ else "random halves"
-        how = f"{split_half_method(model.seed_per_chunk_)}, {splits} {halves}"
+        per_chunk = model.seeds_ == "chunk"
+        halves = "random halves of whole chunks" if per_chunk else "random halves"
+        how = f"{split_half_method(per_chunk)}, {splits} {halves}"
         print(f"\nstability ({how}):")
         for sentence in stability_sentences(model.stability_):
             print(f"  {sentence}")
-        if model.shared_seed_:
+        if model.seeds_ == "run":
             print(f"  {SHARED_SEED_CAVEAT}")
     if model.lds_ is not None:
         print(

@@ -287,7 +287,7 @@ def _cmd_examples(args: argparse.Namespace) -> int:
         for row in rows.itertuples():
             print(f"  {row.source_example:<32} {row.influence * scale:+9.4f}")
     if fitted.stability_ is not None:
-        how = split_half_method(store.config.run.seed_per_chunk)
+        how = split_half_method(store.config.run.seeds == "chunk")
         print(f"\nsplit-half rank stability ({how}): {fitted.stability_.spearman:.2f}")
     print(f"\nwrote {folder}/overall.csv, per_example.csv")
     return 0

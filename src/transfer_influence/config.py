@@ -29,9 +29,12 @@ from typing import Any
 from .outputs import DEFAULT_OUTPUTS, get_output
 from .subsets import DESIGNS, round_size
 
-__all__ = ["NON_DEFINING", "Config", "ConfigError", "defining_diff", "load_config"]
+__all__ = ["NON_DEFINING", "SEEDS", "Config", "ConfigError", "defining_diff", "load_config"]
 
 NON_DEFINING = frozenset({"run.models", "run.claim_timeout_s"})
+# Whose training seed a model uses: its own, its chunk's (shared by the chunk's models, its
+# offset removed in estimation), or the run's (one seed for all).
+SEEDS = ("model", "chunk", "run")
 
 
 class ConfigError(ValueError):
@@ -45,8 +48,7 @@ class RunSection:
     models: int = 100
     chunk_size: int = 10
     design: str = "random"
-    shared_seed: bool = False
-    seed_per_chunk: bool = False
+    seeds: str = "model"
     keep_logits: bool = True
     outputs: tuple[str, ...] = DEFAULT_OUTPUTS
     claim_timeout_s: float = 900.0
@@ -74,6 +76,7 @@ class Config:
         _reject_unknown(data, {"run", "trainer"}, "")
         run = data.get("run", {})
         trainer = data.get("trainer", {})
+        _legacy_seeds(run)
         _reject_unknown(run, {f.name for f in fields(RunSection)}, "run.")
         _reject_unknown(trainer, {"type", "params"}, "trainer.")
         if "outputs" in run:
@@ -94,17 +97,18 @@ class Config:
             r.design in DESIGNS or (external and r.design == "external"),
             f"run.design must be one of {', '.join(DESIGNS)}",
         )
-        _check(isinstance(r.shared_seed, bool), "run.shared_seed must be true or false")
-        _check(isinstance(r.seed_per_chunk, bool), "run.seed_per_chunk must be true or false")
-        if r.seed_per_chunk:
-            _check(not r.shared_seed, "choose run.shared_seed or run.seed_per_chunk, not both")
+        _check(
+            r.seeds in SEEDS,
+            f"run.seeds must be one of {', '.join(repr(s) for s in SEEDS)}, got {r.seeds!r}",
+        )
+        if r.seeds == "chunk":
             # Whole rounds of the design per chunk, so each seed's models hold every group
             # equally often and the seed's offset cancels from every contrast.
             rounds = round_size(r.design, r.alpha) or 1
-            _check(r.chunk_size >= 2, "run.seed_per_chunk needs run.chunk_size >= 2")
+            _check(r.chunk_size >= 2, 'run.seeds = "chunk" needs run.chunk_size >= 2')
             _check(
                 r.chunk_size % rounds == 0,
-                f"run.seed_per_chunk with the {r.design} design needs run.chunk_size "
+                f'run.seeds = "chunk" with the {r.design} design needs run.chunk_size '
                 f"to be a multiple of {rounds}",
             )
         _check(isinstance(r.keep_logits, bool), "run.keep_logits must be true or false")
@@ -179,6 +183,23 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
     return flat
+
+
+def _legacy_seeds(run: Any) -> None:
+    """Configs and run directories of earlier versions said ``shared_seed = true`` (now
+    ``seeds = "run"``) and ``seed_per_chunk = true`` (now ``seeds = "chunk"``)."""
+    if not isinstance(run, dict) or not {"shared_seed", "seed_per_chunk"} & set(run):
+        return
+    shared, per_chunk = run.pop("shared_seed", False), run.pop("seed_per_chunk", False)
+    for key, value in (("shared_seed", shared), ("seed_per_chunk", per_chunk)):
+        _check(isinstance(value, bool), f"run.{key} must be true or false")
+    _check(not (shared and per_chunk), "choose run.shared_seed or run.seed_per_chunk, not both")
+    legacy = "run" if shared else "chunk" if per_chunk else "model"
+    _check(
+        run.get("seeds", legacy) == legacy or legacy == "model",
+        f"run.seeds = {run.get('seeds')!r} contradicts the older key that says {legacy!r}",
+    )
+    run.setdefault("seeds", legacy)
 
 
 def _reject_unknown(table: Any, allowed: set[str], prefix: str) -> None:

@@ -41,7 +41,7 @@ def demo_config(models: int = 96, planted: bool = True, seed: int = 0, **recipe:
                 "alpha": 0.5,
                 "models": models,
                 "chunk_size": 8,
-                "shared_seed": True,
+                "seeds": "run",
             },
             "trainer": {
                 "type": "builtin",

@@ -37,7 +37,7 @@ def drill_down_config(
     run = store.config.to_dict()["run"]
     config = Config.from_dict(
         {
-            "run": {**run, "models": models, "design": "random", "shared_seed": True},
+            "run": {**run, "models": models, "design": "random", "seeds": "run"},
             "trainer": {"type": "builtin", "params": params},
         }
     )

@@ -10,9 +10,9 @@ The file is an ``.npz`` (loaded without pickle) with:
   matched against the run's ids in any order;
 - optional ``source_classes`` (K names) and ``target_classes`` (C names);
 - optional ``seeds``: m integers, each model's training seed (or any id of it). Models that
-  share one are recorded as one chunk of a run with ``seed_per_chunk``: that seed's offset is
+  share one are recorded as one chunk of a run with ``seeds = "chunk"``: that seed's offset is
   removed from the estimates and split-half stability splits whole seeds, as for runs the tool
-  trains (README, "A seed per chunk"). A run is recorded with seeds or without, not both.
+  trains (docs/method.md). A run is recorded with seeds or without, not both.
 """
 
 from __future__ import annotations
@@ -95,8 +95,9 @@ def record_arrays(
             {"imported": "external"},
         )
         store = RunStore.create_external(
-            run_dir, task, outputs or list(DEFAULT_OUTPUTS), alpha, seeds is not None
-        )
+            run_dir, task, outputs or list(DEFAULT_OUTPUTS), alpha,
+            "chunk" if seeds is not None else "model",
+        )  # fmt: skip
     if len(store.keys) != 1:
         raise RecordError(f"{run_dir} has several (target, mode) keys; record with the Python API")
     info = store.target(store.target_names[0])
@@ -106,9 +107,10 @@ def record_arrays(
         raise RecordError("the target labels differ from the run's")
     if "source_classes" in arrays and arrays["source_classes"].tolist() != list(store.groups):
         raise RecordError("the source class names differ from the run's groups")
-    if (seeds is not None) != store.config.run.seed_per_chunk:
+    seeded = store.config.run.seeds == "chunk"
+    if (seeds is not None) != seeded:
         raise RecordError(
-            f"{run_dir} was recorded {'with' if store.config.run.seed_per_chunk else 'without'} "
+            f"{run_dir} was recorded {'with' if seeded else 'without'} "
             "'seeds'; record these results the same way (or into a new run)"
         )
     key = output_key(info.name, store.modes[0])

@@ -12,8 +12,9 @@ Summaries over target examples (overall, per target class) are computed from eac
 mean output over those examples, so their errors also vary over models, never over examples
 as if they were independent draws. Where the design makes models in rounds that partition
 the groups (complementary, balanced), models are not independent and the round is the unit:
-see :mod:`.rounds`. Where each chunk's outputs were centred on their own mean (a seed per chunk),
-the estimates are slopes within chunks: see :mod:`.centring`. Every estimate is the centre of
+see :mod:`.rounds`. Where the models of each update shared a training seed (a block), its
+outputs are centred on their own mean and the estimates are slopes within blocks: see
+:mod:`.centring`. Every estimate is the centre of
 its own symmetric interval: what is ranked is what the interval is about.
 """
 
@@ -141,30 +142,33 @@ class InfluenceAccumulator:
         self._summaries: list[np.ndarray] = []  # per model: [mean over all, mean per class...]
         # Per-round contrasts (per example, per summary), for designs whose models come in rounds.
         self._by_round: tuple[RoundContrasts, RoundContrasts] | None = None
-        self._centring: ChunkCentring | None = None  # outputs centred within each update
+        self._centring: ChunkCentring | None = None  # each update a block sharing a seed
+        self.n_dropped = 0  # models of one-model seed blocks, which nothing can be compared with
 
     def update(
         self,
         masks: np.ndarray,
         outputs: np.ndarray,
         rounds: np.ndarray | None = None,
-        centred: bool = False,
+        seed_block: bool = False,
     ) -> InfluenceAccumulator:
         """Add models: ``masks`` is m_chunk x K bool, ``outputs`` m_chunk x n float.
 
         ``rounds`` (m_chunk integers) numbers each model's design round where the design makes
         models in rounds that partition the groups (complementary, balanced); the difference in
         means' errors are then computed over rounds. Give it with every update or with none.
-        ``centred`` says the outputs were centred on their own mean per example (a seed per
-        chunk, its offset removed); the estimates are then slopes within chunks (see
-        :mod:`transfer_influence.centring`). Centre every update or none.
+        ``seed_block`` says the models shared a training seed (a seed per chunk): their outputs
+        are centred on their own mean per example, which removes the seed's offset, and the
+        estimates are slopes within blocks (see :mod:`.centring`); a block of one model has
+        nothing to be compared with and is left out (:attr:`n_dropped`). Give every update
+        as a block or none.
         """
         masks = np.asarray(masks)
         outputs = np.asarray(outputs)
         if self.n_models and (rounds is None) != (self._by_round is None):
             raise ValueError("give rounds with every update or with none")
-        if self.n_models and centred != (self._centring is not None):
-            raise ValueError("centre every update or none")
+        if self.n_models and seed_block != (self._centring is not None):
+            raise ValueError("give every update as a seed block or none")
         if masks.ndim != 2 or masks.shape[1] != self.n_groups or masks.dtype != np.bool_:
             raise ValueError(f"masks must be a bool array of shape (models, {self.n_groups})")
         if outputs.shape != (masks.shape[0], self.n_examples):
@@ -176,6 +180,11 @@ class InfluenceAccumulator:
             raise ValueError("outputs contain NaN or infinity; exclude unhealthy models first")
         if masks.shape[0] == 0:
             return self
+        if seed_block and masks.shape[0] < 2:
+            self.n_dropped += masks.shape[0]
+            return self
+        if seed_block:
+            outputs = (outputs - outputs.mean(axis=0, dtype=np.float64)).astype(outputs.dtype)
         if rounds is not None and self._by_round is None:
             columns = self._summary_weights.shape[1]
             self._by_round = (
@@ -200,7 +209,7 @@ class InfluenceAccumulator:
             self._by_round[1].update(masks, summaries, rounds)
         self.n_models += masks.shape[0]
         self._masks.append(masks.copy())
-        if centred:
+        if seed_block:
             self._centring = self._centring or ChunkCentring(self.n_groups)
             self._centring.update(masks)
         return self
@@ -281,7 +290,7 @@ class InfluenceAccumulator:
 
     def _difference(self, sum_in: np.ndarray, total: np.ndarray, total_sq: np.ndarray) -> Influence:
         """Difference in means from X'Y, column sums and sums of squares of Y — or, for
-        centred chunks, the slopes within chunks."""
+        seed blocks, the slopes within blocks."""
         m, n_in = self.n_models, self._n_in
         if self._centring is None:
             return _pooled_difference(sum_in, total, total_sq, n_in, m)
@@ -326,34 +335,35 @@ def estimate_influence(
     example_classes: np.ndarray | None = None,
     estimator: str = "difference",
     rounds: np.ndarray | None = None,
-    chunks: np.ndarray | None = None,
+    blocks: np.ndarray | None = None,
 ) -> InfluenceEstimate:
     """Influence of each group on each target example from all models at once.
 
     ``masks`` is m x K bool (group k in model i's subset), ``outputs`` m x n (model i's output
     on target example j); ``rounds`` numbers the design round of each model where the design
-    has rounds (see :meth:`InfluenceAccumulator.update`). ``chunks`` numbers the models that
-    shared a training seed (a seed per chunk): outputs are centred within each chunk, which
-    removes its seed's offset (outputs already centred are left as they are), and the
-    estimates are slopes within chunks. Returns the K x n influence with standard errors and
-    per-group in/out counts, plus the overall and (given ``example_classes``) per-target-class
-    summaries.
+    has rounds (see :meth:`InfluenceAccumulator.update`). ``blocks`` numbers the models that
+    shared a training seed (a seed per chunk): outputs are centred within each block, which
+    removes its seed's offset, and the estimates are slopes within blocks. Returns the K x n
+    influence with standard errors and per-group in/out counts, plus the overall and (given
+    ``example_classes``) per-target-class summaries.
     """
     masks = np.asarray(masks)
     outputs = np.asarray(outputs)
     if masks.ndim != 2 or outputs.ndim != 2:
         raise ValueError("masks and outputs must both be 2-D (models first)")
     acc = InfluenceAccumulator(masks.shape[1], outputs.shape[1], example_classes)
-    if chunks is None:
+    if blocks is None:
         return acc.update(masks, outputs, rounds).result(estimator)
-    chunks = np.asarray(chunks)
-    if chunks.shape != (masks.shape[0],):
-        raise ValueError(f"chunks must give one chunk per model ({masks.shape[0]})")
-    for chunk in dict.fromkeys(chunks.tolist()):  # in order of first appearance
-        rows = np.flatnonzero(chunks == chunk)
-        y = outputs[rows].astype(np.float64)
+    blocks = np.asarray(blocks)
+    if blocks.shape != (masks.shape[0],):
+        raise ValueError(f"blocks must give one block per model ({masks.shape[0]})")
+    for block in dict.fromkeys(blocks.tolist()):  # in order of first appearance
+        rows = np.flatnonzero(blocks == block)
         acc.update(
-            masks[rows], y - y.mean(axis=0), None if rounds is None else rounds[rows], centred=True
+            masks[rows],
+            outputs[rows].astype(np.float64),
+            None if rounds is None else rounds[rows],
+            seed_block=True,
         )
     return acc.result(estimator)
 

@@ -65,10 +65,10 @@ def model_stability(
 
 
 def seed_blocks(store: RunStore, masks_per_chunk: list[np.ndarray]) -> np.ndarray | None:
-    """Which models share a training seed, for splitting them into halves by whole seeds:
-    the chunk number of every model in a ``seed_per_chunk`` run, else None (every model its
-    own seed, or — ``shared_seed`` — one seed for all, which no split can separate)."""
-    if not store.config.run.seed_per_chunk:
+    """Which models share a training seed, for comparing models within it: the chunk number
+    of every model in a run with ``seeds = "chunk"``, else None (every model its own seed, or
+    one seed for all, which no split can separate)."""
+    if store.config.run.seeds != "chunk":
         return None
     return np.concatenate([np.full(len(m), c) for c, m in enumerate(masks_per_chunk)])
 
@@ -83,8 +83,8 @@ class ClassInfluence:
     table, q-values per target class), ``n_models_`` and ``n_excluded_`` (unhealthy models
     left out), ``example_ids_`` and ``example_labels_`` (the target examples, in the order of
     the per-example columns); how far to trust it: ``stability_`` (:class:`SplitHalf` or
-    None), ``lds_``, ``explained_`` and, for reading those, ``shared_seed_`` and
-    ``seed_per_chunk_``.
+    None), ``lds_``, ``explained_`` and, for reading those, ``seeds_`` (the run's
+    ``run.seeds``: "model", "chunk" or "run").
 
     Influence is in the output's own unit (a fraction for probabilities and accuracy) and
     relative to the average class: see :data:`.words.RELATIVE_NOTE`.
@@ -121,12 +121,14 @@ class ClassInfluence:
             leave=False,
         )
         chunk_masks, output_sum = [], 0.0
-        centred = store.config.run.seed_per_chunk  # the store centres each chunk's outputs
+        seed_block = store.config.run.seeds == "chunk"  # a chunk's models share a seed
         for chunk in chunks:
-            accumulator.update(chunk.masks, chunk.values, chunk.rounds, centred)
-            self.n_excluded_ += chunk.excluded
-            chunk_masks.append(chunk.masks)
-            output_sum += chunk.values.sum(dtype=np.float64) + len(chunk.masks) * chunk.offset.sum()
+            dropped = accumulator.n_dropped
+            accumulator.update(chunk.masks, chunk.values, chunk.rounds, seed_block)
+            self.n_excluded_ += chunk.excluded + accumulator.n_dropped - dropped
+            if accumulator.n_dropped == dropped:
+                chunk_masks.append(chunk.masks)
+                output_sum += chunk.values.sum(dtype=np.float64)
         if accumulator.n_models < 2:
             raise RunError(
                 f"{store.root} has {accumulator.n_models} usable model(s) for {self.key_}; "
@@ -141,8 +143,7 @@ class ClassInfluence:
         self.lds_: float | None = None
         if self.diagnostics:
             self._diagnose(accumulator, seed_blocks(store, chunk_masks), len(store.groups))
-        self.shared_seed_ = store.config.run.shared_seed
-        self.seed_per_chunk_ = store.config.run.seed_per_chunk
+        self.seeds_ = store.config.run.seeds
         self.groups_ = store.groups
         self.target_classes_ = target.class_names
         self.example_ids_ = target.example_ids
@@ -273,8 +274,8 @@ class ClassInfluence:
                 },
                 "ci_excludes_zero": int(((defined.ci_low > 0) | (defined.ci_high < 0)).sum()),
                 "ci_excludes_zero_by_chance": round((1 - self.level) * len(defined), 1),
-                "stability": _stability_summary(self.stability_, self.shared_seed_),
-                "seed_per_chunk": self.seed_per_chunk_,
+                "stability": _stability_summary(self.stability_, self.seeds_ == "run"),
+                "seeds": self.seeds_,
                 "lds": self.lds_,
                 "explained_by_subsets": self.explained_,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -203,7 +203,7 @@ def _overall(
         return overall_difference(masks, y, blocks)
     with warnings.catch_warnings():  # a group always in or out is NaN, and skipped
         warnings.simplefilter("ignore", InfluenceWarning)
-        estimate = estimate_influence(masks, y[:, None], estimator=estimator, chunks=blocks)
+        estimate = estimate_influence(masks, y[:, None], estimator=estimator, blocks=blocks)
     return estimate.overall.values[:, 0]
 
 

@@ -114,7 +114,7 @@ class ExampleInfluence:
         tables = {}
         blocks = seed_blocks(store, masks)
         for name, y in targets.items():
-            difference = estimate_influence(x, y[:, None], chunks=blocks).overall.values[:, 0]
+            difference = estimate_influence(x, y[:, None], blocks=blocks).overall.values[:, 0]
             if self.estimator == "sparse":
                 values, self.penalties_[name] = sparse_influence(x, y, blocks=blocks)
             else:

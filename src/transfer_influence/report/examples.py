@@ -96,7 +96,7 @@ def example_section(
     if stability is not None:
         note += (
             " Split-half rank stability of the overall ranking "
-            f"({split_half_method(store.config.run.seed_per_chunk)}): "
+            f"({split_half_method(store.config.run.seeds == 'chunk')}): "
             f"{stability.spearman:.2f}; {stability.projection(0.9)}."
         )
     context = {

@@ -19,6 +19,8 @@ from ..subsets import round_size
 
 __all__ = ["describe_dataset", "run_facts", "trust_sentence"]
 
+_SEEDS = {"model": "", "run": ", one seed for all models", "chunk": ", a seed per chunk of models"}
+
 
 def describe_dataset(spec: Any) -> str:
     if not isinstance(spec, dict):
@@ -90,8 +92,7 @@ def run_facts(store: RunStore, influence: ClassInfluence) -> list[tuple[str, str
         (
             "Subsets",
             f"α = {config.run.alpha:g} of the groups each, {config.run.design} design"
-            + (", shared seed" if config.run.shared_seed else "")
-            + (", a seed per chunk of models" if config.run.seed_per_chunk else ""),
+            + _SEEDS[config.run.seeds],
         ),
         ("Estimator", _estimator(influence, config.run.design, config.run.alpha)),
         ("Trainer", f"{config.trainer.type}: {recipe}"),
@@ -109,7 +110,7 @@ def run_facts(store: RunStore, influence: ClassInfluence) -> list[tuple[str, str
             f"top {stability.k} shared {stability.top_overlap * stability.k:.1f}, bottom "
             f"{stability.bottom_overlap * stability.k:.1f} (chance "
             f"{stability.chance_overlap * stability.k:.1f}); Spearman {stability.spearman:.2f}"
-            + ("; halves of whole chunks, so across seeds" if influence.seed_per_chunk_ else "")
+            + ("; halves of whole chunks, so across seeds" if influence.seeds_ == "chunk" else "")
             if stability is not None
             else "needs at least 8 models (in 2 chunks, with a seed per chunk)",
         )
@@ -148,7 +149,7 @@ def trust_sentence(influence: ClassInfluence) -> str:
                 "Read the intervals and q-values, not the order, of classes whose intervals "
                 "overlap."
             )
-        if influence.shared_seed_:
+        if influence.seeds_ == "run":
             parts.append(SHARED_SEED_CAVEAT)
     if influence.lds_ is not None:
         parts.append(

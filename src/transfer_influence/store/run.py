@@ -91,13 +91,11 @@ def _plan(existing: list[Chunk], models: int, chunk_size: int) -> list[Chunk]:
 
 
 class ChunkOutputs(NamedTuple):
-    """One chunk's healthy models: ``masks`` (m x K), ``values`` (m x n) of one output,
-    ``excluded`` (models left out), ``offset`` (n) and ``rounds`` (m, or None).
+    """One chunk's healthy models: ``masks`` (m x K), ``values`` (m x n) of one output as
+    recorded, ``excluded`` (models left out) and ``rounds`` (m, or None).
 
-    In a run with ``seed_per_chunk`` the chunk's models share a training seed, and the seed
-    shifts every model's outputs alike: ``values`` are centred on the chunk's mean per example
-    and ``offset`` is that mean (``values + offset`` are the outputs as recorded; a chunk with a
-    single healthy model cannot be centred and is left out). Elsewhere ``offset`` is zero.
+    In a run with ``seeds = "chunk"`` the chunk's models share a training seed: the chunk is
+    a block of models that estimation compares within (see :mod:`..estimation.centring`).
     ``rounds`` numbers the design round of each model where the design has rounds (complementary
     pairs, balanced rounds: models whose subsets partition the groups), else it is None.
     """
@@ -105,7 +103,6 @@ class ChunkOutputs(NamedTuple):
     masks: np.ndarray
     values: np.ndarray
     excluded: int
-    offset: np.ndarray
     rounds: np.ndarray | None = None
 
 
@@ -262,8 +259,8 @@ class RunStore:
             r.alpha,
             r.seed,
             r.design,
-            r.shared_seed,
-            chunk.start if r.seed_per_chunk else None,
+            r.seeds == "run",
+            chunk.start if r.seeds == "chunk" else None,
         )
 
     # -- chunk files ------------------------------------------------------------------------
@@ -338,22 +335,15 @@ class RunStore:
         """Per finished chunk: masks and one output of its healthy models (see
         :class:`ChunkOutputs`), and how many were left out as unhealthy (NaN or diverged)."""
         labels = self.target(key.split("/")[0]).labels
-        per_chunk_seed = self.config.run.seed_per_chunk
         models_per_round = round_size(self.config.run.design, self.config.run.alpha)
         for _, arrays in self.iter_chunks():
             healthy = arrays["status"] == "ok"
             values = outputs_from_arrays(arrays, key, output, labels)[healthy]
-            masks = arrays["mask"][healthy]
-            offset = np.zeros(values.shape[1])
-            if per_chunk_seed and values.shape[0] < 2:  # nothing to centre on: left out
-                masks, values, healthy = masks[:0], values[:0], np.zeros_like(healthy)
-            elif per_chunk_seed:
-                offset = values.mean(axis=0, dtype=np.float64)
-                values = (values - offset).astype(values.dtype)
             rounds = None
             if models_per_round is not None:
                 rounds = arrays["index"][healthy] // models_per_round
-            yield ChunkOutputs(masks, values, int(np.count_nonzero(~healthy)), offset, rounds)
+            excluded = int(np.count_nonzero(~healthy))
+            yield ChunkOutputs(arrays["mask"][healthy], values, excluded, rounds)
 
     def chunk_meta(self, chunk: Chunk) -> dict[str, Any] | None:
         """A finished chunk's metadata (times, worker, device), read without verifying."""
@@ -393,12 +383,12 @@ class RunStore:
         task: TaskDescription,
         outputs: list[str],
         alpha: float = 0.5,
-        seed_per_chunk: bool = False,
+        seeds: str = "model",
     ) -> RunStore:
         """A run for results trained outside the tool; fill it with :meth:`record`. With
-        ``seed_per_chunk`` each recorded chunk's models share one training seed."""
+        ``seeds = "chunk"`` each recorded chunk's models share one training seed."""
         run = {"alpha": alpha, "design": "external", "outputs": outputs, "models": 2}
-        run["seed_per_chunk"] = seed_per_chunk
+        run["seeds"] = seeds
         config = Config.from_dict({"run": run, "trainer": {"type": "external"}})
         store = cls.create(root, config, task)
         store.meta["chunks"], store.chunks = [], []

@@ -45,7 +45,7 @@ class Recipe:
     crop_padding: int = 4  # random-translation augmentation, in pixels; 0 turns it off
     flip: bool = True
     # "independent": each model draws its own order of its images. "coupled": models that share
-    # a seed (run.shared_seed, run.seed_per_chunk) see the images they have in common in the
+    # a seed (run.seeds = "run" or "chunk") see the images they have in common in the
     # same order, cropped and flipped alike — common random numbers for their contrasts.
     data_order: str = "independent"
     # Progressive resizing: the first low_res_epochs train on images downscaled to
