@@ -94,7 +94,9 @@ class Config:
         _check(isinstance(r.chunk_size, int) and r.chunk_size >= 1, "run.chunk_size must be >= 1")
         external = self.trainer.type == "external"  # results imported with `record`
         _check(
-            r.design in DESIGNS or (external and r.design == "external"),
+            r.design in DESIGNS
+            or r.design == "complementary"
+            or (external and r.design == "external"),
             f"run.design must be one of {', '.join(DESIGNS)}",
         )
         _check(

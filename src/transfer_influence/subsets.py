@@ -13,7 +13,11 @@ import numpy as np
 
 __all__ = ["DESIGNS", "Job", "make_job", "make_jobs", "round_size", "subset_size"]
 
-DESIGNS = ("random", "complementary", "balanced")
+DESIGNS = ("random", "balanced")
+# Runs of earlier versions may say "complementary": pairs of a subset and its complement,
+# drawn differently from "balanced" at alpha = 0.5 (which makes the same kind of pairs), so
+# their runs resume with the jobs they planned. New runs say "balanced".
+_LEGACY_DESIGNS = ("complementary",)
 _MASK_STREAM, _SEED_STREAM = 0, 1
 
 
@@ -61,8 +65,7 @@ def make_job(
 ) -> Job:
     """Job ``index`` of a run: a pure function of its arguments.
 
-    ``design`` "random" draws each subset independently; "complementary" pairs job 2t+1 with
-    the complement of job 2t (which needs alpha = 0.5 for equal sizes); "balanced" splits a
+    ``design`` "random" draws each subset independently; "balanced" splits a
     fresh permutation of the groups into 1/alpha disjoint subsets for each round of 1/alpha
     jobs, so every group is in exactly alpha of the jobs of each round. With ``shared_seed``
     every job gets the same training seed (same initialisation, augmentation and sampling
@@ -71,7 +74,7 @@ def make_job(
     """
     if index < 0:
         raise ValueError(f"job index must be non-negative, got {index}")
-    if design not in DESIGNS:
+    if design not in DESIGNS + _LEGACY_DESIGNS:
         raise ValueError(f"unknown subset design {design!r}; choose one of {', '.join(DESIGNS)}")
     size = subset_size(n_groups, alpha)
     if design == "complementary" and 2 * size != n_groups:
