@@ -30,9 +30,9 @@ import torch  # noqa: E402
 
 from _common import save_result  # noqa: E402
 from transfer_influence.config import Config  # noqa: E402
-from transfer_influence.demo import demo_config  # noqa: E402
 from transfer_influence.engines.local import run_local  # noqa: E402
 from transfer_influence.engines.ray_cluster import run_ray  # noqa: E402
+from transfer_influence.experiments.demo import demo_config  # noqa: E402
 from transfer_influence.store import RunStore  # noqa: E402
 from transfer_influence.trainers import load_trainer  # noqa: E402
 

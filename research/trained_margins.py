@@ -33,8 +33,8 @@ from _common import save_result  # noqa: E402
 from transfer_influence import ClassInfluence, RunStore  # noqa: E402
 from transfer_influence.clustering import FeatureClusters  # noqa: E402
 from transfer_influence.datasets import demo_dataset, planted_classes  # noqa: E402
-from transfer_influence.demo import demo_config, recovery  # noqa: E402
 from transfer_influence.engines.local import run_local  # noqa: E402
+from transfer_influence.experiments.demo import demo_config, recovery  # noqa: E402
 from transfer_influence.subsets import Job  # noqa: E402
 from transfer_influence.trainers import load_trainer  # noqa: E402
 from transfer_influence.trainers.builtin import BuiltinTrainer, pretrained_features  # noqa: E402

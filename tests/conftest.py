@@ -84,7 +84,7 @@ def run_subprocess(*args, env=None, **kwargs):
 
 def chunk_arrays(run_dir):
     """Every chunk file's arrays (checksum verified), by file name."""
-    from transfer_influence.store.files import read_arrays
+    from transfer_influence.files import read_arrays
 
     return {p.name: read_arrays(p) for p in sorted(Path(run_dir, "chunks").glob("*.npz"))}
 

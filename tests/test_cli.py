@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from transfer_influence import RunStore
-from transfer_influence.store.files import read_arrays
+from transfer_influence.files import read_arrays
 
 
 def test_run_status_estimate(make_config, cli, tmp_path):

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from transfer_influence.demo import run_demo
+from transfer_influence.experiments.demo import run_demo
 
 
 @pytest.mark.slow

@@ -5,7 +5,7 @@ import pytest
 
 from conftest import tiny_builtin_config
 from transfer_influence import RunStore
-from transfer_influence.pruning import Pruning, plan_conditions, user_condition
+from transfer_influence.experiments.pruning import Pruning, plan_conditions, user_condition
 from transfer_influence.report import Report
 
 SIMULATED = """

@@ -13,10 +13,10 @@ from .estimation import (
     InfluenceWarning,
     estimate_influence,
 )
-from .importing import record_arrays, record_file
 from .outputs import register_output
 from .provenance import package_version
 from .store import RunError, RunStore
+from .store.importing import record_arrays, record_file
 from .subsets import Job, make_job, make_jobs
 from .trainers import JobResult, SimulatedTrainer, TargetInfo, TaskDescription, Trainer
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..store.files import atomic_write_bytes
+from ..files import atomic_write_bytes
 from .base import ImageDataset
 
 __all__ = ["load_folder"]

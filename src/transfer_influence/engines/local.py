@@ -16,9 +16,9 @@ from collections.abc import Callable
 
 from tqdm import tqdm
 
+from ..files import write_json
 from ..provenance import provenance
 from ..store import Chunk, RunError, RunStore
-from ..store.files import write_json
 from ..store.records import pack_results
 from ..trainers import Trainer, load_trainer
 

@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from ..files import atomic_write_bytes, write_json
 from ..outputs import output_units
 from ..store import RunError, RunStore
-from ..store.files import atomic_write_bytes, write_json
 from .accumulator import (
     MIN_RESIDUAL_DOF,
     Influence,

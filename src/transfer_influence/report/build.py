@@ -27,10 +27,10 @@ from ..analyses import (
 )
 from ..estimation import ClassInfluence
 from ..estimation.significance import FLAG_LEVEL
+from ..files import atomic_write_bytes
 from ..outputs import output_units
 from ..provenance import package_version
 from ..store import RunStore
-from ..store.files import atomic_write_bytes
 from .examples import example_section, is_example_run
 from .figures import class_bars, class_heatmap
 from .header import run_facts, trust_sentence

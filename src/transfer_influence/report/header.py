@@ -13,8 +13,8 @@ from ..estimation.words import (
     explained_sentence,
     flagged_sentence,
 )
+from ..files import CorruptFileError, read_json
 from ..store import RunStore
-from ..store.files import CorruptFileError, read_json
 from ..subsets import round_size
 
 __all__ = ["describe_dataset", "run_facts", "trust_sentence"]

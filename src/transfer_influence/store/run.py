@@ -30,11 +30,11 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ..config import Config, ConfigError, defining_diff
+from ..files import CorruptFileError, read_arrays, read_json, write_arrays, write_json
 from ..provenance import provenance
 from ..subsets import Job, make_jobs, round_size
 from ..trainers.protocol import JobResult, TargetInfo, TaskDescription, output_key
 from .claims import Claim, claim_state, try_claim
-from .files import CorruptFileError, read_arrays, read_json, write_arrays, write_json
 from .records import RecordError, outputs_from_arrays, pack_results
 
 __all__ = ["Chunk", "ChunkOutputs", "RunError", "RunStore"]

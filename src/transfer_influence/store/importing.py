@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .outputs import DEFAULT_OUTPUTS, get_output
-from .store import Chunk, RecordError, RunStore
-from .store.records import align_to_target
-from .trainers.protocol import JobResult, TargetInfo, TaskDescription, output_key
+from ..outputs import DEFAULT_OUTPUTS, get_output
+from ..trainers.protocol import JobResult, TargetInfo, TaskDescription, output_key
+from .records import RecordError, align_to_target
+from .run import Chunk, RunStore
 
 __all__ = ["record_arrays", "record_file"]
 

@@ -7,12 +7,12 @@ import argparse
 import os
 import sys
 
-from .estimation import ESTIMATORS
-from .estimation.significance import FLAG_LEVEL
-from .estimation.words import split_half_method
-from .outputs import output_units
-from .store import RunStore
-from .store.files import read_json
+from ..estimation import ESTIMATORS
+from ..estimation.significance import FLAG_LEVEL
+from ..estimation.words import split_half_method
+from ..files import read_json
+from ..outputs import output_units
+from ..store import RunStore
 
 __all__ = ["add_analysis_commands", "add_estimation_arguments"]
 
@@ -150,7 +150,7 @@ def _integers(text: str, flag: str) -> list[int]:
 
 
 def _cmd_prune(args: argparse.Namespace) -> int:
-    from .pruning import Pruning
+    from ..experiments.pruning import Pruning
 
     if args.device:
         os.environ["TRANSFER_INFLUENCE_DEVICE"] = args.device
@@ -180,7 +180,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from .report import Report
+    from ..report import Report
 
     store = RunStore(args.run_dir)
     report = Report(
@@ -206,8 +206,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_top(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from .analyses import failure_modes, most_hurt, projection, top_groups
-    from .estimation import ClassInfluence
+    from ..analyses import failure_modes, most_hurt, projection, top_groups
+    from ..estimation import ClassInfluence
 
     if args.n < 1:
         raise ValueError("-n must be at least 1")
@@ -248,9 +248,9 @@ def _cmd_top(args: argparse.Namespace) -> int:
 
 
 def _cmd_drill(args: argparse.Namespace) -> int:
-    from .drilldown import drill_down_config
-    from .engines.local import run_local
-    from .trainers import load_trainer
+    from ..engines.local import run_local
+    from ..experiments.drilldown import drill_down_config
+    from ..trainers import load_trainer
 
     source = RunStore(args.run_dir)
     config, chosen = drill_down_config(source, args.top, args.bottom, args.models, args.context)
@@ -264,8 +264,8 @@ def _cmd_drill(args: argparse.Namespace) -> int:
 
 
 def _cmd_examples(args: argparse.Namespace) -> int:
-    from .estimation import ExampleInfluence
-    from .store.files import atomic_write_bytes
+    from ..estimation import ExampleInfluence
+    from ..files import atomic_write_bytes
 
     if args.n < 1:
         raise ValueError("-n must be at least 1")

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import stdtrit
 
-from ..store.files import atomic_write_bytes, write_json
+from ...files import atomic_write_bytes, write_json
 
 __all__ = ["headline", "summarise", "write_outputs"]
 

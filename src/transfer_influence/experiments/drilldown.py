@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import copy
 
-from .config import Config
-from .estimation import ClassInfluence
-from .store import RunError, RunStore
+from ..config import Config
+from ..estimation import ClassInfluence
+from ..store import RunError, RunStore
 
 __all__ = ["drill_down_config"]
 

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from .config import ConfigError, load_config
+from ..config import ConfigError, load_config
 
 __all__ = ["add_cluster_command"]
 
@@ -39,12 +39,12 @@ def add_cluster_command(sub: argparse._SubParsersAction) -> dict:
 
 
 def _cmd_cluster(args: argparse.Namespace) -> int:
-    from .clustering import FeatureClusters
-    from .datasets import load_dataset
-    from .datasets.arrays import load_features
-    from .store.files import atomic_write_bytes, write_json
-    from .trainers.builtin import pretrained_features, resolve_device
-    from .trainers.stack import Recipe
+    from ..clustering import FeatureClusters
+    from ..datasets import load_dataset
+    from ..datasets.arrays import load_features
+    from ..files import atomic_write_bytes, write_json
+    from ..trainers.builtin import pretrained_features, resolve_device
+    from ..trainers.stack import Recipe
 
     out = Path(args.out)
     if out.suffix == ".csv":

@@ -17,13 +17,13 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from ..estimation import ClassInfluence
-from ..report.figures import pruning_accuracy
-from ..store import RunError, RunStore
-from ..store.files import CorruptFileError, read_json, write_json
-from ..subsets import Job
-from ..trainers import Trainer, load_trainer
-from ..trainers.protocol import output_key
+from ...estimation import ClassInfluence
+from ...files import CorruptFileError, read_json, write_json
+from ...report.figures import pruning_accuracy
+from ...store import RunError, RunStore
+from ...subsets import Job
+from ...trainers import Trainer, load_trainer
+from ...trainers.protocol import output_key
 from .conditions import RULES, Condition, plan_conditions, user_condition
 from .summary import summarise, write_outputs
 

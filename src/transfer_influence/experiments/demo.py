@@ -16,13 +16,13 @@ from typing import Any
 import numpy as np
 from scipy.special import bdtrik
 
-from .config import Config
-from .datasets import planted_classes
-from .engines.local import run_local
-from .estimation import ClassInfluence
-from .store import RunStore
-from .store.files import write_json
-from .trainers import load_trainer
+from ..config import Config
+from ..datasets import planted_classes
+from ..engines.local import run_local
+from ..estimation import ClassInfluence
+from ..files import write_json
+from ..store import RunStore
+from ..trainers import load_trainer
 
 __all__ = ["demo_config", "recovery", "run_demo"]
 

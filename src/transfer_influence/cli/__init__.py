@@ -15,16 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
-from .cli_analysis import add_analysis_commands, add_estimation_arguments
-from .cli_cluster import add_cluster_command
-from .config import Config, ConfigError, apply_overrides, load_config
-from .demo import run_demo
-from .engines.local import prepare, run_local, work
-from .estimation import ESTIMATORS, ClassInfluence, run_stability
-from .estimation.classes import LDS_SPLITS
-from .estimation.diagnostics import SplitHalf
-from .estimation.words import (
+from .. import __version__
+from ..config import Config, ConfigError, apply_overrides, load_config
+from ..engines.local import prepare, run_local, work
+from ..estimation import ESTIMATORS, ClassInfluence, run_stability
+from ..estimation.classes import LDS_SPLITS
+from ..estimation.diagnostics import SplitHalf
+from ..estimation.words import (
     BELOW_AVERAGE,
     RELATIVE_NOTE,
     SHARED_SEED_CAVEAT,
@@ -33,11 +30,14 @@ from .estimation.words import (
     split_half_method,
     stability_sentences,
 )
-from .importing import record_file
-from .outputs import output_units
-from .store import CorruptFileError, RecordError, RunError, RunStore
-from .store.status import duration, run_status
-from .trainers import load_trainer
+from ..experiments.demo import run_demo
+from ..outputs import output_units
+from ..store import CorruptFileError, RecordError, RunError, RunStore
+from ..store.importing import record_file
+from ..store.status import duration, run_status
+from ..trainers import load_trainer
+from .analysis import add_analysis_commands, add_estimation_arguments
+from .cluster import add_cluster_command
 
 EXIT_BAD_INPUT = 2
 
@@ -220,14 +220,14 @@ def _train(args, store: RunStore, time_limit: float | None, trainer, verify: boo
         return
     prepare(store, verify)
     if args.engine == "ray":
-        from .engines.ray_cluster import run_ray
+        from ..engines.ray_cluster import run_ray
 
         run_ray(
             store, args.address, args.workers, args.cpus_per_worker, args.gpus_per_worker,
             progress, time_limit,
         )  # fmt: skip
     else:
-        from .engines.slurm import run_slurm
+        from ..engines.slurm import run_slurm
 
         run_slurm(
             store, args.workers, args.slurm_partition, args.slurm_timeout_min,
