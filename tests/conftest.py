@@ -64,7 +64,10 @@ def cli(capsys):
     """Run the CLI in-process; returns (exit code, stdout, stderr)."""
 
     def run(*args):
-        code = main([str(a) for a in args])
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exit:  # argparse's own errors
+            code = exit.code
         out = capsys.readouterr()
         return code, out.out, out.err
 

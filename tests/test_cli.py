@@ -268,3 +268,15 @@ def test_estimate_says_when_stability_is_within_one_seed(make_config, cli, tmp_p
         assert code == 0 and ("share one seed" in out) == (seeds == "run")
         summary = json.loads((run_dir / "influence" / "summary.json").read_text())
         assert summary["stability"]["within_one_seed"] is (seeds == "run")
+
+
+def test_counts_are_whole_numbers_of_at_least_one(make_config, cli, tmp_path):
+    """--workers -1 spun at full CPU forever and --workers 0 was silently the default."""
+    config = make_config()
+    for bad, message in ((["--workers", "-1"], "must be at least 1, got -1"),
+                         (["--workers", "0"], "must be at least 1, got 0"),
+                         (["--workers", "two"], "expected a whole number, got 'two'"),
+                         (["--max-models", "0"], "must be at least 1")):  # fmt: skip
+        code, _, err = cli("run", config, "--run-dir", tmp_path / "run", "--quiet", *bad)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()

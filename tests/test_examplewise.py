@@ -135,16 +135,23 @@ def test_example_influence_with_a_seed_per_chunk_is_not_shrunk(tmp_path):
 
 
 @pytest.mark.slow
-def test_planted_images_surface_at_the_extremes(tmp_path):
-    """A real example-level run: near-duplicates of target images rank at the top for the
-    image they copy, target-like mislabeled images towards the bottom overall, where a random
-    ranking puts both in the middle (rank 49.5 of 100). 96 models: the full proof, with 400
-    models and three pools, is benchmarks/examplewise_planted.py."""
+def test_planted_near_duplicates_rank_near_the_top_for_the_image_they_copy(tmp_path):
+    """A real example-level run of 96 models on a pool of 80 source images with 20
+    near-duplicates of target images (and 20 mislabeled images) planted in it: each copy ranks
+    near the top for the image it copies.
+
+    The bound is the 1st percentile of the mean rank under a random ranking (59.5 - 2.33 x
+    7.75 = 41.4 of a pool of 120), so passing says the copies were found. Over 6 pool and run
+    seeds and 1 or 2 threads (research/planted_margins.py) the mean rank was 17.6-28.9, at
+    least 2.7 of its standard deviations over those runs below the bound: a machine whose
+    kernels train different numbers fails with a chance well under 1 in 1,000. What 96 models
+    cannot show reliably, the mislabeled images drifting to the bottom (their median rank was
+    31-51 of 120 here), is measured with 400 models by benchmarks/examplewise_planted.py."""
     from transfer_influence.datasets.arrays import save_npz
     from transfer_influence.datasets.synthetic import planted_pool
     from transfer_influence.trainers import load_trainer
 
-    pool = planted_pool(seed=1, per_class=20)
+    pool = planted_pool(seed=1, per_class=20, planted=20)
     save_npz(tmp_path / "source.npz", pool.source_train, pool.source_test)
     save_npz(tmp_path / "target.npz", pool.target_train, pool.target_test)
     params = {
@@ -164,13 +171,10 @@ def test_planted_images_surface_at_the_extremes(tmp_path):
     fitted = ExampleInfluence(
         output="margin", examples=list(pool.duplicates.values()), estimator="difference"
     ).fit(store)
-    pool_size = len(store.groups)
-    duplicate_ranks = []
+    assert len(store.groups) == 120
+    ranks = []
     for copy, original in pool.duplicates.items():
         table = fitted.per_example_[fitted.per_example_["target_example"] == original]
-        duplicate_ranks.append(table["source_example"].tolist().index(copy))
-    overall = fitted.overall_["source_example"].tolist()
-    mislabeled_ranks = [pool_size - 1 - overall.index(i) for i in pool.mislabeled]
-    middle = (pool_size - 1) / 2
-    assert np.median(duplicate_ranks) < 0.1 * middle, duplicate_ranks  # measured: 0
-    assert np.median(mislabeled_ranks) < 0.7 * middle, mislabeled_ranks  # measured: 27
+        ranks.append(table["source_example"].tolist().index(copy))
+    random_mean, random_sd = 59.5, np.sqrt((120**2 - 1) / 12 / 20)
+    assert np.mean(ranks) < random_mean - 2.33 * random_sd, sorted(ranks)

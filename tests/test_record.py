@@ -1,8 +1,12 @@
 """Importing results trained outside the tool, including the shared real-model fixture."""
 
+import io
 import json
+import re
+import zipfile
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from conftest import FIXTURE
@@ -191,3 +195,54 @@ def test_fixture_split_half_stability_matches_the_measured_figure():
     stability = split_half_stability(masks, p.mean(axis=1), splits=200)
     assert 0.2 <= stability.spearman <= 0.32
     assert 2500 <= stability.models_needed(0.9) <= 6000
+
+
+def test_class_names_that_look_like_formulas_are_text_in_every_csv(tmp_path, cli):
+    """A spreadsheet evaluates a cell that starts with =, +, - or @: class names from users'
+    folders must reach CSV files as text."""
+    data = _fake_results(m=20)
+    names = ['=HYPERLINK("http://x")', "+1", "-cmd", "@SUM(A1)", "plain", "b"]
+    data["source_classes"] = np.array(names)
+    record_arrays(tmp_path / "run", data)
+    assert cli("estimate", tmp_path / "run")[0] == 0
+    written = (tmp_path / "run" / "influence" / "classes.csv").read_text()
+    code, printed, _ = cli("top", tmp_path / "run", "--csv")
+    for text in (written, printed):
+        cells = [line.split(",")[1 if text is printed else 0] for line in text.splitlines()[1:]]
+        assert not any(cell.lstrip('"').startswith(("=", "+", "-", "@")) for cell in cells), cells
+        assert "'=HYPERLINK" in text and "'-cmd" in text and "plain" in text
+    table = pd.read_csv(tmp_path / "run" / "influence" / "classes.csv")
+    assert (table["influence"] < 0).any()  # numbers stay numbers
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"masks": np.where(np.random.default_rng(0).random((12, 6)) < 0.5, -1, 1)},
+         "found the values -1, 1"),
+        ({"masks": np.ones(12, bool)}, "masks must be 2-D"),
+        ({"logits": np.zeros((12, 30, 3), np.complex64)}, "logits must be real numbers"),
+        ({"logits": np.full((12, 30, 3), "x")}, "logits must be real numbers"),
+        ({"logits": np.zeros((12, 30))}, "logits must have shape (12, examples, classes)"),
+    ],
+)  # fmt: skip
+def test_record_refuses_what_it_would_have_coerced(tmp_path, change, message):
+    with pytest.raises(RecordError, match=re.escape(message)):
+        record_arrays(tmp_path / "run", dict(_fake_results(), **change))
+    assert not (tmp_path / "run").exists()
+
+
+def test_record_accepts_zero_one_masks_and_refuses_a_header_larger_than_memory(tmp_path, cli):
+    data = _fake_results()
+    record_arrays(tmp_path / "run", dict(data, masks=data["masks"].astype(np.int8)))
+    assert (RunStore(tmp_path / "run").read_chunk(RunStore(tmp_path / "run").chunks[0])["mask"]
+            == data["masks"]).all()  # fmt: skip
+    # An .npy header that claims terabytes, in a small file.
+    header = np.lib.format.header_data_from_array_1_0(np.zeros(1))
+    header["shape"] = (2**40,)
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, header)
+    with zipfile.ZipFile(tmp_path / "huge.npz", "w") as archive:
+        archive.writestr("masks.npy", buffer.getvalue() + b"\0" * 64)
+    code, _, err = cli("record", tmp_path / "other", "--from", tmp_path / "huge.npz")
+    assert code == 2 and "not a readable .npz" in err and len(err.strip().splitlines()) == 1

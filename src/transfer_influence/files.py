@@ -26,6 +26,7 @@ import numpy as np
 __all__ = [
     "CorruptFileError",
     "atomic_write_bytes",
+    "csv_text",
     "read_arrays",
     "read_json",
     "write_arrays",
@@ -128,3 +129,23 @@ def read_json(path: Path) -> Any:
         raise
     except (OSError, ValueError) as error:
         raise CorruptFileError(f"{path}: unreadable JSON ({error})") from None
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_text(table: Any) -> str:
+    """A DataFrame as CSV text that a spreadsheet opens as data: a text cell that starts like
+    a formula (=, +, -, @, tab, return: a class name from a user's folder, say) is prefixed
+    with a single quote, so it is never evaluated. Numbers are left as they are."""
+
+    def neutral(value: Any) -> Any:
+        return "'" + value if isinstance(value, str) and value.startswith(_FORMULA_START) else value
+
+    import pandas as pd
+
+    table = table.copy()
+    for column in table.columns:
+        if not pd.api.types.is_numeric_dtype(table[column]):
+            table[column] = table[column].map(neutral)
+    return table.to_csv(index=False)

@@ -36,7 +36,7 @@ from ..store import CorruptFileError, RecordError, RunError, RunStore
 from ..store.importing import record_file
 from ..store.status import duration, run_status
 from ..trainers import load_trainer
-from .analysis import add_analysis_commands, add_estimation_arguments
+from .analysis import add_analysis_commands, add_estimation_arguments, count
 from .cluster import add_cluster_command
 
 EXIT_BAD_INPUT = 2
@@ -62,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a config value, e.g. --set run.models=200",
     )
-    run.add_argument("--workers", type=int, help="worker processes (default: one per GPU, or 1)")
+    run.add_argument("--workers", type=count, help="worker processes (default: one per GPU, or 1)")
     run.add_argument("--dry-run", action="store_true", help="print the work and its cost only")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.add_argument(
@@ -78,20 +78,20 @@ def _parser() -> argparse.ArgumentParser:
         help="keep adding models until the split-half rank stability of the "
         "overall class ranking reaches R (e.g. 0.9) or --max-models",
     )
-    run.add_argument("--max-models", type=int, help="model budget for --until-stable")
+    run.add_argument("--max-models", type=count, help="model budget for --until-stable")
     engine = run.add_argument_group("engines")
     engine.add_argument(
         "--engine", choices=("local", "ray", "slurm"), default="local",
         help="local processes (default), a Ray cluster, or a Slurm job array",
     )  # fmt: skip
     engine.add_argument("--address", help="ray: cluster address (default: start a local one)")
-    engine.add_argument("--cpus-per-worker", type=int, default=1, help="ray/slurm (default: 1)")
+    engine.add_argument("--cpus-per-worker", type=count, default=1, help="ray/slurm (default: 1)")
     engine.add_argument("--gpus-per-worker", type=float, default=0, help="ray/slurm (default: 0)")
     engine.add_argument("--slurm-partition", help="slurm: partition")
     engine.add_argument(
-        "--slurm-timeout-min", type=int, default=240, help="slurm: job time limit (minutes)"
+        "--slurm-timeout-min", type=count, default=240, help="slurm: job time limit (minutes)"
     )
-    engine.add_argument("--slurm-parallelism", type=int, help="slurm: array jobs at once")
+    engine.add_argument("--slurm-parallelism", type=count, help="slurm: array jobs at once")
     engine.add_argument(
         "--slurm-executor", choices=("slurm", "local"), default="slurm",
         help="slurm: 'local' runs the jobs as local processes (submitit's local executor)",
@@ -117,18 +117,18 @@ def _parser() -> argparse.ArgumentParser:
     estimate.add_argument("run_dir")
     add_estimation_arguments(estimate)
     estimate.add_argument("--out", help="output folder (default: RUN/influence)")
-    estimate.add_argument("--top", type=int, default=10, help="rows to print at each end")
+    estimate.add_argument("--top", type=count, default=10, help="rows to print at each end")
 
     demo = sub.add_parser("demo", help="the whole pipeline on a synthetic task with planted truth")
     demo.add_argument("--out", help="run directory (default: runs/demo or runs/demo-control)")
-    demo.add_argument("--models", type=int, default=96, help="subset models (default: 96)")
+    demo.add_argument("--models", type=count, default=96, help="subset models (default: 96)")
     demo.add_argument(
         "--control",
         action="store_true",
         help="the same task with nothing planted: checks the intervals",
     )
     demo.add_argument("--estimator", choices=ESTIMATORS, default="regression")
-    demo.add_argument("--workers", type=int, default=1)
+    demo.add_argument("--workers", type=count, default=1)
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
 
     record = sub.add_parser("record", help="import results of models trained elsewhere")

@@ -10,11 +10,22 @@ import sys
 from ..estimation import ESTIMATORS
 from ..estimation.significance import FLAG_LEVEL
 from ..estimation.words import split_half_method
-from ..files import read_json
+from ..files import csv_text, read_json
 from ..outputs import output_units
 from ..store import RunStore
 
-__all__ = ["add_analysis_commands", "add_estimation_arguments"]
+__all__ = ["add_analysis_commands", "add_estimation_arguments", "count"]
+
+
+def count(text: str) -> int:
+    """An argument that counts something (workers, models, rows): a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def add_estimation_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,8 +49,8 @@ def add_analysis_commands(sub: argparse._SubParsersAction) -> dict:
     report = sub.add_parser("report", help="write the visual report RUN/report/index.html")
     report.add_argument("run_dir")
     add_estimation_arguments(report)
-    report.add_argument("--top", type=int, default=10, help="classes per side (default: 10)")
-    report.add_argument("--examples", type=int, default=8, help="images per class (default: 8)")
+    report.add_argument("--top", type=count, default=10, help="classes per side (default: 10)")
+    report.add_argument("--examples", type=count, default=8, help="images per class (default: 8)")
     report.add_argument(
         "--classes", default="", help="comma-separated source classes to project as well"
     )
@@ -77,7 +88,7 @@ def add_analysis_commands(sub: argparse._SubParsersAction) -> dict:
         "--bottom", "--harmful", dest="bottom", action="store_true",
         help="the least helpful instead (below the average class)",
     )  # fmt: skip
-    top.add_argument("-n", type=int, default=10, help="rows (default: 10)")
+    top.add_argument("-n", type=count, default=10, help="rows (default: 10)")
     top.add_argument("--csv", action="store_true", help="print CSV instead of a table")
 
     prune = sub.add_parser(
@@ -92,7 +103,7 @@ def add_analysis_commands(sub: argparse._SubParsersAction) -> dict:
         "(default: all three); the full source always runs",
     )  # fmt: skip
     prune.add_argument("--k", default="10,20,40", help="classes to remove (default: 10,20,40)")
-    prune.add_argument("--seeds", type=int, default=5, help="paired seeds (default: 5)")
+    prune.add_argument("--seeds", type=count, default=5, help="paired seeds (default: 5)")
     prune.add_argument("--keep-file", help="also pretrain on only the classes listed in this file")
     prune.add_argument("--drop-file", help="also pretrain without the classes listed in this file")
     prune.add_argument("--target", help="target name (default: the run's first)")
@@ -113,12 +124,12 @@ def add_analysis_commands(sub: argparse._SubParsersAction) -> dict:
     drill.add_argument("--run-dir", dest="out", required=True, help="the new run's directory")
     drill.add_argument("--top", type=int, default=3, help="most helpful classes (default: 3)")
     drill.add_argument("--bottom", type=int, default=3, help="least helpful classes (default: 3)")
-    drill.add_argument("--models", type=int, default=200, help="models (default: 200)")
+    drill.add_argument("--models", type=count, default=200, help="models (default: 200)")
     drill.add_argument(
         "--context", choices=("none", "all"), default="none",
         help="the other source images: in no model (default) or in every model",
     )  # fmt: skip
-    drill.add_argument("--workers", type=int, help="worker processes")
+    drill.add_argument("--workers", type=count, help="worker processes")
     drill.add_argument("--quiet", action="store_true", help="no progress bars")
 
     examples = sub.add_parser("examples", help="example-wise influence of an example-level run")
@@ -129,7 +140,7 @@ def add_analysis_commands(sub: argparse._SubParsersAction) -> dict:
     )  # fmt: skip
     examples.add_argument("--estimator", choices=("sparse", "difference"), default="sparse")
     examples.add_argument("--output", default="p_correct", help="model output to attribute")
-    examples.add_argument("-n", type=int, default=10, help="rows at each end (default: 10)")
+    examples.add_argument("-n", type=count, default=10, help="rows at each end (default: 10)")
     return {
         "report": _cmd_report,
         "top": _cmd_top,
@@ -209,8 +220,6 @@ def _cmd_top(args: argparse.Namespace) -> int:
     from ..analyses import failure_modes, most_hurt, projection, top_groups
     from ..estimation import ClassInfluence
 
-    if args.n < 1:
-        raise ValueError("-n must be at least 1")
     store = RunStore(args.run_dir)
     model = ClassInfluence(
         args.target, args.mode, args.output, args.level, args.estimator, diagnostics=False
@@ -228,7 +237,7 @@ def _cmd_top(args: argparse.Namespace) -> int:
         columns = ["rank", "group", "influence", "stderr", "ci_low", "ci_high", "q_value"]
     table = table[columns]
     if args.csv:
-        print(table.to_csv(index=False), end="")
+        print(csv_text(table), end="")
         return 0
     scale, unit = output_units(args.output)
     shown = table.copy()
@@ -267,8 +276,6 @@ def _cmd_examples(args: argparse.Namespace) -> int:
     from ..estimation import ExampleInfluence
     from ..files import atomic_write_bytes
 
-    if args.n < 1:
-        raise ValueError("-n must be at least 1")
     store = RunStore(args.run_dir)
     fitted = ExampleInfluence(
         output=args.output, examples=args.target_example, estimator=args.estimator
@@ -276,7 +283,7 @@ def _cmd_examples(args: argparse.Namespace) -> int:
     folder = store.root / "examples"
     folder.mkdir(exist_ok=True)
     for name, table in (("overall", fitted.overall_), ("per_example", fitted.per_example_)):
-        atomic_write_bytes(folder / f"{name}.csv", table.to_csv(index=False).encode())
+        atomic_write_bytes(folder / f"{name}.csv", csv_text(table).encode())
     scale, unit = output_units(args.output)
     print(f"{fitted.n_models_} models, {len(store.groups)} source examples; {args.estimator} "
           f"estimate of the influence on mean {args.output} ({unit})")  # fmt: skip

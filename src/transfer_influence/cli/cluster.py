@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from ..config import ConfigError, load_config
+from .analysis import count
 
 __all__ = ["add_cluster_command"]
 
@@ -18,7 +19,7 @@ def add_cluster_command(sub: argparse._SubParsersAction) -> dict:
         "cluster", help="group the source images by a trained model's features (a groups file)"
     )
     cluster.add_argument("config", help="a built-in trainer config: its source and recipe")
-    cluster.add_argument("--clusters", type=int, default=50, help="groups to make (default: 50)")
+    cluster.add_argument("--clusters", type=count, default=50, help="groups to make (default: 50)")
     cluster.add_argument(
         "--out", default="clusters.json",
         help="groups file to write (default: clusters.json; a .csv describing it goes beside)",
@@ -42,7 +43,7 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
     from ..clustering import FeatureClusters
     from ..datasets import load_dataset
     from ..datasets.arrays import load_features
-    from ..files import atomic_write_bytes, write_json
+    from ..files import atomic_write_bytes, csv_text, write_json
     from ..trainers.builtin import pretrained_features, resolve_device
     from ..trainers.stack import Recipe
 
@@ -71,7 +72,7 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
     table = clusters.clusters_
     write_json(out, clusters.mapping(source.example_ids))
     described = out.with_suffix(".csv")
-    atomic_write_bytes(described, table.to_csv(index=False).encode())
+    atomic_write_bytes(described, csv_text(table).encode())
     print(
         f"{args.clusters} clusters of {len(source):,} images ({features.shape[1]} features) in "
         f"{time.perf_counter() - started:.0f} s; median purity {table['purity'].median():.0%} "

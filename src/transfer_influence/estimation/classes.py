@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from ..files import atomic_write_bytes, write_json
+from ..files import atomic_write_bytes, csv_text, write_json
 from ..outputs import output_units
 from ..store import RunError, RunStore
 from .accumulator import (
@@ -223,9 +223,9 @@ class ClassInfluence:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         scale, unit = output_units(self.output)
-        atomic_write_bytes(folder / "classes.csv", self.classes_.to_csv(index=False).encode())
+        atomic_write_bytes(folder / "classes.csv", csv_text(self.classes_).encode())
         atomic_write_bytes(
-            folder / "per_target_class.csv", self.per_target_class_.to_csv(index=False).encode()
+            folder / "per_target_class.csv", csv_text(self.per_target_class_).encode()
         )
         per_example = self.estimate_.per_example
         files = {

@@ -27,7 +27,7 @@ from ..analyses import (
 )
 from ..estimation import ClassInfluence
 from ..estimation.significance import FLAG_LEVEL
-from ..files import atomic_write_bytes
+from ..files import atomic_write_bytes, csv_text
 from ..outputs import output_units
 from ..provenance import package_version
 from ..store import RunStore
@@ -139,7 +139,7 @@ class Report:
         context["matrix_rows"] = len(self.tables_["class_matrix"])
         context["prune"] = self._prune(store, folder)
         for name, table in self.tables_.items():
-            data = table.to_csv(index=False).encode()
+            data = csv_text(table).encode()
             atomic_write_bytes(folder / "tables" / f"{name}.csv", data)
         environment = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
         template = environment.from_string(

@@ -45,7 +45,8 @@ def record_file(
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {name: archive[name] for name in archive.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, MemoryError) as error:
+        # MemoryError: a header can claim an array far larger than the file.
         raise RecordError(
             f"{path} is not a readable .npz without pickled objects: {error}"
         ) from None
@@ -61,7 +62,8 @@ def record_arrays(
 ) -> list[Chunk]:
     if "masks" not in arrays:
         raise RecordError("results have no 'masks' array (models x groups, bool)")
-    masks = np.asarray(arrays["masks"]).astype(bool)
+    masks = _masks(np.asarray(arrays["masks"]))
+    _check_outputs(arrays, masks.shape[0])
     seeds = _seeds(arrays, masks.shape[0])
     labels = arrays.get("labels", arrays.get("y_target"))
     n = _example_count(arrays)
@@ -159,6 +161,38 @@ def _seeds(arrays: dict[str, np.ndarray], models: int) -> np.ndarray | None:
             "from its subset's effect without at least two models"
         )
     return seeds
+
+
+def _masks(masks: np.ndarray) -> np.ndarray:
+    """Masks as bool: bool already, or numbers that are all 0 or 1 (never a silent cast of
+    other values: -1/+1 would all read as included)."""
+    if masks.ndim != 2:
+        raise RecordError(f"masks must be 2-D (models x groups), got shape {masks.shape}")
+    if masks.dtype == np.bool_:
+        return masks
+    if not (np.issubdtype(masks.dtype, np.integer) or np.issubdtype(masks.dtype, np.floating)):
+        raise RecordError(f"masks must be bool (or 0/1 numbers), got {masks.dtype}")
+    values = np.unique(masks)
+    if not np.isin(values, (0, 1)).all():
+        shown = ", ".join(f"{v:g}" for v in values[:5])
+        raise RecordError(f"masks must be bool (or 0/1 numbers), found the values {shown}")
+    return masks.astype(bool)
+
+
+def _check_outputs(arrays: dict[str, np.ndarray], models: int) -> None:
+    """Logits (m x n x C) and outputs (m x n) must be real numbers, one row per model."""
+    for name, ndim in (("logits", 3), *((output, 2) for output in DEFAULT_OUTPUTS)):
+        if name not in arrays:
+            continue
+        array = np.asarray(arrays[name])
+        real = np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)
+        if not real and array.dtype != np.bool_:
+            raise RecordError(f"{name} must be real numbers, got {array.dtype}")
+        if array.ndim != ndim or array.shape[0] != models:
+            raise RecordError(
+                f"{name} must have shape ({models}, examples{', classes' * (ndim == 3)}), "
+                f"got {array.shape}"
+            )
 
 
 def _example_count(arrays: dict[str, np.ndarray]) -> int:

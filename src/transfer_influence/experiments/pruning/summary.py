@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import stdtrit
 
-from ...files import atomic_write_bytes, write_json
+from ...files import atomic_write_bytes, csv_text, write_json
 
 __all__ = ["headline", "summarise", "write_outputs"]
 
@@ -87,8 +87,8 @@ def write_outputs(
 ) -> None:
     """results.csv, summary.csv, summary.json, accuracy.png and keep-bottom-kK.txt."""
     folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(folder / "results.csv", results.to_csv(index=False).encode())
-    atomic_write_bytes(folder / "summary.csv", summary.to_csv(index=False).encode())
+    atomic_write_bytes(folder / "results.csv", csv_text(results).encode())
+    atomic_write_bytes(folder / "summary.csv", csv_text(summary).encode())
     if figure is not None:
         atomic_write_bytes(folder / "accuracy.png", figure)
     keep_name = None
