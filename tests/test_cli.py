@@ -280,3 +280,17 @@ def test_counts_are_whole_numbers_of_at_least_one(make_config, cli, tmp_path):
         code, _, err = cli("run", config, "--run-dir", tmp_path / "run", "--quiet", *bad)
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_estimate_says_when_damaged_chunks_were_left_out(make_config, cli, tmp_path):
+    """A damaged chunk is moved aside and the estimate goes on without it: the user is told,
+    and summary.json records it."""
+    run_dir = tmp_path / "run"
+    cli("run", make_config(), "--run-dir", run_dir, "--quiet")
+    victim = sorted((run_dir / "chunks").glob("*.npz"))[1]
+    victim.write_bytes(victim.read_bytes()[:-100])
+    code, out, err = cli("estimate", run_dir)
+    assert code == 0 and "20 models" in out
+    assert "warning: 1 damaged chunk(s) moved to" in err and "trains them again" in err
+    summary = json.loads((run_dir / "influence" / "summary.json").read_text())
+    assert summary["damaged_chunks_left_out"] == [victim.stem]

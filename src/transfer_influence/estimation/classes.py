@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from ..files import atomic_write_bytes, csv_text, write_json
 from ..outputs import output_units
-from ..store import RunError, RunStore
+from ..store import RunError, RunStore, RunWarning
 from .accumulator import (
     MIN_RESIDUAL_DOF,
     Influence,
@@ -81,8 +81,9 @@ class ClassInfluence:
     :meth:`fit`: ``estimate_`` (:class:`InfluenceEstimate`), ``classes_`` (one row per source
     group, most helpful first, with its interval and q-value), ``per_target_class_`` (long
     table, q-values per target class), ``n_models_`` and ``n_excluded_`` (unhealthy models
-    left out), ``example_ids_`` and ``example_labels_`` (the target examples, in the order of
-    the per-example columns); how far to trust it: ``stability_`` (:class:`SplitHalf` or
+    left out), ``damaged_chunks_`` (chunks found damaged, moved aside and left out),
+    ``example_ids_`` and ``example_labels_`` (the target examples, in the order of the
+    per-example columns); how far to trust it: ``stability_`` (:class:`SplitHalf` or
     None), ``lds_``, ``explained_`` and, for reading those, ``seeds_`` (the run's
     ``run.seeds``: "model", "chunk" or "run").
 
@@ -129,6 +130,15 @@ class ClassInfluence:
             if accumulator.n_dropped == dropped:
                 chunk_masks.append(chunk.masks)
                 output_sum += chunk.values.sum(dtype=np.float64)
+        self.damaged_chunks_ = [chunk.name for chunk in store.quarantined]
+        if self.damaged_chunks_:
+            warnings.warn(
+                f"{len(self.damaged_chunks_)} damaged chunk(s) moved to {store.root / 'corrupt'} "
+                f"and left out of this estimate ({', '.join(self.damaged_chunks_[:3])}); "
+                f"`transfer-influence run {store.root}` trains them again",
+                RunWarning,
+                stacklevel=2,
+            )
         if accumulator.n_models < 2:
             raise RunError(
                 f"{store.root} has {accumulator.n_models} usable model(s) for {self.key_}; "
@@ -260,6 +270,7 @@ class ClassInfluence:
                 "dof": per_example.dof,
                 "n_models": self.n_models_,
                 "n_excluded_unhealthy": self.n_excluded_,
+                "damaged_chunks_left_out": self.damaged_chunks_,
                 "n_groups": len(self.groups_),
                 "n_examples": int(self.estimate_.per_example.values.shape[1]),
                 "mean_output": self.mean_output_,

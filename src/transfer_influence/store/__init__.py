@@ -2,6 +2,14 @@
 
 from ..files import CorruptFileError
 from .records import RecordError
-from .run import Chunk, ChunkOutputs, RunError, RunStore
+from .run import Chunk, ChunkOutputs, RunError, RunStore, RunWarning
 
-__all__ = ["Chunk", "ChunkOutputs", "CorruptFileError", "RecordError", "RunError", "RunStore"]
+__all__ = [
+    "Chunk",
+    "ChunkOutputs",
+    "CorruptFileError",
+    "RecordError",
+    "RunError",
+    "RunStore",
+    "RunWarning",
+]

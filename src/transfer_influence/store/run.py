@@ -37,9 +37,13 @@ from ..trainers.protocol import JobResult, TargetInfo, TaskDescription, output_k
 from .claims import Claim, claim_state, try_claim
 from .records import RecordError, outputs_from_arrays, pack_results
 
-__all__ = ["Chunk", "ChunkOutputs", "RunError", "RunStore"]
+__all__ = ["Chunk", "ChunkOutputs", "RunError", "RunStore", "RunWarning"]
 
 FORMAT = 1
+
+
+class RunWarning(UserWarning):
+    """Something about a run the user should know, that does not stop the command."""
 
 
 class RunError(Exception):
@@ -126,6 +130,7 @@ class RunStore:
         self.groups: tuple[str, ...] = tuple(identity["groups"])
         self.modes: tuple[str, ...] = tuple(identity["modes"])
         self.target_names = [t["name"] for t in identity["targets"]]
+        self.quarantined: list[Chunk] = []  # damaged chunks this store moved aside
 
     # -- creation ---------------------------------------------------------------------------
 
@@ -297,6 +302,7 @@ class RunStore:
             return None
         except (CorruptFileError, KeyError):
             self._quarantine(path)
+            self.quarantined.append(chunk)
             return None
         return arrays
 
