@@ -294,3 +294,14 @@ def test_estimate_says_when_damaged_chunks_were_left_out(make_config, cli, tmp_p
     assert "warning: 1 damaged chunk(s) moved to" in err and "trains them again" in err
     summary = json.loads((run_dir / "influence" / "summary.json").read_text())
     assert summary["damaged_chunks_left_out"] == [victim.stem]
+
+
+def test_two_stores_raising_the_plan_never_lower_it(make_config, cli, tmp_path):
+    """Each store read the plan before the other wrote it: the second write used to put the
+    plan back to 160, leaving chunks of models 160-199 on disk and ignored."""
+    run_dir = tmp_path / "run"
+    cli("run", make_config(models=24), "--run-dir", run_dir, "--quiet", "--time-limit", "0")
+    a, b = RunStore(run_dir), RunStore(run_dir)
+    a.set_models(200)
+    b.set_models(160)
+    assert RunStore(run_dir).planned_models == 200 and b.planned_models == 200

@@ -16,6 +16,7 @@ chunks and never moves an existing boundary.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -199,14 +200,37 @@ class RunStore:
         return store
 
     def set_models(self, models: int, chunk_size: int | None = None) -> None:
-        """Raise the number of models; existing chunk boundaries never move."""
+        """Raise the number of models; existing chunk boundaries never move. Safe against
+        other processes raising it at the same time: the plan only ever grows."""
         if models <= self.planned_models:
             return
-        self.chunks = _plan(self.chunks, models, chunk_size or self.config.run.chunk_size)
-        self.meta["config"]["run"]["models"] = models
-        self.meta["chunks"] = [[c.start, c.stop] for c in self.chunks]
-        write_json(self.root / "run.json", self.meta)
+        with self._plan_lock():
+            self._reload()  # another process may have grown the plan meanwhile
+            if models <= self.planned_models:
+                return
+            self.chunks = _plan(self.chunks, models, chunk_size or self.config.run.chunk_size)
+            self.meta["config"]["run"]["models"] = models
+            self.meta["chunks"] = [[c.start, c.stop] for c in self.chunks]
+            write_json(self.root / "run.json", self.meta)
+            self.config = Config.from_dict(self.meta["config"])
+
+    @contextlib.contextmanager
+    def _plan_lock(self) -> Iterator[None]:
+        """An exclusive lock on the run's plan (run.json), held while it is changed."""
+        with open(self.root / "claims" / ".plan.lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _reload(self) -> None:
+        try:
+            self.meta = read_json(self.root / "run.json")
+        except CorruptFileError as error:
+            raise RunError(f"{self.root / 'run.json'} is damaged: {error}") from None
         self.config = Config.from_dict(self.meta["config"])
+        self.chunks = [Chunk(a, b) for a, b in self.meta["chunks"]]
 
     # -- task -------------------------------------------------------------------------------
 
@@ -432,10 +456,12 @@ class RunStore:
         return chunk
 
     def _append_recorded(self, chunk: Chunk) -> None:
-        self.chunks.append(chunk)
-        self.meta["chunks"] = [[c.start, c.stop] for c in self.chunks]
-        self.meta["config"]["run"]["models"] = max(2, chunk.stop)
-        write_json(self.root / "run.json", self.meta)
+        with self._plan_lock():
+            self._reload()
+            self.chunks.append(chunk)
+            self.meta["chunks"] = [[c.start, c.stop] for c in self.chunks]
+            self.meta["config"]["run"]["models"] = max(2, chunk.stop)
+            write_json(self.root / "run.json", self.meta)
 
     def _adopt_orphans(self) -> None:
         """A chunk written by a record that died before updating run.json: keep it."""
