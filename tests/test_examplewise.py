@@ -140,13 +140,15 @@ def test_planted_near_duplicates_rank_near_the_top_for_the_image_they_copy(tmp_p
     near-duplicates of target images (and 20 mislabeled images) planted in it: each copy ranks
     near the top for the image it copies.
 
-    The bound is the 1st percentile of the mean rank under a random ranking (59.5 - 2.33 x
-    7.75 = 41.4 of a pool of 120), so passing says the copies were found. Over 6 pool and run
-    seeds and 1 or 2 threads (research/planted_margins.py) the mean rank was 17.6-28.9, at
-    least 2.7 of its standard deviations over those runs below the bound: a machine whose
-    kernels train different numbers fails with a chance well under 1 in 1,000. What 96 models
-    cannot show reliably, the mislabeled images drifting to the bottom (their median rank was
-    31-51 of 120 here), is measured with 400 models by benchmarks/examplewise_planted.py."""
+    The statistic is the mean of log(1 + rank) over the 20 copies (rank 0 = most helpful of
+    the 120 pool images for that target image); the bound is its 1st percentile when the
+    ranking ignores the data, drawn here. Over pool seeds 1-3, run seeds and 1 or 2 threads
+    (research/planted_margins.py, research/results/planted_margins-*.json) the statistic was
+    1.62-2.87 against a bound of about 3.34; for this pool (seed 1) 1.62-2.22, at least 3.7
+    standard deviations of its run-to-run spread below the bound, so a machine whose kernels
+    train other numbers fails with a chance far below 1 in 1,000. What 96 models cannot show
+    reliably — the mislabeled images drifting to the bottom (median rank 31-55 of 120 here) —
+    is measured with 400 models by benchmarks/examplewise_planted.py."""
     from transfer_influence.datasets.arrays import save_npz
     from transfer_influence.datasets.synthetic import planted_pool
     from transfer_influence.trainers import load_trainer
@@ -171,10 +173,12 @@ def test_planted_near_duplicates_rank_near_the_top_for_the_image_they_copy(tmp_p
     fitted = ExampleInfluence(
         output="margin", examples=list(pool.duplicates.values()), estimator="difference"
     ).fit(store)
-    assert len(store.groups) == 120
+    size = len(store.groups)
+    assert size == 120
     ranks = []
     for copy, original in pool.duplicates.items():
         table = fitted.per_example_[fitted.per_example_["target_example"] == original]
         ranks.append(table["source_example"].tolist().index(copy))
-    random_mean, random_sd = 59.5, np.sqrt((120**2 - 1) / 12 / 20)
-    assert np.mean(ranks) < random_mean - 2.33 * random_sd, sorted(ranks)
+    random_ranks = np.random.default_rng(0).integers(0, size, (100_000, len(ranks)))
+    bound = np.quantile(np.log1p(random_ranks).mean(axis=1), 0.01)
+    assert np.log1p(ranks).mean() < bound, (sorted(ranks), bound)
