@@ -305,3 +305,22 @@ def test_two_stores_raising_the_plan_never_lower_it(make_config, cli, tmp_path):
     a.set_models(200)
     b.set_models(160)
     assert RunStore(run_dir).planned_models == 200 and b.planned_models == 200
+
+
+def test_reading_a_run_never_imports_code_the_run_names(make_config, cli, tmp_path, monkeypatch):
+    """A run.json naming an output "evilmod:f" made `status` import evilmod.py from the
+    current directory. Reading a run (status, estimate, top, report) must not."""
+    run_dir = tmp_path / "run"
+    cli("run", make_config(), "--run-dir", run_dir, "--quiet")
+    meta = json.loads((run_dir / "run.json").read_text())
+    meta["config"]["run"]["outputs"].append("evilmod:f")
+    (run_dir / "run.json").write_text(json.dumps(meta))
+    marker = tmp_path / "imported"
+    (tmp_path / "evilmod.py").write_text(f"open({str(marker)!r}, 'w').close()\nf = len\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for command in (("status", run_dir), ("estimate", run_dir), ("top", run_dir),
+                    ("report", run_dir, "--quiet")):  # fmt: skip
+        code, _, err = cli(*command)
+        assert code == 0, (command, err)
+    assert not marker.exists()

@@ -71,7 +71,10 @@ class Config:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Config:
+    def from_dict(cls, data: dict[str, Any], import_code: bool = True) -> Config:
+        """A validated config. ``import_code=False`` checks the names of a user's output
+        functions without importing them: for reading a run directory, which must never run
+        code that the directory names."""
         data = copy.deepcopy(data)
         _reject_unknown(data, {"run", "trainer"}, "")
         run = data.get("run", {})
@@ -82,10 +85,10 @@ class Config:
         if "outputs" in run:
             run["outputs"] = tuple(_typed(run, "outputs", list))
         config = cls(RunSection(**run), TrainerSection(**trainer))
-        config.validate()
+        config.validate(import_code)
         return config
 
-    def validate(self) -> None:
+    def validate(self, import_code: bool = True) -> None:
         r = self.run
         _check(isinstance(r.seed, int) and r.seed >= 0, "run.seed must be a non-negative integer")
         _check(isinstance(r.alpha, int | float), "run.alpha must be a number")
@@ -117,6 +120,9 @@ class Config:
         _check(r.claim_timeout_s > 0, "run.claim_timeout_s must be positive")
         _check(len(r.outputs) > 0, "run.outputs must name at least one output")
         for name in r.outputs:
+            _check(isinstance(name, str), "run.outputs must be names")
+            if not import_code and ":" in name:
+                continue  # a user's function, imported only where it is used to train
             try:
                 get_output(name)
             except ValueError as error:

@@ -121,7 +121,7 @@ class RunStore:
             raise RunError(f"{self.root} is not a run directory (no run.json)")
         try:
             self.meta = read_json(meta_path)
-            self.config = Config.from_dict(self.meta["config"])
+            self.config = Config.from_dict(self.meta["config"], import_code=False)
         except (CorruptFileError, KeyError, ConfigError) as error:
             raise RunError(f"{meta_path} is damaged: {error}") from None
         if self.meta.get("format") != FORMAT:
@@ -212,7 +212,7 @@ class RunStore:
             self.meta["config"]["run"]["models"] = models
             self.meta["chunks"] = [[c.start, c.stop] for c in self.chunks]
             write_json(self.root / "run.json", self.meta)
-            self.config = Config.from_dict(self.meta["config"])
+            self.config = Config.from_dict(self.meta["config"], import_code=False)
 
     @contextlib.contextmanager
     def _plan_lock(self) -> Iterator[None]:
@@ -229,7 +229,7 @@ class RunStore:
             self.meta = read_json(self.root / "run.json")
         except CorruptFileError as error:
             raise RunError(f"{self.root / 'run.json'} is damaged: {error}") from None
-        self.config = Config.from_dict(self.meta["config"])
+        self.config = Config.from_dict(self.meta["config"], import_code=False)
         self.chunks = [Chunk(a, b) for a, b in self.meta["chunks"]]
 
     # -- task -------------------------------------------------------------------------------
