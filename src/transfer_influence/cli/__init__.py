@@ -1,6 +1,7 @@
-"""The ``transfer-influence`` command: a thin shell over the Python API.
+"""Which source classes help your transfer target, how sure you can be, and what removing them does.
 
-Bad input ends with one line naming the problem and exit status 2, never a traceback.
+The command line over the Python API. Bad input ends with one line naming the problem and
+exit status 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from ..store import CorruptFileError, RecordError, RunError, RunStore
 from ..store.importing import record_file
 from ..store.status import duration, run_status
 from ..trainers import load_trainer
-from .analysis import add_analysis_commands, add_estimation_arguments, count
+from .analysis import RUN_HELP, add_analysis_commands, add_estimation_arguments, count
 from .cluster import add_cluster_command
 
 EXIT_BAD_INPUT = 2
@@ -98,7 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
 
     worker = sub.add_parser("worker", help="train missing chunks of a run (for any scheduler)")
-    worker.add_argument("run_dir")
+    worker.add_argument("run_dir", metavar="RUN", help=RUN_HELP)
     worker.add_argument("--shard", help="I/N: only chunks I, I+N, I+2N, ... (0-based)")
     worker.add_argument("--worker-id", help="name recorded with each chunk")
     for command in (run, worker):
@@ -108,16 +109,19 @@ def _parser() -> argparse.ArgumentParser:
         )
 
     status = sub.add_parser("status", help="done, running and missing chunks; rate; ETA")
-    status.add_argument("run_dir")
+    status.add_argument("run_dir", metavar="RUN", help=RUN_HELP)
     status.add_argument(
         "--verify", action="store_true", help="also read every chunk and check its checksum"
     )
 
     estimate = sub.add_parser("estimate", help="estimate influence and write RUN/influence/")
-    estimate.add_argument("run_dir")
+    estimate.add_argument("run_dir", metavar="RUN", help=RUN_HELP)
     add_estimation_arguments(estimate)
     estimate.add_argument("--out", help="output folder (default: RUN/influence)")
-    estimate.add_argument("--top", type=count, default=10, help="rows to print at each end")
+    estimate.add_argument(
+        "-n", "--top", dest="top", type=count, default=10,
+        help="classes to print at each end (default: 10)",
+    )  # fmt: skip
 
     demo = sub.add_parser("demo", help="the whole pipeline on a synthetic task with planted truth")
     demo.add_argument("--out", help="run directory (default: runs/demo or runs/demo-control)")
@@ -127,22 +131,35 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="the same task with nothing planted: checks the intervals",
     )
-    demo.add_argument("--estimator", choices=ESTIMATORS, default="regression")
-    demo.add_argument("--workers", type=count, default=1)
+    demo.add_argument(
+        "--estimator", choices=ESTIMATORS, default="regression",
+        help="how to estimate influence (default: regression; see docs/method.md)",
+    )  # fmt: skip
+    demo.add_argument("--workers", type=count, default=1, help="worker processes (default: 1)")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
 
     record = sub.add_parser("record", help="import results of models trained elsewhere")
-    record.add_argument("run_dir", help="run directory (created when absent)")
+    record.add_argument("run_dir", metavar="RUN", help="run directory (created when absent)")
     record.add_argument(
         "--from",
         dest="source",
         required=True,
         metavar="FILE.npz",
-        help="masks plus outputs or logits; see the README for the keys",
+        help="arrays masks (models x groups, bool) and logits (models x examples x classes) "
+        "or outputs such as p_correct (models x examples), labels (examples), optionally "
+        "example_ids, source_classes, target_classes, seeds",
     )
-    record.add_argument("--target", default="target", help="target name for a new run")
-    record.add_argument("--mode", default="fixed_feature", help="transfer mode for a new run")
-    record.add_argument("--alpha", type=float, default=0.5, help="subset fraction used")
+    record.add_argument(
+        "--target", default="target", help="target name for a new run (default: target)"
+    )
+    record.add_argument(
+        "--mode",
+        default="fixed_feature",
+        help="transfer mode for a new run (default: fixed_feature)",
+    )
+    record.add_argument(
+        "--alpha", type=float, default=0.5, help="subset fraction used (default: 0.5)"
+    )
     _COMMANDS.update(add_analysis_commands(sub))
     _COMMANDS.update(add_cluster_command(sub))
     return parser

@@ -14,7 +14,9 @@ from ..files import csv_text, read_json
 from ..outputs import output_units
 from ..store import RunStore
 
-__all__ = ["add_analysis_commands", "add_estimation_arguments", "count"]
+__all__ = ["RUN_HELP", "add_analysis_commands", "add_estimation_arguments", "count"]
+
+RUN_HELP = "a run directory (made by `run` or `record`)"
 
 
 def count(text: str) -> int:
@@ -33,9 +35,13 @@ def add_estimation_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", help="target name (default: the run's first)")
     parser.add_argument("--mode", help="transfer mode (default: the run's first)")
     parser.add_argument(
-        "--output", default="p_correct", help="model output to attribute (default: p_correct)"
+        "--output", default="p_correct",
+        help="model output to attribute: p_correct (default), correct, margin, neg_loss, "
+        "balanced_correct, or package.module:function",
+    )  # fmt: skip
+    parser.add_argument(
+        "--level", type=float, default=0.95, help="confidence level of intervals (default: 0.95)"
     )
-    parser.add_argument("--level", type=float, default=0.95, help="confidence level")
     parser.add_argument(
         "--estimator",
         choices=ESTIMATORS,
@@ -47,7 +53,9 @@ def add_estimation_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_analysis_commands(sub: argparse._SubParsersAction) -> dict:
     report = sub.add_parser("report", help="write the visual report RUN/report/index.html")
-    report.add_argument("run_dir")
+    report.add_argument(
+        "run_dir", metavar="RUN", help="a run directory (made by `run` or `record`)"
+    )
     add_estimation_arguments(report)
     report.add_argument("--top", type=count, default=10, help="classes per side (default: 10)")
     report.add_argument("--examples", type=count, default=8, help="images per class (default: 8)")
@@ -73,7 +81,7 @@ def add_analysis_commands(sub: argparse._SubParsersAction) -> dict:
     top = sub.add_parser(
         "top", help="most (or least) helpful source classes, or the target examples they move"
     )
-    top.add_argument("run_dir")
+    top.add_argument("run_dir", metavar="RUN", help=RUN_HELP)
     add_estimation_arguments(top)
     which = top.add_mutually_exclusive_group()
     which.add_argument("--target-class", help="rank source classes on this target class")
@@ -88,7 +96,9 @@ def add_analysis_commands(sub: argparse._SubParsersAction) -> dict:
         "--bottom", "--harmful", dest="bottom", action="store_true",
         help="the least helpful instead (below the average class)",
     )  # fmt: skip
-    top.add_argument("-n", type=count, default=10, help="rows (default: 10)")
+    top.add_argument(
+        "-n", "--top", dest="n", type=count, default=10, help="rows to print (default: 10)"
+    )
     top.add_argument("--csv", action="store_true", help="print CSV instead of a table")
 
     prune = sub.add_parser(
@@ -96,7 +106,7 @@ def add_analysis_commands(sub: argparse._SubParsersAction) -> dict:
         help="pretrain again without the least helpful (or most helpful, or random) source "
         "classes: does removing them help?",
     )
-    prune.add_argument("run_dir")
+    prune.add_argument("run_dir", metavar="RUN", help=RUN_HELP)
     prune.add_argument(
         "--remove", default="bottom,top,random",
         help="rules, comma-separated: bottom (least helpful first), top, random "
@@ -108,8 +118,13 @@ def add_analysis_commands(sub: argparse._SubParsersAction) -> dict:
     prune.add_argument("--drop-file", help="also pretrain without the classes listed in this file")
     prune.add_argument("--target", help="target name (default: the run's first)")
     prune.add_argument("--mode", help="transfer mode (default: the run's first)")
-    prune.add_argument("--output", default="p_correct", help="output that ranks the classes")
-    prune.add_argument("--estimator", choices=ESTIMATORS, default="auto")
+    prune.add_argument(
+        "--output", default="p_correct", help="output that ranks the classes (default: p_correct)"
+    )
+    prune.add_argument(
+        "--estimator", choices=ESTIMATORS, default="auto",
+        help="how to rank (default: auto, the estimator with the smaller errors)",
+    )  # fmt: skip
     prune.add_argument(
         "--time-limit", type=float, metavar="SECONDS",
         help="start no new model after this long (run again to continue)",
@@ -133,14 +148,23 @@ def add_analysis_commands(sub: argparse._SubParsersAction) -> dict:
     drill.add_argument("--quiet", action="store_true", help="no progress bars")
 
     examples = sub.add_parser("examples", help="example-wise influence of an example-level run")
-    examples.add_argument("run_dir")
+    examples.add_argument(
+        "run_dir", metavar="RUN", help="a run directory (made by `run` or `record`)"
+    )
     examples.add_argument(
         "--target-example", action="append", default=[], metavar="ID",
         help="also attribute this target example (id or index; repeatable)",
     )  # fmt: skip
-    examples.add_argument("--estimator", choices=("sparse", "difference"), default="sparse")
-    examples.add_argument("--output", default="p_correct", help="model output to attribute")
-    examples.add_argument("-n", type=count, default=10, help="rows at each end (default: 10)")
+    examples.add_argument(
+        "--estimator", choices=("sparse", "difference"), default="sparse",
+        help="sparse (lasso) regression (default) or the difference in means",
+    )  # fmt: skip
+    examples.add_argument(
+        "--output", default="p_correct", help="model output to attribute (default: p_correct)"
+    )
+    examples.add_argument(
+        "-n", "--top", dest="n", type=count, default=10, help="rows at each end (default: 10)"
+    )
     return {
         "report": _cmd_report,
         "top": _cmd_top,
