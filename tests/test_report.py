@@ -115,7 +115,7 @@ def test_report_and_top_commands(tmp_path, cli):
     for bad, message in (
         (["--target-class", "kitten"], "unknown target class 'kitten'"),
         (["--source-class", "ostrich"], "unknown source group 'ostrich'"),
-        (["-n", "0"], "argument -n: must be at least 1, got 0"),
+        (["-n", "0"], "argument -n/--top: must be at least 1, got 0"),
     ):
         code, _, err = cli("top", run, *bad)
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1
