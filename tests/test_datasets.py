@@ -1,3 +1,5 @@
+import time
+
 import numpy as np
 import pytest
 
@@ -156,3 +158,12 @@ def test_torchvision_adapter_reads_a_downloaded_dataset(tmp_path, monkeypatch):
     assert data.labels.tolist() == [0, 1, 0, 1]
     with pytest.raises(ValueError, match="has no 'MNISTT'"):
         load_dataset(dict(spec, dataset="MNISTT"), "test", "target")
+
+
+def test_a_huggingface_name_not_on_disk_fails_at_once_without_the_network(tmp_path):
+    """A mistyped path used to go to the hub: 24 s of retries here, a download elsewhere."""
+    pytest.importorskip("datasets", reason="the huggingface extra is not installed")
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match="not found locally"):
+        load_dataset({"kind": "huggingface", "path": "nobody-here/no-such-set"}, "test", "target")
+    assert time.perf_counter() - start < 10

@@ -1,12 +1,15 @@
 """Datasets from torchvision and Hugging Face ``datasets`` (optional extras, imported lazily).
 
 Nothing is downloaded at run time: torchvision datasets are opened with ``download=False`` and
-Hugging Face datasets are read from a ``save_to_disk`` folder or the local hub cache.
+Hugging Face datasets are read from a ``save_to_disk`` folder or the local hub cache, with the
+hub offline unless the dataset's table says ``online = true``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -25,6 +28,22 @@ def _import(module: str, extra: str) -> Any:
             f"{module} is not usable here ({error}); install the extra: "
             f"pip install 'transfer-influence[{extra}]'"
         ) from None
+
+
+@contextlib.contextmanager
+def _offline(datasets: Any) -> Iterator[None]:
+    """The ``datasets`` library and its hub client in offline mode, for one call."""
+    import huggingface_hub.constants as hub
+
+    modules = [m for m in (datasets.config, hub) if hasattr(m, "HF_HUB_OFFLINE")]
+    before = [m.HF_HUB_OFFLINE for m in modules]
+    for module in modules:
+        module.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        for module, value in zip(modules, before, strict=True):
+            module.HF_HUB_OFFLINE = value
 
 
 def _to_rgb(image: Any) -> np.ndarray:
@@ -72,17 +91,23 @@ def load_torchvision(dataset: str, root: str, split: str) -> ImageDataset:
 
 
 def load_huggingface(
-    path: str, split: str, image_column: str = "img", label_column: str = "label"
+    path: str,
+    split: str,
+    image_column: str = "img",
+    label_column: str = "label",
+    online: bool = False,
 ) -> ImageDataset:
-    """A split of a Hugging Face dataset saved with ``save_to_disk`` at ``path`` (or a hub name
-    already in the local cache)."""
+    """A split of a Hugging Face dataset saved with ``save_to_disk`` at ``path``, or a hub name
+    already in the local cache. The hub is never contacted unless ``online`` is true (a
+    mistyped path would otherwise download some other dataset, or wait on retries)."""
     datasets = _import("datasets", "huggingface")
     location = expand_path(path)
     try:
         try:
             dataset = datasets.load_from_disk(location)
         except FileNotFoundError:
-            dataset = datasets.load_dataset(location, split=split)
+            with contextlib.nullcontext() if online else _offline(datasets):
+                dataset = datasets.load_dataset(location, split=split)
     except Exception as error:  # the library raises many types for "not there"
         raise ValueError(f"Hugging Face dataset {path!r} not found locally: {error}") from None
     if isinstance(dataset, datasets.DatasetDict):
