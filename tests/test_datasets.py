@@ -1,3 +1,7 @@
+import io
+import os
+import tarfile
+import threading
 import time
 
 import numpy as np
@@ -167,3 +171,60 @@ def test_a_huggingface_name_not_on_disk_fails_at_once_without_the_network(tmp_pa
     with pytest.raises(ValueError, match="not found locally"):
         load_dataset({"kind": "huggingface", "path": "nobody-here/no-such-set"}, "test", "target")
     assert time.perf_counter() - start < 10
+
+
+def test_the_folder_cache_follows_every_change_to_the_images(tmp_path, monkeypatch):
+    """The cache was keyed by the split directory's own stat: moving an image between class
+    folders kept the old labels and fingerprint, and flipped bytes in the cache went unseen."""
+    monkeypatch.setenv("TRANSFER_INFLUENCE_CACHE", str(tmp_path / "cache"))
+    make_image_folder(tmp_path / "data", ["x", "y"], 3, splits=("test",), as_tar=False)
+    spec = {"kind": "folder", "path": str(tmp_path / "data")}
+    before = load_dataset(spec, "test", "target")
+    split = tmp_path / "data" / "test"
+    (split / "x" / "002.png").rename(split / "y" / "009.png")
+    after = load_dataset(spec, "test", "target")
+    assert after.fingerprint != before.fingerprint
+    assert after.labels.tolist() == [0, 0, 1, 1, 1, 1] and "y/009.png" in after.example_ids
+    # Damage the cached pixels: the checksum catches it and the cache is built again.
+    cached = next((tmp_path / "cache").glob("data-test-*.npy"))
+    pixels = np.array(after.images)
+    data = bytearray(cached.read_bytes())
+    data[-1] ^= 0xFF
+    cached.write_bytes(bytes(data))
+    again = load_dataset(spec, "test", "target")
+    np.testing.assert_array_equal(np.array(again.images), pixels)
+
+
+def test_hostile_members_of_image_folders_and_archives(tmp_path, monkeypatch):
+    """A FIFO named like an image hung the load; a hard-linked tar member was dropped; a name
+    twice in a tar failed with "'<' not supported between instances of 'TarInfo'"."""
+    monkeypatch.setenv("TRANSFER_INFLUENCE_CACHE", str(tmp_path / "cache"))
+    make_image_folder(tmp_path / "dir", ["x", "y"], 2, splits=("test",), as_tar=False)
+    os.mkfifo(tmp_path / "dir" / "test" / "x" / "fifo.png")
+    loaded = []
+    thread = threading.Thread(
+        target=lambda: loaded.append(
+            load_dataset({"kind": "folder", "path": str(tmp_path / "dir")}, "test", "target")
+        ),
+        daemon=True,
+    )
+    thread.start()
+    thread.join(timeout=60)
+    assert loaded and len(loaded[0].labels) == 4
+    make_image_folder(tmp_path / "tar", ["x", "y"], 2, splits=("test",))
+    archive_path = tmp_path / "tar" / "test.tar.gz"
+    with tarfile.open(archive_path) as archive:
+        members = [(m, archive.extractfile(m).read()) for m in archive.getmembers()]
+    link = tarfile.TarInfo("y/linked.png")
+    link.type, link.linkname = tarfile.LNKTYPE, members[0][0].name
+    with tarfile.open(archive_path, "w:gz") as archive:
+        for member, blob in members:
+            archive.addfile(member, io.BytesIO(blob))
+        archive.addfile(link)
+    linked = load_dataset({"kind": "folder", "path": str(tmp_path / "tar")}, "test", "target")
+    assert "y/linked.png" in linked.example_ids and len(linked.labels) == 5
+    with tarfile.open(archive_path, "w:gz") as archive:
+        for member, blob in members + members[:1]:
+            archive.addfile(member, io.BytesIO(blob))
+    with pytest.raises(ValueError, match="holds x/000.png twice"):
+        load_dataset({"kind": "folder", "path": str(tmp_path / "tar")}, "test", "target")

@@ -1,8 +1,9 @@
 """ImageFolder-style data: ``ROOT/SPLIT/<class>/<image>`` directories or ``ROOT/SPLIT.tar[.gz]``
 archives of that layout (label = index of the class folder in sorted order).
 
-Images are decoded once (in parallel) into a cache of uint8 arrays next to a fingerprint of
-the source files; later loads memory-map the cache.
+Images are decoded once (in parallel) into a cache of uint8 arrays, keyed by every image
+file's path, size and modification time and checked against its SHA-256 on every load;
+later loads memory-map the cache.
 """
 
 from __future__ import annotations
@@ -46,18 +47,51 @@ def _decode(blobs: list[bytes], size: int | None) -> tuple[list[np.ndarray], lis
     return out, bad
 
 
+def _image_files(source: Path) -> list[Path]:
+    """The regular image files under a directory, sorted. A FIFO, device or link to one
+    named like an image is not a file: reading it would hang or never end."""
+    return sorted(p for p in source.rglob("*") if p.suffix.lower() in _SUFFIXES and p.is_file())
+
+
 def _members(source: Path) -> list[tuple[str, bytes]]:
     """(relative path, bytes) of every image, sorted by path."""
     if source.is_dir():
-        files = sorted(p for p in source.rglob("*") if p.suffix.lower() in _SUFFIXES)
-        return [(p.relative_to(source).as_posix(), p.read_bytes()) for p in files]
+        return [(p.relative_to(source).as_posix(), p.read_bytes()) for p in _image_files(source)]
     with tarfile.open(source) as archive:
-        items = [
-            (m.name.lstrip("./"), m)
-            for m in archive.getmembers()
-            if m.isfile() and Path(m.name).suffix.lower() in _SUFFIXES
+        items: dict[str, tarfile.TarInfo] = {}
+        for member in archive.getmembers():
+            if not (member.isfile() or member.islnk()):
+                continue
+            name = member.name.lstrip("./")
+            if Path(name).suffix.lower() not in _SUFFIXES:
+                continue
+            if name in items:
+                raise ValueError(f"{source}: the archive holds {name} twice")
+            items[name] = member
+        return [(name, archive.extractfile(items[name]).read()) for name in sorted(items)]
+
+
+def _cache_key(source: Path, size: int | None, on_corrupt: str) -> str:
+    """What the cache is keyed by: every image file's path, size and modification time (a
+    directory), or the archive's; so any edit, addition or move is a new cache."""
+    if source.is_dir():
+        listing = [
+            (p.relative_to(source).as_posix(), p.stat().st_size, p.stat().st_mtime_ns)
+            for p in _image_files(source)
         ]
-        return [(name, archive.extractfile(m).read()) for name, m in sorted(items)]
+    else:
+        stat = source.stat()
+        listing = [(source.name, stat.st_size, stat.st_mtime_ns)]
+    text = json.dumps([str(source.resolve()), listing, size, on_corrupt])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def expand_path(path: str) -> str:
@@ -107,18 +141,17 @@ def load_folder(
             f"{split}.tar.gz there, or change the config's path)"
         )
     source = _locate(root, split)
-    stat = source.stat()
-    key = hashlib.sha256(
-        f"{source.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{size}|{on_corrupt}".encode()
-    )
     cache_dir = Path(
         cache
         or os.environ.get("TRANSFER_INFLUENCE_CACHE", Path.home() / ".cache" / "transfer-influence")
     )
-    stem = cache_dir / f"{root.name}-{split}-{key.hexdigest()[:16]}"
-    if not (stem.with_suffix(".json")).exists():
+    stem = cache_dir / f"{root.name}-{split}-{_cache_key(source, size, on_corrupt)}"
+    meta = _cached_meta(stem)
+    if meta is None:
         _build_cache(source, stem, size, on_corrupt)
-    meta = json.loads(stem.with_suffix(".json").read_text())
+        meta = _cached_meta(stem)
+        if meta is None:
+            raise ValueError(f"the dataset cache {stem}.npy cannot be read back after writing it")
     if meta["skipped"]:
         warnings.warn(
             f"{source}: left out {len(meta['skipped'])} corrupt image(s) "
@@ -139,6 +172,19 @@ def load_folder(
         display,
         fingerprint=meta["fingerprint"],
     )
+
+
+def _cached_meta(stem: Path) -> dict | None:
+    """The cache's description, if the cache is there and its arrays are what was written
+    (checked against their SHA-256 on every load); else None, and it is built again."""
+    try:
+        meta = json.loads(stem.with_suffix(".json").read_text())
+        if meta.get("npy_sha256") != _file_sha256(stem.with_suffix(".npy")):
+            return None
+    except (OSError, ValueError, AttributeError):
+        return None
+    needed = {"classes", "labels", "ids", "fingerprint", "skipped"}
+    return meta if needed <= meta.keys() else None  # an older layout is built again
 
 
 def _build_cache(source: Path, stem: Path, size: int | None, on_corrupt: str) -> None:
@@ -183,6 +229,7 @@ def _build_cache(source: Path, stem: Path, size: int | None, on_corrupt: str) ->
     np.save(buffer, images)
     atomic_write_bytes(stem.with_suffix(".npy"), buffer.getvalue())
     meta = {
+        "npy_sha256": hashlib.sha256(buffer.getvalue()).hexdigest(),
         "classes": classes,
         "labels": [index[n.split("/")[0]] for n, _ in members],
         "ids": [n for n, _ in members],
