@@ -92,8 +92,9 @@ def test_record_with_seeds_writes_a_chunk_per_seed_and_removes_each_seeds_offset
     direct = estimate_influence(masks, values, blocks=blocks).overall.values[:, 0]
     np.testing.assert_allclose(fit.estimate_.overall.values[:, 0], direct, atol=1e-6)
     # A seed's models are recorded together, and a run is recorded with seeds or without.
+    other = dict(data, logits=data["logits"] + 1.0, seeds=seeds)  # other models, same seeds
     with pytest.raises(RecordError, match="seed\\(s\\) 3, 7, 9 were recorded before"):
-        record_arrays(tmp_path / "run", dict(data, seeds=seeds))
+        record_arrays(tmp_path / "run", other)
     with pytest.raises(RecordError, match="recorded with 'seeds'"):
         record_arrays(tmp_path / "run", data)
     more = record_arrays(tmp_path / "run", dict(data, seeds=np.repeat([11, 12], 6)))
@@ -246,3 +247,37 @@ def test_record_accepts_zero_one_masks_and_refuses_a_header_larger_than_memory(t
         archive.writestr("masks.npy", buffer.getvalue() + b"\0" * 64)
     code, _, err = cli("record", tmp_path / "other", "--from", tmp_path / "huge.npz")
     assert code == 2 and "not a readable .npz" in err and len(err.strip().splitlines()) == 1
+
+
+def test_recording_the_same_results_twice_is_refused(tmp_path, cli):
+    """Running the README's `record` twice silently appended the same models (298 from 149,
+    with standard errors shrunk by sqrt(2))."""
+    path = tmp_path / "results.npz"
+    np.savez(path, **_fake_results())
+    assert cli("record", tmp_path / "run", "--from", path)[0] == 0
+    code, _, err = cli("record", tmp_path / "run", "--from", path)
+    assert code == 2 and "recorded into" in err and "before; nothing written" in err
+    assert len(err.strip().splitlines()) == 1 and RunStore(tmp_path / "run").planned_models == 12
+
+
+def test_a_record_killed_midway_is_completed_once_by_running_it_again(tmp_path):
+    """Killed while writing its second of three chunks (the 6th atomic write, after the
+    target, the plan twice, the first chunk and its plan), a retry used to append all three again
+    (12 -> 36 models); now it writes the two that are missing."""
+    from conftest import run_subprocess
+
+    data = _fake_results(m=12)
+    path = tmp_path / "seeded.npz"
+    np.savez(path, **dict(data, seeds=np.repeat([5, 6, 7], 4)))
+    args = ("record", tmp_path / "run", "--from", path)
+    killed = run_subprocess(*args, env={"TRANSFER_INFLUENCE_CRASH_AT": "write:6"})
+    assert killed.returncode != 0
+    assert 0 < len(list((tmp_path / "run" / "chunks").glob("*.npz"))) < 3
+    retried = run_subprocess(*args)
+    assert retried.returncode == 0, retried.stderr
+    store = RunStore(tmp_path / "run")
+    assert store.planned_models == 12 and not store.missing_chunks()
+    seeds = store.model_metrics("target/fixed_feature")["seed"]
+    assert sorted(seeds.tolist()) == [5] * 4 + [6] * 4 + [7] * 4
+    again = run_subprocess(*args)
+    assert again.returncode == 2 and "nothing written" in again.stderr

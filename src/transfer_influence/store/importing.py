@@ -17,6 +17,7 @@ The file is an ``.npz`` (loaded without pickle) with:
 
 from __future__ import annotations
 
+import hashlib
 import zipfile
 from pathlib import Path
 
@@ -131,19 +132,53 @@ def record_arrays(
         results.append(result)
     for name in store.config.run.outputs:
         get_output(name)
-    if seeds is None:
-        return [store.record(masks, results)]
-    recorded = store.model_metrics(key)["seed"]
-    if again := sorted(set(recorded.tolist()).intersection(seeds.tolist())):
-        raise RecordError(
-            f"seed(s) {', '.join(map(str, again[:5]))} were recorded before: a seed's models "
-            "must be recorded together"
-        )
+    parts = (
+        [(np.arange(masks.shape[0]), -1)]
+        if seeds is None
+        else [(np.flatnonzero(seeds == s), int(s)) for s in dict.fromkeys(seeds.tolist())]
+    )
+    # An import is identified by its arrays: a retry after a crash writes only the parts the
+    # crash left out, and the same results recorded twice are refused.
+    digest = _digest(arrays)
+    done = _recorded_parts(store, digest)
+    if len(done) == len(parts):
+        raise RecordError(f"these results were recorded into {run_dir} before; nothing written")
+    if seeds is not None:
+        recorded = store.model_metrics(key)["seed"]
+        mine = {seed for i, (_, seed) in enumerate(parts) if i in done}
+        again = sorted(set(recorded.tolist()).intersection(seeds.tolist()) - mine)
+        if again:
+            raise RecordError(
+                f"seed(s) {', '.join(map(str, again[:5]))} were recorded before: a seed's "
+                "models must be recorded together"
+            )
     chunks = []
-    for seed in dict.fromkeys(seeds.tolist()):  # in order of first appearance
-        rows = np.flatnonzero(seeds == seed)
-        chunks.append(store.record(masks[rows], [results[i] for i in rows], seed=int(seed)))
+    for i, (rows, seed) in enumerate(parts):
+        if i in done:
+            continue
+        origin = {"digest": digest, "part": i, "parts": len(parts)}
+        chunks.append(store.record(masks[rows], [results[j] for j in rows], seed, origin))
     return chunks
+
+
+def _digest(arrays: dict[str, np.ndarray]) -> str:
+    """SHA-256 over the names, dtypes, shapes and bytes of every array of an import."""
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        array = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}|{array.dtype.str}|{array.shape}".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def _recorded_parts(store: RunStore, digest: str) -> set[int]:
+    """Which parts of the import ``digest`` the run already holds."""
+    parts = set()
+    for chunk in store.chunks:
+        origin = (store.chunk_meta(chunk) or {}).get("record") or {}
+        if origin.get("digest") == digest:
+            parts.add(int(origin["part"]))
+    return parts
 
 
 def _seeds(arrays: dict[str, np.ndarray], models: int) -> np.ndarray | None:

@@ -425,12 +425,19 @@ class RunStore:
         write_json(store.root / "run.json", store.meta)
         return store
 
-    def record(self, masks: np.ndarray, results: list[JobResult], seed: int = -1) -> Chunk:
+    def record(
+        self,
+        masks: np.ndarray,
+        results: list[JobResult],
+        seed: int = -1,
+        origin: dict | None = None,
+    ) -> Chunk:
         """Append models trained elsewhere as one new chunk; returns it.
 
         ``results[i]`` belongs to ``masks[i]``; its index is ignored and assigned here. Outputs
         must already be in the run's example order (see :func:`align_to_target`). ``seed``
-        is stored with every model of the chunk (-1: not given).
+        is stored with every model of the chunk (-1: not given), ``origin`` (which import and
+        which part of it) in the chunk's metadata.
         """
         if not self.external:
             raise RunError(f"{self.root} is trained by the tool; record into an imported run")
@@ -451,7 +458,8 @@ class RunStore:
                 result.index = job.index
             targets = {name: self.target(name) for name in self.target_names}
             arrays = pack_results(jobs, results, targets, self.modes, self.config.run.outputs)
-            self.write_chunk(chunk, arrays, {"worker": "record", "finished": time.time()})
+            meta = {"worker": "record", "finished": time.time(), "record": origin or {}}
+            self.write_chunk(chunk, arrays, meta)
             self._append_recorded(chunk)
         return chunk
 
