@@ -262,8 +262,8 @@ def test_recording_the_same_results_twice_is_refused(tmp_path, cli):
 
 def test_a_record_killed_midway_is_completed_once_by_running_it_again(tmp_path):
     """Killed while writing its second of three chunks (the 6th atomic write, after the
-    target, the plan twice, the first chunk and its plan), a retry used to append all three again
-    (12 -> 36 models); now it writes the two that are missing."""
+    target, the plan twice, the first chunk and its plan), a retry used to append all three
+    again (12 -> 36 models); now it writes the two that are missing."""
     from conftest import run_subprocess
 
     data = _fake_results(m=12)
