@@ -324,3 +324,28 @@ def test_reading_a_run_never_imports_code_the_run_names(make_config, cli, tmp_pa
         code, _, err = cli(*command)
         assert code == 0, (command, err)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda meta: [meta], "not a JSON object"),
+        (lambda meta: {k: v for k, v in meta.items() if k != "task"}, "missing 'task'"),
+        (lambda meta: dict(meta, chunks=[["a", "b"]]), "is damaged"),
+    ],
+)
+def test_a_damaged_run_json_is_one_line(make_config, cli, tmp_path, damage, message):
+    run_dir = tmp_path / "run"
+    cli("run", make_config(), "--run-dir", run_dir, "--quiet")
+    meta = json.loads((run_dir / "run.json").read_text())
+    (run_dir / "run.json").write_text(json.dumps(damage(meta)))
+    for command in ("status", "estimate"):
+        code, _, err = cli(command, run_dir)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_config_without_a_trainer_is_refused(cli, tmp_path):
+    config = tmp_path / "bare.toml"
+    config.write_text("[run]\nmodels = 4\n")
+    code, _, err = cli("run", config, "--run-dir", tmp_path / "run", "--quiet")
+    assert code == 2 and "has no [trainer] table" in err and not (tmp_path / "run").exists()

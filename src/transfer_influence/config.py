@@ -144,7 +144,14 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
         data = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise ConfigError(f"{path} is not valid TOML: {error}") from None
-    return Config.from_dict(apply_overrides(data, overrides))
+    data = apply_overrides(data, overrides)
+    if not isinstance(data.get("trainer"), dict) or "type" not in data["trainer"]:
+        # Without it a config would train the simulated trainer without a word.
+        raise ConfigError(
+            f'{path} has no [trainer] table with a type ("builtin", "simulated" or '
+            '"package.module:factory")'
+        )
+    return Config.from_dict(data)
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

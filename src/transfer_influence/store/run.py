@@ -121,16 +121,19 @@ class RunStore:
             raise RunError(f"{self.root} is not a run directory (no run.json)")
         try:
             self.meta = read_json(meta_path)
+            if not isinstance(self.meta, dict):
+                raise CorruptFileError("not a JSON object")
+            if self.meta.get("format") != FORMAT:
+                raise RunError(f"{self.root} was written by an incompatible version of this tool")
             self.config = Config.from_dict(self.meta["config"], import_code=False)
-        except (CorruptFileError, KeyError, ConfigError) as error:
-            raise RunError(f"{meta_path} is damaged: {error}") from None
-        if self.meta.get("format") != FORMAT:
-            raise RunError(f"{self.root} was written by an incompatible version of this tool")
-        self.chunks = [Chunk(a, b) for a, b in self.meta["chunks"]]
-        identity = self.meta["task"]
-        self.groups: tuple[str, ...] = tuple(identity["groups"])
-        self.modes: tuple[str, ...] = tuple(identity["modes"])
-        self.target_names = [t["name"] for t in identity["targets"]]
+            self.chunks = [Chunk(int(a), int(b)) for a, b in self.meta["chunks"]]
+            identity = self.meta["task"]
+            self.groups: tuple[str, ...] = tuple(identity["groups"])
+            self.modes: tuple[str, ...] = tuple(identity["modes"])
+            self.target_names = [t["name"] for t in identity["targets"]]
+        except (CorruptFileError, KeyError, ConfigError, TypeError, ValueError) as error:
+            what = f"missing {error}" if isinstance(error, KeyError) else str(error)
+            raise RunError(f"{meta_path} is damaged: {what}") from None
         self.quarantined: list[Chunk] = []  # damaged chunks this store moved aside
 
     # -- creation ---------------------------------------------------------------------------
