@@ -349,3 +349,17 @@ def test_a_config_without_a_trainer_is_refused(cli, tmp_path):
     config.write_text("[run]\nmodels = 4\n")
     code, _, err = cli("run", config, "--run-dir", tmp_path / "run", "--quiet")
     assert code == 2 and "has no [trainer] table" in err and not (tmp_path / "run").exists()
+
+
+def test_a_chunk_of_another_run_is_not_taken_for_this_one(make_config, cli, tmp_path):
+    """A chunk copied from a run with another seed passed `status --verify` and was used."""
+    for name, seed in (("mine", 0), ("other", 1)):
+        cli("run", make_config(f"{name}.toml", seed=seed), "--run-dir", tmp_path / name, "--quiet")
+    name = sorted((tmp_path / "mine" / "chunks").glob("*.npz"))[1].name
+    (tmp_path / "mine" / "chunks" / name).write_bytes(
+        (tmp_path / "other" / "chunks" / name).read_bytes()
+    )
+    code, out, _ = cli("status", tmp_path / "mine", "--verify")
+    assert code == 0 and "1 damaged" in out
+    assert cli("run", tmp_path / "mine", "--quiet")[0] == 0
+    assert not RunStore(tmp_path / "mine").verify()

@@ -325,6 +325,8 @@ class RunStore:
             arrays = read_arrays(path)
             if arrays["index"].tolist() != list(range(chunk.start, chunk.stop)):
                 raise CorruptFileError(f"{path}: holds the wrong models")
+            if not self.external and not self._holds_its_jobs(chunk, arrays):
+                raise CorruptFileError(f"{path}: holds models of another run")
         except FileNotFoundError:
             return None
         except (CorruptFileError, KeyError):
@@ -332,6 +334,14 @@ class RunStore:
             self.quarantined.append(chunk)
             return None
         return arrays
+
+    def _holds_its_jobs(self, chunk: Chunk, arrays: dict[str, np.ndarray]) -> bool:
+        """A chunk's models are the jobs this run plans for it (same subsets, same seeds): a
+        chunk copied in from a run of another seed or design is not."""
+        jobs = self.jobs(chunk)
+        return np.array_equal(arrays["mask"], np.stack([j.mask for j in jobs])) and (
+            arrays["seed"].tolist() == [j.seed for j in jobs]
+        )
 
     def _quarantine(self, path: Path) -> None:
         corrupt = self.root / "corrupt"
