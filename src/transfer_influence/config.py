@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -90,11 +91,16 @@ class Config:
 
     def validate(self, import_code: bool = True) -> None:
         r = self.run
-        _check(isinstance(r.seed, int) and r.seed >= 0, "run.seed must be a non-negative integer")
-        _check(isinstance(r.alpha, int | float), "run.alpha must be a number")
-        _check(0.0 < r.alpha < 1.0, f"run.alpha must be in (0, 1), got {r.alpha}")
-        _check(isinstance(r.models, int) and r.models >= 2, "run.models must be an integer >= 2")
-        _check(isinstance(r.chunk_size, int) and r.chunk_size >= 1, "run.chunk_size must be >= 1")
+        _check(_whole(r.seed) and r.seed >= 0, "run.seed must be a non-negative integer")
+        _check(
+            _number(r.alpha) and 0.0 < r.alpha < 1.0,
+            f"run.alpha must be in (0, 1), got {r.alpha!r}",
+        )
+        _check(_whole(r.models) and r.models >= 2, "run.models must be an integer >= 2")
+        _check(_whole(r.chunk_size) and r.chunk_size >= 1, "run.chunk_size must be an integer >= 1")
+        _check(isinstance(r.design, str), "run.design must be a name")
+        _check(isinstance(r.seeds, str), "run.seeds must be a name")
+        _check(isinstance(self.trainer.type, str), "trainer.type must be a string")
         external = self.trainer.type == "external"  # results imported with `record`
         _check(
             r.design in DESIGNS
@@ -117,7 +123,10 @@ class Config:
                 f"to be a multiple of {rounds}",
             )
         _check(isinstance(r.keep_logits, bool), "run.keep_logits must be true or false")
-        _check(r.claim_timeout_s > 0, "run.claim_timeout_s must be positive")
+        _check(
+            _number(r.claim_timeout_s) and r.claim_timeout_s > 0,
+            "run.claim_timeout_s must be a positive number of seconds",
+        )
         _check(len(r.outputs) > 0, "run.outputs must name at least one output")
         for name in r.outputs:
             _check(isinstance(name, str), "run.outputs must be names")
@@ -232,6 +241,14 @@ def _typed(table: dict[str, Any], key: str, kind: type) -> Any:
     if not isinstance(table[key], kind):
         raise ConfigError(f"run.{key} must be a {kind.__name__}")
     return table[key]
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _check(condition: bool, message: str) -> None:
