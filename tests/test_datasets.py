@@ -228,3 +228,13 @@ def test_hostile_members_of_image_folders_and_archives(tmp_path, monkeypatch):
             archive.addfile(member, io.BytesIO(blob))
     with pytest.raises(ValueError, match="holds x/000.png twice"):
         load_dataset({"kind": "folder", "path": str(tmp_path / "tar")}, "test", "target")
+
+
+def test_the_cache_command_shows_and_clears_the_cache(tmp_path, monkeypatch, cli):
+    monkeypatch.setenv("TRANSFER_INFLUENCE_CACHE", str(tmp_path / "cache"))
+    make_image_folder(tmp_path / "data", ["x", "y"], 3, splits=("test",))
+    load_dataset({"kind": "folder", "path": str(tmp_path / "data")}, "test", "target")
+    code, out, _ = cli("cache")
+    assert code == 0 and f"{tmp_path / 'cache'}: 1 cached dataset split(s)" in out
+    code, out, _ = cli("cache", "--clear")
+    assert code == 0 and "cleared" in out and not list((tmp_path / "cache").glob("*.npy"))

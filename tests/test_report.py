@@ -85,6 +85,10 @@ def test_report_writes_html_figures_and_tables_with_every_name_escaped(tmp_path)
     assert "<b>Estimator</b>regression on all groups (least squares)" in html
     assert "Differences between models explained by their subsets" in html
     assert "of how models differ in their mean output" in html
+    # The answer comes first; cards with nothing to say are left out.
+    assert html.index('id="answer"') < html.index('class="facts"')
+    assert "distinguishable from the average class" in html or "help more" in html
+    assert "not recorded" not in html and "Untrained backbone" not in html
 
 
 def test_report_without_images_says_where_to_give_them(tmp_path, cli):

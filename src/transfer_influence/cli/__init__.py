@@ -160,6 +160,8 @@ def _parser() -> argparse.ArgumentParser:
     record.add_argument(
         "--alpha", type=float, default=0.5, help="subset fraction used (default: 0.5)"
     )
+    cache = sub.add_parser("cache", help="where decoded datasets are cached, and their size")
+    cache.add_argument("--clear", action="store_true", help="delete every cached dataset")
     _COMMANDS.update(add_analysis_commands(sub))
     _COMMANDS.update(add_cluster_command(sub))
     return parser
@@ -403,6 +405,23 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_cache(args: argparse.Namespace) -> int:
+    from ..datasets.folder import cache_folder
+
+    folder = cache_folder()
+    files = sorted(folder.glob("*.npy")) if folder.is_dir() else []
+    size = sum(f.stat().st_size for f in files) + sum(
+        f.with_suffix(".json").stat().st_size for f in files if f.with_suffix(".json").exists()
+    )
+    print(f"{folder}: {len(files)} cached dataset split(s), {size / 1e6:,.1f} MB")
+    if args.clear:
+        for path in files:
+            path.unlink(missing_ok=True)
+            path.with_suffix(".json").unlink(missing_ok=True)
+        print("cleared; datasets are decoded again when next used")
+    return 0
+
+
 _COMMANDS = {
     "run": _cmd_run,
     "worker": _cmd_worker,
@@ -410,6 +429,7 @@ _COMMANDS = {
     "estimate": _cmd_estimate,
     "record": _cmd_record,
     "demo": _cmd_demo,
+    "cache": _cmd_cache,
 }
 
 

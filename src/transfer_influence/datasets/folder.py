@@ -13,6 +13,7 @@ import io
 import json
 import os
 import re
+import sys
 import tarfile
 import warnings
 from concurrent.futures import ProcessPoolExecutor
@@ -23,7 +24,7 @@ import numpy as np
 from ..files import atomic_write_bytes
 from .base import ImageDataset
 
-__all__ = ["load_folder"]
+__all__ = ["cache_folder", "load_folder"]
 
 _SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -141,10 +142,7 @@ def load_folder(
             f"{split}.tar.gz there, or change the config's path)"
         )
     source = _locate(root, split)
-    cache_dir = Path(
-        cache
-        or os.environ.get("TRANSFER_INFLUENCE_CACHE", Path.home() / ".cache" / "transfer-influence")
-    )
+    cache_dir = Path(cache) if cache else cache_folder()
     stem = cache_dir / f"{root.name}-{split}-{_cache_key(source, size, on_corrupt)}"
     meta = _cached_meta(stem)
     if meta is None:
@@ -187,10 +185,22 @@ def _cached_meta(stem: Path) -> dict | None:
     return meta if needed <= meta.keys() else None  # an older layout is built again
 
 
+def cache_folder() -> Path:
+    """Where decoded datasets are cached: ``$TRANSFER_INFLUENCE_CACHE``, or
+    ``~/.cache/transfer-influence``."""
+    default = Path.home() / ".cache" / "transfer-influence"
+    return Path(os.environ.get("TRANSFER_INFLUENCE_CACHE", default))
+
+
 def _build_cache(source: Path, stem: Path, size: int | None, on_corrupt: str) -> None:
     members = _members(source)
     if not members:
         raise ValueError(f"no images found in {source}")
+    print(
+        f"decoding {len(members):,} images of {source} once, into {stem.parent} "
+        "(`transfer-influence cache` shows and clears it)",
+        file=sys.stderr,
+    )
     classes = sorted({name.split("/")[0] for name, _ in members})
     if any("/" not in name for name, _ in members):
         raise ValueError(f"{source}: images must sit in one folder per class")

@@ -61,10 +61,14 @@ def class_bars(helpful: pd.DataFrame, harmful: pd.DataFrame, output: str, level:
 
 
 def class_heatmap(matrix: pd.DataFrame, output: str) -> bytes:
-    """Source groups x target classes, diverging colours centred on zero."""
+    """Source groups x target classes, diverging colours centred on zero. The colour scale ends
+    at the 95th percentile of |influence| (larger values saturate), so that one extreme pair
+    does not leave every other cell pale."""
     scale, unit = output_units(output)
     values = matrix.to_numpy() * scale
-    bound = float(np.nanmax(np.abs(values))) if values.size else 1.0
+    finite = np.abs(values[np.isfinite(values)])
+    bound = float(np.percentile(finite, 95)) if finite.size else 1.0
+    bound = bound if bound > 0 else 1.0
     with plt.rc_context(_STYLE):
         width = 2.5 + 0.42 * matrix.shape[1]
         figure, axis = plt.subplots(figsize=(min(width, 16), 1.0 + 0.2 * matrix.shape[0]))
@@ -77,7 +81,7 @@ def class_heatmap(matrix: pd.DataFrame, output: str) -> bytes:
         for side in axis.spines.values():
             side.set_visible(False)
         bar = figure.colorbar(image, ax=axis, fraction=0.04, pad=0.02)
-        bar.set_label(f"influence ({unit})")
+        bar.set_label(f"influence ({unit}); beyond ±{bound:.2g}: saturated")
         axis.set_title("Influence of source classes (rows) on target classes", loc="left")
         return _png(figure)
 

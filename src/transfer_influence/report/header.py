@@ -129,7 +129,11 @@ def run_facts(store: RunStore, influence: ClassInfluence) -> list[tuple[str, str
             f"{influence.lds_:.2f}" if influence.lds_ is not None else "too few models to hold out",
         )
     )
-    return facts
+    # A card with nothing to say is left out.
+    return [(name, value) for name, value in facts if not value.startswith(_SAYS_NOTHING)]
+
+
+_SAYS_NOTHING = ("not recorded", "needs ", "too few models")
 
 
 def trust_sentence(influence: ClassInfluence) -> str:
