@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 os.environ.setdefault("TI_RESULTS", str(Path(__file__).resolve().parent / "results"))
 from _common import save_result  # noqa: E402
-from transfer_influence import RunStore  # noqa: E402
+from transfer_influence import RunStore, estimate_influence  # noqa: E402
 from transfer_influence.config import Config  # noqa: E402
 from transfer_influence.datasets.arrays import save_npz  # noqa: E402
 from transfer_influence.datasets.synthetic import planted_pool  # noqa: E402
@@ -68,6 +68,7 @@ def planted_ranks(folder: Path, models: int, pool_seed: int, run_seed: int, plan
     overall = fitted.overall_["source_example"].tolist()
     mislabeled = [size - 1 - overall.index(i) for i in pool.mislabeled]
     return {
+        "duplicate_t": duplicate_t(store, pool.duplicates),
         "pool_seed": pool_seed,
         "run_seed": run_seed,
         "threads": torch.get_num_threads(),
@@ -79,6 +80,20 @@ def planted_ranks(folder: Path, models: int, pool_seed: int, run_seed: int, plan
         "mislabeled_ranks": mislabeled,
         "mislabeled_median": float(np.median(mislabeled)),
     }
+
+
+def duplicate_t(store: RunStore, duplicates: dict[str, str]) -> list[float]:
+    """Each copy's t statistic (difference in means over its standard error) for the margin
+    on the target image it copies; about N(0, 1) if copies did nothing."""
+    key = store.resolve_key(None, None)
+    ids = store.target(key.split("/")[0]).example_ids.tolist()
+    chunks = list(store.iter_outputs(key, "margin"))
+    masks = np.concatenate([c.masks for c in chunks])
+    columns = [ids.index(original) for original in duplicates.values()]
+    outputs = np.concatenate([c.values[:, columns] for c in chunks])
+    est = estimate_influence(masks, outputs).per_example
+    rows = [list(store.groups).index(copy) for copy in duplicates]
+    return [float(est.values[r, c] / est.stderr[r, c]) for c, r in enumerate(rows)]
 
 
 def null_quantiles(pool: int = 100, planted: int = 10, draws: int = 100_000) -> dict:

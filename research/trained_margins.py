@@ -58,6 +58,7 @@ def demo(seed: int, control: bool, folder: Path) -> dict:
     critical = float(stdtrit(model.estimate_.overall.dof, 0.975))
     t = table["influence"] / table["stderr"]
     return result | {
+        "helpful_t": [float(t[n]) for n in kinds["helpful"]],
         "worst_helpful_rank": max(found["ranks"][n] for n in kinds["helpful"]),
         "top_quarter": len(table) // 4,
         "harmful_t": [float(t[n]) for n in kinds["harmful"]],
@@ -112,9 +113,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--skip-demo", action="store_true")
+    parser.add_argument("--only-demo", action="store_true", help="the planted demo alone")
     args = parser.parse_args()
     result: dict = {"builtin": [], "clustering": [], "demo": []}
-    for seed in args.seeds:
+    for seed in [] if args.only_demo else args.seeds:
         result["builtin"].append(builtin(seed))
         print(result["builtin"][-1], flush=True)
         result["clustering"].append(clustering(seed))
@@ -122,7 +124,7 @@ def main() -> None:
     if not args.skip_demo:
         with tempfile.TemporaryDirectory() as scratch:
             for seed in args.seeds:
-                for control in (False, True):
+                for control in (False,) if args.only_demo else (False, True):
                     result["demo"].append(demo(seed, control, Path(scratch)))
                     print(result["demo"][-1], flush=True)
     print(save_result("trained_margins", result))
