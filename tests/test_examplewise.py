@@ -137,18 +137,18 @@ def test_example_influence_with_a_seed_per_chunk_is_not_shrunk(tmp_path):
 @pytest.mark.slow
 def test_planted_near_duplicates_rank_near_the_top_for_the_image_they_copy(tmp_path):
     """A real example-level run of 96 models on a pool of 80 source images with 20
-    near-duplicates of target images (and 20 mislabeled images) planted in it: each copy ranks
-    near the top for the image it copies.
+    near-duplicates of target images (and 20 mislabeled images) planted in it: the copies rank
+    near the top for the images they copy.
 
-    The statistic is the mean of log(1 + rank) over the 20 copies (rank 0 = most helpful of
-    the 120 pool images for that target image); the bound is its 1st percentile when the
-    ranking ignores the data, drawn here. Over pool seeds 1-3, run seeds and 1 or 2 threads
-    (research/planted_margins.py, research/results/planted_margins-*.json) the statistic was
-    1.62-2.87 against a bound of about 3.34; for this pool (seed 1) 1.62-2.22, at least 3.7
-    standard deviations of its run-to-run spread below the bound, so a machine whose kernels
-    train other numbers fails with a chance far below 1 in 1,000. What 96 models cannot show
-    reliably — the mislabeled images drifting to the bottom (median rank 31-55 of 120 here) —
-    is measured with 400 models by benchmarks/examplewise_planted.py."""
+    The statistic is the mean of log(1 + rank) over the 20 copies (rank 0 = the most helpful
+    of the 120 pool images for that target image), the bound its 5th percentile when the
+    ranking ignores the data (about 3.45, drawn here). For this pool, over 4 run seeds and 1
+    or 2 threads (research/planted_margins.py; results in research/results/), the statistic
+    was 1.62-2.60 (mean 2.12, standard deviation 0.41): the bound is 3.3 of those standard
+    deviations away, about 1 failure in 2,000 on a machine that trains other numbers. 96
+    models cannot prove more: the full proof, with 400 models and other pools, and the
+    mislabeled images (their median rank here was 31-55 of 120), is
+    benchmarks/examplewise_planted.py."""
     from transfer_influence.datasets.arrays import save_npz
     from transfer_influence.datasets.synthetic import planted_pool
     from transfer_influence.trainers import load_trainer
@@ -180,5 +180,5 @@ def test_planted_near_duplicates_rank_near_the_top_for_the_image_they_copy(tmp_p
         table = fitted.per_example_[fitted.per_example_["target_example"] == original]
         ranks.append(table["source_example"].tolist().index(copy))
     random_ranks = np.random.default_rng(0).integers(0, size, (100_000, len(ranks)))
-    bound = np.quantile(np.log1p(random_ranks).mean(axis=1), 0.01)
+    bound = np.quantile(np.log1p(random_ranks).mean(axis=1), 0.05)
     assert np.log1p(ranks).mean() < bound, (sorted(ranks), bound)
