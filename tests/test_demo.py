@@ -35,6 +35,8 @@ def test_demo_recovers_planted_truth(tmp_path, cli):
 
 @pytest.mark.slow
 def test_demo_control_has_no_more_discoveries_than_chance(tmp_path):
+    """Nothing planted: at most 5 of 24 intervals exclude zero, a bound chance exceeds once in
+    a thousand runs (measured: 2, 0 and 0 in 3 run seeds)."""
     summary = run_demo(tmp_path / "control", models=48, control=True, progress=False)
     planted = summary["planted"]
     assert planted["intervals_excluding_zero"] <= planted["chance_bound"], planted
