@@ -266,3 +266,21 @@ def test_explained_by_subsets_is_unbiased_near_as_many_models_as_groups():
     assert "no estimator removes" in explained_sentence(0.1)
     assert "no estimator" not in explained_sentence(0.8) and "80%" in explained_sentence(0.8)
     assert explained_by_subsets(masks[:105], y[:105]) is None  # 105 - 1 - 99 < 10 dof
+
+
+def test_the_lds_of_the_regression_fits_each_split_like_the_estimator():
+    """The held-out LDS of the regression solves each split from the Gram matrix of all
+    models less the held-out ones; it must be the estimator's own least-squares fit."""
+    from transfer_influence.estimation.diagnostics import _least_squares
+
+    masks = np.stack([j.mask for j in make_jobs(range(120), 30, 0.5, base_seed=1)])
+    y = masks @ np.random.default_rng(2).normal(0, 1, 30) + np.random.default_rng(3).normal(
+        size=120
+    )
+    x = masks.astype(np.float64)
+    train = np.arange(96)
+    fast = _least_squares(x.T @ x - x[96:].T @ x[96:], x[train], y[train])
+    fitted = estimate_influence(masks[train], y[train, None], estimator="regression")
+    np.testing.assert_allclose(
+        30 / 29 * (fast - fast.mean()), fitted.overall.values[:, 0], atol=1e-8
+    )
