@@ -125,7 +125,7 @@ def plant(
     )
 
 
-def score(run: PlantedRun, target_images: np.ndarray, estimator: str = "auto") -> dict:
+def score(run: PlantedRun, target_images: np.ndarray, estimator: str = "difference") -> dict:
     """Recall and false-discovery rate of find_leakage and of a plain duplicate search."""
     estimate = estimate_influence(run.masks, run.outputs, estimator=estimator)
     found = find_leakage(

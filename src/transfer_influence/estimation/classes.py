@@ -145,6 +145,7 @@ class ClassInfluence:
                 "need at least 2 (run more models)"
             )
         m = accumulator.n_models
+        self._accumulator = accumulator
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", InfluenceWarning)
             self.estimate_: InfluenceEstimate = accumulator.result(self.estimator)
@@ -177,6 +178,16 @@ class ClassInfluence:
                 stacklevel=2,
             )
         return self
+
+    def per_example(self, estimator: str) -> Influence:
+        """The K x n per-example influence by ``estimator`` ("difference" or "regression"),
+        from the same models: the leakage finder wants the difference in means, whose
+        per-example noise near m = K is far below the least-squares fit's."""
+        if estimator == self.estimate_.estimator:
+            return self.estimate_.per_example
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", InfluenceWarning)
+            return self._accumulator.result(estimator).per_example
 
     def _diagnose(
         self, accumulator: InfluenceAccumulator, blocks: np.ndarray | None, groups: int

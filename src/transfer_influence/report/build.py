@@ -251,7 +251,7 @@ class Report:
             self.tables_["leakage"] = pd.DataFrame()
             return {**base, "summary": f"Not checked: no images ({images.note})."}
         found = find_leakage(
-            influence.estimate_.per_example.values,
+            influence.per_example("difference").values,
             images.target,
             images.source,
             images.source_groups,
