@@ -25,6 +25,7 @@ import numpy as np
 
 __all__ = [
     "CorruptFileError",
+    "arrays_digest",
     "atomic_write_bytes",
     "csv_text",
     "read_arrays",
@@ -83,7 +84,8 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _checksum(arrays: dict[str, np.ndarray]) -> str:
+def arrays_digest(arrays: dict[str, np.ndarray]) -> str:
+    """SHA-256 over the names, dtypes, shapes and bytes of every array."""
     digest = hashlib.sha256()
     for name in sorted(arrays):
         array = np.ascontiguousarray(arrays[name])
@@ -99,7 +101,7 @@ def write_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
         if array.dtype == object:
             raise TypeError(f"array {name!r} has dtype object, which would need pickling")
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays, **{_CHECKSUM_KEY: np.array(_checksum(arrays))})
+    np.savez(buffer, **arrays, **{_CHECKSUM_KEY: np.array(arrays_digest(arrays))})
     atomic_write_bytes(path, buffer.getvalue())
 
 
@@ -113,7 +115,7 @@ def read_arrays(path: Path) -> dict[str, np.ndarray]:
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as error:
         raise CorruptFileError(f"{path}: unreadable ({error})") from None
     stored = arrays.pop(_CHECKSUM_KEY, None)
-    if stored is None or str(stored) != _checksum(arrays):
+    if stored is None or str(stored) != arrays_digest(arrays):
         raise CorruptFileError(f"{path}: checksum mismatch")
     return arrays
 

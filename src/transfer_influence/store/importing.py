@@ -17,12 +17,12 @@ The file is an ``.npz`` (loaded without pickle) with:
 
 from __future__ import annotations
 
-import hashlib
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from ..files import arrays_digest
 from ..outputs import DEFAULT_OUTPUTS, get_output
 from ..trainers.protocol import JobResult, TargetInfo, TaskDescription, output_key
 from .records import RecordError, align_to_target
@@ -139,7 +139,7 @@ def record_arrays(
     )
     # An import is identified by its arrays: a retry after a crash writes only the parts the
     # crash left out, and the same results recorded twice are refused.
-    digest = _digest(arrays)
+    digest = arrays_digest(arrays)
     done = _recorded_parts(store, digest)
     if len(done) == len(parts):
         raise RecordError(f"these results were recorded into {run_dir} before; nothing written")
@@ -159,16 +159,6 @@ def record_arrays(
         origin = {"digest": digest, "part": i, "parts": len(parts)}
         chunks.append(store.record(masks[rows], [results[j] for j in rows], seed, origin))
     return chunks
-
-
-def _digest(arrays: dict[str, np.ndarray]) -> str:
-    """SHA-256 over the names, dtypes, shapes and bytes of every array of an import."""
-    digest = hashlib.sha256()
-    for name in sorted(arrays):
-        array = np.ascontiguousarray(arrays[name])
-        digest.update(f"{name}|{array.dtype.str}|{array.shape}".encode())
-        digest.update(array.tobytes())
-    return digest.hexdigest()
 
 
 def _recorded_parts(store: RunStore, digest: str) -> set[int]:
