@@ -198,7 +198,11 @@ def test_report_of_the_fixture_with_the_reference_images(tmp_path, cli):
     assert code == 0, err
     html = (run / "report" / "index.html").read_text()
     assert "149 used" in html and "62.5%" in html
-    assert "intervals of its unpenalised fit, widened to hold the shrunk estimate" in html
+    assert "<b>Estimator</b>regression on all groups (least squares)" in html
+    # Overall, 2 classes help more and 1 less than average at q <= 0.05; pickup_truck is
+    # flagged on automobiles.
+    assert "2 class(es) help more and 1 less than the average class" in html
+    assert "pickup_truck *" in html
     projection = pd.read_csv(run / "report" / "tables" / "projection.csv")
     # pickup_truck is the most helpful class, and the images it helps most are automobiles.
     first = projection[projection["source"] == "pickup_truck"]
