@@ -28,6 +28,7 @@ from ..estimation.words import (
     SHARED_SEED_CAVEAT,
     explained_sentence,
     flagged_sentence,
+    q_text,
     split_half_method,
     stability_sentences,
 )
@@ -338,7 +339,7 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
         for row in rows.itertuples():
             print(
                 f"  {row.group:<24} {row.influence * scale:+8.3f}  "
-                f"[{row.ci_low * scale:+.3f}, {row.ci_high * scale:+.3f}]  q {_q(row.q_value)}"
+                f"[{row.ci_low * scale:+.3f}, {row.ci_high * scale:+.3f}]  q {q_text(row.q_value)}"
             )
     print(f"\n{flagged_sentence(*model.flagged(), len(table))}")
     print(RELATIVE_NOTE.replace("`", ""))
@@ -361,10 +362,6 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
         print(f"\n{explained_sentence(model.explained_)}")
     print(f"\nwrote {folder}/classes.csv, per_target_class.csv, influence.npy, summary.json")
     return 0
-
-
-def _q(value: float) -> str:
-    return "<0.01" if value < 0.01 else f"{value:.2f}"
 
 
 def _cmd_record(args: argparse.Namespace) -> int:

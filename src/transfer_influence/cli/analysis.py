@@ -9,7 +9,7 @@ import sys
 
 from ..estimation import ESTIMATORS
 from ..estimation.significance import FLAG_LEVEL
-from ..estimation.words import split_half_method
+from ..estimation.words import q_text, split_half_method
 from ..files import csv_text, read_json
 from ..outputs import output_units
 from ..store import RunStore
@@ -270,7 +270,7 @@ def _cmd_top(args: argparse.Namespace) -> int:
             style = "{:.3f}" if column == "stderr" else "{:+.3f}"
             shown[column] = (shown[column] * scale).map(style.format)
     if "q_value" in shown:
-        shown["q_value"] = shown["q_value"].map("{:.2f}".format)
+        shown["q_value"] = shown["q_value"].map(q_text)
     with pd.option_context("display.width", 120, "display.max_colwidth", 40):
         print(f"{model.n_models_} models; influence on {args.output} ({unit})")
         print(shown.to_string(index=False))

@@ -11,6 +11,7 @@ __all__ = [
     "SHARED_SEED_CAVEAT",
     "explained_sentence",
     "flagged_sentence",
+    "q_text",
     "split_half_method",
     "stability_sentences",
 ]
@@ -27,6 +28,11 @@ SHARED_SEED_CAVEAT = (
     "All models share one seed, so this is the ranking's stability for that seed; a run with "
     "another seed may rank somewhat differently."
 )
+
+
+def q_text(value: float) -> str:
+    """A q-value as printed: two decimals, or "<0.01"."""
+    return "<0.01" if value < 0.01 else f"{value:.2f}"
 
 
 def split_half_method(seed_per_chunk: bool) -> str:
