@@ -120,21 +120,40 @@ def test_ray_cluster_survives_a_killed_worker(reference, ray_cluster, tmp_path):
     _assert_nothing_lost_or_doubled(reference_dir, run_dir)
 
 
+def _slurm_cluster_answers() -> bool:
+    if not shutil.which("sinfo"):
+        return False
+    states = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=30)
+    return states.returncode == 0 and any(
+        state.rstrip("*") in ("idle", "mix", "alloc") for state in states.stdout.split()
+    )
+
+
 @pytest.mark.slow
-def test_submitit_job_array_survives_a_killed_job(reference, tmp_path):
+@pytest.mark.parametrize("executor", ["local", "slurm"])
+def test_submitit_job_array_survives_a_killed_job(reference, tmp_path, executor):
+    """submitit's local executor, and a real Slurm cluster where one answers (`.ci/slurm-up`
+    starts a one-node cluster on loopback in CI)."""
     pytest.importorskip("submitit", reason="the Slurm engine test needs submitit")
+    if executor == "slurm" and not _slurm_cluster_answers():
+        pytest.skip("no Slurm cluster answers sinfo here (.ci/slurm-up starts one)")
     config, reference_dir = reference
     run_dir = tmp_path / "slurm"
     process = subprocess.Popen(
         [sys.executable, "-m", "transfer_influence", "run", str(config), "--run-dir",
-         str(run_dir), "--engine", "slurm", "--slurm-executor", "local", "--workers", "2",
+         str(run_dir), "--engine", "slurm", "--slurm-executor", executor, "--workers", "2",
          "--quiet"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    _kill_a_worker_mid_chunk(run_dir, "slurm:", process)
+    killed = _kill_a_worker_mid_chunk(run_dir, "slurm:", process)
     _finish(process)
+    writers = [str(chunk["meta"]) for chunk in chunk_arrays(run_dir).values()]
+    assert not any(killed in meta for meta in writers)  # its chunk was redone by another
     _assert_nothing_lost_or_doubled(reference_dir, run_dir)
     assert any((run_dir / "slurm").rglob("*_log.out"))  # logs kept in the run directory
+    if executor == "slurm":  # the jobs went through sbatch, as array tasks
+        scripts = list((run_dir / "slurm").rglob("*_submission.sh"))
+        assert scripts and all("#SBATCH --array" in script.read_text() for script in scripts)
 
 
 @pytest.mark.slow

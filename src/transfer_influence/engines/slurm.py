@@ -10,9 +10,14 @@ executor), for machines without Slurm.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import shutil
 import socket
+import subprocess
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from tqdm import tqdm
@@ -56,6 +61,56 @@ class ChunkWorker:
         return _submitit().helpers.DelayedSubmission(self, *args, **kwargs)
 
 
+@contextlib.contextmanager
+def _sacct_warned_once() -> Iterator[None]:
+    """submitit warns "Bypassing sacct error" at every poll of a cluster without accounting;
+    say it once, in words."""
+    said = []
+
+    def once(record: logging.LogRecord) -> bool:
+        if "Bypassing sacct error" not in record.getMessage():
+            return True
+        if not said:
+            print("sacct does not answer (no job accounting?); following the jobs with squeue")
+            said.append(True)
+        return False
+
+    logger = logging.getLogger("submitit")
+    logger.addFilter(once)
+    try:
+        yield
+    finally:
+        logger.removeFilter(once)
+
+
+def _queued(jobs: list[Any]) -> set[str] | None:
+    """Ids of the array tasks Slurm still holds (pending, running, completing); None where
+    squeue cannot tell."""
+    squeue = shutil.which("squeue")
+    if squeue is None:
+        return None
+    arrays = sorted({str(job.job_id).split("_")[0] for job in jobs})
+    listed = subprocess.run(
+        [squeue, "-h", "-r", "-o", "%i", "-j", ",".join(arrays)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    return set(listed.stdout.split()) if listed.returncode == 0 else None
+
+
+def _ended(jobs: list[Any], executor: str) -> tuple[bool, list[Any]]:
+    """Whether every job has ended, and those that ended without a result (killed, lost).
+
+    submitit learns a Slurm job's end from sacct; on a cluster without accounting a job killed
+    before it wrote its result would never be "done", so squeue decides for those."""
+    running = [job for job in jobs if not job.done()]
+    if not running:
+        return True, []
+    queued = _queued(running) if executor == "slurm" else None
+    if queued is None or any(str(job.job_id) in queued for job in running):
+        return False, []
+    return True, running
+
+
 def run_slurm(
     store: RunStore,
     jobs: int | None = None,
@@ -74,7 +129,7 @@ def run_slurm(
         raise RunError(f"slurm executor must be 'slurm' or 'local', got {executor!r}")
     folder = store.root / "slurm"
     bar = tqdm(total=len(store.chunks), unit="chunk", disable=not progress, desc="training (slurm)")
-    with bar:
+    with bar, _sacct_warned_once():
         for _ in range(_ROUNDS):
             missing = store.missing_chunks()
             if not missing:
@@ -94,21 +149,29 @@ def run_slurm(
                     runner.submit(ChunkWorker(str(store.root), cpus_per_job)) for _ in range(count)
                 ]
             print(f"submitted {count} job(s) (first {submitted[0].job_id}); logs in {folder}")
-            while not all(job.done() for job in submitted):
+            ended, lost = _ended(submitted, executor)
+            while not ended:
                 time.sleep(_POLL_S)
                 bar.n = len(store.chunks) - len(store.missing_chunks())
                 bar.refresh()
+                ended, lost = _ended(submitted, executor)
             left = store.missing_chunks()
             bar.n = len(store.chunks) - len(left)
             bar.refresh()
-            failed = [job for job in submitted if job.exception() is not None]
+            failed = lost + [job for job in submitted if job not in lost and job.exception()]
             if left and len(left) == len(missing):  # no progress at all: a real error
-                error = failed[0].exception() if failed else "jobs finished without training"
+                error = _why(failed[0], lost) if failed else "jobs finished without training"
                 raise RunError(f"slurm jobs trained nothing: {str(error).strip()[-400:]}")
             if failed and left:
-                print(f"{len(failed)} job(s) ended early ({failed[0].state}); resubmitting")
+                print(f"{len(failed)} job(s) ended early ({_why(failed[0], lost)}); resubmitting")
     if store.missing_chunks():
         raise RunError(
             f"{len(store.missing_chunks())} chunk(s) still missing after {_ROUNDS} rounds of "
             f"jobs; see the logs in {folder}"
         )
+
+
+def _why(job: Any, lost: list[Any]) -> str:
+    if job in lost:
+        return f"job {job.job_id} left the queue without a result (killed?)"
+    return str(job.exception())
