@@ -261,8 +261,8 @@ def test_recording_the_same_results_twice_is_refused(tmp_path, cli):
 
 
 def test_a_record_killed_midway_is_completed_once_by_running_it_again(tmp_path):
-    """Killed while writing its second of three chunks (the 6th atomic write, after the
-    target, the plan twice, the first chunk and its plan), a retry used to append all three
+    """Killed while writing its second of three chunks (the 5th atomic write, after the
+    target, the plan, the first chunk and its plan), a retry used to append all three
     again (12 -> 36 models); now it writes the two that are missing."""
     from conftest import run_subprocess
 
@@ -270,7 +270,7 @@ def test_a_record_killed_midway_is_completed_once_by_running_it_again(tmp_path):
     path = tmp_path / "seeded.npz"
     np.savez(path, **dict(data, seeds=np.repeat([5, 6, 7], 4)))
     args = ("record", tmp_path / "run", "--from", path)
-    killed = run_subprocess(*args, env={"TRANSFER_INFLUENCE_CRASH_AT": "write:6"})
+    killed = run_subprocess(*args, env={"TRANSFER_INFLUENCE_CRASH_AT": "write:5"})
     assert killed.returncode != 0
     assert 0 < len(list((tmp_path / "run" / "chunks").glob("*.npz"))) < 3
     retried = run_subprocess(*args)
@@ -281,3 +281,66 @@ def test_a_record_killed_midway_is_completed_once_by_running_it_again(tmp_path):
     assert sorted(seeds.tolist()) == [5] * 4 + [6] * 4 + [7] * 4
     again = run_subprocess(*args)
     assert again.returncode == 2 and "nothing written" in again.stderr
+
+
+@pytest.mark.parametrize("write", [1, 2])
+def test_a_record_killed_while_creating_its_run_leaves_no_phantom_chunk(tmp_path, write):
+    """Killed while its run was being created (the target's file, then the plan), a record
+    used to leave a run planning 2 models it never held ("12 of 14 done" forever) or a
+    `.run.<uuid>.creating` folder; a retry now gives exactly the 12 models, and nothing else."""
+    from conftest import run_subprocess
+
+    path = tmp_path / "results.npz"
+    np.savez(path, **_fake_results(m=12))
+    args = ("record", tmp_path / "run", "--from", path)
+    killed = run_subprocess(*args, env={"TRANSFER_INFLUENCE_CRASH_AT": f"write:{write}"})
+    assert killed.returncode != 0 and not (tmp_path / "run").exists()
+    assert len(list(tmp_path.glob(".run.*.creating"))) == 1  # what the kill left
+    retried = run_subprocess(*args)
+    assert retried.returncode == 0, retried.stderr
+    store = RunStore(tmp_path / "run")
+    assert store.planned_models == 12 and not store.missing_chunks()
+    assert not list(tmp_path.glob(".run.*.creating"))  # removed: its creator is dead
+    assert not (tmp_path / "run" / "claims" / "creating").exists()
+
+
+def test_a_creation_in_progress_is_left_alone(tmp_path):
+    """Only a dead creator's folder is removed: one whose creator lives (this process) stays."""
+    from transfer_influence.store.claims import try_claim
+
+    building = tmp_path / ".run.0123.creating"
+    (building / "claims").mkdir(parents=True)
+    try_claim(building / "claims" / "creating", "create", 3600.0)
+    path = tmp_path / "results.npz"
+    np.savez(path, **_fake_results(m=12))
+    record_arrays(tmp_path / "run", dict(np.load(path)))
+    assert building.exists() and RunStore(tmp_path / "run").planned_models == 12
+
+
+def test_a_full_disk_while_saving_an_estimate_keeps_the_whole_previous_one(tmp_path, monkeypatch):
+    """A full disk while `estimate` wrote its files used to leave classes.csv of one output
+    beside summary.json of another: now every file is written before any is replaced."""
+    import errno
+
+    import transfer_influence.files as files
+
+    path = tmp_path / "results.npz"
+    np.savez(path, **_fake_results(m=24))
+    record_arrays(tmp_path / "run", dict(np.load(path)))
+    store = RunStore(tmp_path / "run")
+    folder = tmp_path / "influence"
+    ClassInfluence(output="p_correct", diagnostics=False).fit(store).save(folder)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    real_open, opened = open, []
+
+    def full_after_two(file, mode="r", *args, **kwargs):
+        if "w" in mode:
+            opened.append(file)
+            if len(opened) > 2:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(files, "open", full_after_two, raising=False)
+    with pytest.raises(OSError, match="No space"):
+        ClassInfluence(output="margin", diagnostics=False).fit(store).save(folder)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # no temps either

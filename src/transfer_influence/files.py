@@ -31,6 +31,7 @@ __all__ = [
     "read_arrays",
     "read_json",
     "write_arrays",
+    "write_files",
     "write_json",
 ]
 
@@ -56,24 +57,34 @@ def _maybe_crash(point: str) -> None:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` so that readers see the old or the new file, whole."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    write_files(Path(path).parent, {Path(path).name: data})
+
+
+def write_files(folder: Path, contents: dict[str, bytes]) -> None:
+    """Replace several files of ``folder`` as one: every new file is written and fsynced under a
+    temporary name before the first is renamed into place, so a full disk or a crash while
+    writing leaves all the old files, never some old beside some new."""
+    folder = Path(folder)
+    temps: dict[Path, Path] = {}
     try:
-        with open(tmp, "wb") as handle:
-            half = len(data) // 2
-            handle.write(data[:half])
-            handle.flush()
-            _maybe_crash("write")
-            handle.write(data[half:])
-            handle.flush()
-            _maybe_crash("fsync")
-            os.fsync(handle.fileno())
-        _maybe_crash("rename")
-        os.replace(tmp, path)
+        for name, data in contents.items():
+            temps[folder / name] = tmp = folder / f".{name}.{uuid.uuid4().hex}.tmp"
+            with open(tmp, "wb") as handle:
+                half = len(data) // 2
+                handle.write(data[:half])
+                handle.flush()
+                _maybe_crash("write")
+                handle.write(data[half:])
+                handle.flush()
+                _maybe_crash("fsync")
+                os.fsync(handle.fileno())
+        for path, tmp in temps.items():
+            _maybe_crash("rename")
+            os.replace(tmp, path)
     finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(path.parent)
+        for tmp in temps.values():
+            tmp.unlink(missing_ok=True)
+    _fsync_dir(folder)
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import math
 import time
 import warnings
@@ -12,7 +13,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from ..files import atomic_write_bytes, csv_text, write_json
+from ..files import csv_text, write_files
 from ..outputs import output_units
 from ..store import RunError, RunStore, RunWarning
 from .accumulator import (
@@ -244,10 +245,6 @@ class ClassInfluence:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         scale, unit = output_units(self.output)
-        atomic_write_bytes(folder / "classes.csv", csv_text(self.classes_).encode())
-        atomic_write_bytes(
-            folder / "per_target_class.csv", csv_text(self.per_target_class_).encode()
-        )
         per_example = self.estimate_.per_example
         files = {
             "classes.csv": "one row per source group, most helpful first; influence, stderr and "
@@ -257,53 +254,58 @@ class ClassInfluence:
             "influence.npy": "K x n float32, rows in the order of run.json's groups",
             "stderr.npy": "K x n float32 standard errors across models",
         }
+        contents = {
+            "classes.csv": csv_text(self.classes_).encode(),
+            "per_target_class.csv": csv_text(self.per_target_class_).encode(),
+        }
         for name, array in (("influence", per_example.values), ("stderr", per_example.stderr)):
             buffer = io.BytesIO()
             np.save(buffer, array.astype(np.float32))
-            atomic_write_bytes(folder / f"{name}.npy", buffer.getvalue())
+            contents[f"{name}.npy"] = buffer.getvalue()
         # An earlier version's ridge estimate wrote its interval centre here.
         (folder / "interval_center.npy").unlink(missing_ok=True)
         defined = self.classes_.dropna(subset=["influence"])
         helps, below = self.flagged()
         ends = ["group", "influence", "stderr", "ci_low", "ci_high", "q_value"]
-        write_json(
-            folder / "summary.json",
-            {
-                "run": run,
-                "key": self.key_,
-                "output": self.output,
-                "unit": f"fraction of {self.output}; shown multiplied by {scale:g} as {unit}"
-                if scale != 1
-                else unit,
-                "meaning": RELATIVE_NOTE,
-                "estimator": self.estimate_.estimator,
-                "level": self.level,
-                "dof": per_example.dof,
-                "n_models": self.n_models_,
-                "n_excluded_unhealthy": self.n_excluded_,
-                "damaged_chunks_left_out": self.damaged_chunks_,
-                "n_groups": len(self.groups_),
-                "n_examples": int(self.estimate_.per_example.values.shape[1]),
-                "mean_output": self.mean_output_,
-                "most_helpful": defined.head(5)[ends].to_dict("records"),
-                "least_helpful": defined.tail(5)[::-1][ends].to_dict("records"),
-                "flagged": {
-                    "q_level": FLAG_LEVEL,
-                    "above_average": helps,
-                    "below_average": below,
-                    "chance": "with no real effects, 19 runs in 20 flag none; among flagged "
-                    f"groups at most {FLAG_LEVEL:.0%} are expected to be false",
-                },
-                "ci_excludes_zero": int(((defined.ci_low > 0) | (defined.ci_high < 0)).sum()),
-                "ci_excludes_zero_by_chance": round((1 - self.level) * len(defined), 1),
-                "stability": _stability_summary(self.stability_, self.seeds_ == "run"),
-                "seeds": self.seeds_,
-                "lds": self.lds_,
-                "explained_by_subsets": self.explained_,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "files": files,
+        summary = {
+            "run": run,
+            "key": self.key_,
+            "output": self.output,
+            "unit": f"fraction of {self.output}; shown multiplied by {scale:g} as {unit}"
+            if scale != 1
+            else unit,
+            "meaning": RELATIVE_NOTE,
+            "estimator": self.estimate_.estimator,
+            "level": self.level,
+            "dof": per_example.dof,
+            "n_models": self.n_models_,
+            "n_excluded_unhealthy": self.n_excluded_,
+            "damaged_chunks_left_out": self.damaged_chunks_,
+            "n_groups": len(self.groups_),
+            "n_examples": int(self.estimate_.per_example.values.shape[1]),
+            "mean_output": self.mean_output_,
+            "most_helpful": defined.head(5)[ends].to_dict("records"),
+            "least_helpful": defined.tail(5)[::-1][ends].to_dict("records"),
+            "flagged": {
+                "q_level": FLAG_LEVEL,
+                "above_average": helps,
+                "below_average": below,
+                "chance": "with no real effects, 19 runs in 20 flag none; among flagged "
+                f"groups at most {FLAG_LEVEL:.0%} are expected to be false",
             },
-        )
+            "ci_excludes_zero": int(((defined.ci_low > 0) | (defined.ci_high < 0)).sum()),
+            "ci_excludes_zero_by_chance": round((1 - self.level) * len(defined), 1),
+            "stability": _stability_summary(self.stability_, self.seeds_ == "run"),
+            "seeds": self.seeds_,
+            "lds": self.lds_,
+            "explained_by_subsets": self.explained_,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "files": files,
+        }
+        # One write for the set, so a full disk never leaves the tables of one estimate beside
+        # the summary of another.
+        contents["summary.json"] = (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode()
+        write_files(folder, contents)
         return folder
 
 

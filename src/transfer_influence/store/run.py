@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import hashlib
 import json
 import os
@@ -147,40 +148,23 @@ class RunStore:
             raise RunError(f"{root} already holds a run")
         if root.exists() and any(root.iterdir()):
             raise RunError(f"{root} exists and is not empty; choose a new run directory")
-        # Built beside its final place and renamed in whole, so a crash never leaves half a run.
+        # Built beside its final place and renamed in whole, so a crash never leaves half a run;
+        # a creator killed outright leaves its folder, removed by the next creation.
         root.parent.mkdir(parents=True, exist_ok=True)
+        _remove_abandoned_creations(root)
         building = root.parent / f".{root.name}.{uuid.uuid4().hex}.creating"
-        for sub in ("targets", "chunks", "claims"):
-            (building / sub).mkdir(parents=True)
-        for target in task.targets:
-            write_arrays(
-                building / "targets" / f"{target.name}.npz",
-                {
-                    "example_ids": target.example_ids,
-                    "labels": target.labels,
-                    "class_names": np.array(target.class_names, dtype=str),
-                },
-            )
-        if config_text is not None:
-            (building / "config.toml").write_text(config_text)
-        chunks = _plan([], config.run.models, config.run.chunk_size)
-        write_json(
-            building / "run.json",
-            {
-                "format": FORMAT,
-                "config": config.to_dict(),
-                "defining_hash": config.defining_hash(),
-                "task": _task_identity(task),
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "provenance": provenance(),
-                "chunks": [[c.start, c.stop] for c in chunks],
-            },
-        )
         try:
+            _build(building, config, task, config_text)
             os.rename(building, root)
-        except OSError:
+        except OSError as error:
             shutil.rmtree(building, ignore_errors=True)
-            raise RunError(f"{root} was created by someone else meanwhile") from None
+            if root.exists() and any(root.iterdir()):
+                raise RunError(f"{root} was created by someone else meanwhile") from None
+            raise RunError(f"cannot create {root}: {error.strerror or error}") from None
+        except BaseException:
+            shutil.rmtree(building, ignore_errors=True)
+            raise
+        (root / "claims" / _CREATOR).unlink(missing_ok=True)
         return cls(root)
 
     @classmethod
@@ -433,10 +417,7 @@ class RunStore:
         run = {"alpha": alpha, "design": "external", "outputs": outputs, "models": 2}
         run["seeds"] = seeds
         config = Config.from_dict({"run": run, "trainer": {"type": "external"}})
-        store = cls.create(root, config, task)
-        store.meta["chunks"], store.chunks = [], []
-        write_json(store.root / "run.json", store.meta)
-        return store
+        return cls.create(root, config, task)
 
     def record(
         self,
@@ -495,3 +476,53 @@ class RunStore:
             if self.read_chunk(Chunk(start, stop)) is None:
                 return
             self._append_recorded(Chunk(start, stop))
+
+
+_CREATOR = "creating"
+_CREATION_TIMEOUT_S = 3600.0
+
+
+def _remove_abandoned_creations(root: Path) -> None:
+    """Remove half-built ``.NAME.*.creating`` folders of ``root`` whose creator died (its pid is
+    gone on this host, or it has been silent for an hour); a live creator's folder stays."""
+    for building in root.parent.glob(f".{glob.escape(root.name)}.*.creating"):
+        creator = building / "claims" / _CREATOR
+        if creator.exists():
+            abandoned = claim_state(creator, _CREATION_TIMEOUT_S) == "stale"
+        else:  # died before it wrote its name: judged by age alone
+            abandoned = time.time() - building.stat().st_mtime > _CREATION_TIMEOUT_S
+        if abandoned:
+            shutil.rmtree(building, ignore_errors=True)
+
+
+def _build(building: Path, config: Config, task: TaskDescription, config_text: str | None) -> None:
+    (building / "claims").mkdir(parents=True)
+    try_claim(building / "claims" / _CREATOR, "create", _CREATION_TIMEOUT_S)
+    for sub in ("targets", "chunks"):
+        (building / sub).mkdir()
+    for target in task.targets:
+        write_arrays(
+            building / "targets" / f"{target.name}.npz",
+            {
+                "example_ids": target.example_ids,
+                "labels": target.labels,
+                "class_names": np.array(target.class_names, dtype=str),
+            },
+        )
+    if config_text is not None:
+        (building / "config.toml").write_text(config_text)
+    # An imported run plans nothing: its chunks are the imports, appended by record().
+    external = config.trainer.type == "external"
+    chunks = [] if external else _plan([], config.run.models, config.run.chunk_size)
+    write_json(
+        building / "run.json",
+        {
+            "format": FORMAT,
+            "config": config.to_dict(),
+            "defining_hash": config.defining_hash(),
+            "task": _task_identity(task),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "provenance": provenance(),
+            "chunks": [[c.start, c.stop] for c in chunks],
+        },
+    )
