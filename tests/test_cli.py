@@ -30,12 +30,19 @@ def test_run_status_estimate(make_config, cli, tmp_path):
         "q_value",
         "n_in",
         "n_out",
+        "unit",
     ]
     assert len(table) == 12 and table["influence"].is_monotonic_decreasing
+    # One unit: the console prints the file's numbers, and both name it.
+    assert set(table["unit"]) == {"points of p(correct class)"} and "points of p(correct" in out
+    first = out.split("most helpful:")[1].split()[:2]
+    assert first == [table.group[0], f"{table.influence[0]:+.3f}"]
     assert (table.n_in + table.n_out == 24).all()
     assert np.load(run_dir / "influence" / "influence.npy").shape == (12, 120)
     summary = json.loads((run_dir / "influence" / "summary.json").read_text())
     assert summary["n_models"] == 24 and summary["key"] == "sim/fixed_feature"
+    assert summary["unit"] == "points of p(correct class)"
+    assert summary["most_helpful"][0]["influence"] == pytest.approx(table.influence[0])
     per_class = pd.read_csv(run_dir / "influence" / "per_target_class.csv")
     assert len(per_class) == 12 * 4
 

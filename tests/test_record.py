@@ -171,13 +171,15 @@ def test_shared_fixture_imports_and_estimates(tmp_path, cli):
     with np.load(FIXTURE) as fixture:
         masks = fixture["masks"]
         p = fixture["p_correct"].astype(np.float32)
-        assert model.mean_output_ == pytest.approx(p.mean(), abs=1e-5)
+        # In points (hundredths) of p(correct), the unit of every number users read.
+        assert model.unit_ == "points of p(correct class)"
+        assert model.mean_output_ == pytest.approx(100 * p.mean(), abs=1e-3)
         direct = estimate_influence(masks, p)
         names = fixture["source_classes"].tolist()
     got = model.classes_.set_index("group").loc[names, "influence"].to_numpy()
-    np.testing.assert_allclose(got, direct.overall.values[:, 0], atol=1e-6)
+    np.testing.assert_allclose(got, 100 * direct.overall.values[:, 0], atol=1e-4)
     # Real effects are small next to the noise of 149 models: errors of 0.05-1 points.
-    assert model.classes_["stderr"].between(0.0005, 0.01).all()
+    assert model.classes_["stderr"].between(0.05, 1.0).all()
     adjusted = ClassInfluence().fit(RunStore(tmp_path / "fixture"))
     assert adjusted.estimate_.estimator == "regression"
     ratio = adjusted.classes_["stderr"].median() / model.classes_["stderr"].median()

@@ -68,7 +68,11 @@ def test_report_writes_html_figures_and_tables_with_every_name_escaped(tmp_path)
     assert report.path_ == run / "report" / "index.html"
     assert HOSTILE not in html and "<b>bold</b>" not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
-    assert "<script" not in html.lower()
+    # One script: the class table's, written by the package; the hostile name stays text.
+    assert html.lower().count("<script") == 1 and "<script>\n/* Sorting and filtering" in html
+    table = html.split('id="class-table"')[1].split("</table>")[0]
+    assert table.count("<tr>") == len(GROUPS) + 1  # the heading and every class
+    assert "<td>&lt;script&gt;alert(1)&lt;/script&gt;</td>" in table
     sources = _image_sources(html)
     assert len(sources) > 20
     for source in sources:  # every image is embedded and is a real PNG
@@ -113,7 +117,7 @@ def test_report_and_top_commands(tmp_path, cli):
     assert code == 0 and len(out.splitlines()) == 4
     code, out, _ = cli("top", run, "--source-class", HOSTILE, "-n", "4", "--csv")
     assert code == 0 and len(out.splitlines()) == 5
-    assert out.splitlines()[0] == "example,example_id,target_class,influence,stderr"
+    assert out.splitlines()[0] == "example,example_id,target_class,influence,stderr,unit"
     code, out, _ = cli("top", run, "--most-hurt", "-n", "3", "--csv")
     assert code == 0 and len(out.splitlines()) == 4 and "$x^2$ & co" in out
     for bad, message in (
@@ -177,25 +181,98 @@ def test_report_renders_in_headless_chromium(tmp_path):
         )
         assert len(images) > 20
         assert all(complete and width > 0 for complete, width in images)
-        assert browser.execute_script("return document.scripts.length;") == 0
+        # One script, inline: the class table's sorting and filtering; nothing is loaded.
+        assert browser.execute_script("return Array.from(document.scripts).map(s => s.src);") == [
+            ""
+        ]
         assert HOSTILE in browser.execute_script("return document.body.innerText;")
+        _check_class_table(browser, GROUPS)
         errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
         assert errors == []
     finally:
         browser.quit()
 
 
-@pytest.mark.skipif(not FIXTURE.is_file(), reason=f"needs the shared fixture in {SHARED}")
-@pytest.mark.slow
-def test_report_of_the_fixture_with_the_reference_images(tmp_path, cli):
-    run = tmp_path / "fixture"
-    assert cli("record", run, "--from", FIXTURE, "--target", "cifar10")[0] == 0
-    code, out, err = cli(
+def _class_column(browser):
+    return browser.execute_script(
+        "return Array.from(document.querySelectorAll('#class-table tbody tr'))"
+        ".filter(r => !r.hidden).map(r => r.cells[1].textContent);"
+    )
+
+
+def _check_class_table(browser, groups):
+    """Every class is in the table; typing filters it; a click on a heading sorts it."""
+    from selenium.webdriver.common.by import By
+
+    assert sorted(_class_column(browser)) == sorted(groups)
+    search = browser.find_element(By.ID, "class-filter")
+    search.send_keys("class0")
+    shown = _class_column(browser)
+    assert shown and all("class0" in name for name in shown)
+    assert len(shown) == sum("class0" in g for g in groups)
+    count = browser.find_element(By.ID, "class-count").text
+    assert count == f"{len(shown)} of {len(groups)} classes"
+    search.clear()
+    search.send_keys(" ")  # an input event with an empty filter shows every class again
+    assert len(_class_column(browser)) == len(groups)
+    heading = browser.find_element(By.CSS_SELECTOR, "#class-table th:nth-child(3)")
+    heading.click()  # influence, ascending: the reverse of the page's most-helpful-first order
+    ascending = _class_column(browser)
+    heading.click()
+    assert _class_column(browser) == ascending[::-1]
+    ranks = browser.execute_script(
+        "return Array.from(document.querySelectorAll('#class-table tbody tr'))"
+        ".map(r => parseFloat(r.cells[2].getAttribute('data-v')));"
+    )
+    finite = [r for r in ranks if r == r]
+    assert finite == sorted(finite, reverse=True)
+
+
+def _check_layout(browser, page, width, shot):
+    """At ``width`` px: the answer paragraph is above the fold and nothing sticks out."""
+    browser.set_window_size(width, 900)
+    browser.get(page.as_uri())
+    browser.save_screenshot(str(shot))
+    answer_bottom, fold = browser.execute_script(
+        "return [document.getElementById('answer').getBoundingClientRect().bottom,"
+        " window.innerHeight];"
+    )
+    assert 0 < answer_bottom <= fold, (width, answer_bottom, fold)
+    sticking_out = browser.execute_script(
+        "const edge = document.documentElement.clientWidth;"
+        "return Array.from(document.body.querySelectorAll('*'))"
+        ".filter(e => !e.closest('.scroll') && e.getBoundingClientRect().right > edge + 1)"
+        ".map(e => e.tagName + (e.id ? '#' + e.id : '') + ' ' + e.className);"
+    )
+    assert sticking_out == [], (width, sticking_out[:5])
+    assert browser.execute_script(
+        "return document.documentElement.scrollWidth <= document.documentElement.clientWidth;"
+    )
+    assert shot.stat().st_size > 10_000  # a real rendering, kept beside the report
+
+
+@pytest.fixture(scope="module")
+def fixture_report(tmp_path_factory):
+    """The report of the shared fixture (149 models) with the reference images."""
+    if not FIXTURE.is_file():
+        pytest.skip(f"needs the shared fixture in {SHARED}")
+    from conftest import run_subprocess
+
+    run = tmp_path_factory.mktemp("fixture") / "fixture"
+    done = run_subprocess("record", run, "--from", FIXTURE, "--target", "cifar10")
+    assert done.returncode == 0, done.stderr
+    done = run_subprocess(
         "report", run, "--quiet",
         "--source-data", SHARED / "datasets" / "cifar100",
         "--target-data", SHARED / "datasets" / "cifar10",
     )  # fmt: skip
-    assert code == 0, err
+    assert done.returncode == 0, done.stderr
+    return run
+
+
+@pytest.mark.slow
+def test_report_of_the_fixture_with_the_reference_images(fixture_report):
+    run = fixture_report
     html = (run / "report" / "index.html").read_text()
     assert "149 used" in html and "62.5%" in html
     assert "<b>Estimator</b>regression on all groups (least squares)" in html
@@ -207,3 +284,19 @@ def test_report_of_the_fixture_with_the_reference_images(tmp_path, cli):
     # pickup_truck is the most helpful class, and the images it helps most are automobiles.
     first = projection[projection["source"] == "pickup_truck"]
     assert (first["target_class"] == "automobile").mean() >= 0.75
+    assert set(projection["unit"]) == {"points of p(correct class)"}
+
+
+@pytest.mark.slow
+def test_the_fixtures_report_as_a_person_sees_it_at_two_widths(fixture_report, tmp_path):
+    """Screenshots at a desktop and a narrow width: the answer above the fold, every one of the
+    100 classes in the table, nothing wider than the page."""
+    run = fixture_report
+    groups = pd.read_csv(run / "report" / "tables" / "classes.csv")["group"].tolist()
+    browser = _browser()
+    try:
+        for width in (1400, 800):
+            _check_layout(browser, run / "report" / "index.html", width, tmp_path / f"{width}.png")
+            assert sorted(_class_column(browser)) == sorted(groups) and len(groups) == 100
+    finally:
+        browser.quit()

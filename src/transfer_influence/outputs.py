@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -116,7 +117,7 @@ def compute_outputs(
     return result
 
 
-# How each output's influence is shown: (scale, unit).
+# The unit of every influence on each output: (scale from the output's own unit, name).
 UNITS = {
     "p_correct": (100.0, "points of p(correct class)"),
     "correct": (100.0, "points of accuracy"),
@@ -127,5 +128,11 @@ UNITS = {
 
 
 def output_units(output: str) -> tuple[float, str]:
-    """How an influence on ``output`` is shown: (scale, unit), e.g. 100 and "points of ..."."""
+    """The one unit of every number about ``output`` that users read: (scale from the
+    output's own unit, its name), e.g. 100 and "points of ..."."""
     return UNITS.get(output, (1.0, f"units of {output}"))
+
+
+def with_unit(table: Any, unit: str) -> Any:
+    """A table as written to CSV: its numbers already in ``unit``, which a last column names."""
+    return table.assign(unit=unit) if "influence" in table else table

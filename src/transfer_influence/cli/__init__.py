@@ -33,7 +33,6 @@ from ..estimation.words import (
     stability_sentences,
 )
 from ..experiments.demo import run_demo
-from ..outputs import output_units
 from ..store import CorruptFileError, RecordError, RunError, RunStore
 from ..store.importing import record_file
 from ..store.status import duration, run_status
@@ -324,11 +323,10 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
     model = ClassInfluence(args.target, args.mode, args.output, args.level, args.estimator)
     model.fit(store, progress=sys.stderr.isatty())
     folder = model.save(Path(args.out) if args.out else store.root / "influence", str(store.root))
-    scale, unit = output_units(args.output)
     table = model.classes_.dropna(subset=["influence"])
     print(
         f"{model.n_models_} models ({model.n_excluded_} unhealthy excluded); "
-        f"influence on {args.output} of {model.key_}, {unit}, "
+        f"influence on {args.output} of {model.key_}, {model.unit_}, "
         f"{args.level:.0%} CI"
     )
     for title, rows in (
@@ -338,8 +336,8 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
         print(f"\n{title}:")
         for row in rows.itertuples():
             print(
-                f"  {row.group:<24} {row.influence * scale:+8.3f}  "
-                f"[{row.ci_low * scale:+.3f}, {row.ci_high * scale:+.3f}]  q {q_text(row.q_value)}"
+                f"  {row.group:<24} {row.influence:+8.3f}  "
+                f"[{row.ci_low:+.3f}, {row.ci_high:+.3f}]  q {q_text(row.q_value)}"
             )
     print(f"\n{flagged_sentence(*model.flagged(), len(table))}")
     print(RELATIVE_NOTE.replace("`", ""))
@@ -384,8 +382,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         print(f"\n{title}:")
         for row in rows.itertuples():
             print(
-                f"  {row.group:<16} {row.influence * 100:+7.2f}  "
-                f"[{row.ci_low * 100:+.2f}, {row.ci_high * 100:+.2f}]"
+                f"  {row.group:<16} {row.influence:+7.2f}  [{row.ci_low:+.2f}, {row.ci_high:+.2f}]"
             )
     print()
     if args.control:

@@ -11,7 +11,7 @@ from ..estimation import ESTIMATORS
 from ..estimation.significance import FLAG_LEVEL
 from ..estimation.words import q_text, split_half_method
 from ..files import csv_text, read_json
-from ..outputs import output_units
+from ..outputs import with_unit
 from ..store import RunStore
 
 __all__ = ["RUN_HELP", "add_analysis_commands", "add_estimation_arguments", "count"]
@@ -261,14 +261,14 @@ def _cmd_top(args: argparse.Namespace) -> int:
         columns = ["rank", "group", "influence", "stderr", "ci_low", "ci_high", "q_value"]
     table = table[columns]
     if args.csv:
-        print(csv_text(table), end="")
+        print(csv_text(with_unit(table, model.unit_)), end="")
         return 0
-    scale, unit = output_units(args.output)
+    unit = model.unit_
     shown = table.copy()
     for column in ("influence", "stderr", "ci_low", "ci_high"):
         if column in shown:
             style = "{:.3f}" if column == "stderr" else "{:+.3f}"
-            shown[column] = (shown[column] * scale).map(style.format)
+            shown[column] = shown[column].map(style.format)
     if "q_value" in shown:
         shown["q_value"] = shown["q_value"].map(q_text)
     with pd.option_context("display.width", 120, "display.max_colwidth", 40):
@@ -307,8 +307,10 @@ def _cmd_examples(args: argparse.Namespace) -> int:
     folder = store.root / "examples"
     folder.mkdir(exist_ok=True)
     for name, table in (("overall", fitted.overall_), ("per_example", fitted.per_example_)):
-        atomic_write_bytes(folder / f"{name}.csv", csv_text(table).encode())
-    scale, unit = output_units(args.output)
+        atomic_write_bytes(
+            folder / f"{name}.csv", csv_text(with_unit(table, fitted.unit_)).encode()
+        )
+    unit = fitted.unit_
     print(f"{fitted.n_models_} models, {len(store.groups)} source examples; {args.estimator} "
           f"estimate of the influence on mean {args.output} ({unit})")  # fmt: skip
     overall = fitted.overall_
@@ -316,7 +318,7 @@ def _cmd_examples(args: argparse.Namespace) -> int:
                         ("least helpful", overall.tail(args.n)[::-1])):  # fmt: skip
         print(f"\n{title}:")
         for row in rows.itertuples():
-            print(f"  {row.source_example:<32} {row.influence * scale:+9.4f}")
+            print(f"  {row.source_example:<32} {row.influence:+9.4f}")
     if fitted.stability_ is not None:
         how = split_half_method(store.config.run.seeds == "chunk")
         print(f"\nsplit-half rank stability ({how}): {fitted.stability_.spearman:.2f}")

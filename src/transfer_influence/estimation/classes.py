@@ -14,7 +14,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from ..files import csv_text, write_files
-from ..outputs import output_units
+from ..outputs import output_units, with_unit
 from ..store import RunError, RunStore, RunWarning
 from .accumulator import (
     MIN_RESIDUAL_DOF,
@@ -88,8 +88,9 @@ class ClassInfluence:
     None), ``lds_``, ``explained_`` and, for reading those, ``seeds_`` (the run's
     ``run.seeds``: "model", "chunk" or "run").
 
-    Influence is in the output's own unit (a fraction for probabilities and accuracy) and
-    relative to the average class: see :data:`.words.RELATIVE_NOTE`.
+    Every value, interval and table is in ``unit_``: points (hundredths) for probabilities and
+    accuracy, the output's own unit otherwise (:func:`~transfer_influence.outputs.output_units`).
+    Influence is relative to the average class: see :data:`.words.RELATIVE_NOTE`.
     """
 
     def __init__(
@@ -124,13 +125,16 @@ class ClassInfluence:
         )
         chunk_masks, output_sum = [], 0.0
         seed_block = store.config.run.seeds == "chunk"  # a chunk's models share a seed
+        # Every number from here on is in the unit shown to users (points for probabilities).
+        scale, self.unit_ = output_units(self.output)
         for chunk in chunks:
             dropped = accumulator.n_dropped
-            accumulator.update(chunk.masks, chunk.values, chunk.rounds, seed_block)
+            values = chunk.values * np.float32(scale)
+            accumulator.update(chunk.masks, values, chunk.rounds, seed_block)
             self.n_excluded_ += chunk.excluded + accumulator.n_dropped - dropped
             if accumulator.n_dropped == dropped:
                 chunk_masks.append(chunk.masks)
-                output_sum += chunk.values.sum(dtype=np.float64)
+                output_sum += values.sum(dtype=np.float64)
         self.damaged_chunks_ = [chunk.name for chunk in store.quarantined]
         if self.damaged_chunks_:
             warnings.warn(
@@ -244,7 +248,6 @@ class ClassInfluence:
         """Write classes.csv, per_target_class.csv, influence.npy, stderr.npy, summary.json."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        scale, unit = output_units(self.output)
         per_example = self.estimate_.per_example
         files = {
             "classes.csv": "one row per source group, most helpful first; influence, stderr and "
@@ -255,8 +258,10 @@ class ClassInfluence:
             "stderr.npy": "K x n float32 standard errors across models",
         }
         contents = {
-            "classes.csv": csv_text(self.classes_).encode(),
-            "per_target_class.csv": csv_text(self.per_target_class_).encode(),
+            "classes.csv": csv_text(with_unit(self.classes_, self.unit_)).encode(),
+            "per_target_class.csv": csv_text(
+                with_unit(self.per_target_class_, self.unit_)
+            ).encode(),
         }
         for name, array in (("influence", per_example.values), ("stderr", per_example.stderr)):
             buffer = io.BytesIO()
@@ -271,9 +276,7 @@ class ClassInfluence:
             "run": run,
             "key": self.key_,
             "output": self.output,
-            "unit": f"fraction of {self.output}; shown multiplied by {scale:g} as {unit}"
-            if scale != 1
-            else unit,
+            "unit": self.unit_,
             "meaning": RELATIVE_NOTE,
             "estimator": self.estimate_.estimator,
             "level": self.level,

@@ -17,6 +17,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from ..names import lookup
+from ..outputs import output_units
 from ..store import RunError, RunStore
 from .accumulator import estimate_influence
 from .centring import centre_within
@@ -65,7 +66,8 @@ class ExampleInfluence:
 
     After :meth:`fit`: ``overall_`` (one row per source example, most helpful first; the
     ``difference`` in means beside the ``influence`` breaks the lasso's ties at zero),
-    ``per_example_`` (long table for the chosen target examples), ``penalties_``,
+    ``per_example_`` (long table for the chosen target examples), ``unit_`` (of every
+    influence: points for probabilities), ``penalties_``,
     ``stability_`` (split-half rank stability of the overall difference-in-means ranking),
     ``n_models_``.
     """
@@ -98,10 +100,12 @@ class ExampleInfluence:
         columns = self._columns(target.example_ids)
         masks, means, chosen = [], [], []
         chunks = store.iter_outputs(key, self.output)
+        scale, self.unit_ = output_units(self.output)  # every number in the unit users read
         for chunk in tqdm(chunks, disable=not progress, leave=False):
+            values = chunk.values * np.float32(scale)
             masks.append(chunk.masks)
-            means.append(chunk.values.mean(axis=1, dtype=np.float64))
-            chosen.append(chunk.values[:, columns])
+            means.append(values.mean(axis=1, dtype=np.float64))
+            chosen.append(values[:, columns])
         if sum(len(m) for m in masks) < 10:
             raise RunError(f"{store.root} has too few models for example-wise influence (< 10)")
         x = np.concatenate(masks)

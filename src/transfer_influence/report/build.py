@@ -27,8 +27,9 @@ from ..analyses import (
 )
 from ..estimation import ClassInfluence
 from ..estimation.significance import FLAG_LEVEL
+from ..estimation.words import q_text
 from ..files import atomic_write_bytes, csv_text
-from ..outputs import output_units
+from ..outputs import output_units, with_unit
 from ..provenance import package_version
 from ..store import RunStore
 from .examples import example_section, is_example_run
@@ -139,7 +140,7 @@ class Report:
         context["matrix_rows"] = len(self.tables_["class_matrix"])
         context["prune"] = self._prune(store, folder)
         for name, table in self.tables_.items():
-            data = csv_text(table).encode()
+            data = csv_text(with_unit(table, influence.unit_)).encode()
             atomic_write_bytes(folder / "tables" / f"{name}.csv", data)
         environment = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
         template = environment.from_string(
@@ -153,10 +154,10 @@ class Report:
 
     # -- sections -----------------------------------------------------------------------------
 
-    def _value(self, value: float, stderr: float | None = None) -> str:
-        scale, _ = output_units(self.output)
-        text = f"{value * scale:+.2f}"
-        return text if stderr is None else f"{text} ± {stderr * scale:.2f}"
+    @staticmethod
+    def _value(value: float, stderr: float | None = None) -> str:
+        text = f"{value:+.2f}"
+        return text if stderr is None else f"{text} ± {stderr:.2f}"
 
     def _thumbs(self, images: np.ndarray | None, table: pd.DataFrame) -> list[dict[str, str]]:
         if images is None:
@@ -192,6 +193,7 @@ class Report:
         failures = [failure_modes(influence, name, self.examples) for name in bottom]
         hurt = most_hurt(influence, 2 * self.examples)
         self.tables_["classes"] = influence.classes_
+        all_classes = [self._class_row(r) for r in influence.classes_.itertuples()]
         self.tables_["per_target_class"] = influence.per_target_class_
         self.tables_["projection"] = pd.concat(projections, ignore_index=True)
         self.tables_["failure_modes"] = pd.concat(failures, ignore_index=True)
@@ -223,11 +225,30 @@ class Report:
                 for name, table in zip(bottom, failures, strict=True)
             ],
             "most_hurt": hurt_thumbs,
+            "all_classes": all_classes,
             "per_target": per_target,
             "per_target_more": len(influence.target_classes_)
             if len(influence.target_classes_) > _MAX_TARGET_ROWS
             else 0,
             "images_note": images.note,
+        }
+
+    def _class_row(self, r: Any) -> dict[str, Any]:
+        """One row of the page's table of every class (its order: most helpful first)."""
+        defined = bool(np.isfinite(r.influence))
+        flagged = defined and r.q_value <= FLAG_LEVEL
+        reads = ("above average" if r.influence > 0 else "below average") if flagged else ""
+        return {
+            "rank": r.Index + 1,
+            "name": r.group,
+            "value": f"{r.influence:.6g}" if defined else "nan",
+            "text": f"{r.influence:+.2f}" if defined else "undefined",
+            "low": f"{r.ci_low:.6g}" if defined else "nan",
+            "interval": f"[{r.ci_low:+.2f}, {r.ci_high:+.2f}]" if defined else "",
+            "q": f"{r.q_value:.6g}" if defined else "nan",
+            "q_text": q_text(r.q_value) if defined else "",
+            "reads": reads,
+            "css": "pos" if reads == "above average" else "neg" if reads else "",
         }
 
     def _top3(self, influence: ClassInfluence, target_class: int, bottom: bool) -> list[dict]:
@@ -240,9 +261,9 @@ class Report:
             for r in rows
         ]
 
-    def _interval(self, value: float, low: float, high: float) -> str:
-        scale, _ = output_units(self.output)
-        return f"{value * scale:+.2f} [{low * scale:+.2f}, {high * scale:+.2f}]"
+    @staticmethod
+    def _interval(value: float, low: float, high: float) -> str:
+        return f"{value:+.2f} [{low:+.2f}, {high:+.2f}]"
 
     def _leakage(self, influence: ClassInfluence, images: RunImages) -> dict[str, Any]:
         base = {"z_min": self.leakage_z, "similarity_min": self.leakage_similarity, "rows": []}

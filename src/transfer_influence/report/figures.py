@@ -31,15 +31,15 @@ def _png(figure: plt.Figure) -> bytes:
 
 def class_bars(helpful: pd.DataFrame, harmful: pd.DataFrame, output: str, level: float) -> bytes:
     """Most helpful and least helpful groups as horizontal bars with confidence intervals."""
-    scale, unit = output_units(output)
+    _, unit = output_units(output)
     rows = pd.concat([helpful, harmful.iloc[::-1]], ignore_index=True)
     with plt.rc_context(_STYLE):
         height = 0.9 + 0.26 * len(rows)
         figure, axis = plt.subplots(figsize=(7.5, height))
         y = np.arange(len(rows))[::-1]
-        values = rows["influence"].to_numpy() * scale
-        low = (rows["influence"] - rows["ci_low"]).to_numpy() * scale
-        high = (rows["ci_high"] - rows["influence"]).to_numpy() * scale
+        values = rows["influence"].to_numpy()
+        low = (rows["influence"] - rows["ci_low"]).to_numpy()
+        high = (rows["ci_high"] - rows["influence"]).to_numpy()
         colours = [HELPFUL if v >= 0 else HARMFUL for v in values]
         axis.barh(y, values, color=colours, alpha=0.85, height=0.7)
         axis.errorbar(values, y, xerr=[low, high], fmt="none", ecolor="#333333", lw=1, capsize=2)
@@ -64,8 +64,8 @@ def class_heatmap(matrix: pd.DataFrame, output: str) -> bytes:
     """Source groups x target classes, diverging colours centred on zero. The colour scale ends
     at the 95th percentile of |influence| (larger values saturate), so that one extreme pair
     does not leave every other cell pale."""
-    scale, unit = output_units(output)
-    values = matrix.to_numpy() * scale
+    _, unit = output_units(output)
+    values = matrix.to_numpy()
     finite = np.abs(values[np.isfinite(values)])
     bound = float(np.percentile(finite, 95)) if finite.size else 1.0
     bound = bound if bound > 0 else 1.0
