@@ -238,3 +238,46 @@ def test_the_cache_command_shows_and_clears_the_cache(tmp_path, monkeypatch, cli
     assert code == 0 and f"{tmp_path / 'cache'}: 1 cached dataset split(s)" in out
     code, out, _ = cli("cache", "--clear")
     assert code == 0 and "cleared" in out and not list((tmp_path / "cache").glob("*.npy"))
+
+
+def test_config_data_paths_are_relative_to_the_config_file(tmp_path, tiny_data, cli, monkeypatch):
+    """A config that names its data relative to itself runs from any directory; data moved
+    elsewhere (the same data: same fingerprints) resumes the run and is read from its new
+    place by every worker from then on."""
+    import json
+
+    from conftest import tiny_builtin_config
+
+    data = tiny_data()
+    (tmp_path / "project" / "configs").mkdir(parents=True)
+    config = tiny_builtin_config(tmp_path / "project" / "configs" / "tiny.toml", "../../data")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    code, _, err = cli("run", config, "--run-dir", tmp_path / "run", "--quiet")
+    assert code == 0, err
+    meta = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert meta["config"]["trainer"]["params"]["source"]["path"] == str(data / "source")
+    data.rename(tmp_path / "moved")
+    tiny_builtin_config(config, "../../moved")
+    code, _, err = cli("run", config, "--run-dir", tmp_path / "run", "--set", "run.models=12")
+    assert code == 0, err  # not "a run of another config"
+    meta = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert meta["config"]["trainer"]["params"]["source"]["path"] == str(tmp_path / "moved/source")
+    assert len(list((tmp_path / "run" / "chunks").glob("*.npz"))) == 3
+
+
+def test_config_paths_from_the_environment_are_expanded_where_read(tmp_path):
+    from transfer_influence.config import load_config
+
+    config = tmp_path / "c.toml"
+    config.write_text(
+        '[trainer]\ntype = "builtin"\n[trainer.params]\n'
+        'source = { kind = "folder", path = "${TI_DATA:-../shared}/source" }\n'
+        'targets = [{ name = "t", kind = "folder", path = "/abs/t" }, '
+        '{ name = "u", kind = "npz", path = "u.npz" }]\n'
+    )
+    params = load_config(config).trainer.params
+    # The variable is expanded where the data is read; the default is the config's own.
+    assert params["source"]["path"] == "${TI_DATA:-" + str(tmp_path.parent / "shared") + "}/source"
+    assert [t["path"] for t in params["targets"]] == ["/abs/t", str(tmp_path / "u.npz")]

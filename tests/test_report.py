@@ -100,7 +100,10 @@ def test_report_without_images_says_where_to_give_them(tmp_path, cli):
     code, out, _ = cli("report", run, "--quiet")
     assert code == 0 and "wrote" in out
     html = (run / "report" / "index.html").read_text()
-    assert "pass --target-data" in html and "Not checked: no images" in html
+    # Sections that cannot be built are left out with one line that says how to get them.
+    assert 'id="projection"' not in html and 'id="leakage"' not in html
+    assert "Left out: these sections show target images (target images: pass --target-data" in html
+    assert (run / "report" / "tables" / "projection.csv").is_file()
     assert all(s.startswith("data:image/png;base64,") for s in _image_sources(html))
 
 
@@ -275,6 +278,11 @@ def test_report_of_the_fixture_with_the_reference_images(fixture_report):
     run = fixture_report
     html = (run / "report" / "index.html").read_text()
     assert "149 used" in html and "62.5%" in html
+    assert "imported from cifar100-to-cifar10-149-models.npz — 100 groups" in html
+    # The answer names the flagged classes with their figures and says what the bottom needs.
+    answer = html.split('<p class="answer">')[1].split("</p>")[0]
+    assert answer.startswith("Compared with the average source class, pickup_truck (+")
+    assert "helps the target less" in answer and "models would give 8 of 10" in answer
     assert "<b>Estimator</b>regression on all groups (least squares)" in html
     # Overall, 2 classes help more and 1 less than average at q <= 0.05; pickup_truck is
     # flagged on automobiles.

@@ -22,6 +22,8 @@ import copy
 import hashlib
 import json
 import math
+import os
+import re
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -154,6 +156,7 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise ConfigError(f"{path} is not valid TOML: {error}") from None
     data = apply_overrides(data, overrides)
+    _resolve_data_paths(data, path.resolve().parent)
     if not isinstance(data.get("trainer"), dict) or "type" not in data["trainer"]:
         # Without it a config would train the simulated trainer without a word.
         raise ConfigError(
@@ -161,6 +164,37 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
             '"package.module:factory")'
         )
     return Config.from_dict(data)
+
+
+def _data_specs(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """The dataset tables of a builtin trainer's params: the source and every target."""
+    trainer = data.get("trainer")
+    params = trainer.get("params") if isinstance(trainer, dict) else None
+    if not isinstance(params, dict):
+        return []
+    targets = params.get("targets")
+    specs = [params.get("source"), *(targets if isinstance(targets, list) else [])]
+    return [spec for spec in specs if isinstance(spec, dict)]
+
+
+def _resolve_data_paths(data: dict[str, Any], base: Path) -> None:
+    """What a config writes of a data path is relative to the config file: a plain relative
+    path, and the default of a leading ``${NAME:-default}``. The variable itself is kept and
+    expanded where the data is read (its value taken as it is), so that a run directory can
+    move to a machine whose data lives elsewhere."""
+
+    def absolute(where: str) -> str:
+        relative = where and not where.startswith(("/", "~", "$"))
+        return os.path.normpath(base / where) if relative else where
+
+    for spec in _data_specs(data):
+        where = spec.get("path")
+        if isinstance(where, str):
+            spec["path"] = re.sub(
+                r"^\$\{(\w+):-([^}]*)\}",
+                lambda m: f"${{{m.group(1)}:-{absolute(m.group(2))}}}",
+                absolute(where),
+            )
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -195,8 +229,11 @@ def defining_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 
 def _defining(data: dict[str, Any]) -> dict[str, Any]:
-    flat = {k: v for k, v in _flatten(data).items() if k not in NON_DEFINING}
-    return flat
+    # Where the data lives is not what it is: the run's dataset fingerprints say that.
+    data = copy.deepcopy(data)
+    for spec in _data_specs(data):
+        spec.pop("path", None)
+    return {k: v for k, v in _flatten(data).items() if k not in NON_DEFINING}
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -34,7 +34,7 @@ from ..provenance import package_version
 from ..store import RunStore
 from .examples import example_section, is_example_run
 from .figures import class_bars, class_heatmap
-from .header import run_facts, trust_sentence
+from .header import answer_sentence, run_facts, trust_sentence
 from .images import RunImages, load_run_images, png, thumbnail
 
 __all__ = ["Report"]
@@ -231,6 +231,7 @@ class Report:
             if len(influence.target_classes_) > _MAX_TARGET_ROWS
             else 0,
             "images_note": images.note,
+            "images_shown": images.target is not None,
         }
 
     def _class_row(self, r: Any) -> dict[str, Any]:
@@ -341,6 +342,7 @@ class Report:
             "unit": unit,
             "level": f"{self.level:.0%}",
             "facts": facts,
+            "answer": answer_sentence(influence),
             "trust": trust_sentence(influence),
         }
 

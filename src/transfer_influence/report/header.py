@@ -7,17 +7,19 @@ from typing import Any
 import numpy as np
 
 from ..estimation import ClassInfluence
+from ..estimation.significance import FLAG_LEVEL
 from ..estimation.words import (
     RELATIVE_NOTE,
     SHARED_SEED_CAVEAT,
     explained_sentence,
     flagged_sentence,
+    q_text,
 )
 from ..files import CorruptFileError, read_json
 from ..store import RunStore
 from ..subsets import round_size
 
-__all__ = ["describe_dataset", "run_facts", "trust_sentence"]
+__all__ = ["answer_sentence", "describe_dataset", "run_facts", "trust_sentence"]
 
 _SEEDS = {"model": "", "run": ", one seed for all models", "chunk": ", a seed per chunk of models"}
 
@@ -58,6 +60,19 @@ def _estimator(influence: ClassInfluence, design: str, alpha: float) -> str:
     return "difference in means (the paper's)"
 
 
+def _imported_from(store: RunStore) -> str:
+    """Where an imported run's models came from: the files recorded, as far as known."""
+    files = []
+    for chunk in store.chunks:
+        name = ((store.chunk_meta(chunk) or {}).get("record") or {}).get("file")
+        if name and name not in files:
+            files.append(str(name))
+    if not files:
+        return "imported results"
+    shown = ", ".join(files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+    return f"imported from {shown}"
+
+
 def run_facts(store: RunStore, influence: ClassInfluence) -> list[tuple[str, str]]:
     """(label, value) pairs: datasets, models, design, recipe, accuracy, control, stability."""
     config = store.config
@@ -67,7 +82,7 @@ def run_facts(store: RunStore, influence: ClassInfluence) -> list[tuple[str, str
     healthy = metrics["status"] == "ok"
     target = next((t for t in params.get("targets", []) if t.get("name") == key.split("/")[0]), {})
     if store.external:
-        source_text = target_text = "imported results"
+        source_text = target_text = _imported_from(store)
         recipe = "trained elsewhere"
     else:
         source_text = describe_dataset(params.get("source", config.trainer.type))
@@ -134,6 +149,44 @@ def run_facts(store: RunStore, influence: ClassInfluence) -> list[tuple[str, str
 
 
 _SAYS_NOTHING = ("not recorded", "needs ", "too few models")
+
+
+def answer_sentence(influence: ClassInfluence, shown: int = 5) -> str:
+    """What the evidence supports, in one paragraph: the classes the q-values flag, by name
+    with their estimates, or that none is flagged yet and how many models the bottom needs."""
+    table = influence.classes_.dropna(subset=["influence"])
+    flagged = table[table["q_value"] <= FLAG_LEVEL]
+    above, below = flagged[flagged["influence"] > 0], flagged[flagged["influence"] < 0][::-1]
+    parts = []
+    for rows, verb in ((above, "more"), (below, "less")):
+        if len(rows):
+            named = [
+                f"{r.group} ({r.influence:+.2f} [{r.ci_low:+.2f}, {r.ci_high:+.2f}], "
+                f"q {q_text(r.q_value)})"
+                for r in rows.head(shown).itertuples()
+            ]
+            if len(rows) > shown:
+                named.append(f"{len(rows) - shown} more")
+            listed = " and ".join([", ".join(named[:-1]), named[-1]] if len(named) > 1 else named)
+            parts.append(f"{listed} help{'s' if len(rows) == 1 else ''} the target {verb}")
+    if parts:
+        rest = len(table) - len(flagged)
+        text = (
+            f"Compared with the average source class, {', and '.join(parts)} "
+            f"({influence.unit_}, {influence.level:.0%} intervals). The other {rest} are not "
+            "distinguishable from the average class yet."
+        )
+    else:
+        text = "No source class is distinguishable from the average class yet."
+    stability = influence.stability_
+    if stability is not None and stability.bottom_overlap < 0.8:
+        needed = stability.overlap_words("bottom").split("; ")[-1]
+        text += (
+            f" The bottom of the list is not yet stable: two halves of the models share "
+            f"{stability.bottom_overlap * stability.k:.1f} of their bottom {stability.k} "
+            f"({stability.chance_overlap * stability.k:.1f} by chance); {needed}."
+        )
+    return text
 
 
 def trust_sentence(influence: ClassInfluence) -> str:

@@ -102,6 +102,8 @@ def load_run_images(
     target_data: str | dict[str, Any] | None = None,
 ) -> RunImages:
     """The run's images, from the given datasets or else from its built-in trainer config."""
+    if store.config.trainer.type == "simulated" and source_data is None and target_data is None:
+        return RunImages(None, None, None, "a simulated run has no images")
     params = store.config.trainer.params if store.config.trainer.type == "builtin" else {}
     notes = []
     target = source = groups = None

@@ -51,7 +51,7 @@ def record_file(
         raise RecordError(
             f"{path} is not a readable .npz without pickled objects: {error}"
         ) from None
-    return record_arrays(run_dir, arrays, target, mode, alpha)
+    return record_arrays(run_dir, arrays, target, mode, alpha, file_name=path.name)
 
 
 def record_arrays(
@@ -60,7 +60,10 @@ def record_arrays(
     target: str = "target",
     mode: str = "fixed_feature",
     alpha: float = 0.5,
+    file_name: str | None = None,
 ) -> list[Chunk]:
+    """Import models trained elsewhere, given as the arrays of :func:`record_file`'s ``.npz``;
+    ``file_name`` (given by :func:`record_file`) is kept to say where they came from."""
     if "masks" not in arrays:
         raise RecordError("results have no 'masks' array (models x groups, bool)")
     masks = _masks(np.asarray(arrays["masks"]))
@@ -156,7 +159,7 @@ def record_arrays(
     for i, (rows, seed) in enumerate(parts):
         if i in done:
             continue
-        origin = {"digest": digest, "part": i, "parts": len(parts)}
+        origin = {"digest": digest, "part": i, "parts": len(parts), "file": file_name}
         chunks.append(store.record(masks[rows], [results[j] for j in rows], seed, origin))
     return chunks
 

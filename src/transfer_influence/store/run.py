@@ -183,8 +183,21 @@ class RunStore:
                 "use a new run directory, or change only run.models"
             )
         store.check_task(task)
+        store._follow_data(config)
         store.set_models(config.run.models)
         return store
+
+    def _follow_data(self, config: Config) -> None:
+        """Data found at new paths (the same data: the task check compared fingerprints) is
+        read from there from now on, by every worker."""
+        trainer = config.to_dict()["trainer"]
+        if self.meta["config"]["trainer"] == trainer:
+            return
+        with self._plan_lock():
+            self._reload()
+            self.meta["config"]["trainer"] = trainer
+            write_json(self.root / "run.json", self.meta)
+            self.config = Config.from_dict(self.meta["config"], import_code=False)
 
     def set_models(self, models: int, chunk_size: int | None = None) -> None:
         """Raise the number of models; existing chunk boundaries never move. Safe against
