@@ -108,8 +108,16 @@ def test_find_leakage_needs_both_an_extreme_influence_and_a_copy():
     influence = rng.normal(0, 0.01, size=(groups, n))
     influence[4, copied] += 0.1  # the copies help their own images
     influence[7, [10, 11]] += 0.1  # extreme, but group 7 holds no copy: not a leak
+    # One scene of group 2 that two flagged target images resemble: a look-alike, not a copy.
+    scene = np.flatnonzero(source_groups == 2)[0]
+    noise = rng.integers(-12, 13, size=(2, *source.shape[1:]))
+    target[[30, 31]] = np.clip(source[scene].astype(int) + noise, 0, 255).astype(np.uint8)
+    influence[2, [30, 31]] += 0.1
     found = find_leakage(influence, target, source, source_groups)
     leaks = found[found["leak"]]
+    alike = found[found["look_alike"]]
+    assert sorted(alike["example"]) == [30, 31] and set(alike["source_image"]) == {scene}
+    assert not (found["leak"] & found["look_alike"]).any()
     assert sorted(leaks["example"]) == copied.tolist()
     assert set(leaks["group"]) == {4}
     assert set(leaks["source_image"]) == set(slots)

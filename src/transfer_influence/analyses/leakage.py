@@ -147,8 +147,10 @@ def find_leakage(
         Cosine similarity of signatures above which a source image counts as a near-duplicate.
 
     Returns one row per candidate pair, most extreme first: ``group``, ``example``, ``z``,
-    ``influence``, ``source_image`` (the group's most similar image), ``similarity`` and
-    ``leak`` (both signals agree).
+    ``influence``, ``source_image`` (the group's most similar image), ``similarity``,
+    ``look_alike`` (similar, but the source image is also the best match of other flagged
+    target images: a common scene, such as a horizon over water, rather than a copy) and
+    ``leak`` (both signals agree, and the match is not a look-alike).
     """
     z = extremeness(influence)
     z = np.where(np.isfinite(z), z, -np.inf)
@@ -166,6 +168,11 @@ def find_leakage(
         index, value = _best_match(target, image_signatures(source_images[members]))
         source_image[pairs] = members[index]
         similarity[pairs] = value
+    similar = similarity >= similarity_min
+    # A copy is the copy of one image; one source image matching several target images is a
+    # generic scene that each of them resembles.
+    matched = pd.Series(examples[similar]).groupby(source_image[similar]).nunique()
+    look_alike = similar & (matched.reindex(source_image).fillna(0).to_numpy() >= 2)
     return pd.DataFrame(
         {
             "group": groups,
@@ -174,6 +181,7 @@ def find_leakage(
             "influence": influence[groups, examples],
             "source_image": source_image,
             "similarity": similarity,
-            "leak": similarity >= similarity_min,
+            "look_alike": look_alike,
+            "leak": similar & ~look_alike,
         }
     )

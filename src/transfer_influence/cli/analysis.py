@@ -234,7 +234,11 @@ def _cmd_report(args: argparse.Namespace) -> int:
     print(f"wrote {report.path_} ({report.influence_.n_models_} models)")
     if report.leakage_ is not None:
         leaks = int(report.leakage_["leak"].sum())
-        print(f"leakage: {leaks} target image(s) flagged; see the report's Leakage section")
+        alike = int(report.leakage_["look_alike"].sum())
+        print(
+            f"leakage: {leaks} target image(s) flagged, {alike} natural near-duplicate(s) set "
+            "apart; see the report's Leakage section"
+        )
     return 0
 
 

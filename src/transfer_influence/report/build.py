@@ -165,7 +165,7 @@ class Report:
         return [
             {
                 "src": _data_uri(png(thumbnail(images[row.example]))),
-                "caption": f"{row.target_class} {self._value(row.influence)}",
+                "caption": f"{row.target_class} {self._value(row.influence, row.stderr)}",
             }
             for row in table.itertuples()
         ]
@@ -211,7 +211,7 @@ class Report:
                 "src": _data_uri(png(thumbnail(images.target[r.example])))
                 if images.target is not None
                 else "",
-                "caption": f"{r.target_class}: {r.source} {self._value(r.influence)}",
+                "caption": f"{r.target_class}: {r.source} {self._value(r.influence, r.stderr)}",
             }
             for r in hurt.itertuples()
         ]
@@ -267,7 +267,12 @@ class Report:
         return f"{value:+.2f} [{low:+.2f}, {high:+.2f}]"
 
     def _leakage(self, influence: ClassInfluence, images: RunImages) -> dict[str, Any]:
-        base = {"z_min": self.leakage_z, "similarity_min": self.leakage_similarity, "rows": []}
+        base = {
+            "z_min": self.leakage_z,
+            "similarity_min": self.leakage_similarity,
+            "rows": [],
+            "look_alikes": [],
+        }
         if images.target is None or images.source is None:
             self.leakage_ = None
             self.tables_["leakage"] = pd.DataFrame()
@@ -289,26 +294,30 @@ class Report:
         )
         self.leakage_ = table
         self.tables_["leakage"] = table
-        leaks = table[table["leak"]]
-        rows = [
-            {
-                "target_src": _data_uri(png(thumbnail(images.target[r.example]))),
-                "source_src": _data_uri(png(thumbnail(images.source[r.source_image]))),
-                "example": r.example_id,
-                "target_class": r.target_class,
-                "group": r.group,
-                "influence": self._value(r.influence),
-                "z": f"{r.z:.1f}",
-                "similarity": f"{r.similarity:.2f}",
-            }
-            for r in leaks.head(_LEAK_ROWS).itertuples()
-        ]
+        leaks, look_alikes = table[table["leak"]], table[table["look_alike"]]
+
+        def rows(pairs: pd.DataFrame) -> list[dict[str, str]]:
+            return [
+                {
+                    "target_src": _data_uri(png(thumbnail(images.target[r.example]))),
+                    "source_src": _data_uri(png(thumbnail(images.source[r.source_image]))),
+                    "example": r.example_id,
+                    "target_class": r.target_class,
+                    "group": r.group,
+                    "influence": self._value(r.influence),
+                    "z": f"{r.z:.1f}",
+                    "similarity": f"{r.similarity:.2f}",
+                }
+                for r in pairs.head(_LEAK_ROWS).itertuples()
+            ]
+
         summary = (
             f"{len(table)} (class, image) pairs are extreme; {len(leaks)} of them have a "
-            "near-duplicate in the class"
+            f"near-duplicate in the class that resembles no other flagged image"
             + (f" (the first {_LEAK_ROWS} are shown)." if len(leaks) > _LEAK_ROWS else ".")
         )
-        return {**base, "rows": rows, "summary": summary}
+        return {**base, "rows": rows(leaks), "look_alikes": rows(look_alikes),
+                "summary": summary}  # fmt: skip
 
     def _figures(self, influence: ClassInfluence, folder: Path) -> dict[str, str]:
         matrix = class_matrix(influence, rows=40)
