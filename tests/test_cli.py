@@ -122,6 +122,9 @@ def test_bad_paths_and_values_are_one_line(make_config, cli, tmp_path):
     _one_line_error(cli("run", make_config(), "--set", "run.alpha=0"), "run.alpha")
     _one_line_error(cli("run", make_config(), "--set", "nonsense"), "key=value")
     _one_line_error(cli("worker", tmp_path, "--shard", "3/2"), "not a run directory")
+    # A value that asks for 745 GiB: one line, not numpy's traceback.
+    huge = ("--set", "trainer.params.examples=100000000000", "--dry-run")
+    _one_line_error(cli("run", make_config(), *huge), "out of memory (Unable to allocate")
 
 
 def test_estimate_needs_two_models(make_config, cli, tmp_path):

@@ -281,3 +281,11 @@ def test_config_paths_from_the_environment_are_expanded_where_read(tmp_path):
     # The variable is expanded where the data is read; the default is the config's own.
     assert params["source"]["path"] == "${TI_DATA:-" + str(tmp_path.parent / "shared") + "}/source"
     assert [t["path"] for t in params["targets"]] == ["/abs/t", str(tmp_path / "u.npz")]
+
+
+@pytest.mark.parametrize("size", [100000, 0, True, 2.5])
+def test_an_impossible_image_size_is_refused_before_any_decoding(tmp_path, size):
+    """size = 100000 used to kill the decoding processes (a traceback of a broken pool)."""
+    make_image_folder(tmp_path / "data", ["a", "b"], 2, ("train",), size=8)
+    with pytest.raises(ValueError, match="size must be a whole number of pixels from 1 to 1024"):
+        load_dataset({"kind": "folder", "path": str(tmp_path / "data"), "size": size}, "train", "")

@@ -440,6 +440,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, RunError, RecordError, CorruptFileError, ValueError, OSError) as error:
         print(f"transfer-influence: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except MemoryError as error:
+        print(
+            f"transfer-influence: error: out of memory ({str(error)[:200] or 'no detail'}); "
+            "does a config value ask for more than this machine holds?",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted; finished chunks are kept, run again to resume", file=sys.stderr)
         return 130

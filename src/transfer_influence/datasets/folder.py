@@ -17,6 +17,7 @@ import sys
 import tarfile
 import warnings
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,8 @@ from ..files import atomic_write_bytes
 from .base import ImageDataset
 
 __all__ = ["cache_folder", "load_folder"]
+
+MAX_SIZE = 1024  # pixels a side: 50,000 images at 1024 x 1024 are already 150 GB
 
 _SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -135,6 +138,12 @@ def load_folder(
     """
     if on_corrupt not in ("fail", "skip"):
         raise ValueError(f"on_corrupt must be 'fail' or 'skip', got {on_corrupt!r}")
+    if size is not None and not (
+        isinstance(size, int) and not isinstance(size, bool) and 1 <= size <= MAX_SIZE
+    ):
+        raise ValueError(
+            f"size must be a whole number of pixels from 1 to {MAX_SIZE}, got {size!r}"
+        )
     root = Path(expand_path(path))
     if not root.exists():
         raise ValueError(
@@ -207,8 +216,11 @@ def _build_cache(source: Path, stem: Path, size: int | None, on_corrupt: str) ->
     index = {c: i for i, c in enumerate(classes)}
     blobs = [blob for _, blob in members]
     chunks = [blobs[i : i + 2048] for i in range(0, len(blobs), 2048)]
-    with ProcessPoolExecutor(max_workers=os.cpu_count()) as pool:
-        decoded = list(pool.map(_decode, chunks, [size] * len(chunks)))
+    try:
+        with ProcessPoolExecutor(max_workers=os.cpu_count()) as pool:
+            decoded = list(pool.map(_decode, chunks, [size] * len(chunks)))
+    except BrokenProcessPool:
+        raise MemoryError(f"decoding {source} killed a worker process") from None
     bad = {
         start + i
         for start, (_, b) in zip(range(0, len(blobs), 2048), decoded, strict=True)
