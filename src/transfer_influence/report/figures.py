@@ -74,15 +74,23 @@ def class_heatmap(matrix: pd.DataFrame, output: str) -> bytes:
         figure, axis = plt.subplots(figsize=(min(width, 16), 1.0 + 0.2 * matrix.shape[0]))
         image = axis.imshow(values, cmap="PiYG", vmin=-bound, vmax=bound, aspect="auto")
         axis.set_yticks(range(matrix.shape[0]), [str(n) for n in matrix.index])
+        # Target classes on top, where a reader starts; rows are grouped by the target class
+        # each helps most, with a line between groups.
+        axis.xaxis.tick_top()
         axis.set_xticks(
-            range(matrix.shape[1]), [str(n) for n in matrix.columns], rotation=60, ha="right"
+            range(matrix.shape[1]), [str(n) for n in matrix.columns], rotation=45, ha="left"
         )
         axis.tick_params(length=0)
+        helped = np.nanargmax(np.where(np.isfinite(values), values, -np.inf), axis=1)
+        for row in np.flatnonzero(np.diff(helped) != 0):
+            axis.axhline(row + 0.5, color="#555555", lw=0.8)
         for side in axis.spines.values():
             side.set_visible(False)
         bar = figure.colorbar(image, ax=axis, fraction=0.04, pad=0.02)
         bar.set_label(f"influence ({unit}); beyond ±{bound:.2g}: saturated")
-        axis.set_title("Influence of source classes (rows) on target classes", loc="left")
+        axis.set_title(
+            "Influence of source classes (rows) on target classes (columns)", loc="left", pad=60
+        )
         return _png(figure)
 
 
