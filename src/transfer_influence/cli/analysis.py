@@ -9,7 +9,7 @@ import sys
 
 from ..estimation import ESTIMATORS
 from ..estimation.significance import FLAG_LEVEL
-from ..estimation.words import q_text, split_half_method
+from ..estimation.words import q_text, split_half_method, stability_sentences
 from ..files import csv_text, read_json
 from ..outputs import with_unit
 from ..store import RunStore
@@ -325,6 +325,8 @@ def _cmd_examples(args: argparse.Namespace) -> int:
             print(f"  {row.source_example:<32} {row.influence:+9.4f}")
     if fitted.stability_ is not None:
         how = split_half_method(store.config.run.seeds == "chunk")
-        print(f"\nsplit-half rank stability ({how}): {fitted.stability_.spearman:.2f}")
+        print(f"\nstability of the difference-in-means ranking ({how}):")
+        for sentence in stability_sentences(fitted.stability_):
+            print(f"  {sentence}")
     print(f"\nwrote {folder}/overall.csv, per_example.csv")
     return 0
