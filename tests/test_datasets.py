@@ -275,12 +275,15 @@ def test_config_paths_from_the_environment_are_expanded_where_read(tmp_path):
         '[trainer]\ntype = "builtin"\n[trainer.params]\n'
         'source = { kind = "folder", path = "${TI_DATA:-../shared}/source" }\n'
         'targets = [{ name = "t", kind = "folder", path = "/abs/t" }, '
-        '{ name = "u", kind = "npz", path = "u.npz" }]\n'
+        '{ name = "u", kind = "npz", path = "u.npz" }, '
+        '{ name = "h", kind = "huggingface", path = "uoft-cs/cifar10" }, '
+        '{ name = "v", kind = "torchvision", dataset = "CIFAR10", root = "tv" }]\n'
     )
     params = load_config(config).trainer.params
     # The variable is expanded where the data is read; the default is the config's own.
     assert params["source"]["path"] == "${TI_DATA:-" + str(tmp_path.parent / "shared") + "}/source"
-    assert [t["path"] for t in params["targets"]] == ["/abs/t", str(tmp_path / "u.npz")]
+    paths = [t.get("path", t.get("root")) for t in params["targets"]]
+    assert paths == ["/abs/t", str(tmp_path / "u.npz"), "uoft-cs/cifar10", str(tmp_path / "tv")]
 
 
 @pytest.mark.parametrize("size", [100000, 0, True, 2.5])

@@ -188,13 +188,17 @@ def _resolve_data_paths(data: dict[str, Any], base: Path) -> None:
         return os.path.normpath(base / where) if relative else where
 
     for spec in _data_specs(data):
-        where = spec.get("path")
-        if isinstance(where, str):
-            spec["path"] = re.sub(
-                r"^\$\{(\w+):-([^}]*)\}",
-                lambda m: f"${{{m.group(1)}:-{absolute(m.group(2))}}}",
-                absolute(where),
-            )
+        key = "root" if spec.get("kind") == "torchvision" else "path"
+        where = spec.get(key)
+        if not isinstance(where, str):
+            continue
+        if spec.get("kind") == "huggingface" and not (base / where).exists():
+            continue  # a hub name, not a folder
+        spec[key] = re.sub(
+            r"^\$\{(\w+):-([^}]*)\}",
+            lambda m: f"${{{m.group(1)}:-{absolute(m.group(2))}}}",
+            absolute(where),
+        )
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -233,6 +237,7 @@ def _defining(data: dict[str, Any]) -> dict[str, Any]:
     data = copy.deepcopy(data)
     for spec in _data_specs(data):
         spec.pop("path", None)
+        spec.pop("root", None)
     return {k: v for k, v in _flatten(data).items() if k not in NON_DEFINING}
 
 
