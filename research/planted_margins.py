@@ -30,7 +30,6 @@ os.environ.setdefault("TI_RESULTS", str(Path(__file__).resolve().parent / "resul
 from _common import save_result  # noqa: E402
 from transfer_influence import RunStore, estimate_influence  # noqa: E402
 from transfer_influence.config import Config  # noqa: E402
-from transfer_influence.datasets.arrays import save_npz  # noqa: E402
 from transfer_influence.datasets.synthetic import planted_pool  # noqa: E402
 from transfer_influence.engines.local import run_local  # noqa: E402
 from transfer_influence.estimation import ExampleInfluence  # noqa: E402
@@ -39,14 +38,8 @@ from transfer_influence.trainers import load_trainer  # noqa: E402
 
 def planted_ranks(folder: Path, models: int, pool_seed: int, run_seed: int, planted: int) -> dict:
     pool = planted_pool(seed=pool_seed, per_class=20, planted=planted)
-    save_npz(folder / "source.npz", pool.source_train, pool.source_test)
-    save_npz(folder / "target.npz", pool.target_train, pool.target_test)
-    params = {
-        "source": {"kind": "npz", "path": str(folder / "source.npz")},
-        "targets": [{"kind": "npz", "path": str(folder / "target.npz"), "name": "t"}],
-        "pool": {"classes": list(pool.source_train.class_names)},
-        "recipe": {"widths": [16, 32, 64], "epochs": 40, "batch_size": 16, "stack": 8},
-    }
+    recipe = {"widths": [16, 32, 64], "epochs": 40, "batch_size": 16, "stack": 8}
+    params = pool.trainer_params(folder, recipe)  # as the test's
     config = Config.from_dict(
         {"run": {"models": models, "chunk_size": 16, "seeds": "run", "seed": run_seed,
                  "keep_logits": False},

@@ -153,19 +153,12 @@ def test_planted_near_duplicates_rank_near_the_top_for_the_image_they_copy(tmp_p
     models cannot prove more: the full proof, with 400 models and other pools, and the
     mislabeled images (their median rank here was 31-55 of 120), is
     benchmarks/examplewise_planted.py."""
-    from transfer_influence.datasets.arrays import save_npz
     from transfer_influence.datasets.synthetic import planted_pool
     from transfer_influence.trainers import load_trainer
 
     pool = planted_pool(seed=1, per_class=20, planted=20)
-    save_npz(tmp_path / "source.npz", pool.source_train, pool.source_test)
-    save_npz(tmp_path / "target.npz", pool.target_train, pool.target_test)
-    params = {
-        "source": {"kind": "npz", "path": str(tmp_path / "source.npz")},
-        "targets": [{"kind": "npz", "path": str(tmp_path / "target.npz"), "name": "t"}],
-        "pool": {"classes": list(pool.source_train.class_names)},
-        "recipe": {"widths": [16, 32, 64], "epochs": 40, "batch_size": 16, "stack": 8},
-    }
+    recipe = {"widths": [16, 32, 64], "epochs": 40, "batch_size": 16, "stack": 8}
+    params = pool.trainer_params(tmp_path, recipe)
     config = Config.from_dict(
         {"run": {"models": MODELS_PLANTED, "chunk_size": 16, "seeds": "run",
                  "keep_logits": False},

@@ -17,6 +17,8 @@ from a seed in a few seconds: nothing is downloaded.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -182,6 +184,20 @@ class PlantedPool:
     target_test: ImageDataset
     mislabeled: tuple[str, ...]
     duplicates: dict[str, str]
+
+    def trainer_params(self, folder: Path, recipe: dict[str, Any]) -> dict[str, Any]:
+        """The built-in trainer's params for an example-level run over this pool, its source
+        and target written to ``folder`` as source.npz and target.npz (target name "t")."""
+        from .arrays import save_npz
+
+        save_npz(folder / "source.npz", self.source_train, self.source_test)
+        save_npz(folder / "target.npz", self.target_train, self.target_test)
+        return {
+            "source": {"kind": "npz", "path": str(folder / "source.npz")},
+            "targets": [{"kind": "npz", "path": str(folder / "target.npz"), "name": "t"}],
+            "pool": {"classes": list(self.source_train.class_names)},
+            "recipe": recipe,
+        }
 
 
 def _stripes_only(data: ImageDataset) -> ImageDataset:
