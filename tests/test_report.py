@@ -283,6 +283,12 @@ def test_report_of_the_fixture_with_the_reference_images(fixture_report):
     answer = html.split('<p class="answer">')[1].split("</p>")[0]
     assert answer.startswith("Compared with the average source class, pickup_truck (+")
     assert "helps the target less" in answer and "models would give 8 of 10" in answer
+    # Images picked as extremes come with where chance alone would put the most extreme.
+    assert (
+        "These are the 16 most extreme of 1,000,000 (class, image) pairs: with no real effects "
+        "the most extreme would lie 4.8 standard errors from zero" in html
+    )
+    assert "most extreme of 10,000: with no real effects the most extreme would lie 3.8" in html
     assert "<b>Estimator</b>regression on all groups (least squares)" in html
     # Overall, 2 classes help more and 1 less than average at q <= 0.05; pickup_truck is
     # flagged on automobiles.

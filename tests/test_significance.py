@@ -122,3 +122,13 @@ def test_overlap_words_and_projections_read_as_a_user_needs_them():
     assert halves.overlap_models_needed("bottom") > halves.overlap_models_needed("top")
     at_chance = SplitHalf(0.0, 0.1, 50, 149, top_overlap=0.1, bottom_overlap=0.1, groups=100)
     assert "no projection to 8 of 10" in at_chance.overlap_words("bottom")
+
+
+@pytest.mark.parametrize("count", [1, 100, 10_000])
+def test_chance_extreme_is_the_median_largest_of_that_many_null_values(count):
+    from transfer_influence.estimation.significance import chance_extreme
+
+    rng = np.random.default_rng(count)
+    largest = np.array([rng.standard_normal(count).max() for _ in range(2000)])
+    assert np.mean(largest <= chance_extreme(count)) == pytest.approx(0.5, abs=0.04)
+    assert chance_extreme(1) == pytest.approx(0.0, abs=1e-12)

@@ -62,7 +62,10 @@ def most_hurt(model: ClassInfluence, n: int = 8) -> pd.DataFrame:
     """The target examples that one source group hurts most, with that group.
 
     Ranked by the most negative influence any group has on the example; ``z`` is that
-    influence in standard errors, so a large negative value is more than noise.
+    influence in standard errors. These are picked out of K x n (group, example) pairs: by
+    chance alone the most extreme lies about
+    :func:`~transfer_influence.estimation.significance.chance_extreme` (K x n) standard
+    errors from zero, so only a ``z`` well beyond that is more than noise.
     """
     values = model.estimate_.per_example.values
     finite = np.where(np.isfinite(values), values, np.inf)

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.special import stdtr
-from scipy.stats import false_discovery_control
+from scipy.stats import false_discovery_control, norm
 
-__all__ = ["FLAG_LEVEL", "q_values", "t_test_p_values"]
+__all__ = ["FLAG_LEVEL", "chance_extreme", "q_values", "t_test_p_values"]
 
 FLAG_LEVEL = 0.05  # false discovery rate at which the tool calls a group distinguishable
 
@@ -25,6 +25,13 @@ def t_test_p_values(values: np.ndarray, stderr: np.ndarray, dof: int) -> np.ndar
     p = 2.0 * stdtr(max(dof, 1), -t)
     p[~np.isfinite(t)] = np.nan
     return p
+
+
+def chance_extreme(count: int) -> float:
+    """The median of the largest of ``count`` independent standard normal values: how many
+    standard errors from zero the most extreme of ``count`` estimates lies by chance alone,
+    in half of all runs (its CDF is Phi(x)**count)."""
+    return float(norm.isf(-np.expm1(np.log(0.5) / max(count, 1))))
 
 
 def q_values(p_values: np.ndarray) -> np.ndarray:

@@ -26,7 +26,7 @@ from ..analyses import (
     top_groups,
 )
 from ..estimation import ClassInfluence
-from ..estimation.significance import FLAG_LEVEL
+from ..estimation.significance import FLAG_LEVEL, chance_extreme
 from ..estimation.words import q_text
 from ..files import atomic_write_bytes, csv_text
 from ..outputs import output_units, with_unit
@@ -45,6 +45,20 @@ _LEAK_ROWS = 25
 
 def _data_uri(data: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(data).decode()
+
+
+def _selection_note(shown: pd.DataFrame, out_of: int, picked: str) -> str:
+    """How far from zero the images shown lie, next to where the most extreme of as many
+    null estimates would: images picked as extremes are not evidence one by one."""
+    z = (shown["influence"] / shown["stderr"]).abs()
+    z = z[np.isfinite(z)]
+    if z.empty:
+        return ""
+    return (
+        f"{picked}: with no real effects the most extreme would lie "
+        f"{chance_extreme(out_of):.1f} standard errors from zero (in half of all runs), and "
+        f"these lie {z.min():.1f}–{z.max():.1f}; read them together, not one by one."
+    )
 
 
 class Report:
@@ -215,7 +229,17 @@ class Report:
             }
             for r in hurt.itertuples()
         ]
+        examples = influence.example_ids_.size
+        per_class = f"Each class's images are its {self.examples} most extreme of {examples:,}"
         return {
+            "projection_note": _selection_note(self.tables_["projection"], examples, per_class),
+            "failures_note": _selection_note(self.tables_["failure_modes"], examples, per_class),
+            "hurt_note": _selection_note(
+                hurt,
+                examples * len(influence.groups_),
+                f"These are the {len(hurt)} most extreme of "
+                f"{examples * len(influence.groups_):,} (class, image) pairs",
+            ),  # fmt: skip
             "projection": [
                 self._block(influence, images, name, table)
                 for name, table in zip(projected, projections, strict=True)
