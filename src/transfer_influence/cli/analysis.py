@@ -8,7 +8,7 @@ import os
 import sys
 
 from ..estimation import ESTIMATORS
-from ..estimation.significance import FLAG_LEVEL
+from ..estimation.significance import FLAG_LEVEL, chance_extreme
 from ..estimation.words import q_text, split_half_method, stability_sentences
 from ..files import csv_text, read_json
 from ..outputs import with_unit
@@ -281,6 +281,10 @@ def _cmd_top(args: argparse.Namespace) -> int:
     if "q_value" in table:
         print(f"q_value <= {FLAG_LEVEL}: distinguishable from the average class, allowing for "
               f"the choice among {len(model.classes_)} classes")  # fmt: skip
+    else:  # target examples picked as extremes
+        pairs = model.example_ids_.size * (len(model.groups_) if args.most_hurt else 1)
+        print(f"picked out of {pairs:,}: with no real effects the most extreme lies about "
+              f"{chance_extreme(pairs):.1f} standard errors from zero")  # fmt: skip
     return 0
 
 
