@@ -10,14 +10,11 @@ executor), for machines without Slurm.
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
 import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from typing import Any
 
 from tqdm import tqdm
@@ -61,28 +58,6 @@ class ChunkWorker:
         return _submitit().helpers.DelayedSubmission(self, *args, **kwargs)
 
 
-@contextlib.contextmanager
-def _sacct_warned_once() -> Iterator[None]:
-    """submitit warns "Bypassing sacct error" at every poll of a cluster without accounting;
-    say it once, in words."""
-    said = []
-
-    def once(record: logging.LogRecord) -> bool:
-        if "Bypassing sacct error" not in record.getMessage():
-            return True
-        if not said:
-            print("sacct does not answer (no job accounting?); following the jobs with squeue")
-            said.append(True)
-        return False
-
-    logger = logging.getLogger("submitit")
-    logger.addFilter(once)
-    try:
-        yield
-    finally:
-        logger.removeFilter(once)
-
-
 def _queued(jobs: list[Any]) -> set[str] | None:
     """Ids of the array tasks Slurm still holds (pending, running, completing); None where
     squeue cannot tell."""
@@ -94,19 +69,28 @@ def _queued(jobs: list[Any]) -> set[str] | None:
         [squeue, "-h", "-r", "-o", "%i", "-j", ",".join(arrays)],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
-    return set(listed.stdout.split()) if listed.returncode == 0 else None
+    if listed.returncode == 0:
+        return set(listed.stdout.split())
+    # Jobs that ended long ago are forgotten by the controller: none of them is queued.
+    return set() if "Invalid job id" in listed.stderr else None
 
 
 def _ended(jobs: list[Any], executor: str) -> tuple[bool, list[Any]]:
     """Whether every job has ended, and those that ended without a result (killed, lost).
 
-    submitit learns a Slurm job's end from sacct; on a cluster without accounting a job killed
-    before it wrote its result would never be "done", so squeue decides for those."""
-    running = [job for job in jobs if not job.done()]
+    A Slurm job has ended when it wrote its result or left the queue. (submitit's own
+    ``done()`` asks sacct, which clusters without job accounting cannot answer: a job killed
+    before it wrote its result was never done, and sacct's complaint came at every poll.)"""
+    if executor == "local":
+        running = [job for job in jobs if not job.done()]
+    else:
+        running = [job for job in jobs if not job.paths.result_pickle.exists()]
     if not running:
         return True, []
     queued = _queued(running) if executor == "slurm" else None
-    if queued is None or any(str(job.job_id) in queued for job in running):
+    if queued is None:  # local processes, or squeue could not tell: submitit decides
+        return all(job.done() for job in running), []
+    if any(str(job.job_id) in queued for job in running):
         return False, []
     return True, running
 
@@ -129,7 +113,7 @@ def run_slurm(
         raise RunError(f"slurm executor must be 'slurm' or 'local', got {executor!r}")
     folder = store.root / "slurm"
     bar = tqdm(total=len(store.chunks), unit="chunk", disable=not progress, desc="training (slurm)")
-    with bar, _sacct_warned_once():
+    with bar:
         for _ in range(_ROUNDS):
             missing = store.missing_chunks()
             if not missing:
