@@ -35,7 +35,7 @@ class RunStatus:
         if not math.isnan(self.seconds_per_model):
             rows.append(
                 f"speed    {self.seconds_per_model:.3g} s per model per worker, "
-                f"{self.models_per_hour:.4g} models/hour recently"
+                f"{self.models_per_hour:,.0f} models/hour recently"
             )
         if self.missing and not math.isnan(self.eta_seconds):
             rows.append(f"finish   in about {duration(self.eta_seconds)} at the recent rate")
