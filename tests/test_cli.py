@@ -373,3 +373,20 @@ def test_a_chunk_of_another_run_is_not_taken_for_this_one(make_config, cli, tmp_
     assert code == 0 and "1 damaged" in out
     assert cli("run", tmp_path / "mine", "--quiet")[0] == 0
     assert not RunStore(tmp_path / "mine").verify()
+
+
+def test_a_reader_that_stops_early_stops_the_command_quietly(make_config, cli, tmp_path):
+    """`estimate RUN | head -2` printed "error: [Errno 32] Broken pipe"."""
+    import subprocess
+    import sys
+
+    run_dir = tmp_path / "run"
+    assert cli("run", make_config(), "--run-dir", run_dir, "--quiet")[0] == 0
+    process = subprocess.Popen(
+        [sys.executable, "-m", "transfer_influence", "estimate", run_dir],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    process.stdout.close()  # before the command prints its first line
+    err = process.stderr.read()
+    assert process.wait(timeout=120) == 141
+    assert "Broken pipe" not in err and "Traceback" not in err and "Exception" not in err

@@ -437,6 +437,9 @@ def main(argv: list[str] | None = None) -> int:
     np.seterr(all="ignore")
     try:
         return _COMMANDS[args.command](args)
+    except BrokenPipeError:  # the reader (`| head`) has had enough: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except (ConfigError, RunError, RecordError, CorruptFileError, ValueError, OSError) as error:
         print(f"transfer-influence: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
