@@ -131,7 +131,7 @@ def real_run(store: RunStore) -> dict:
         s = fit.stability_
         result[name] = {
             "lds": fit.lds_,
-            "median_stderr_points": 100 * float(fit.classes_["stderr"].median()),
+            "median_stderr_points": float(fit.classes_["stderr"].median()),  # unit_: points
             "split_half_spearman": s.spearman,
             "top_overlap": s.top_overlap,
             "bottom_overlap": s.bottom_overlap,
