@@ -99,12 +99,15 @@ class SplitHalf:
         side = "top" if end == "top" else "bottom"
         shared = f"{measured * self.k:.1f}"
         chance = f"{self.chance_overlap * self.k:.1f} by chance"
-        wanted = f"{round(target * self.k)} of {self.k}"
-        needed = self.overlap_models_needed(end, target)
         return (
             f"two halves of {self.models // 2} models share {shared} of their {side} {self.k} "
-            f"({chance}); {_projection_words(needed, wanted)}"
+            f"({chance}); {self.overlap_projection(end, target)}"
         )
+
+    def overlap_projection(self, end: str, target: float = 0.8) -> str:
+        """How many models would make one end repeat ``target`` of k, in words."""
+        wanted = f"{round(target * self.k)} of {self.k}"
+        return _projection_words(self.overlap_models_needed(end, target), wanted)
 
 
 def _spearman_brown(r: float, target: float, models: int) -> float:

@@ -180,7 +180,7 @@ def answer_sentence(influence: ClassInfluence, shown: int = 5) -> str:
         text = "No source class is distinguishable from the average class yet."
     stability = influence.stability_
     if stability is not None and stability.bottom_overlap < 0.8:
-        needed = stability.overlap_words("bottom").split("; ")[-1]
+        needed = stability.overlap_projection("bottom")
         text += (
             f" The bottom of the list is not yet stable: two halves of the models share "
             f"{stability.bottom_overlap * stability.k:.1f} of their bottom {stability.k} "
@@ -199,7 +199,7 @@ def trust_sentence(influence: ClassInfluence) -> str:
             f"Two random halves of the models share {stability.top_overlap * stability.k:.1f} "
             f"of their top {stability.k} and {stability.bottom_overlap * stability.k:.1f} of "
             f"their bottom {stability.k} ({stability.chance_overlap * stability.k:.1f} by "
-            f"chance); {stability.overlap_words('bottom').split('; ')[-1]} at the bottom."
+            f"chance); {stability.overlap_projection('bottom')} at the bottom."
         )
         if stability.spearman < 0.9:
             parts.append(

@@ -500,10 +500,14 @@ def _remove_abandoned_creations(root: Path) -> None:
     gone on this host, or it has been silent for an hour); a live creator's folder stays."""
     for building in root.parent.glob(f".{glob.escape(root.name)}.*.creating"):
         creator = building / "claims" / _CREATOR
+        try:
+            age = time.time() - building.stat().st_mtime
+        except FileNotFoundError:  # another creation finished it or cleaned it meanwhile
+            continue
         if creator.exists():
             abandoned = claim_state(creator, _CREATION_TIMEOUT_S) == "stale"
         else:  # died before it wrote its name: judged by age alone
-            abandoned = time.time() - building.stat().st_mtime > _CREATION_TIMEOUT_S
+            abandoned = age > _CREATION_TIMEOUT_S
         if abandoned:
             shutil.rmtree(building, ignore_errors=True)
 
