@@ -28,6 +28,7 @@ __all__ = [
     "arrays_digest",
     "atomic_write_bytes",
     "csv_text",
+    "json_bytes",
     "read_arrays",
     "read_json",
     "write_arrays",
@@ -131,8 +132,13 @@ def read_arrays(path: Path) -> dict[str, np.ndarray]:
     return arrays
 
 
+def json_bytes(data: Any) -> bytes:
+    """How every JSON file of the tool is written: indented, keys sorted."""
+    return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
+
+
 def write_json(path: Path, data: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_bytes(path, json_bytes(data))
 
 
 def read_json(path: Path) -> Any:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import math
 import time
 import warnings
@@ -13,7 +12,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from ..files import csv_text, write_files
+from ..files import csv_text, json_bytes, write_files
 from ..outputs import output_units, with_unit
 from ..store import RunError, RunStore, RunWarning
 from .accumulator import (
@@ -307,7 +306,7 @@ class ClassInfluence:
         }
         # One write for the set, so a full disk never leaves the tables of one estimate beside
         # the summary of another.
-        contents["summary.json"] = (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode()
+        contents["summary.json"] = json_bytes(summary)
         write_files(folder, contents)
         return folder
 
