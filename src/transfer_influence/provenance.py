@@ -26,7 +26,8 @@ def package_version() -> str:
 def git_sha() -> str | None:
     """The commit the package was imported from (with '-dirty' if modified), else None.
 
-    Where the code travelled without its .git (a GPU lease), TRANSFER_INFLUENCE_GIT_SHA says it.
+    Where the code travelled without its .git (copied to another machine),
+    TRANSFER_INFLUENCE_GIT_SHA says it.
     """
     if os.environ.get("TRANSFER_INFLUENCE_GIT_SHA"):
         return os.environ["TRANSFER_INFLUENCE_GIT_SHA"]
