@@ -299,6 +299,8 @@ def test_report_of_the_fixture_with_the_reference_images(fixture_report):
     first = projection[projection["source"] == "pickup_truck"]
     assert (first["target_class"] == "automobile").mean() >= 0.75
     assert set(projection["unit"]) == {"points of p(correct class)"}
+    matrix = pd.read_csv(run / "report" / "tables" / "class_matrix.csv")
+    assert set(matrix["unit"]) == {"points of p(correct class)"}  # the heat map's numbers too
 
 
 @pytest.mark.slow

@@ -134,5 +134,6 @@ def output_units(output: str) -> tuple[float, str]:
 
 
 def with_unit(table: Any, unit: str) -> Any:
-    """A table as written to CSV: its numbers already in ``unit``, which a last column names."""
-    return table.assign(unit=unit) if "influence" in table else table
+    """A table of influences as written to CSV: its numbers already in ``unit``, which a last
+    column names ("unit", or "influence_unit" where a target class is called "unit")."""
+    return table.assign(**{"unit" if "unit" not in table else "influence_unit": unit})
