@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from .arrays import save_npz
 from .base import ImageDataset
 
 __all__ = ["DEMO_ANGLES", "PlantedPool", "demo_dataset", "planted_classes", "planted_pool"]
@@ -188,8 +189,6 @@ class PlantedPool:
     def trainer_params(self, folder: Path, recipe: dict[str, Any]) -> dict[str, Any]:
         """The built-in trainer's params for an example-level run over this pool, its source
         and target written to ``folder`` as source.npz and target.npz (target name "t")."""
-        from .arrays import save_npz
-
         save_npz(folder / "source.npz", self.source_train, self.source_test)
         save_npz(folder / "target.npz", self.target_train, self.target_test)
         return {
