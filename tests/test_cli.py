@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from transfer_influence import RunStore
-from transfer_influence.files import read_arrays
+from transfer_influence.files import read_arrays, write_arrays
 
 
 def test_run_status_estimate(make_config, cli, tmp_path):
@@ -317,6 +317,15 @@ def test_two_stores_raising_the_plan_never_lower_it(make_config, cli, tmp_path):
     assert RunStore(run_dir).planned_models == 200 and b.planned_models == 200
 
 
+def _restamp_chunks(run_dir):
+    """Chunks carry the digest of the run that made them: after run.json was edited, they are
+    made to claim the edited run (a test's forgery; the tool itself never does this)."""
+    store = RunStore(run_dir)
+    for path in (run_dir / "chunks").glob("*.npz"):
+        arrays = read_arrays(path)
+        write_arrays(path, dict(arrays, run_digest=np.array(store.run_digest)))
+
+
 def test_reading_a_run_never_imports_code_the_run_names(make_config, cli, tmp_path, monkeypatch):
     """A run.json naming an output "evilmod:f" made `status` import evilmod.py from the
     current directory. Reading a run (status, estimate, top, report) must not."""
@@ -325,6 +334,7 @@ def test_reading_a_run_never_imports_code_the_run_names(make_config, cli, tmp_pa
     meta = json.loads((run_dir / "run.json").read_text())
     meta["config"]["run"]["outputs"].append("evilmod:f")
     (run_dir / "run.json").write_text(json.dumps(meta))
+    _restamp_chunks(run_dir)  # as if the run had been made where evilmod exists
     marker = tmp_path / "imported"
     (tmp_path / "evilmod.py").write_text(f"open({str(marker)!r}, 'w').close()\nf = len\n")
     monkeypatch.chdir(tmp_path)

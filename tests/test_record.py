@@ -55,18 +55,23 @@ def test_record_reorders_by_example_id_and_refuses_unknown_ids(tmp_path):
         example_ids=data["example_ids"][order],
         labels=data["labels"][order],
     )
-    record_arrays(run, shuffled)
-    store = RunStore(run)
-    chunks = [arrays for _, arrays in store.iter_chunks()]
+    # The same models in another example order are the same models: known, not added.
+    with pytest.raises(RecordError, match="recorded into .* before; nothing written"):
+        record_arrays(run, shuffled)
+    other = tmp_path / "other"
+    record_arrays(other, data)
+    ((_, first),) = RunStore(run).iter_chunks()
+    ((_, second),) = RunStore(other).iter_chunks()
     np.testing.assert_array_equal(
-        chunks[0]["logits/target/fixed_feature"], chunks[1]["logits/target/fixed_feature"]
+        first["logits/target/fixed_feature"], second["logits/target/fixed_feature"]
     )
     wrong = dict(data, example_ids=np.array([f"other{j}" for j in range(30)]))
     with pytest.raises(RecordError, match="missing from the results"):
         record_arrays(run, wrong)
-    with pytest.raises(RecordError, match="masks must be bool of shape"):
-        record_arrays(run, dict(data, masks=data["masks"][:, :4]))
-    assert len(RunStore(run).chunks) == 2  # refused records left nothing behind
+    with pytest.raises(RecordError, match="masks have 4 groups, the run has 6"):
+        unnamed = {k: v for k, v in data.items() if k != "source_classes"}
+        record_arrays(run, dict(unnamed, masks=data["masks"][:, :4]))
+    assert len(RunStore(run).chunks) == 1  # refused records left nothing behind
 
 
 def test_record_with_seeds_writes_a_chunk_per_seed_and_removes_each_seeds_offset(tmp_path, cli):
@@ -125,7 +130,8 @@ def test_saved_files_rebuild_the_per_example_intervals(tmp_path):
     rng = np.random.default_rng(3)
     data["logits"][:, :, 0] += 2.0 * data["masks"][:, :1] + rng.normal(0, 1, (60, 1))
     record_arrays(tmp_path / "run", data)
-    store, out = RunStore(tmp_path / "run"), tmp_path / "influence"
+    store = RunStore(tmp_path / "run")
+    out = store.root / "influence"  # the run's own folder, where an older version wrote
     out.mkdir()
     (out / "interval_center.npy").write_bytes(b"an earlier version's ridge centre")
     for estimator in ("regression", "difference"):

@@ -32,12 +32,26 @@ from typing import Any
 from .outputs import DEFAULT_OUTPUTS, get_output
 from .subsets import DESIGNS, round_size
 
-__all__ = ["NON_DEFINING", "SEEDS", "Config", "ConfigError", "defining_diff", "load_config"]
+__all__ = [
+    "MAX_CHUNKS",
+    "MAX_MODELS",
+    "NON_DEFINING",
+    "SEEDS",
+    "Config",
+    "ConfigError",
+    "defining_diff",
+    "load_config",
+]
 
 NON_DEFINING = frozenset({"run.models", "run.claim_timeout_s"})
 # Whose training seed a model uses: its own, its chunk's (shared by the chunk's models, its
 # offset removed in estimation), or the run's (one seed for all).
 SEEDS = ("model", "chunk", "run")
+# Bounds said up front (docs/method.md): a plan beyond them is refused before anything is
+# written. A million models is over a hundred times the paper's largest run; the chunk bound
+# keeps run.json, claims and status listings small.
+MAX_MODELS = 1_000_000
+MAX_CHUNKS = 100_000
 
 
 class ConfigError(ValueError):
@@ -99,7 +113,17 @@ class Config:
             f"run.alpha must be in (0, 1), got {r.alpha!r}",
         )
         _check(_whole(r.models) and r.models >= 2, "run.models must be an integer >= 2")
+        _check(
+            r.models <= MAX_MODELS,
+            f"run.models = {r.models:,} is over the limit of {MAX_MODELS:,} models",
+        )
         _check(_whole(r.chunk_size) and r.chunk_size >= 1, "run.chunk_size must be an integer >= 1")
+        _check(
+            -(-r.models // r.chunk_size) <= MAX_CHUNKS,
+            f"run.models = {r.models:,} in chunks of {r.chunk_size} is "
+            f"{-(-r.models // r.chunk_size):,} chunks, over the limit of {MAX_CHUNKS:,}; "
+            "raise run.chunk_size",
+        )
         _check(isinstance(r.design, str), "run.design must be a name")
         _check(isinstance(r.seeds, str), "run.seeds must be a name")
         _check(isinstance(self.trainer.type, str), "trainer.type must be a string")

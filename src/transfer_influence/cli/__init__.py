@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import sys
 import time
 import warnings
@@ -400,19 +401,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_cache(args: argparse.Namespace) -> int:
-    from ..datasets.folder import cache_folder
+    from ..datasets.folder import cache_entries, cache_folder
 
     folder = cache_folder()
-    files = sorted(folder.glob("*.npy")) if folder.is_dir() else []
-    size = sum(f.stat().st_size for f in files) + sum(
-        f.with_suffix(".json").stat().st_size for f in files if f.with_suffix(".json").exists()
-    )
-    print(f"{folder}: {len(files)} cached dataset split(s), {size / 1e6:,.1f} MB")
+    entries = cache_entries(folder)
+    size = sum(p.stat().st_size for pair in entries for p in pair if p.is_file())
+    print(f"{folder}: {len(entries)} cached dataset split(s), {size / 1e6:,.1f} MB")
     if args.clear:
-        for path in files:
-            path.unlink(missing_ok=True)
-            path.with_suffix(".json").unlink(missing_ok=True)
-        print("cleared; datasets are decoded again when next used")
+        for description, arrays in entries:
+            description.unlink(missing_ok=True)  # first: arrays without it are never read
+            arrays.unlink(missing_ok=True)
+        print("cleared; datasets are decoded again when next used (other files left alone)")
     return 0
 
 
@@ -427,21 +426,51 @@ _COMMANDS = {
 }
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` with control characters written as ``\\xNN``: a class name from a user's
+    folder can never move the cursor, recolour or retitle the terminal it is printed on."""
+    return _CONTROL.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
+
+
+class _TerminalSafe:
+    """Standard output with :func:`terminal_safe` applied to everything printed."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        return self._stream.write(terminal_safe(text))
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    print(f"warning: {message}", file=sys.stderr)
+    print(terminal_safe(f"warning: {message}"), file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     warnings.showwarning = _show_warning
     np.seterr(all="ignore")
+    stdout, sys.stdout = sys.stdout, _TerminalSafe(sys.stdout)
+    try:
+        return _run(args)
+    finally:
+        sys.stdout = stdout
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return _COMMANDS[args.command](args)
     except BrokenPipeError:  # the reader (`| head`) has had enough: stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except (ConfigError, RunError, RecordError, CorruptFileError, ValueError, OSError) as error:
-        print(f"transfer-influence: error: {error}", file=sys.stderr)
+        print(terminal_safe(f"transfer-influence: error: {error}"), file=sys.stderr)
         return EXIT_BAD_INPUT
     except MemoryError as error:
         print(

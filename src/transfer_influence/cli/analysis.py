@@ -306,18 +306,18 @@ def _cmd_drill(args: argparse.Namespace) -> int:
 
 def _cmd_examples(args: argparse.Namespace) -> int:
     from ..estimation import ExampleInfluence
-    from ..files import atomic_write_bytes
+    from ..files import write_folder
 
     store = RunStore(args.run_dir)
     fitted = ExampleInfluence(
         output=args.output, examples=args.target_example, estimator=args.estimator
     ).fit(store, progress=sys.stderr.isatty())
     folder = store.root / "examples"
-    folder.mkdir(exist_ok=True)
-    for name, table in (("overall", fitted.overall_), ("per_example", fitted.per_example_)):
-        atomic_write_bytes(
-            folder / f"{name}.csv", csv_text(with_unit(table, fitted.unit_)).encode()
-        )
+    tables = {"overall": fitted.overall_, "per_example": fitted.per_example_}
+    write_folder(
+        folder,
+        {f"{n}.csv": csv_text(with_unit(t, fitted.unit_)).encode() for n, t in tables.items()},
+    )
     unit = fitted.unit_
     print(f"{fitted.n_models_} models, {len(store.groups)} source examples; {args.estimator} "
           f"estimate of the influence on mean {args.output} ({unit})")  # fmt: skip

@@ -3,7 +3,10 @@ archives of that layout (label = index of the class folder in sorted order).
 
 Images are decoded once (in parallel) into a cache of uint8 arrays, keyed by every image
 file's path, size and modification time and checked against its SHA-256 on every load;
-later loads memory-map the cache.
+later loads memory-map the cache. The key trusts what ``make`` and ``rsync`` trust: an image
+rewritten in place with the same size and its modification time set back is not noticed
+(``transfer-influence cache --clear`` decodes everything again). Every cache entry is marked
+as the tool's, and clearing deletes marked entries only.
 """
 
 from __future__ import annotations
@@ -22,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..files import atomic_write_bytes
+from ..files import CorruptFileError, atomic_write_bytes, open_regular
 from .base import ImageDataset
 
-__all__ = ["cache_folder", "load_folder"]
+__all__ = ["cache_entries", "cache_folder", "load_folder"]
 
 MAX_SIZE = 1024  # pixels a side: 50,000 images at 1024 x 1024 are already 150 GB
 
@@ -63,16 +66,42 @@ def _members(source: Path) -> list[tuple[str, bytes]]:
         return [(p.relative_to(source).as_posix(), p.read_bytes()) for p in _image_files(source)]
     with tarfile.open(source) as archive:
         items: dict[str, tarfile.TarInfo] = {}
+        files: set[str] = set()
         for member in archive.getmembers():
-            if not (member.isfile() or member.islnk()):
+            if Path(member.name).suffix.lower() not in _SUFFIXES:
                 continue
-            name = member.name.lstrip("./")
-            if Path(name).suffix.lower() not in _SUFFIXES:
+            name = _member_name(source, member.name)
+            if member.issym():
+                raise ValueError(
+                    f"{source}: member {member.name!r} is a symbolic link; an archive of "
+                    "images must hold the images themselves"
+                )
+            if not (member.isfile() or member.islnk()):
                 continue
             if name in items:
                 raise ValueError(f"{source}: the archive holds {name} twice")
             items[name] = member
+            if member.isfile():
+                files.add(member.name)
+        for member in items.values():
+            if member.islnk() and member.linkname not in files:
+                raise ValueError(
+                    f"{source}: member {member.name!r} links to {member.linkname!r}, which is "
+                    "not an image of the archive"
+                )
         return [(name, archive.extractfile(items[name]).read()) for name in sorted(items)]
+
+
+def _member_name(source: Path, raw: str) -> str:
+    """A member's path inside the archive (a leading ``./`` dropped); one that is absolute or
+    steps out of its folder (``..``) is refused: its class would be a guess."""
+    name = raw[2:] if raw.startswith("./") else raw
+    parts = name.split("/")
+    if name.startswith("/") or ".." in parts or "" in parts or "." in parts:
+        raise ValueError(
+            f"{source}: member {raw!r} is not a plain path inside the archive; refusing it"
+        )
+    return name
 
 
 def _cache_key(source: Path, size: int | None, on_corrupt: str) -> str:
@@ -92,7 +121,7 @@ def _cache_key(source: Path, size: int | None, on_corrupt: str) -> str:
 
 def _file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with open_regular(path) as handle:
         for block in iter(lambda: handle.read(1 << 22), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -181,14 +210,41 @@ def load_folder(
     )
 
 
+_CACHE_MARK = "transfer-influence dataset cache"
+_CACHE_NAME = re.compile(r".+-[0-9a-f]{16}\.json")
+
+
+def cache_entries(folder: Path) -> list[tuple[Path, Path]]:
+    """The (description, arrays) file pairs of ``folder`` that this tool wrote: a user's own
+    files beside them, whatever their names, are never counted or cleared."""
+    entries = []
+    for description in sorted(Path(folder).glob("*.json")) if Path(folder).is_dir() else []:
+        arrays = description.with_suffix(".npy")
+        if not _CACHE_NAME.fullmatch(description.name):
+            continue
+        try:
+            with open_regular(description) as handle:
+                meta = json.loads(handle.read())
+        except (OSError, ValueError, RecursionError, CorruptFileError):
+            continue
+        # Entries of earlier versions carry no mark, but their own fields and name pattern.
+        ours = isinstance(meta, dict) and (
+            meta.get("written_by") == _CACHE_MARK or {"npy_sha256", "fingerprint"} <= meta.keys()
+        )
+        if ours:
+            entries.append((description, arrays))
+    return entries
+
+
 def _cached_meta(stem: Path) -> dict | None:
     """The cache's description, if the cache is there and its arrays are what was written
     (checked against their SHA-256 on every load); else None, and it is built again."""
     try:
-        meta = json.loads(stem.with_suffix(".json").read_text())
+        with open_regular(stem.with_suffix(".json")) as handle:
+            meta = json.loads(handle.read())
         if meta.get("npy_sha256") != _file_sha256(stem.with_suffix(".npy")):
             return None
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError, CorruptFileError):
         return None
     needed = {"classes", "labels", "ids", "fingerprint", "skipped"}
     return meta if needed <= meta.keys() else None  # an older layout is built again
@@ -251,6 +307,7 @@ def _build_cache(source: Path, stem: Path, size: int | None, on_corrupt: str) ->
     np.save(buffer, images)
     atomic_write_bytes(stem.with_suffix(".npy"), buffer.getvalue())
     meta = {
+        "written_by": _CACHE_MARK,
         "npy_sha256": hashlib.sha256(buffer.getvalue()).hexdigest(),
         "classes": classes,
         "labels": [index[n.split("/")[0]] for n, _ in members],

@@ -92,9 +92,9 @@ def work(
 
 
 def prepare(store: RunStore, verify: bool = True) -> None:
-    """Before any engine trains: clear old temporaries, and (``verify``) read every finished
-    chunk so that damaged ones are moved aside and redone."""
-    store.remove_stale_temporaries()
+    """Before any engine trains (``verify``): read every finished chunk, so that damaged ones
+    and those of another run are moved aside and redone. (Opening the store has already
+    removed what killed writers left.)"""
     if verify:
         store.verify()
 

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from ..files import csv_text, json_bytes, write_files
+from ..files import csv_text, json_bytes, write_folder
 from ..outputs import output_units, with_unit
 from ..store import RunError, RunStore, RunWarning
 from .accumulator import (
@@ -244,9 +244,9 @@ class ClassInfluence:
         )
 
     def save(self, folder: str | Path, run: str = "") -> Path:
-        """Write classes.csv, per_target_class.csv, influence.npy, stderr.npy, summary.json."""
+        """Write classes.csv, per_target_class.csv, influence.npy, stderr.npy, summary.json as
+        one set: the folder is replaced whole (a folder of other files is refused)."""
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
         per_example = self.estimate_.per_example
         files = {
             "classes.csv": "one row per source group, most helpful first; influence, stderr and "
@@ -266,8 +266,6 @@ class ClassInfluence:
             buffer = io.BytesIO()
             np.save(buffer, array.astype(np.float32))
             contents[f"{name}.npy"] = buffer.getvalue()
-        # An earlier version's ridge estimate wrote its interval centre here.
-        (folder / "interval_center.npy").unlink(missing_ok=True)
         defined = self.classes_.dropna(subset=["influence"])
         helps, below = self.flagged()
         ends = ["group", "influence", "stderr", "ci_low", "ci_high", "q_value"]
@@ -304,10 +302,10 @@ class ClassInfluence:
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "files": files,
         }
-        # One write for the set, so a full disk never leaves the tables of one estimate beside
-        # the summary of another.
+        # One set, swapped in whole: a crash or a full disk never leaves the tables of one
+        # estimate beside the summary of another.
         contents["summary.json"] = json_bytes(summary)
-        write_files(folder, contents)
+        write_folder(folder, contents)
         return folder
 
 

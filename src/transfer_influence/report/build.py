@@ -4,7 +4,6 @@ embedded, works offline), figures/*.png and tables/*.csv."""
 from __future__ import annotations
 
 import base64
-import json
 import time
 from collections.abc import Sequence
 from importlib import resources
@@ -28,7 +27,7 @@ from ..analyses import (
 from ..estimation import ClassInfluence
 from ..estimation.significance import FLAG_LEVEL, chance_extreme
 from ..estimation.words import q_text
-from ..files import atomic_write_bytes, csv_text
+from ..files import csv_text, read_json, write_folder
 from ..outputs import output_units, with_unit
 from ..provenance import package_version
 from ..store import RunStore
@@ -135,8 +134,7 @@ class Report:
         images = load_run_images(store, target_name, self.source_data, self.target_data)
         steps.update()
         folder = Path(out) if out is not None else store.root / "report"
-        (folder / "tables").mkdir(parents=True, exist_ok=True)
-        (folder / "figures").mkdir(exist_ok=True)
+        files: dict[str, bytes] = {}
         self.tables_: dict[str, pd.DataFrame] = {}
         context = self._sections(influence, images)
         steps.update()
@@ -150,18 +148,19 @@ class Report:
             self.tables_.update(tables)
         steps.update()
         context["header"] = self._header(store, influence)
-        context["figures"] = self._figures(influence, folder)
+        context["figures"] = self._figures(influence, files)
         context["matrix_rows"] = len(self.tables_["class_matrix"])
         context["prune"] = self._prune(store, folder)
         for name, table in self.tables_.items():
-            data = csv_text(with_unit(table, influence.unit_)).encode()
-            atomic_write_bytes(folder / "tables" / f"{name}.csv", data)
+            files[f"tables/{name}.csv"] = csv_text(with_unit(table, influence.unit_)).encode()
         environment = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
         template = environment.from_string(
             resources.files(__package__).joinpath("template.html").read_text()
         )
+        files["index.html"] = template.render(**context).encode()
+        # One set, swapped in whole: never new tables beside an old page.
+        write_folder(folder, files)
         self.path_ = folder / "index.html"
-        atomic_write_bytes(self.path_, template.render(**context).encode())
         steps.update()
         steps.close()
         return self
@@ -343,7 +342,7 @@ class Report:
         return {**base, "rows": rows(leaks), "look_alikes": rows(look_alikes),
                 "summary": summary}  # fmt: skip
 
-    def _figures(self, influence: ClassInfluence, folder: Path) -> dict[str, str]:
+    def _figures(self, influence: ClassInfluence, files: dict[str, bytes]) -> dict[str, str]:
         matrix = class_matrix(influence, rows=40)
         self.tables_["class_matrix"] = matrix.reset_index()
         figures = {
@@ -356,7 +355,7 @@ class Report:
             "heatmap": class_heatmap(matrix, self.output),
         }
         for name, data in figures.items():
-            atomic_write_bytes(folder / "figures" / f"{name}.png", data)
+            files[f"figures/{name}.png"] = data
         return {name: _data_uri(data) for name, data in figures.items()}
 
     def _header(self, store: RunStore, influence: ClassInfluence) -> dict[str, Any]:
@@ -384,7 +383,7 @@ class Report:
         figure = store.root / "prune" / "accuracy.png"
         if not (summary.is_file() and figure.is_file()):
             return None
-        data = json.loads(summary.read_text())
+        data = read_json(summary)
         return {
             "summary": str(data.get("headline", "")),
             "figure": _data_uri(figure.read_bytes()),

@@ -14,11 +14,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import socket
 import threading
 import time
-import uuid
 from pathlib import Path
+
+from ..files import CorruptFileError, open_regular, temporary_name
 
 __all__ = ["Claim", "claim_state", "try_claim"]
 
@@ -71,11 +73,14 @@ def claim_state(path: Path, timeout_s: float) -> str:
     """'free', 'held' or 'stale'."""
     try:
         age = time.time() - path.stat().st_mtime
-        owner = json.loads(path.read_text())
+        with open_regular(path) as handle:
+            owner = json.loads(handle.read())
     except FileNotFoundError:
         return "free"
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError, CorruptFileError):
         return "stale"  # claims are linked into place whole, so an unreadable one is damage
+    if not isinstance(owner, dict):
+        return "stale"  # not what the tool writes: damage, or a hand-made file
     pid = owner.get("pid")
     if owner.get("host") == HOST and isinstance(pid, int) and not _pid_alive(pid):
         return "stale"
@@ -85,15 +90,18 @@ def claim_state(path: Path, timeout_s: float) -> str:
 def try_claim(path: Path, worker: str, timeout_s: float) -> Claim | None:
     """Claim ``path`` for ``worker``, breaking a stale claim; None if someone else holds it."""
     if claim_state(path, timeout_s) == "stale":
-        graveyard = path.with_name(f".{path.name}.{uuid.uuid4().hex}.stale")
+        graveyard = path.with_name(temporary_name(path.name))
         try:
             os.rename(path, graveyard)
-            graveyard.unlink()
+            if graveyard.is_dir() and not graveyard.is_symlink():
+                shutil.rmtree(graveyard)
+            else:
+                graveyard.unlink()
         except FileNotFoundError:
             pass  # another worker broke it first
     # Write the claim whole under a private name, then link it into place: link() fails if the
     # claim exists (like O_EXCL) and a reader never sees a half-written claim.
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp = path.with_name(temporary_name(path.name))
     owner = {"worker": worker, "host": HOST, "pid": os.getpid(), "time": time.time()}
     tmp.write_text(json.dumps(owner))
     try:

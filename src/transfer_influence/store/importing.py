@@ -17,12 +17,12 @@ The file is an ``.npz`` (loaded without pickle) with:
 
 from __future__ import annotations
 
+import shutil
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from ..files import arrays_digest
 from ..outputs import DEFAULT_OUTPUTS, get_output
 from ..trainers.protocol import JobResult, TargetInfo, TaskDescription, output_key
 from .records import RecordError, align_to_target
@@ -63,55 +63,80 @@ def record_arrays(
     file_name: str | None = None,
 ) -> list[Chunk]:
     """Import models trained elsewhere, given as the arrays of :func:`record_file`'s ``.npz``;
-    ``file_name`` (given by :func:`record_file`) is kept to say where they came from."""
+    ``file_name`` (given by :func:`record_file`) is kept to say where they came from.
+
+    Models are known by their content (subset, seed, outputs): those the run holds already,
+    from whatever file, are left out, so a retry after a crash adds exactly what is missing.
+    Everything is checked before a new run is created, and a failed import into a new run
+    leaves nothing behind."""
     if "masks" not in arrays:
         raise RecordError("results have no 'masks' array (models x groups, bool)")
     masks = _masks(np.asarray(arrays["masks"]))
+    if masks.shape[0] == 0:
+        raise RecordError("the results hold no models (masks has 0 rows)")
     _check_outputs(arrays, masks.shape[0])
     seeds = _seeds(arrays, masks.shape[0])
-    labels = arrays.get("labels", arrays.get("y_target"))
     n = _example_count(arrays)
-    ids = arrays.get("example_ids")
-    ids = (
-        np.asarray(ids).astype(str) if ids is not None else np.array([f"{j:06d}" for j in range(n)])
+    ids = _optional_names(arrays, "example_ids", n)
+    ids = ids if ids is not None else np.array([f"{j:06d}" for j in range(n)])
+    groups = _optional_names(arrays, "source_classes", masks.shape[1])
+    created = not (Path(run_dir) / "run.json").exists()
+    store = (
+        _create_run(run_dir, arrays, masks, ids, groups, target, mode, alpha, seeds)
+        if created
+        else RunStore(run_dir)
     )
-    if (Path(run_dir) / "run.json").exists():
-        store = RunStore(run_dir)
-    else:
-        if labels is None:
-            raise RecordError("a new run needs the target 'labels' (or 'y_target') array")
-        labels = np.asarray(labels).astype(np.int64)
-        classes = arrays.get("target_classes")
-        classes = (
-            classes.tolist()
-            if classes is not None
-            else [f"class{c}" for c in range(int(labels.max()) + 1)]
-        )
-        groups = arrays.get("source_classes")
-        groups = (
-            groups.tolist()
-            if groups is not None
-            else [f"group{k:03d}" for k in range(masks.shape[1])]
-        )
-        outputs = [name for name in DEFAULT_OUTPUTS if name in arrays or "logits" in arrays]
+    try:
+        return _record_into(store, arrays, masks, ids, groups, seeds, file_name)
+    except BaseException:
+        if created and not store.chunks:
+            shutil.rmtree(store.root, ignore_errors=True)
+        raise
+
+
+def _create_run(run_dir, arrays, masks, ids, groups, target, mode, alpha, seeds) -> RunStore:
+    labels = arrays.get("labels", arrays.get("y_target"))
+    if labels is None:
+        raise RecordError("a new run needs the target 'labels' (or 'y_target') array")
+    labels = np.asarray(labels)
+    if labels.shape != ids.shape or not np.issubdtype(labels.dtype, np.integer):
+        raise RecordError(f"labels must be {ids.size} integers, one per target example")
+    classes = _optional_names(arrays, "target_classes")
+    if classes is None:
+        classes = np.array([f"class{c}" for c in range(int(labels.max(initial=0)) + 1)])
+    if labels.size and (labels.min() < 0 or labels.max() >= classes.size):
+        raise RecordError(f"labels must lie in [0, {classes.size}) (one per target class)")
+    if groups is None:
+        groups = np.array([f"group{k:03d}" for k in range(masks.shape[1])])
+    outputs = [name for name in DEFAULT_OUTPUTS if name in arrays or "logits" in arrays]
+    try:
         task = TaskDescription(
-            tuple(groups),
-            (TargetInfo(target, ids, labels, classes),),
+            tuple(groups.tolist()),
+            (TargetInfo(target, ids, labels, tuple(classes.tolist())),),
             (mode,),
             {"imported": "external"},
         )
-        store = RunStore.create_external(
-            run_dir, task, outputs or list(DEFAULT_OUTPUTS), alpha,
-            "chunk" if seeds is not None else "model",
-        )  # fmt: skip
+    except ValueError as error:
+        raise RecordError(str(error)) from None
+    return RunStore.create_external(
+        run_dir, task, outputs or list(DEFAULT_OUTPUTS), alpha,
+        "chunk" if seeds is not None else "model",
+    )  # fmt: skip
+
+
+def _record_into(store, arrays, masks, ids, groups, seeds, file_name) -> list[Chunk]:
+    run_dir = store.root
     if len(store.keys) != 1:
         raise RecordError(f"{run_dir} has several (target, mode) keys; record with the Python API")
     info = store.target(store.target_names[0])
+    labels = arrays.get("labels", arrays.get("y_target"))
     if labels is not None and not np.array_equal(
         align_to_target(np.asarray(labels), ids, info, axis=0), info.labels
     ):
         raise RecordError("the target labels differ from the run's")
-    if "source_classes" in arrays and arrays["source_classes"].tolist() != list(store.groups):
+    if masks.shape[1] != len(store.groups):
+        raise RecordError(f"masks have {masks.shape[1]} groups, the run has {len(store.groups)}")
+    if groups is not None and groups.tolist() != list(store.groups):
         raise RecordError("the source class names differ from the run's groups")
     seeded = store.config.run.seeds == "chunk"
     if (seeds is not None) != seeded:
@@ -119,6 +144,8 @@ def record_arrays(
             f"{run_dir} was recorded {'with' if seeded else 'without'} "
             "'seeds'; record these results the same way (or into a new run)"
         )
+    for name in store.config.run.outputs:
+        get_output(name)
     key = output_key(info.name, store.modes[0])
     results = []
     for i in range(masks.shape[0]):
@@ -133,45 +160,31 @@ def record_arrays(
         if "src_acc" in arrays or "source_accuracy" in arrays:
             result.source_accuracy = float(arrays.get("source_accuracy", arrays.get("src_acc"))[i])
         results.append(result)
-    for name in store.config.run.outputs:
-        get_output(name)
-    parts = (
+    rows = (
         [(np.arange(masks.shape[0]), -1)]
         if seeds is None
         else [(np.flatnonzero(seeds == s), int(s)) for s in dict.fromkeys(seeds.tolist())]
     )
-    # An import is identified by its arrays: a retry after a crash writes only the parts the
-    # crash left out, and the same results recorded twice are refused.
-    digest = arrays_digest(arrays)
-    done = _recorded_parts(store, digest)
-    if len(done) == len(parts):
-        raise RecordError(f"these results were recorded into {run_dir} before; nothing written")
-    if seeds is not None:
-        recorded = store.model_metrics(key)["seed"]
-        mine = {seed for i, (_, seed) in enumerate(parts) if i in done}
-        again = sorted(set(recorded.tolist()).intersection(seeds.tolist()) - mine)
-        if again:
-            raise RecordError(
-                f"seed(s) {', '.join(map(str, again[:5]))} were recorded before: a seed's "
-                "models must be recorded together"
-            )
-    chunks = []
-    for i, (rows, seed) in enumerate(parts):
-        if i in done:
-            continue
-        origin = {"digest": digest, "part": i, "parts": len(parts), "file": file_name}
-        chunks.append(store.record(masks[rows], [results[j] for j in rows], seed, origin))
+    parts = [(masks[r], [results[j] for j in r], seed) for r, seed in rows]
+    chunks = store.record_parts(parts, {"file": file_name})
+    if not chunks:
+        raise RecordError(f"these models were recorded into {run_dir} before; nothing written")
     return chunks
 
 
-def _recorded_parts(store: RunStore, digest: str) -> set[int]:
-    """Which parts of the import ``digest`` the run already holds."""
-    parts = set()
-    for chunk in store.chunks:
-        origin = (store.chunk_meta(chunk) or {}).get("record") or {}
-        if origin.get("digest") == digest:
-            parts.add(int(origin["part"]))
-    return parts
+def _optional_names(
+    arrays: dict[str, np.ndarray], name: str, count: int | None = None
+) -> np.ndarray | None:
+    """An optional 1-D array of names (``count`` of them, if given), as strings."""
+    if name not in arrays:
+        return None
+    values = np.asarray(arrays[name])
+    if values.ndim != 1 or (count is not None and values.size != count):
+        expected = f"{count} names" if count is not None else "a list of names"
+        raise RecordError(f"{name!r} must be {expected} (1-D), got shape {values.shape}")
+    if values.dtype.kind not in "USi":
+        raise RecordError(f"{name!r} must be names (strings), got {values.dtype}")
+    return values.astype(str)
 
 
 def _seeds(arrays: dict[str, np.ndarray], models: int) -> np.ndarray | None:

@@ -8,6 +8,7 @@ most ``MAX_LOGIT_CLASSES`` classes so that any output can be computed after the 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -20,6 +21,7 @@ __all__ = [
     "MAX_LOGIT_CLASSES",
     "RecordError",
     "align_to_target",
+    "model_digests",
     "outputs_from_arrays",
     "pack_results",
 ]
@@ -64,7 +66,9 @@ def pack_results(
             key = f"{target.name}/{mode}"
             per_model = [_model_outputs(r, key, target, outputs) for r in ordered]
             for name in outputs:
-                arrays[f"out/{key}/{name}"] = np.stack([values[name] for values, _ in per_model])
+                arrays[f"out/{key}/{name}"] = np.stack(
+                    [values[name] for values, _ in per_model]
+                ).astype(np.float32)
             logits = [lg for _, lg in per_model]
             if (
                 all(lg is not None for lg in logits)
@@ -79,7 +83,26 @@ def pack_results(
                 if not all(np.all(np.isfinite(values[name])) for name in outputs):
                     status[i] = "nan"
     arrays["status"] = np.array(status, dtype="<U8")
+    arrays["model_digest"] = model_digests(arrays)
     return arrays
+
+
+def model_digests(arrays: dict[str, np.ndarray]) -> np.ndarray:
+    """Per model of a chunk, a digest of what the model is: its subset, its seed and its
+    recorded outputs (float32, in the run's example order). However its results were packed
+    into a file (other arrays beside them, logits as float64), the same model has the same
+    digest, so a run can refuse a model it holds already."""
+    outputs = sorted(name for name in arrays if name.startswith("out/"))
+    digests = []
+    for i in range(arrays["mask"].shape[0]):
+        digest = hashlib.sha256()
+        digest.update(np.ascontiguousarray(arrays["mask"][i], dtype=np.bool_).tobytes())
+        digest.update(np.int64(arrays["seed"][i]).tobytes())
+        for name in outputs:
+            digest.update(name.encode())
+            digest.update(np.ascontiguousarray(arrays[name][i], dtype=np.float32).tobytes())
+        digests.append(digest.hexdigest()[:32])
+    return np.array(digests, dtype="<U32")
 
 
 def _model_outputs(
@@ -89,7 +112,8 @@ def _model_outputs(
     logits = result.logits.get(key)
     values: dict[str, np.ndarray] = {}
     if logits is not None:
-        logits = np.asarray(logits)
+        # As stored: outputs computed now equal those computed later from the kept logits.
+        logits = np.asarray(logits, dtype=np.float32)
         if logits.shape != (n, len(target.class_names)):
             raise RecordError(
                 f"model {result.index}, {key}: logits have shape {logits.shape}, "

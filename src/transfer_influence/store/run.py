@@ -7,10 +7,16 @@
       chunks/START-STOP.npz one file per chunk of models, atomic and checksummed
       claims/START-STOP     which worker is training a chunk (see claims.py)
       corrupt/              damaged chunk files, moved aside and then redone
+      foreign/              chunk files made by another run (config or data), set aside
       influence/            what ``estimate`` writes
 
 Chunk boundaries are fixed when the run is created; raising the number of models appends
-chunks and never moves an existing boundary.
+chunks and never moves an existing boundary. ``run.json`` stores the plan as ranges of equal
+chunks, so it stays small at any number of models.
+
+Every chunk carries the digest of the run that made it (its defining config and data
+identity) and one digest per model (subset, seed, outputs): a chunk of another run is set
+aside on every read, and a recorded model the run holds already is never added again.
 """
 
 from __future__ import annotations
@@ -22,8 +28,11 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import time
 import uuid
+import warnings
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,17 +40,28 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ..config import Config, ConfigError, defining_diff
-from ..files import CorruptFileError, read_arrays, read_json, write_arrays, write_json
+from ..config import MAX_CHUNKS, MAX_MODELS, Config, ConfigError, defining_diff
+from ..files import (
+    CorruptFileError,
+    _maybe_crash,
+    open_regular,
+    read_arrays,
+    read_json,
+    remove_abandoned,
+    settle_folder,
+    write_arrays,
+    write_json,
+)
 from ..provenance import provenance
 from ..subsets import Job, make_jobs, round_size
 from ..trainers.protocol import JobResult, TargetInfo, TaskDescription, output_key
 from .claims import Claim, claim_state, try_claim
-from .records import RecordError, outputs_from_arrays, pack_results
+from .records import RecordError, model_digests, outputs_from_arrays, pack_results
 
 __all__ = ["Chunk", "ChunkOutputs", "RunError", "RunStore", "RunWarning"]
 
-FORMAT = 1
+FORMAT = 2
+READABLE_FORMATS = (1, 2)  # 1: the plan as a list of [start, stop] pairs
 
 
 class RunWarning(UserWarning):
@@ -87,6 +107,42 @@ def _task_identity(task: TaskDescription) -> dict[str, Any]:
     }
 
 
+def _encode_plan(chunks: list[Chunk]) -> list[list[int]]:
+    """The plan as ranges ``[start, stop, size]`` of consecutive chunks of ``size`` models
+    (the last of a range may be shorter): a run of any size is a few ranges."""
+    ranges: list[list[int]] = []
+    closed = True
+    for chunk in chunks:
+        if ranges and not closed and ranges[-1][1] == chunk.start and chunk.size <= ranges[-1][2]:
+            ranges[-1][1] = chunk.stop
+            closed = chunk.size < ranges[-1][2]
+        else:
+            ranges.append([chunk.start, chunk.stop, chunk.size])
+            closed = False
+    return ranges
+
+
+def _decode_plan(ranges: Any) -> list[Chunk]:
+    """Chunks from :func:`_encode_plan`'s ranges, or from format 1's ``[start, stop]`` pairs."""
+    if not isinstance(ranges, list):
+        raise ValueError("the chunk plan is not a list")
+    chunks: list[Chunk] = []
+    for item in ranges:
+        if not (isinstance(item, list) and len(item) in (2, 3)):
+            raise ValueError("the chunk plan holds an entry that is not a range")
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in item):
+            raise ValueError("the chunk plan holds a range that is not whole numbers")
+        start, stop, size = (*item, item[1] - item[0]) if len(item) == 2 else item
+        if not (0 <= start < stop <= MAX_MODELS and size >= 1):
+            raise ValueError(f"the chunk plan holds an impossible range {item}")
+        if chunks and chunks[-1].stop != start:
+            raise ValueError("the chunk plan has a gap or an overlap")
+        if len(chunks) + -(-(stop - start) // size) > MAX_CHUNKS:
+            raise ValueError(f"the chunk plan has more than {MAX_CHUNKS:,} chunks")
+        chunks.extend(Chunk(a, min(a + size, stop)) for a in range(start, stop, size))
+    return chunks
+
+
 def _plan(existing: list[Chunk], models: int, chunk_size: int) -> list[Chunk]:
     chunks = list(existing)
     start = chunks[-1].stop if chunks else 0
@@ -124,18 +180,43 @@ class RunStore:
             self.meta = read_json(meta_path)
             if not isinstance(self.meta, dict):
                 raise CorruptFileError("not a JSON object")
-            if self.meta.get("format") != FORMAT:
+            if self.meta.get("format") not in READABLE_FORMATS:
                 raise RunError(f"{self.root} was written by an incompatible version of this tool")
-            self.config = Config.from_dict(self.meta["config"], import_code=False)
-            self.chunks = [Chunk(int(a), int(b)) for a, b in self.meta["chunks"]]
-            identity = self.meta["task"]
-            self.groups: tuple[str, ...] = tuple(identity["groups"])
-            self.modes: tuple[str, ...] = tuple(identity["modes"])
-            self.target_names = [t["name"] for t in identity["targets"]]
+            self._read_meta()
         except (CorruptFileError, KeyError, ConfigError, TypeError, ValueError) as error:
             what = f"missing {error}" if isinstance(error, KeyError) else str(error)
             raise RunError(f"{meta_path} is damaged: {what}") from None
         self.quarantined: list[Chunk] = []  # damaged chunks this store moved aside
+        self.foreign: list[Chunk] = []  # chunks of another run this store set aside
+        self._remove_leftovers()
+
+    def _read_meta(self) -> None:
+        self.config = Config.from_dict(self.meta["config"], import_code=False)
+        self.chunks = _decode_plan(self.meta["chunks"])
+        identity = self.meta["task"]
+        self.groups: tuple[str, ...] = _names(identity["groups"], "source groups")
+        self.modes: tuple[str, ...] = _names(identity["modes"], "modes")
+        self.target_names = list(_names([t["name"] for t in identity["targets"]], "targets"))
+        if not self.groups or not self.modes or not self.target_names:
+            raise ValueError("a run needs at least one source group, target and mode")
+        identity_text = json.dumps([self.config.defining_hash(), identity], sort_keys=True)
+        # What every chunk of this run carries: a chunk made under another config or on
+        # other data (same seed and subsets or not) differs here.
+        self.run_digest = hashlib.sha256(identity_text.encode()).hexdigest()[:32]
+
+    def _remove_leftovers(self) -> None:
+        """What killed writers left: temporary files of dead processes, half-swapped sets."""
+        with contextlib.suppress(OSError):
+            for folder in (
+                self.root,
+                self.root / "chunks",
+                self.root / "claims",
+                self.root / "prune",
+                self.root / "prune" / "models",
+            ):
+                remove_abandoned(folder)
+            for name in ("influence", "report", "examples"):
+                settle_folder(self.root / name)
 
     # -- creation ---------------------------------------------------------------------------
 
@@ -155,6 +236,7 @@ class RunStore:
         building = root.parent / f".{root.name}.{uuid.uuid4().hex}.creating"
         try:
             _build(building, config, task, config_text)
+            _maybe_crash("rename")
             os.rename(building, root)
         except OSError as error:
             shutil.rmtree(building, ignore_errors=True)
@@ -196,8 +278,7 @@ class RunStore:
         with self._plan_lock():
             self._reload()
             self.meta["config"]["trainer"] = trainer
-            write_json(self.root / "run.json", self.meta)
-            self.config = Config.from_dict(self.meta["config"], import_code=False)
+            self._write_meta()
 
     def set_models(self, models: int, chunk_size: int | None = None) -> None:
         """Raise the number of models; existing chunk boundaries never move. Safe against
@@ -208,29 +289,39 @@ class RunStore:
             self._reload()  # another process may have grown the plan meanwhile
             if models <= self.planned_models:
                 return
-            self.chunks = _plan(self.chunks, models, chunk_size or self.config.run.chunk_size)
+            chunks = _plan(self.chunks, models, chunk_size or self.config.run.chunk_size)
+            _check_bounds(chunks)
+            self.chunks = chunks
             self.meta["config"]["run"]["models"] = models
-            self.meta["chunks"] = [[c.start, c.stop] for c in self.chunks]
-            write_json(self.root / "run.json", self.meta)
-            self.config = Config.from_dict(self.meta["config"], import_code=False)
+            self._write_meta()
+
+    def _write_meta(self) -> None:
+        """run.json from ``self.chunks`` and ``self.meta`` (under the plan lock)."""
+        self.meta["format"] = FORMAT
+        self.meta["chunks"] = _encode_plan(self.chunks)
+        write_json(self.root / "run.json", self.meta)
+        self._read_meta()
 
     @contextlib.contextmanager
     def _plan_lock(self) -> Iterator[None]:
-        """An exclusive lock on the run's plan (run.json), held while it is changed."""
-        with open(self.root / "claims" / ".plan.lock", "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        """An exclusive lock on the run's plan (run.json), held while it is changed. The
+        kernel releases it when its holder dies, so a killed writer never blocks the next."""
+        lock = self.root / "claims" / ".plan.lock"
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK, 0o644)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise RunError(f"{lock} is not a regular file; remove it")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
     def _reload(self) -> None:
         try:
             self.meta = read_json(self.root / "run.json")
-        except CorruptFileError as error:
+            self._read_meta()
+        except (CorruptFileError, KeyError, ConfigError, TypeError, ValueError) as error:
             raise RunError(f"{self.root / 'run.json'} is damaged: {error}") from None
-        self.config = Config.from_dict(self.meta["config"], import_code=False)
-        self.chunks = [Chunk(a, b) for a, b in self.meta["chunks"]]
 
     # -- task -------------------------------------------------------------------------------
 
@@ -312,22 +403,37 @@ class RunStore:
         return claim_state(self.root / "claims" / chunk.name, self.config.run.claim_timeout_s)
 
     def write_chunk(self, chunk: Chunk, arrays: dict[str, np.ndarray], meta: dict) -> None:
-        arrays = dict(arrays, meta=np.array(json.dumps(meta)))
+        arrays = dict(arrays, meta=np.array(json.dumps(meta)), run_digest=np.array(self.run_digest))
+        if "model_digest" not in arrays:
+            arrays["model_digest"] = model_digests(arrays)
         write_arrays(self.chunk_path(chunk), arrays)
 
     def read_chunk(self, chunk: Chunk) -> dict[str, np.ndarray] | None:
-        """The chunk's arrays, or None if missing; a damaged file is moved to corrupt/."""
+        """The chunk's arrays, or None if missing; a damaged file is moved to corrupt/, a
+        chunk made by another run (another config or data) to foreign/, with a warning."""
         path = self.chunk_path(chunk)
         try:
             arrays = read_arrays(path)
             if arrays["index"].tolist() != list(range(chunk.start, chunk.stop)):
                 raise CorruptFileError(f"{path}: holds the wrong models")
+            if "run_digest" in arrays and str(arrays["run_digest"]) != self.run_digest:
+                self._set_aside(path, "foreign")
+                self.foreign.append(chunk)
+                warnings.warn(
+                    f"{path.name} was made by another run (its config or data differ); "
+                    f"set aside in {self.root / 'foreign'}, its models are not used",
+                    RunWarning,
+                    stacklevel=2,
+                )
+                return None
+            # Chunks of earlier versions carry no run digest: their subsets and seeds must
+            # be this run's at least.
             if not self.external and not self._holds_its_jobs(chunk, arrays):
                 raise CorruptFileError(f"{path}: holds models of another run")
         except FileNotFoundError:
             return None
-        except (CorruptFileError, KeyError):
-            self._quarantine(path)
+        except (CorruptFileError, KeyError, ValueError):
+            self._set_aside(path, "corrupt")
             self.quarantined.append(chunk)
             return None
         return arrays
@@ -340,14 +446,15 @@ class RunStore:
             arrays["seed"].tolist() == [j.seed for j in jobs]
         )
 
-    def _quarantine(self, path: Path) -> None:
-        corrupt = self.root / "corrupt"
-        corrupt.mkdir(exist_ok=True)
+    def _set_aside(self, path: Path, folder: str) -> None:
+        aside = self.root / folder
+        aside.mkdir(exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
-            os.replace(path, corrupt / f"{path.name}.{int(time.time() * 1e6)}")
+            os.replace(path, aside / f"{path.name}.{int(time.time() * 1e6)}")
 
     def verify(self) -> list[Chunk]:
-        """Read every finished chunk in full; damaged ones are moved aside. Returns those."""
+        """Read every finished chunk in full; damaged ones and those of another run are moved
+        aside. Returns those."""
         damaged = []
         for chunk in self.chunks:
             if self.is_done(chunk) and self.read_chunk(chunk) is None:
@@ -359,17 +466,6 @@ class RunStore:
             arrays = self.read_chunk(chunk)
             if arrays is not None:
                 yield chunk, arrays
-
-    def remove_stale_temporaries(self) -> None:
-        """Temporary files left by killed writers (never read; safe to delete when old)."""
-        cutoff = time.time() - self.config.run.claim_timeout_s
-        for folder in (self.root / "chunks", self.root / "claims"):
-            for tmp in folder.glob(".*.tmp"):
-                try:
-                    if tmp.stat().st_mtime < cutoff:
-                        tmp.unlink()
-                except FileNotFoundError:
-                    pass
 
     def iter_outputs(self, key: str, output: str) -> Iterator[ChunkOutputs]:
         """Per finished chunk: masks and one output of its healthy models (see
@@ -388,12 +484,16 @@ class RunStore:
     def chunk_meta(self, chunk: Chunk) -> dict[str, Any] | None:
         """A finished chunk's metadata (times, worker, device), read without verifying."""
         try:
-            with np.load(self.chunk_path(chunk), allow_pickle=False) as archive:
-                return json.loads(str(archive["meta"]))
-        except FileNotFoundError:
+            with (
+                open_regular(self.chunk_path(chunk)) as handle,
+                np.load(handle, allow_pickle=False) as archive,
+            ):
+                if "run_digest" in archive.files and str(archive["run_digest"]) != self.run_digest:
+                    return None
+                meta = json.loads(str(archive["meta"]))
+        except (OSError, ValueError, KeyError, EOFError, CorruptFileError, zipfile.BadZipFile):
             return None
-        except (OSError, ValueError, KeyError, EOFError):
-            return None
+        return meta if isinstance(meta, dict) else None
 
     def model_metrics(self, key: str) -> dict[str, np.ndarray]:
         """Per finished model: ``index``, ``seed``, ``status``, ``source_accuracy``,
@@ -402,9 +502,16 @@ class RunStore:
         columns: dict[str, list[np.ndarray]] = {name: [] for name in names}
         for chunk in self.chunks:
             try:
-                with np.load(self.chunk_path(chunk), allow_pickle=False) as archive:
+                with (
+                    open_regular(self.chunk_path(chunk)) as handle,
+                    np.load(handle, allow_pickle=False) as archive,
+                ):
+                    if "run_digest" in archive.files and (
+                        str(archive["run_digest"]) != self.run_digest
+                    ):
+                        continue  # another run's: set aside when it is next read in full
                     arrays = {name: archive[name] for name in names}
-            except (OSError, ValueError, KeyError, EOFError):
+            except (OSError, ValueError, KeyError, EOFError, CorruptFileError, zipfile.BadZipFile):
                 continue
             for name in names:
                 columns[name].append(arrays[name])
@@ -438,57 +545,135 @@ class RunStore:
         results: list[JobResult],
         seed: int = -1,
         origin: dict | None = None,
-    ) -> Chunk:
-        """Append models trained elsewhere as one new chunk; returns it.
+    ) -> Chunk | None:
+        """Append models trained elsewhere as one new chunk; returns it, or None when the run
+        holds every one of them already.
 
         ``results[i]`` belongs to ``masks[i]``; its index is ignored and assigned here. Outputs
         must already be in the run's example order (see :func:`align_to_target`). ``seed``
         is stored with every model of the chunk (-1: not given), ``origin`` (which import and
-        which part of it) in the chunk's metadata.
+        which part of it) in the chunk's metadata. Models the run holds already (the same
+        subset, seed and outputs, from whatever file) are left out; with a seed, a seed's
+        models are recorded together or not at all.
         """
+        chunks = self.record_parts([(masks, results, seed)], origin)
+        return chunks[0] if chunks else None
+
+    def record_parts(
+        self,
+        parts: list[tuple[np.ndarray, list[JobResult], int]],
+        origin: dict | None = None,
+    ) -> list[Chunk]:
+        """:meth:`record` for several parts at once (each ``(masks, results, seed)`` becomes
+        a chunk), under one lock: a second record into the run waits, then finds what this
+        one wrote. Returns the chunks written."""
         if not self.external:
             raise RunError(f"{self.root} is trained by the tool; record into an imported run")
-        masks = np.asarray(masks)
-        if masks.ndim != 2 or masks.shape[1] != len(self.groups) or masks.dtype != np.bool_:
-            raise RecordError(f"masks must be bool of shape (models, {len(self.groups)})")
-        if len(results) != masks.shape[0] or not results:
-            raise RecordError(f"{masks.shape[0]} masks but {len(results)} results")
-        lock = try_claim(self.root / "claims" / "record", "record", 3600.0)
-        if lock is None:
-            raise RunError(f"another record into {self.root} is in progress")
-        with lock:
-            self._adopt_orphans()
-            start = self.planned_models
-            chunk = Chunk(start, start + masks.shape[0])
-            jobs = [Job(start + i, seed, mask) for i, mask in enumerate(masks)]
+        targets = {name: self.target(name) for name in self.target_names}
+        packed = []
+        for masks, results, seed in parts:
+            masks = np.asarray(masks)
+            if masks.ndim != 2 or masks.shape[1] != len(self.groups) or masks.dtype != np.bool_:
+                raise RecordError(f"masks must be bool of shape (models, {len(self.groups)})")
+            if len(results) != masks.shape[0] or not results:
+                raise RecordError(f"{masks.shape[0]} masks but {len(results)} results")
+            jobs = [Job(i, seed, mask) for i, mask in enumerate(masks)]
             for job, result in zip(jobs, results, strict=True):
                 result.index = job.index
-            targets = {name: self.target(name) for name in self.target_names}
             arrays = pack_results(jobs, results, targets, self.modes, self.config.run.outputs)
-            meta = {"worker": "record", "finished": time.time(), "record": origin or {}}
-            self.write_chunk(chunk, arrays, meta)
-            self._append_recorded(chunk)
-        return chunk
-
-    def _append_recorded(self, chunk: Chunk) -> None:
+            packed.append((arrays, seed))
+        digests = np.concatenate([arrays["model_digest"] for arrays, _ in packed])
+        twice = _first_repeat(digests)
+        if twice is not None:
+            raise RecordError(f"model {twice[1]} is a copy of model {twice[0]} of the same results")
+        written = []
         with self._plan_lock():
             self._reload()
-            self.chunks.append(chunk)
-            self.meta["chunks"] = [[c.start, c.stop] for c in self.chunks]
-            self.meta["config"]["run"]["models"] = max(2, chunk.stop)
-            write_json(self.root / "run.json", self.meta)
+            self._adopt_orphans()
+            held, held_seeds = self._held_models()
+            fresh = [~np.isin(arrays["model_digest"], list(held)) for arrays, _ in packed]
+            again = sorted(
+                seed
+                for (_, seed), new in zip(packed, fresh, strict=True)
+                if seed >= 0 and new.any() and (not new.all() or seed in held_seeds)
+            )
+            if again:
+                raise RecordError(
+                    f"seed(s) {', '.join(map(str, again[:5]))} were recorded before: a seed's "
+                    "models must be recorded together"
+                )
+            for part, ((arrays, _), new) in enumerate(zip(packed, fresh, strict=True)):
+                if not new.any():
+                    continue
+                if self.planned_models + int(new.sum()) > MAX_MODELS:
+                    raise RecordError(f"a run holds at most {MAX_MODELS:,} models")
+                start = self.planned_models
+                chunk = Chunk(start, start + int(new.sum()))
+                arrays = {name: value[new] for name, value in arrays.items()}
+                arrays["index"] = np.arange(chunk.start, chunk.stop, dtype=np.int64)
+                meta = {"worker": "record", "finished": time.time()}
+                meta["record"] = dict(origin or {}, part=part, parts=len(packed))
+                self.write_chunk(chunk, arrays, meta)
+                self._append_recorded(chunk)
+                written.append(chunk)
+        return written
+
+    def _held_models(self) -> tuple[set[str], set[int]]:
+        """Digests of every model the run holds, and the seeds recorded with them."""
+        digests: set[str] = set()
+        seeds: set[int] = set()
+        for _, arrays in self.iter_chunks():
+            held = arrays["model_digest"] if "model_digest" in arrays else model_digests(arrays)
+            digests.update(held.tolist())
+            seeds.update(int(s) for s in arrays["seed"] if s >= 0)
+        return digests, seeds
+
+    def _append_recorded(self, chunk: Chunk) -> None:
+        """Under the plan lock: the chunk joins the plan (once)."""
+        if chunk in self.chunks:
+            return
+        _check_bounds([*self.chunks, chunk])
+        self.chunks.append(chunk)
+        self.meta["config"]["run"]["models"] = max(2, chunk.stop)
+        self._write_meta()
 
     def _adopt_orphans(self) -> None:
-        """A chunk written by a record that died before updating run.json: keep it."""
+        """Under the plan lock: a chunk written by a record that died before updating run.json
+        is kept (it is whole: its checksum and run digest are checked)."""
         while True:
             start = self.planned_models
             found = sorted((self.root / "chunks").glob(f"{start:07d}-*.npz"))
             if not found:
                 return
-            stop = int(found[0].stem.split("-")[1])
-            if self.read_chunk(Chunk(start, stop)) is None:
+            try:
+                stop = int(found[0].stem.split("-")[1])
+            except ValueError:
+                return
+            if stop <= start or self.read_chunk(Chunk(start, stop)) is None:
                 return
             self._append_recorded(Chunk(start, stop))
+
+
+def _first_repeat(digests: np.ndarray) -> tuple[int, int] | None:
+    seen: dict[str, int] = {}
+    for i, digest in enumerate(digests.tolist()):
+        if digest in seen:
+            return seen[digest], i
+        seen[digest] = i
+    return None
+
+
+def _check_bounds(chunks: list[Chunk]) -> None:
+    if chunks and chunks[-1].stop > MAX_MODELS:
+        raise RunError(f"a run holds at most {MAX_MODELS:,} models")
+    if len(chunks) > MAX_CHUNKS:
+        raise RunError(f"a run holds at most {MAX_CHUNKS:,} chunks; raise run.chunk_size")
+
+
+def _names(values: Any, what: str) -> tuple[str, ...]:
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise ValueError(f"its {what} are not a list of names")
+    return tuple(values)
 
 
 _CREATOR = "creating"
@@ -540,6 +725,6 @@ def _build(building: Path, config: Config, task: TaskDescription, config_text: s
             "task": _task_identity(task),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "provenance": provenance(),
-            "chunks": [[c.start, c.stop] for c in chunks],
+            "chunks": _encode_plan(chunks),
         },
     )

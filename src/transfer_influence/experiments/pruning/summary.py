@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import stdtrit
 
-from ...files import atomic_write_bytes, csv_text, write_json
+from ...files import csv_text, json_bytes, write_files
 
 __all__ = ["headline", "summarise", "write_outputs"]
 
@@ -85,22 +85,26 @@ def write_outputs(
     keep_list: list[str] | None,
     figure: bytes | None,
 ) -> None:
-    """results.csv, summary.csv, summary.json, accuracy.png and keep-bottom-kK.txt."""
+    """results.csv, summary.csv, summary.json, accuracy.png and keep-bottom-kK.txt, written in
+    full before any replaces its old version (they are made again from the model records by
+    every prune, so one that a crash left out of step is set right by the next)."""
     folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(folder / "results.csv", csv_text(results).encode())
-    atomic_write_bytes(folder / "summary.csv", csv_text(summary).encode())
+    files = {
+        "results.csv": csv_text(results).encode(),
+        "summary.csv": csv_text(summary).encode(),
+    }
     if figure is not None:
-        atomic_write_bytes(folder / "accuracy.png", figure)
+        files["accuracy.png"] = figure
     keep_name = None
     if keep_list is not None:
         keep_name = f"keep-bottom-k{chosen}.txt"
-        atomic_write_bytes(folder / keep_name, ("\n".join(keep_list) + "\n").encode())
-    write_json(
-        folder / "summary.json",
+        files[keep_name] = ("\n".join(keep_list) + "\n").encode()
+    files["summary.json"] = json_bytes(
         {
             "headline": headline(summary, chosen),
             "chosen_k": chosen,
             "keep_list": keep_name,
             "conditions": summary.to_dict("records"),
-        },
+        }
     )
+    write_files(folder, files)

@@ -1,0 +1,286 @@
+"""Kill a command at every crash point it has, resume it, and describe what is on disk.
+
+Run as ``python tests/crash_sweep.py SCENARIO FOLDER``; prints one JSON object. Commands run in
+forked children of this process (SIGKILLed by ``TRANSFER_INFLUENCE_CRASH_AT``), so a sweep of
+a hundred kills costs seconds, not a hundred interpreter starts. The test that calls this
+(test_crash_points.py) asserts the invariants on what it reports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import signal
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from transfer_influence import files
+from transfer_influence.cli import main
+from transfer_influence.provenance import provenance
+from transfer_influence.report import Report  # noqa: F401  (imported once, for every child)
+from transfer_influence.store import RunStore
+
+provenance()  # imports torch once, here, rather than in every child
+
+POINTS = ("write", "fsync", "rename")
+
+SIMULATED = """
+[run]
+seed = 3
+models = 12
+chunk_size = 4
+[trainer]
+type = "simulated"
+[trainer.params]
+groups = 8
+examples = 60
+classes = 3
+modes = ["fixed_feature"]
+effect_scale = 0.3
+"""
+
+
+def forked(*argv: object, crash: str | None = None, count: Path | None = None) -> int:
+    """Run the CLI in a child; its exit code, or -9 when it was killed at ``crash``."""
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into the caller's code
+        code = 99
+        try:
+            os.environ.pop("TRANSFER_INFLUENCE_CRASH_AT", None)
+            os.environ.pop("TRANSFER_INFLUENCE_CRASH_COUNT", None)
+            if crash:
+                os.environ["TRANSFER_INFLUENCE_CRASH_AT"] = crash
+            if count:
+                os.environ["TRANSFER_INFLUENCE_CRASH_COUNT"] = str(count)
+            files._crash_counts.clear()
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 1)
+            os.dup2(devnull, 2)
+            code = main([str(a) for a in argv])
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+
+
+def points_reached(folder: Path, *argv: object) -> Counter:
+    """How often an uninterrupted ``argv`` reaches each crash point."""
+    log = folder / "points.log"
+    log.unlink(missing_ok=True)
+    assert forked(*argv, count=log) == 0, argv
+    return Counter(log.read_text().split())
+
+
+def leftovers(root: Path) -> list[str]:
+    """Temporary files and folders under (and beside) ``root`` that nobody is writing."""
+    found = [
+        p
+        for p in root.rglob(".*")
+        if p.name.endswith((".tmp", ".ready", ".old")) and ".lock" not in p.name
+    ]
+    found += list(root.parent.glob(f".{root.name}.*.creating"))
+    return sorted(str(p.relative_to(root.parent)) for p in found)
+
+
+def models(root: Path) -> dict:
+    """Every model the run holds: index and digest, and the digest of all its chunk arrays."""
+    store = RunStore(root)
+    indices, digests, content = [], [], hashlib.sha256()
+    for chunk, arrays in store.iter_chunks():
+        indices += arrays["index"].tolist()
+        digests += arrays["model_digest"].tolist()
+        content.update(chunk.name.encode())
+        for name in sorted(arrays):
+            if name not in ("meta", "seconds", "_sha256"):
+                content.update(np.ascontiguousarray(arrays[name]).tobytes())
+    return {
+        "planned": store.planned_models,
+        "indices": indices,
+        "digests": digests,
+        "content": content.hexdigest(),
+        "missing": len(store.missing_chunks()),
+    }
+
+
+def folder_set(folder: Path, volatile: tuple[str, ...] = ()) -> str | None:
+    """A digest of a written set (every file, keys in ``volatile`` dropped from JSON files and
+    lines holding them dropped from HTML), read as the tool reads it: after settling."""
+    files.settle_folder(folder)
+    if not folder.is_dir():
+        return None
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        data = path.read_bytes()
+        if path.suffix == ".json":
+            loaded = json.loads(data)
+            for key in volatile:
+                loaded.pop(key, None)
+            data = json.dumps(loaded, sort_keys=True).encode()
+        elif path.suffix in (".html", ".png"):
+            data = b""  # a timestamp and fonts: their presence is what is compared
+        digest.update(str(path.relative_to(folder)).encode() + b"\0" + data)
+    return digest.hexdigest()
+
+
+def sweep(folder: Path, command: list, resume: list, prepare, observe) -> dict:
+    """For every crash point of ``command`` (counted on an uninterrupted run): start from
+    ``prepare(dir)``, kill ``command`` there, ``observe``, run ``resume``, ``observe`` again."""
+    reference = folder / "reference"
+    prepare(reference)
+    reached = points_reached(folder, *command(reference))
+    uninterrupted = observe(reference)
+    kills = []
+    for point in POINTS:
+        for nth in range(1, reached[point] + 1):
+            work = folder / f"{point}-{nth}"
+            prepare(work)
+            code = forked(*command(work), crash=f"{point}:{nth}")
+            after_kill = observe(work)
+            resumed = forked(*resume(work))
+            kills.append(
+                {
+                    "point": f"{point}:{nth}",
+                    "killed": code == -signal.SIGKILL,
+                    "after_kill": after_kill,
+                    "resume_code": resumed,
+                    "after_resume": observe(work),
+                    "leftovers": leftovers(work),
+                }
+            )
+    return {"reached": dict(reached), "reference": uninterrupted, "kills": kills}
+
+
+def _config(folder: Path) -> Path:
+    path = folder / "sim.toml"
+    if not path.exists():
+        path.write_text(SIMULATED)
+    return path
+
+
+def _trained(root: Path) -> None:
+    with contextlib.suppress(FileExistsError):
+        root.parent.mkdir(parents=True, exist_ok=True)
+    if not (root / "run.json").exists():
+        assert forked("run", _config(root.parent), "--run-dir", root, "--quiet") == 0
+
+
+def scenario_run(folder: Path) -> dict:
+    config = _config(folder)
+    command = ["run", config, "--run-dir", None, "--quiet"]
+    return sweep(
+        folder,
+        lambda d: [d if a is None else a for a in command],
+        lambda d: [d if a is None else a for a in command],
+        lambda d: None,
+        lambda d: models(d) if (d / "run.json").exists() else None,
+    )
+
+
+def scenario_worker(folder: Path) -> dict:
+    config = _config(folder)
+
+    def prepare(root: Path) -> None:  # a planned run with nothing trained
+        assert forked("run", config, "--run-dir", root, "--time-limit", "0", "--quiet") == 0
+
+    return sweep(
+        folder,
+        lambda d: ["worker", d, "--worker-id", "swept"],
+        lambda d: ["worker", d, "--worker-id", "resumed"],
+        prepare,
+        models,
+    )
+
+
+def scenario_record(folder: Path) -> dict:
+    rng = np.random.default_rng(5)
+    results = folder / "results.npz"
+    np.savez(
+        results,
+        masks=rng.random((12, 6)) < 0.5,
+        logits=rng.normal(size=(12, 30, 3)).astype(np.float32),
+        labels=np.arange(30) % 3,
+        seeds=np.repeat([4, 8, 2], 4),
+    )
+    command = lambda d: ["record", d, "--from", results]  # noqa: E731
+    return sweep(
+        folder,
+        command,
+        command,
+        lambda d: None,
+        lambda d: models(d) if (d / "run.json").exists() else None,
+    )
+
+
+def _estimate_scenario(folder: Path, name: str, volatile: tuple[str, ...]) -> dict:
+    shared = folder / "trained"
+    _trained(shared)
+    written = "influence" if name == "estimate" else "report"
+
+    def prepare(root: Path) -> None:  # a copy of the trained run with a margin set written
+        if not root.exists():
+            shutil.copytree(shared, root, symlinks=True)
+            assert forked(name, root, "--output", "margin", *_quiet(name)) == 0
+
+    command = lambda d: [name, d, "--output", "p_correct", *_quiet(name)]  # noqa: E731
+    result = sweep(
+        folder,
+        command,
+        command,
+        prepare,
+        lambda d: folder_set(d / written, volatile),
+    )
+    old = folder / "old-set"
+    prepare(old)
+    result["old_set"] = folder_set(old / written, volatile)
+    return result
+
+
+def _quiet(name: str) -> list[str]:
+    return ["--quiet"] if name == "report" else []
+
+
+def scenario_estimate(folder: Path) -> dict:
+    return _estimate_scenario(folder, "estimate", ("created", "run"))
+
+
+def scenario_report(folder: Path) -> dict:
+    return _estimate_scenario(folder, "report", ())
+
+
+def scenario_prune(folder: Path) -> dict:
+    shared = folder / "trained"
+    _trained(shared)
+
+    def prepare(root: Path) -> None:
+        if not root.exists():
+            shutil.copytree(shared, root, symlinks=True)
+
+    command = lambda d: [  # noqa: E731
+        "prune", d, "--remove", "bottom,random", "--k", "2", "--seeds", "2", "--quiet",
+    ]  # fmt: skip
+
+    def observe(root: Path) -> dict | None:
+        records = sorted((root / "prune" / "models").glob("*.json"))
+        summary = root / "prune" / "results.csv"
+        results = None
+        if summary.exists():  # the seconds a model took differ from run to run
+            results = pd.read_csv(summary).drop(columns="seconds").to_csv(index=False)
+        return {
+            "records": {p.name: json.loads(p.read_text())["test_accuracy"] for p in records},
+            "results": results,
+        }
+
+    return sweep(folder, command, command, prepare, observe)
+
+
+if __name__ == "__main__":
+    scenario, where = sys.argv[1], Path(sys.argv[2])
+    where.mkdir(parents=True, exist_ok=True)
+    print(json.dumps(globals()[f"scenario_{scenario}"](where)))
