@@ -311,8 +311,11 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 def _cmd_status(args: argparse.Namespace) -> int:
     store = RunStore(args.run_dir)
     if args.verify:
-        damaged = store.verify()
-        print(f"verified: {len(damaged)} damaged chunk(s) moved to corrupt/ (run again to redo)")
+        aside = store.verify()
+        print(
+            f"verified: {len(aside)} chunk(s) set aside ({len(store.quarantined)} damaged, in "
+            f"corrupt/; {len(store.foreign)} of another run, in foreign/); run again to redo"
+        )
     print(f"run      {store.root}")
     for line in run_status(store).lines():
         print(line)

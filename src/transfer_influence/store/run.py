@@ -253,9 +253,15 @@ class RunStore:
     def open_or_create(
         cls, root: str | Path, config: Config, task: TaskDescription, config_text: str | None = None
     ) -> RunStore:
-        """Resume the run at ``root`` if its defining config and task match, else create it."""
+        """Resume the run at ``root`` if its defining config and task match, else create it.
+        Of two processes creating the same run at once, one creates it and the other resumes
+        it."""
         if not (Path(root) / "run.json").exists():
-            return cls.create(root, config, task, config_text)
+            try:
+                return cls.create(root, config, task, config_text)
+            except RunError:
+                if not (Path(root) / "run.json").exists():
+                    raise
         store = cls(root)
         # Compared as parsed, so a field added in a later version reads as its default.
         differences = defining_diff(store.config.to_dict(), config.to_dict())
@@ -280,7 +286,7 @@ class RunStore:
             self.meta["config"]["trainer"] = trainer
             self._write_meta()
 
-    def set_models(self, models: int, chunk_size: int | None = None) -> None:
+    def set_models(self, models: int) -> None:
         """Raise the number of models; existing chunk boundaries never move. Safe against
         other processes raising it at the same time: the plan only ever grows."""
         if models <= self.planned_models:
@@ -289,7 +295,7 @@ class RunStore:
             self._reload()  # another process may have grown the plan meanwhile
             if models <= self.planned_models:
                 return
-            chunks = _plan(self.chunks, models, chunk_size or self.config.run.chunk_size)
+            chunks = _plan(self.chunks, models, self.config.run.chunk_size)
             _check_bounds(chunks)
             self.chunks = chunks
             self.meta["config"]["run"]["models"] = models
