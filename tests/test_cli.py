@@ -380,7 +380,7 @@ def test_a_chunk_of_another_run_is_not_taken_for_this_one(make_config, cli, tmp_
         (tmp_path / "other" / "chunks" / name).read_bytes()
     )
     code, out, _ = cli("status", tmp_path / "mine", "--verify")
-    assert code == 0 and "1 damaged" in out
+    assert code == 0 and "1 of another run, in foreign/" in out
     assert cli("run", tmp_path / "mine", "--quiet")[0] == 0
     assert not RunStore(tmp_path / "mine").verify()
 
