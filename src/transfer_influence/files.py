@@ -222,8 +222,13 @@ def settle_folder(folder: Path) -> None:
     """Finish what a writer of :func:`write_folder` left when it was killed: a set that was
     complete takes its place, half-built sets and swapped-out old ones are removed."""
     folder = Path(folder)
-    if not folder.parent.is_dir() or not any(folder.parent.glob(f".{folder.name}.*")):
-        return
+    pending = (
+        path
+        for suffix in ("ready", "old", "tmp")
+        for path in folder.parent.glob(f".{glob.escape(folder.name)}.*.{suffix}")
+    )
+    if not folder.parent.is_dir() or next(pending, None) is None:
+        return  # the common case: nothing to settle, and no lock taken
     with _folder_lock(folder):
         _settle(folder)
 

@@ -489,15 +489,10 @@ class RunStore:
 
     def chunk_meta(self, chunk: Chunk) -> dict[str, Any] | None:
         """A finished chunk's metadata (times, worker, device), read without verifying."""
+        arrays = self._read_members(chunk, ("meta",))
         try:
-            with (
-                open_regular(self.chunk_path(chunk)) as handle,
-                np.load(handle, allow_pickle=False) as archive,
-            ):
-                if "run_digest" in archive.files and str(archive["run_digest"]) != self.run_digest:
-                    return None
-                meta = json.loads(str(archive["meta"]))
-        except (OSError, ValueError, KeyError, EOFError, CorruptFileError, zipfile.BadZipFile):
+            meta = json.loads(str(arrays["meta"])) if arrays is not None else None
+        except (ValueError, RecursionError):
             return None
         return meta if isinstance(meta, dict) else None
 
@@ -507,20 +502,10 @@ class RunStore:
         names = ("index", "seed", "status", "source_accuracy", f"accuracy/{key}", "seconds")
         columns: dict[str, list[np.ndarray]] = {name: [] for name in names}
         for chunk in self.chunks:
-            try:
-                with (
-                    open_regular(self.chunk_path(chunk)) as handle,
-                    np.load(handle, allow_pickle=False) as archive,
-                ):
-                    if "run_digest" in archive.files and (
-                        str(archive["run_digest"]) != self.run_digest
-                    ):
-                        continue  # another run's: set aside when it is next read in full
-                    arrays = {name: archive[name] for name in names}
-            except (OSError, ValueError, KeyError, EOFError, CorruptFileError, zipfile.BadZipFile):
-                continue
-            for name in names:
-                columns[name].append(arrays[name])
+            arrays = self._read_members(chunk, names)
+            if arrays is not None:
+                for name in names:
+                    columns[name].append(arrays[name])
         metrics = {
             name: np.concatenate(parts) if parts else np.zeros(0) for name, parts in columns.items()
         }
@@ -628,11 +613,35 @@ class RunStore:
         """Digests of every model the run holds, and the seeds recorded with them."""
         digests: set[str] = set()
         seeds: set[int] = set()
-        for _, arrays in self.iter_chunks():
-            held = arrays["model_digest"] if "model_digest" in arrays else model_digests(arrays)
-            digests.update(held.tolist())
+        for chunk in self.chunks:
+            arrays = self._read_members(chunk, ("model_digest", "seed"))
+            if arrays is None:  # written before models carried digests, or damaged
+                arrays = self.read_chunk(chunk)
+                if arrays is None:
+                    continue
+                arrays = {"model_digest": model_digests(arrays), "seed": arrays["seed"]}
+            digests.update(arrays["model_digest"].tolist())
             seeds.update(int(s) for s in arrays["seed"] if s >= 0)
         return digests, seeds
+
+    def _read_members(self, chunk: Chunk, names: tuple[str, ...]) -> dict | None:
+        """Some small arrays of a finished chunk, read without the rest (nor its checksum,
+        which every estimate verifies); None when the chunk is missing, lacks one of them or
+        was made by another run (set aside when it is next read in full)."""
+        try:
+            with (
+                open_regular(self.chunk_path(chunk)) as handle,
+                np.load(handle, allow_pickle=False) as archive,
+            ):
+                if not set(names) <= set(archive.files):
+                    return None
+                if "run_digest" in archive.files and (
+                    str(archive["run_digest"]) != self.run_digest
+                ):
+                    return None
+                return {name: archive[name] for name in names}
+        except (OSError, ValueError, KeyError, EOFError, CorruptFileError, zipfile.BadZipFile):
+            return None
 
     def _append_recorded(self, chunk: Chunk) -> None:
         """Under the plan lock: the chunk joins the plan (once)."""
