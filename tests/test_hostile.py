@@ -388,3 +388,16 @@ def test_record_beside_run_is_refused_both_ways(make_config, cli, tmp_path):
         code, _, err = cli(*command)
         _one_line_error(code, err)
     assert RunStore(imported).planned_models == 10
+
+
+def test_a_run_whose_estimate_cannot_fit_in_memory_is_refused_up_front(tmp_path):
+    from transfer_influence.config import Config
+    from transfer_influence.trainers.protocol import TargetInfo, TaskDescription
+
+    n = 200_000
+    target = TargetInfo("t", np.arange(n).astype(str), np.zeros(n, dtype=np.int64), ("a",))
+    task = TaskDescription(tuple(f"g{k}" for k in range(n)), (target,), ("fixed_feature",))
+    config = Config.from_dict({"run": {"models": 4}, "trainer": {"type": "simulated"}})
+    with pytest.raises(RunError, match=r"about 1,788 GiB \(200,000 source groups x 200,000"):
+        RunStore.create(tmp_path / "run", config, task)
+    assert sorted(os.listdir(tmp_path)) == []
