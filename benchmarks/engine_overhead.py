@@ -30,8 +30,7 @@ import torch  # noqa: E402
 
 from _common import save_result  # noqa: E402
 from transfer_influence.config import Config  # noqa: E402
-from transfer_influence.engines.local import run_local  # noqa: E402
-from transfer_influence.engines.ray_cluster import run_ray  # noqa: E402
+from transfer_influence.engines import LocalEngine, RayEngine  # noqa: E402
 from transfer_influence.experiments.demo import demo_config  # noqa: E402
 from transfer_influence.store import RunStore  # noqa: E402
 from transfer_influence.trainers import load_trainer  # noqa: E402
@@ -61,9 +60,9 @@ def overhead(scratch: Path, chunks: int, chunk_seconds: float) -> dict:
         store = _store(scratch / f"overhead-{engine}", config)
         start = time.perf_counter()
         if engine == "local":
-            run_local(store, workers=1, progress=False)
+            LocalEngine(workers=1).run(store, progress=False)
         else:
-            run_ray(store, workers=1, progress=False)
+            RayEngine(workers=1).run(store, progress=False)
         wall = time.perf_counter() - start
         per_chunk = (wall - _inside_chunks(store)) / chunks
         result[engine] = {"wall_s": wall, "overhead_per_chunk_s": per_chunk}
@@ -80,11 +79,11 @@ def speedup(scratch: Path, models: int) -> dict:
     torch.set_num_threads(1)
     store = _store(scratch / "speed-local", config)
     start = time.perf_counter()
-    run_local(store, workers=1, progress=False)
+    LocalEngine(workers=1).run(store, progress=False)
     local = time.perf_counter() - start
     store = _store(scratch / "speed-ray", config)
     start = time.perf_counter()
-    run_ray(store, workers=2, cpus_per_worker=1, progress=False)
+    RayEngine(workers=2, cpus_per_worker=1).run(store, progress=False)
     distributed = time.perf_counter() - start
     print(f"{models} demo models: 1 local worker {local:.1f} s, 2 Ray workers {distributed:.1f} s")
     return {

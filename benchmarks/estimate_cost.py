@@ -27,7 +27,7 @@ from _common import save_result
 from transfer_influence import RunStore, SimulatedTrainer, record_file
 from transfer_influence.cli import main as cli
 from transfer_influence.config import Config
-from transfer_influence.engines.local import run_local
+from transfer_influence.engines import LocalEngine
 
 FIXTURE = Path(__file__).resolve().parents[2] / "shared/fixtures/cifar100-to-cifar10-149-models.npz"
 VARIANTS = {
@@ -77,7 +77,7 @@ def simulated_run(folder: Path, groups: int, examples: int, models: int) -> Path
     )  # fmt: skip
     trainer = SimulatedTrainer(**params)
     store = RunStore.create(folder / "sim", config, trainer.describe())
-    run_local(store, workers=1, progress=True, trainer=trainer)
+    LocalEngine(workers=1, trainer=trainer).run(store, progress=True)
     return store.root
 
 

@@ -27,7 +27,7 @@ from _common import save_result
 from transfer_influence.config import Config
 from transfer_influence.datasets.arrays import save_npz
 from transfer_influence.datasets.synthetic import planted_pool
-from transfer_influence.engines.local import run_local
+from transfer_influence.engines import LocalEngine
 from transfer_influence.estimation import ExampleInfluence
 from transfer_influence.store import RunStore
 from transfer_influence.trainers import load_trainer
@@ -100,7 +100,7 @@ def one_run(per_class: int, models: int, seed: int, workdir: Path, output: str) 
     trainer = load_trainer(config.trainer.type, config.trainer.params)
     store = RunStore.open_or_create(workdir / "run", config, trainer.describe())
     start = time.perf_counter()
-    run_local(store, 1, progress=False, trainer=trainer)
+    LocalEngine(workers=1, trainer=trainer).run(store, progress=False)
     seconds = time.perf_counter() - start
     result: dict = {"output": output, "per_class": per_class, "pool_size": pool_size,
                     "models": models, "seed": seed,

@@ -31,7 +31,7 @@ from _common import save_result  # noqa: E402
 from transfer_influence import RunStore, estimate_influence  # noqa: E402
 from transfer_influence.config import Config  # noqa: E402
 from transfer_influence.datasets.synthetic import planted_pool  # noqa: E402
-from transfer_influence.engines.local import run_local  # noqa: E402
+from transfer_influence.engines import LocalEngine  # noqa: E402
 from transfer_influence.estimation import ExampleInfluence  # noqa: E402
 from transfer_influence.trainers import load_trainer  # noqa: E402
 
@@ -48,7 +48,7 @@ def planted_ranks(folder: Path, models: int, pool_seed: int, run_seed: int, plan
     trainer = load_trainer("builtin", params)
     store = RunStore.open_or_create(folder / "run", config, trainer.describe())
     start = time.perf_counter()
-    run_local(store, 1, progress=False, trainer=trainer)
+    LocalEngine(workers=1, trainer=trainer).run(store, progress=False)
     seconds = time.perf_counter() - start
     fitted = ExampleInfluence(
         output="margin", examples=list(pool.duplicates.values()), estimator="difference"

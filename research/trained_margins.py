@@ -33,7 +33,7 @@ from _common import save_result  # noqa: E402
 from transfer_influence import ClassInfluence, RunStore  # noqa: E402
 from transfer_influence.clustering import FeatureClusters  # noqa: E402
 from transfer_influence.datasets import demo_dataset, planted_classes  # noqa: E402
-from transfer_influence.engines.local import run_local  # noqa: E402
+from transfer_influence.engines import LocalEngine  # noqa: E402
 from transfer_influence.experiments.demo import demo_config, recovery  # noqa: E402
 from transfer_influence.subsets import Job  # noqa: E402
 from transfer_influence.trainers import load_trainer  # noqa: E402
@@ -45,7 +45,7 @@ def demo(seed: int, control: bool, folder: Path) -> dict:
     config = demo_config(48 if control else 64, planted=not control, seed=seed)
     trainer = load_trainer(config.trainer.type, config.trainer.params)
     store = RunStore.create(folder / f"demo-{seed}-{control}", config, trainer.describe())
-    run_local(store, 1, progress=False, trainer=trainer)
+    LocalEngine(workers=1, trainer=trainer).run(store, progress=False)
     model = ClassInfluence(estimator="regression", diagnostics=False).fit(store)
     table = model.classes_.set_index("group")
     found = recovery(model.classes_, planted=not control)

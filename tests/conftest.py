@@ -170,3 +170,11 @@ def tiny_builtin_config(path, data, target_options=""):
     seconds on CPU; ``target_options`` are extra keys of the target table (", k = v")."""
     path.write_text(TINY_BUILTIN.format(data=data, target_options=target_options))
     return path
+
+
+def users_own_trainer(**params):
+    """A trainer as a user plugs one in (``trainer.type = "conftest:users_own_trainer"``): it
+    describes its validation target and its test target itself."""
+    from transfer_influence.trainers.simulated import SimulatedTrainer
+
+    return SimulatedTrainer(**{"targets": ["val", "test"], "modes": ["fixed_feature"], **params})

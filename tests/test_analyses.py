@@ -18,7 +18,7 @@ from transfer_influence.analyses import (
     projection,
     top_groups,
 )
-from transfer_influence.engines.local import run_local
+from transfer_influence.engines import LocalEngine
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from leakage_recall import disguise, plant, score  # noqa: E402
@@ -34,7 +34,7 @@ def fitted(tmp_path_factory):
     config = Config.from_dict({"run": {"models": 60, "chunk_size": 20}, "trainer": trainer_table})
     trainer = SimulatedTrainer(**params)
     store = RunStore.create(tmp_path_factory.mktemp("run") / "run", config, trainer.describe())
-    run_local(store, workers=1, progress=False, trainer=trainer)
+    LocalEngine(workers=1, trainer=trainer).run(store, progress=False)
     return ClassInfluence(output="margin").fit(store)
 
 

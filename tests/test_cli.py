@@ -232,8 +232,8 @@ def test_run_until_stable_grows_the_run_until_the_target_or_budget(make_config, 
 def test_until_stable_grows_by_the_projection_and_doubles_without_one():
     """Halves that do not agree (Spearman <= 0) give no projection: the run doubles (this
     crashed on a NaN before). A projection is followed, at least a chunk and at most double."""
-    from transfer_influence.cli import grown_models
     from transfer_influence.estimation.diagnostics import SplitHalf
+    from transfer_influence.experiments.growth import grown_models
 
     disagree = SplitHalf(spearman=-0.1, spread=0.2, splits=50, models=40)
     assert grown_models(disagree, 0.9, 40, 8, 1000) == 80

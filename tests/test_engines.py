@@ -183,3 +183,42 @@ def _descends_from(psutil, pid: int, ancestor: int) -> bool:
         return any(parent.pid == ancestor for parent in psutil.Process(pid).parents())
     except psutil.Error:
         return False
+
+
+PRUNE = ["--remove", "bottom,top,random", "--k", "2,4", "--seeds", "2", "--quiet"]
+
+
+def _prune_results(run_dir: Path) -> str:
+    import pandas as pd
+
+    results = pd.read_csv(run_dir / "prune" / "results.csv").drop(columns="seconds")
+    return results.to_csv(index=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("executor", ["local", "slurm"])
+def test_prune_conditions_run_on_a_job_array_that_survives_a_killed_job(
+    reference, tmp_path, executor
+):
+    """Pruning conditions are a run: a Slurm job array trains them like the sweep, and a job
+    killed mid-chunk costs nothing but its chunk."""
+    pytest.importorskip("submitit", reason="the Slurm engine test needs submitit")
+    if executor == "slurm" and not _slurm_cluster_answers():
+        pytest.skip("no Slurm cluster answers sinfo here (.ci/slurm-up starts one)")
+    _, reference_dir = reference
+    local, arrayed = tmp_path / "local", tmp_path / "array"
+    for copy in (local, arrayed):
+        shutil.copytree(reference_dir, copy)
+    done = _cli("prune", local, *PRUNE)
+    assert done.returncode == 0, done.stderr
+    process = subprocess.Popen(
+        [sys.executable, "-m", "transfer_influence", "prune", str(arrayed), *PRUNE,
+         "--engine", "slurm", "--slurm-executor", executor, "--workers", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    conditions = arrayed / "prune" / "run"
+    killed = _kill_a_worker_mid_chunk(conditions, "slurm:", process)
+    _finish(process)
+    writers = [str(chunk["meta"]) for chunk in chunk_arrays(conditions).values()]
+    assert len(writers) == 2 and not any(killed in meta for meta in writers)
+    assert _prune_results(arrayed) == _prune_results(local)

@@ -8,7 +8,7 @@ from conftest import make_image_folder, tiny_builtin_config
 from transfer_influence import RunStore
 from transfer_influence.config import Config
 from transfer_influence.datasets import load_dataset
-from transfer_influence.engines.local import run_local
+from transfer_influence.engines import LocalEngine
 from transfer_influence.estimation import ExampleInfluence
 from transfer_influence.trainers import SimulatedTrainer
 from transfer_influence.trainers.source_groups import example_pool, mapped_groups
@@ -80,7 +80,7 @@ def test_sparse_estimator_finds_the_few_influential_examples_with_fewer_models_t
 ):
     trainer, config = _simulated(models=150)
     store = RunStore.create(tmp_path / "run", config, trainer.describe())
-    run_local(store, workers=1, progress=False, trainer=trainer)
+    LocalEngine(workers=1, trainer=trainer).run(store, progress=False)
     truth = trainer.true_influence("sim", "fixed_feature").mean(axis=1)
     # Every true difference in means carries the same small contrast term; the rest is effect.
     active = np.abs(truth - np.median(truth)) > 1e-6
@@ -126,7 +126,7 @@ def test_example_influence_with_a_seed_per_chunk_is_not_shrunk(tmp_path):
     The lasso on centred outputs but uncentred masks (as before) shrank effects by ~1/4."""
     trainer, config = _simulated(models=400, seeds="chunk", chunk_size=4)
     store = RunStore.create(tmp_path / "run", config, trainer.describe())
-    run_local(store, workers=1, progress=False, trainer=trainer)
+    LocalEngine(workers=1, trainer=trainer).run(store, progress=False)
     truth = trainer.true_influence("sim", "fixed_feature").mean(axis=1)
     truth -= np.median(truth)  # the contrast term every group shares
     for estimator in ("difference", "sparse"):
@@ -166,7 +166,7 @@ def test_planted_near_duplicates_rank_near_the_top_for_the_image_they_copy(tmp_p
     )  # fmt: skip
     trainer = load_trainer("builtin", params)
     store = RunStore.open_or_create(tmp_path / "run", config, trainer.describe())
-    run_local(store, 1, progress=False, trainer=trainer)
+    LocalEngine(workers=1, trainer=trainer).run(store, progress=False)
     fitted = ExampleInfluence(
         output="margin", examples=list(pool.duplicates.values()), estimator="difference"
     ).fit(store)

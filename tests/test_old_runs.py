@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from transfer_influence import ClassInfluence, RunStore, SimulatedTrainer
-from transfer_influence.engines.local import run_local
+from transfer_influence.engines import LocalEngine
 
 ARCHIVE = Path(__file__).parent / "data" / "old-runs.tar.gz"
 SEEDS = {
@@ -62,5 +62,5 @@ def test_an_old_run_resumes_with_the_jobs_it_would_have_trained(old_runs, name, 
     np.testing.assert_array_equal(first["seed"], [j.seed for j in jobs])
     trainer = SimulatedTrainer(**store.config.trainer.params)
     store.set_models(28)
-    run_local(store, 1, progress=False, trainer=trainer)
+    LocalEngine(workers=1, trainer=trainer).run(store, progress=False)
     assert not store.missing_chunks() and store.planned_models == 28

@@ -136,3 +136,36 @@ def test_prune_with_the_builtin_trainer_ranks_on_validation_only(tmp_path, cli, 
     assert len(results) == 2 * (1 + 3 * 2)
     assert results["test_accuracy"].between(0, 1).all()
     assert "keep list" in out
+
+
+def test_prune_trains_with_a_users_own_trainer_and_engine_options(tmp_path, cli):
+    config = tmp_path / "own.toml"
+    config.write_text(
+        '[run]\nmodels = 40\nchunk_size = 20\n[trainer]\ntype = "conftest:users_own_trainer"\n'
+        "[trainer.params]\ngroups = 10\nexamples = 200\nclasses = 4\neffect_scale = 0.3\n"
+    )
+    run = tmp_path / "run"
+    assert cli("run", config, "--run-dir", run, "--quiet")[0] == 0
+    code, _, err = cli("prune", run, "--k", "2", "--seeds", "2", "--quiet")
+    assert code == 2 and "no target 'val@test'" in err and "--test-target" in err
+    engine = ("--engine", "local", "--workers", "1")
+    code, _, err = cli("prune", run, "--k", "2", "--seeds", "2", "--quiet",
+                       "--test-target", "test", *engine)  # fmt: skip
+    assert code == 0, err
+    conditions = RunStore(run / "prune" / "run")
+    assert conditions.planned_models == 2 * 4 and not conditions.missing_chunks()
+    assert conditions.config.trainer.type == "conftest:users_own_trainer"
+    results = pd.read_csv(run / "prune" / "results.csv")
+    assert len(results) == 8 and results["test_accuracy"].between(0, 1).all()
+    again = cli("prune", run, "--k", "2,3", "--seeds", "2", "--quiet", "--test-target", "test")
+    assert again[0] == 0  # more conditions: the run grows, the trained ones are kept
+    assert RunStore(run / "prune" / "run").planned_models == 2 * 7
+
+
+def test_a_prune_folder_of_an_earlier_version_gets_one_line(simulated_run, cli):
+    run = simulated_run()
+    (run / "prune" / "models").mkdir(parents=True)
+    (run / "prune" / "models" / "full-k0-s0.json").write_text("{}")
+    code, _, err = cli("prune", run, "--k", "2", "--seeds", "1", "--quiet")
+    assert code == 2 and "earlier version" in err and "mv " in err
+    assert len(err.strip().splitlines()) == 1

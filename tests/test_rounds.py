@@ -7,7 +7,7 @@ import pytest
 from conftest import NOISY_SEEDS
 from transfer_influence import ClassInfluence, RunStore
 from transfer_influence.config import Config
-from transfer_influence.engines.local import run_local
+from transfer_influence.engines import LocalEngine
 from transfer_influence.estimation import (
     InfluenceAccumulator,
     InfluenceWarning,
@@ -118,7 +118,7 @@ def test_a_balanced_run_with_a_seed_per_chunk_has_honest_intervals(tmp_path):
         )
         trainer = load_trainer("simulated", config.trainer.params)
         store = RunStore.open_or_create(tmp_path / str(seed), config, trainer.describe())
-        run_local(store, 1, progress=False, trainer=trainer)
+        LocalEngine(workers=1, trainer=trainer).run(store, progress=False)
         truth = trainer.true_influence("sim", "fixed_feature")
         fit = ClassInfluence(output="margin", estimator="difference").fit(store)
         per_example = fit.estimate_.per_example

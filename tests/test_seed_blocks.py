@@ -10,7 +10,7 @@ import pytest
 from conftest import NOISY_SEEDS
 from transfer_influence import ClassInfluence, RunStore, estimate_influence
 from transfer_influence.config import Config, ConfigError
-from transfer_influence.engines.local import run_local
+from transfer_influence.engines import LocalEngine
 from transfer_influence.estimation.centring import centre_within
 from transfer_influence.estimation.diagnostics import (
     linear_datamodeling_score,
@@ -28,7 +28,7 @@ def _run(tmp_path, name, models=160, **run):
     )
     trainer = load_trainer("simulated", config.trainer.params)
     store = RunStore.open_or_create(tmp_path / name, config, trainer.describe())
-    run_local(store, 1, progress=False, trainer=trainer)
+    LocalEngine(workers=1, trainer=trainer).run(store, progress=False)
     return store, trainer
 
 

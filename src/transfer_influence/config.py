@@ -130,7 +130,7 @@ class Config:
         external = self.trainer.type == "external"  # results imported with `record`
         _check(
             r.design in DESIGNS
-            or r.design == "complementary"
+            or r.design in ("complementary", "explicit")
             or (external and r.design == "external"),
             f"run.design must be one of {', '.join(DESIGNS)}",
         )

@@ -11,7 +11,6 @@ import math
 import os
 import re
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -19,8 +18,8 @@ import numpy as np
 
 from .. import __version__
 from ..config import Config, ConfigError, apply_overrides, load_config
-from ..engines.local import prepare, run_local, work
-from ..estimation import ESTIMATORS, ClassInfluence, run_stability
+from ..engines import work
+from ..estimation import ESTIMATORS, ClassInfluence
 from ..estimation.classes import LDS_SPLITS
 from ..estimation.diagnostics import SplitHalf
 from ..estimation.words import (
@@ -34,12 +33,14 @@ from ..estimation.words import (
     stability_sentences,
 )
 from ..experiments.demo import run_demo
+from ..experiments.growth import grow_until_stable
 from ..store import CorruptFileError, RecordError, RunError, RunStore
 from ..store.importing import record_file
 from ..store.status import duration, run_status
 from ..trainers import load_trainer
 from .analysis import RUN_HELP, add_analysis_commands, add_estimation_arguments, count
 from .cluster import add_cluster_command
+from .engines import add_engine_arguments, engine_from_args
 
 EXIT_BAD_INPUT = 2
 
@@ -64,7 +65,6 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a config value, e.g. --set run.models=200",
     )
-    run.add_argument("--workers", type=count, help="worker processes (default: one per GPU, or 1)")
     run.add_argument("--dry-run", action="store_true", help="print the work and its cost only")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.add_argument(
@@ -81,23 +81,7 @@ def _parser() -> argparse.ArgumentParser:
         "overall class ranking reaches R (e.g. 0.9) or --max-models",
     )
     run.add_argument("--max-models", type=count, help="model budget for --until-stable")
-    engine = run.add_argument_group("engines")
-    engine.add_argument(
-        "--engine", choices=("local", "ray", "slurm"), default="local",
-        help="local processes (default), a Ray cluster, or a Slurm job array",
-    )  # fmt: skip
-    engine.add_argument("--address", help="ray: cluster address (default: start a local one)")
-    engine.add_argument("--cpus-per-worker", type=count, default=1, help="ray/slurm (default: 1)")
-    engine.add_argument("--gpus-per-worker", type=float, default=0, help="ray/slurm (default: 0)")
-    engine.add_argument("--slurm-partition", help="slurm: partition")
-    engine.add_argument(
-        "--slurm-timeout-min", type=count, default=240, help="slurm: job time limit (minutes)"
-    )
-    engine.add_argument("--slurm-parallelism", type=count, help="slurm: array jobs at once")
-    engine.add_argument(
-        "--slurm-executor", choices=("slurm", "local"), default="slurm",
-        help="slurm: 'local' runs the jobs as local processes (submitit's local executor)",
-    )  # fmt: skip
+    add_engine_arguments(run)
 
     worker = sub.add_parser("worker", help="train missing chunks of a run (for any scheduler)")
     worker.add_argument("run_dir", metavar="RUN", help=RUN_HELP)
@@ -184,32 +168,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return _dry_run(run_dir, config, trainer, args.workers or 1)
     store = RunStore.open_or_create(run_dir, config, task, text)
-    deadline = time.time() + args.time_limit if args.time_limit is not None else None
-    first = True
-    while True:
-        left = None if deadline is None else max(deadline - time.time(), 0.0)
-        # Every chunk is verified once, at the start; later rounds only add chunks.
-        _train(args, store, left, trainer, verify=first)
-        first = False
-        if not args.until_stable or store.missing_chunks():
-            break
-        stability = run_stability(store)
-        budget = args.max_models or store.planned_models
-        if stability is None:  # too few models (or seeds) to split yet
-            if store.planned_models >= budget:
-                break
-            store.set_models(min(2 * store.planned_models, budget))
-            continue
-        print(
-            f"{stability.models} models: split-half rank stability {stability.spearman:.2f} "
-            f"(target {args.until_stable}: {stability.projection(args.until_stable)})"
-        )
-        if stability.spearman >= args.until_stable or store.planned_models >= budget:
-            break
-        chunk_size = store.config.run.chunk_size
-        store.set_models(
-            grown_models(stability, args.until_stable, store.planned_models, chunk_size, budget)
-        )
+    engine = engine_from_args(args, trainer)
+    if args.until_stable:
+
+        def said(stability: SplitHalf) -> None:
+            print(
+                f"{stability.models} models: split-half rank stability {stability.spearman:.2f} "
+                f"(target {args.until_stable}: {stability.projection(args.until_stable)})"
+            )
+
+        grow_until_stable(
+            store, engine, args.until_stable, max_models=args.max_models,
+            time_limit=args.time_limit, progress=not args.quiet, on_round=said,
+        )  # fmt: skip
+    else:
+        engine.run(store, args.time_limit, not args.quiet)
     missing = sum(c.size for c in store.missing_chunks())
     if missing:
         print(f"stopped at the time limit with {missing} models to go; run again to continue")
@@ -219,41 +192,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
             f"next: transfer-influence estimate {store.root}"
         )
     return 0
-
-
-def grown_models(
-    stability: SplitHalf, target: float, planned: int, chunk_size: int, budget: int
-) -> int:
-    """How many models to plan next on the way to ``target``: the Spearman-Brown projection,
-    at least a chunk more and at most double (then measure again), within ``budget``. While
-    the halves do not agree at all there is no projection, so double."""
-    projected = stability.models_needed(target)
-    wanted = max(projected, planned + chunk_size) if math.isfinite(projected) else 2 * planned
-    return int(math.ceil(min(wanted, 2 * planned, budget)))
-
-
-def _train(args, store: RunStore, time_limit: float | None, trainer, verify: bool) -> None:
-    """One round of training with the chosen engine."""
-    progress = not args.quiet
-    if args.engine == "local":
-        run_local(store, args.workers, progress, time_limit, trainer, verify=verify)
-        return
-    prepare(store, verify)
-    if args.engine == "ray":
-        from ..engines.ray_cluster import run_ray
-
-        run_ray(
-            store, args.address, args.workers, args.cpus_per_worker, args.gpus_per_worker,
-            progress, time_limit,
-        )  # fmt: skip
-    else:
-        from ..engines.slurm import run_slurm
-
-        run_slurm(
-            store, args.workers, args.slurm_partition, args.slurm_timeout_min,
-            args.cpus_per_worker, int(args.gpus_per_worker), args.slurm_parallelism,
-            args.slurm_executor, progress,
-        )  # fmt: skip
 
 
 def _dry_run(run_dir: Path, config: Config, trainer: object, workers: int) -> int:

@@ -13,6 +13,7 @@ from ..estimation.words import q_text, split_half_method, stability_sentences
 from ..files import csv_text, read_json
 from ..outputs import with_unit
 from ..store import RunStore
+from .engines import add_engine_arguments, engine_from_args
 
 __all__ = ["RUN_HELP", "add_analysis_commands", "add_estimation_arguments", "count"]
 
@@ -129,8 +130,14 @@ def add_analysis_commands(sub: argparse._SubParsersAction) -> dict:
         "--time-limit", type=float, metavar="SECONDS",
         help="start no new model after this long (run again to continue)",
     )  # fmt: skip
+    prune.add_argument(
+        "--test-target",
+        help="the target whose test split is reported (default: TARGET@test, which the built-in "
+        "and simulated trainers add; your own trainer describes it)",
+    )
     prune.add_argument("--device", help="cpu, cuda or cuda:N (default: a GPU when there is one)")
     prune.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_engine_arguments(prune)
 
     drill = sub.add_parser(
         "drill", help="an example-level run over the images of a run's most influential classes"
@@ -144,7 +151,7 @@ def add_analysis_commands(sub: argparse._SubParsersAction) -> dict:
         "--context", choices=("none", "all"), default="none",
         help="the other source images: in no model (default) or in every model",
     )  # fmt: skip
-    drill.add_argument("--workers", type=count, help="worker processes")
+    add_engine_arguments(drill)
     drill.add_argument("--quiet", action="store_true", help="no progress bars")
 
     examples = sub.add_parser("examples", help="example-wise influence of an example-level run")
@@ -191,16 +198,17 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         os.environ["TRANSFER_INFLUENCE_DEVICE"] = args.device
     store = RunStore(args.run_dir)
     pruning = Pruning(
-        tuple(rule.strip() for rule in args.remove.split(",") if rule.strip()),
-        tuple(_integers(args.k, "--k")),
-        args.seeds,
-        args.keep_file,
-        args.drop_file,
-        args.target,
-        args.mode,
-        args.output,
-        args.estimator,
-    ).fit(store, progress=not args.quiet, time_limit=args.time_limit)
+        remove=tuple(rule.strip() for rule in args.remove.split(",") if rule.strip()),
+        k=tuple(_integers(args.k, "--k")),
+        seeds=args.seeds,
+        keep_file=args.keep_file,
+        drop_file=args.drop_file,
+        target=args.target,
+        mode=args.mode,
+        output=args.output,
+        estimator=args.estimator,
+        test_target=args.test_target,
+    ).fit(store, engine_from_args(args), progress=not args.quiet, time_limit=args.time_limit)
     print(f"{len(pruning.results_)} model(s) in {pruning.folder_}/results.csv")
     if not pruning.complete_:
         print("not every planned model is trained yet: run the same command again to continue")
@@ -289,7 +297,6 @@ def _cmd_top(args: argparse.Namespace) -> int:
 
 
 def _cmd_drill(args: argparse.Namespace) -> int:
-    from ..engines.local import run_local
     from ..experiments.drilldown import drill_down_config
     from ..trainers import load_trainer
 
@@ -298,7 +305,7 @@ def _cmd_drill(args: argparse.Namespace) -> int:
     trainer = load_trainer(config.trainer.type, config.trainer.params)
     store = RunStore.open_or_create(args.out, config, trainer.describe())
     print(f"pool: {len(store.groups)} images of {', '.join(chosen)}")
-    run_local(store, args.workers, not args.quiet, trainer=trainer)
+    engine_from_args(args, trainer).run(store, progress=not args.quiet)
     print(f"{store.planned_models} models done in {store.root}; next: "
           f"transfer-influence examples {store.root}")  # fmt: skip
     return 0

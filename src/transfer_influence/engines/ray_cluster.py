@@ -69,6 +69,7 @@ def _connect(address: str | None, workers: int | None) -> bool:
 
 def run_ray(
     store: RunStore,
+    *,
     address: str | None = None,
     workers: int | None = None,
     cpus_per_worker: float = 1.0,

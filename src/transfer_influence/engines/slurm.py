@@ -97,6 +97,7 @@ def _ended(jobs: list[Any], executor: str) -> tuple[bool, list[Any]]:
 
 def run_slurm(
     store: RunStore,
+    *,
     jobs: int | None = None,
     partition: str | None = None,
     timeout_min: int = 240,
@@ -105,9 +106,12 @@ def run_slurm(
     parallelism: int | None = None,
     executor: str = "slurm",
     progress: bool = True,
+    time_limit: float | None = None,
 ) -> None:
     """Submit ``jobs`` array jobs (default: one per missing chunk, at most 64), at most
-    ``parallelism`` running at once, and wait until every chunk is done."""
+    ``parallelism`` running at once, and wait until every chunk is done, or until
+    ``time_limit`` seconds have passed (the jobs go on; chunks they finish are kept)."""
+    deadline = None if time_limit is None else time.time() + time_limit
     submitit = _submitit()
     if executor not in ("slurm", "local"):
         raise RunError(f"slurm executor must be 'slurm' or 'local', got {executor!r}")
@@ -135,6 +139,9 @@ def run_slurm(
             print(f"submitted {count} job(s) (first {submitted[0].job_id}); logs in {folder}")
             ended, lost = _ended(submitted, executor)
             while not ended:
+                if deadline is not None and time.time() >= deadline:
+                    print(f"time limit reached; the jobs go on in Slurm (logs in {folder})")
+                    return
                 time.sleep(_POLL_S)
                 bar.n = len(store.chunks) - len(store.missing_chunks())
                 bar.refresh()

@@ -18,7 +18,7 @@ from scipy.special import bdtrik
 
 from ..config import Config
 from ..datasets import planted_classes
-from ..engines.local import run_local
+from ..engines import LocalEngine
 from ..estimation import ClassInfluence
 from ..files import write_json
 from ..store import RunStore
@@ -107,7 +107,7 @@ def run_demo(
     config = demo_config(models, planted=not control)
     trainer = load_trainer(config.trainer.type, config.trainer.params)
     store = RunStore.open_or_create(out, config, trainer.describe())
-    run_local(store, workers, progress=progress, trainer=trainer)
+    LocalEngine(workers=workers, trainer=trainer).run(store, progress=progress)
     model = ClassInfluence(output="p_correct", estimator=estimator).fit(store)
     model.save(out / "influence", str(out))
     accuracies = [

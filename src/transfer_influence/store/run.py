@@ -4,6 +4,7 @@
       run.json              resolved config, task identity, provenance, chunk plan
       config.toml           the config as the user wrote it (when created from a file)
       targets/NAME.npz      stable target example ids, labels, class names
+      jobs.npz              the listed jobs of a run with design "explicit" (pruning)
       chunks/START-STOP.npz one file per chunk of models, atomic and checksummed
       claims/START-STOP     which worker is training a chunk (see claims.py)
       corrupt/              damaged chunk files, moved aside and then redone
@@ -60,6 +61,8 @@ from .records import RecordError, model_digests, outputs_from_arrays, pack_resul
 
 __all__ = ["Chunk", "ChunkOutputs", "RunError", "RunStore", "RunWarning"]
 
+EXPLICIT = "explicit"  # the design of runs whose jobs are listed, not drawn (pruning)
+JOBS_FILE = "jobs.npz"  # their masks, seeds and labels
 FORMAT = 2
 READABLE_FORMATS = (1, 2)  # 1: the plan as a list of [start, stop] pairs
 
@@ -222,8 +225,16 @@ class RunStore:
 
     @classmethod
     def create(
-        cls, root: str | Path, config: Config, task: TaskDescription, config_text: str | None = None
+        cls,
+        root: str | Path,
+        config: Config,
+        task: TaskDescription,
+        config_text: str | None = None,
+        jobs: tuple[np.ndarray, np.ndarray, list[str]] | None = None,
     ) -> RunStore:
+        """A new run at ``root``; ``jobs`` (masks, seeds, labels) for ``design = "explicit"``."""
+        if (jobs is not None) != (config.run.design == EXPLICIT):
+            raise RunError('explicit jobs go with run.design = "explicit", and only with it')
         root = Path(root)
         if (root / "run.json").exists():
             raise RunError(f"{root} already holds a run")
@@ -237,6 +248,8 @@ class RunStore:
         building = root.parent / f".{root.name}.{uuid.uuid4().hex}.creating"
         try:
             _build(building, config, task, config_text)
+            if jobs is not None:
+                write_arrays(building / JOBS_FILE, _jobs_arrays(*jobs))
             _maybe_crash("rename")
             os.rename(building, root)
         except OSError as error:
@@ -252,14 +265,19 @@ class RunStore:
 
     @classmethod
     def open_or_create(
-        cls, root: str | Path, config: Config, task: TaskDescription, config_text: str | None = None
+        cls,
+        root: str | Path,
+        config: Config,
+        task: TaskDescription,
+        config_text: str | None = None,
+        jobs: tuple[np.ndarray, np.ndarray, list[str]] | None = None,
     ) -> RunStore:
         """Resume the run at ``root`` if its defining config and task match, else create it.
         Of two processes creating the same run at once, one creates it and the other resumes
         it."""
         if not (Path(root) / "run.json").exists():
             try:
-                return cls.create(root, config, task, config_text)
+                return cls.create(root, config, task, config_text, jobs)
             except RunError:
                 if not (Path(root) / "run.json").exists():
                     raise
@@ -380,6 +398,11 @@ class RunStore:
         if self.external:
             raise RunError(f"{self.root} holds imported results; it has no jobs to train")
         r = self.config.run
+        if r.design == EXPLICIT:
+            masks, seeds, _ = self.explicit_jobs()
+            if chunk.stop > seeds.size:
+                raise RunError(f"{self.root / JOBS_FILE} plans fewer jobs than {chunk.name}")
+            return [Job(i, int(seeds[i]), masks[i]) for i in range(chunk.start, chunk.stop)]
         return make_jobs(
             range(chunk.start, chunk.stop),
             len(self.groups),
@@ -389,6 +412,34 @@ class RunStore:
             r.seeds == "run",
             chunk.start if r.seeds == "chunk" else None,
         )
+
+    def explicit_jobs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The masks, seeds and labels of a run of explicit jobs (``design = "explicit"``)."""
+        try:
+            arrays = read_arrays(self.root / JOBS_FILE)
+            return arrays["masks"], arrays["seeds"], arrays["labels"]
+        except (CorruptFileError, FileNotFoundError, KeyError) as error:
+            raise RunError(f"{self.root / JOBS_FILE} is damaged or missing: {error}") from None
+
+    def add_jobs(self, masks: np.ndarray, seeds: np.ndarray, labels: list[str]) -> None:
+        """Append explicit jobs, named by ``labels`` (jobs already planned keep their place;
+        a label planned before is left out), and plan chunks for them."""
+        if self.config.run.design != EXPLICIT:
+            raise RunError(f"{self.root} draws its subsets; it takes no explicit jobs")
+        with self._plan_lock():
+            self._reload()
+            old_masks, old_seeds, old_labels = self.explicit_jobs()
+            new = [i for i, label in enumerate(labels) if label not in set(old_labels.tolist())]
+            if new:
+                write_arrays(
+                    self.root / JOBS_FILE,
+                    _jobs_arrays(
+                        np.concatenate([old_masks, np.asarray(masks, bool)[new]]),
+                        np.concatenate([old_seeds, np.asarray(seeds, np.int64)[new]]),
+                        [*old_labels.tolist(), *(labels[i] for i in new)],
+                    ),
+                )
+        self.set_models(len(old_labels) + len(new))
 
     # -- chunk files ------------------------------------------------------------------------
 
@@ -668,6 +719,15 @@ class RunStore:
             if stop <= start or self.read_chunk(Chunk(start, stop)) is None:
                 return
             self._append_recorded(Chunk(start, stop))
+
+
+def _jobs_arrays(masks: np.ndarray, seeds: np.ndarray, labels: list[str]) -> dict:
+    masks, seeds = np.asarray(masks, dtype=bool), np.asarray(seeds, dtype=np.int64)
+    if masks.ndim != 2 or seeds.shape != (masks.shape[0],) or len(labels) != seeds.size:
+        raise RunError("explicit jobs need one mask, seed and label each")
+    if len(set(labels)) != len(labels):
+        raise RunError("explicit jobs need distinct labels")
+    return {"masks": masks, "seeds": seeds, "labels": np.array(labels, dtype=str)}
 
 
 def _first_repeat(digests: np.ndarray) -> tuple[int, int] | None:

@@ -2,26 +2,30 @@
 
 The ranking comes from the run's influence on a *validation* split carved from the target's
 training images; every retrained model is evaluated on that split (to choose k) and on the
-test split (reported once). Results live in RUN/prune/: one JSON per model, written atomically,
-so an interrupted prune resumes where it stopped; a result is never mixed with one trained for
-a different condition under the same name.
+test split (reported once). The conditions are a run of their own, ``RUN/prune/run``, whose
+jobs are listed (each condition and seed a mask and a paired seed) rather than drawn: any
+trainer the sweep accepts trains it, with any engine, and it resumes like the sweep. The
+ranking is fixed when the prune first runs (``RUN/prune/plan.json``).
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
+from ...config import Config
+from ...engines import Engine, LocalEngine
 from ...estimation import ClassInfluence
 from ...files import CorruptFileError, read_json, write_json
 from ...report.figures import pruning_accuracy
 from ...store import RunError, RunStore
-from ...subsets import Job
+from ...store.records import outputs_from_arrays
+from ...store.run import EXPLICIT
 from ...trainers import Trainer, load_trainer
 from ...trainers.protocol import output_key
 from .conditions import RULES, Condition, plan_conditions, user_condition
@@ -34,13 +38,15 @@ TEST_SUFFIX = "@test"
 
 def test_companion(trainer_type: str, params: dict[str, Any], target: str) -> dict[str, Any]:
     """The run's trainer parameters plus a companion target ``TARGET@test``: the same target
-    and transfer, evaluated on its test split. Refused unless the run ranks on validation."""
+    and transfer, evaluated on its test split (the built-in and simulated trainers). Refused
+    unless the run ranks on validation. A user's trainer is used as it is: it describes its
+    test target itself (see ``Pruning(test_target=...)``)."""
     targets = list(params.get("targets", []))
     if trainer_type == "simulated":
         names = [str(t) for t in targets] or ["sim"]
         return {**params, "targets": [*names, target + TEST_SUFFIX]}
     if trainer_type != "builtin":
-        raise RunError("prune retrains with the run's trainer: the built-in or simulated one")
+        return params
     spec = next((t for t in targets if t.get("name") == target), None)
     if spec is None:
         raise RunError(f"the run's config has no target named {target!r}")
@@ -78,15 +84,19 @@ class Pruning:
         Optional hand-picked sources: text files with one group name per line.
     target, mode, output, estimator:
         Which influence ranks the groups (on the run's validation outputs).
+    test_target:
+        The target whose test split is reported (default ``TARGET@test``, which the built-in
+        and simulated trainers add; a user's trainer describes it itself).
 
     After :meth:`fit`: ``results_`` (one row per model), ``summary_`` (per condition and k),
     ``chosen_k_`` (the k whose bottom removal is best on validation), ``keep_list_`` (the group
-    names to keep at that k), ``ranking_`` and ``folder_``; ``complete_`` tells whether every
-    planned model is done.
+    names to keep at that k), ``ranking_``, ``folder_`` and ``store_`` (the conditions' run);
+    ``complete_`` tells whether every planned model is done.
     """
 
     def __init__(
         self,
+        *,
         remove: tuple[str, ...] = RULES,
         k: tuple[int, ...] = (10, 20, 40),
         seeds: int = 5,
@@ -96,6 +106,7 @@ class Pruning:
         mode: str | None = None,
         output: str = "p_correct",
         estimator: str = "auto",
+        test_target: str | None = None,
     ) -> None:
         self.remove = tuple(remove)
         self.k = tuple(k)
@@ -106,19 +117,27 @@ class Pruning:
         self.mode = mode
         self.output = output
         self.estimator = estimator
+        self.test_target = test_target
 
     def fit(
         self,
         store: RunStore,
+        engine: Engine | None = None,
         progress: bool = True,
         time_limit: float | None = None,
         trainer: Trainer | None = None,
     ) -> Pruning:
+        """Plan the conditions, train the missing ones with ``engine`` (default: one local
+        worker, using ``trainer`` if given), and summarise every finished one."""
         key = store.resolve_key(self.target, self.mode)
         target, mode = key.split("/")
-        params = test_companion(store.config.trainer.type, store.config.trainer.params, target)
         self.folder_ = store.root / "prune"
-        (self.folder_ / "models").mkdir(parents=True, exist_ok=True)
+        if (self.folder_ / "models").is_dir() and not (self.folder_ / "run").is_dir():
+            raise RunError(
+                f"{self.folder_} was made by an earlier version of this tool; move it aside "
+                f"(mv {self.folder_} {self.folder_}-old) and prune again"
+            )
+        self.folder_.mkdir(exist_ok=True)
         self.ranking_ = self._ranking(store, key)
         index = {name: k for k, name in enumerate(store.groups)}
         conditions = plan_conditions(
@@ -131,16 +150,20 @@ class Pruning:
         for kind, path in (("keep", self.keep_file), ("drop", self.drop_file)):
             if path:
                 conditions += user_condition(kind, _read_names(path), store.groups, self.seeds)
-        done = self._check_existing(conditions)
-        pending = [c for c in conditions if c.label not in done]
-        if pending:
-            trainer = trainer or load_trainer(store.config.trainer.type, params)
-            if tuple(trainer.describe().groups) != store.groups:
-                raise RunError("the trainer describes other source groups than the run's")
-            self._train(store, trainer, pending, target, mode, progress, time_limit)
-        self.complete_ = all((self._path(c)).is_file() for c in conditions)
-        records = [read_json(self._path(c)) for c in conditions if self._path(c).is_file()]
-        self.results_ = pd.DataFrame([_flatten(r) for r in records])
+        # Sources of one size side by side, so a stack of models trains equal epochs.
+        conditions.sort(key=lambda c: (-sum(c.keep), c.label))
+        self.store_ = self._conditions_run(store, target, conditions, trainer)
+        test_key = output_key(self.test_target or target + TEST_SUFFIX, mode)
+        if test_key not in self.store_.keys:
+            raise RunError(
+                f"the trainer describes no target {test_key.split('/')[0]!r} to report on: "
+                "name the test target with test_target (--test-target)"
+            )
+        engine = engine or LocalEngine(workers=1, trainer=trainer)
+        engine.run(self.store_, time_limit, progress)
+        rows = self._results(store.groups, conditions, key, test_key)
+        self.complete_ = len(rows) == len(conditions)
+        self.results_ = pd.DataFrame(rows)
         self.summary_, self.chosen_k_ = summarise(self.results_)
         self.keep_list_ = self._keep_list(store.groups)
         figure = pruning_accuracy(self.summary_) if len(self.summary_) else None
@@ -157,14 +180,14 @@ class Pruning:
         if plan_path.is_file():
             try:
                 plan = read_json(plan_path)
-            except CorruptFileError as error:
+                if plan["key"] != key or plan["output"] != self.output:
+                    raise RunError(
+                        f"{self.folder_} ranks by {plan['output']} of {plan['key']}; "
+                        "move it aside to prune by another output"
+                    )
+                return [str(name) for name in plan["ranking"]]
+            except (CorruptFileError, KeyError, TypeError) as error:
                 raise RunError(f"{plan_path} is damaged: {error}") from None
-            if plan["key"] != key or plan["output"] != self.output:
-                raise RunError(
-                    f"{self.folder_} ranks by {plan['output']} of {plan['key']}; "
-                    "move it aside to prune by another output"
-                )
-            return list(plan["ranking"])
         influence = ClassInfluence(
             *key.split("/"), self.output, estimator=self.estimator, diagnostics=False
         ).fit(store)
@@ -186,69 +209,84 @@ class Pruning:
         )
         return ranking
 
-    def _path(self, condition: Condition) -> Path:
-        return self.folder_ / "models" / f"{condition.label}.json"
-
-    def _check_existing(self, conditions: list[Condition]) -> set[str]:
-        done = set()
-        for condition in conditions:
-            path = self._path(condition)
-            if not path.is_file():
-                continue
-            try:
-                record = read_json(path)
-            except CorruptFileError:
-                path.unlink()  # a damaged result is redone, never read
-                continue
-            if record["keep"] != [int(v) for v in condition.keep]:
-                raise RunError(
-                    f"{path} was trained for another {condition.name} source; "
-                    "move prune/ aside to start again"
-                )
-            done.add(condition.label)
-        return done
-
-    def _train(self, store, trainer, pending, target, mode, progress, time_limit) -> None:
-        deadline = None if time_limit is None else time.time() + time_limit
-        labels = store.target(target).labels
-        test = next(t for t in trainer.describe().targets if t.name == target + TEST_SUFFIX)
-        stack = int(getattr(getattr(trainer, "recipe", None), "stack", 8))
-        # Equal-sized sources share a stack, so each model's epoch is its own source's size.
-        pending = sorted(pending, key=lambda c: (-sum(c.keep), c.label))
-        bar = tqdm(total=len(pending), unit="model", desc="pruning", disable=not progress)
-        with bar:
-            for start in range(0, len(pending), stack):
-                if deadline is not None and time.time() >= deadline:
-                    break
-                batch = pending[start : start + stack]
-                jobs = [
-                    Job(i, _paired_seed(store.config.run.seed, c.seed), c.mask)
-                    for i, c in enumerate(batch)
-                ]
-                for condition, result in zip(batch, trainer.train(jobs), strict=True):
-                    validation = result.logits[output_key(target, mode)].argmax(axis=1)
-                    tested = result.logits[output_key(test.name, mode)].argmax(axis=1)
-                    hits = tested == test.labels
-                    write_json(
-                        self._path(condition),
-                        {
-                            "condition": condition.name,
-                            "k": condition.k,
-                            "seed": condition.seed,
-                            "keep": [int(v) for v in condition.keep],
-                            "removed": [store.groups[g] for g in np.flatnonzero(~condition.mask)],
-                            "validation_accuracy": float((validation == labels).mean()),
-                            "test_accuracy": float(hits.mean()),
-                            "test_class_accuracy": {
-                                str(name): float(hits[test.labels == c].mean())
-                                for c, name in enumerate(test.class_names)
-                                if (test.labels == c).any()
-                            },
-                            "source_accuracy": result.source_accuracy,
-                            "seconds": result.seconds,
-                        },
+    def _conditions_run(
+        self, store: RunStore, target: str, conditions: list[Condition], trainer
+    ) -> RunStore:
+        """The run of the conditions: created on first use, grown by new conditions."""
+        masks = np.stack([c.mask for c in conditions])
+        seeds = np.array([_paired_seed(store.config.run.seed, c.seed) for c in conditions])
+        labels = [c.label for c in conditions]
+        root = self.folder_ / "run"
+        if (root / "run.json").exists():
+            run = RunStore(root)
+            planned_masks, _, planned = run.explicit_jobs()
+            where = {label: i for i, label in enumerate(planned.tolist())}
+            for condition in conditions:
+                i = where.get(condition.label)
+                if i is not None and not np.array_equal(planned_masks[i], condition.mask):
+                    raise RunError(
+                        f"{condition.label} was trained for another {condition.name} source; "
+                        f"move {self.folder_} aside to start again"
                     )
-                    bar.update()
+            run.add_jobs(masks, seeds, labels)
+            return run
+        params = test_companion(store.config.trainer.type, store.config.trainer.params, target)
+        source = store.config.to_dict()
+        outputs = list(dict.fromkeys([*source["run"]["outputs"], "correct"]))
+        config = Config.from_dict(
+            {
+                "run": {
+                    **source["run"], "models": len(conditions), "design": EXPLICIT,
+                    "seeds": "model", "outputs": outputs,
+                    "chunk_size": int(params.get("recipe", {}).get("stack", 8)),
+                },
+                "trainer": {"type": store.config.trainer.type, "params": copy.deepcopy(params)},
+            }
+        )  # fmt: skip
+        trainer = (
+            trainer
+            if trainer is not None and params is store.config.trainer.params
+            else load_trainer(config.trainer.type, config.trainer.params)
+        )
+        task = trainer.describe()
+        if tuple(task.groups) != store.groups:
+            raise RunError("the trainer describes other source groups than the run's")
+        return RunStore.open_or_create(root, config, task, jobs=(masks, seeds, labels))
+
+    def _results(
+        self, groups: tuple[str, ...], conditions: list[Condition], key: str, test_key: str
+    ) -> list[dict[str, Any]]:
+        """One row per finished model of ``conditions``."""
+        wanted = {c.label: c for c in conditions}
+        _, _, labels = self.store_.explicit_jobs()
+        test = self.store_.target(test_key.split("/")[0])
+        rows = []
+        for _, arrays in self.store_.iter_chunks():
+            correct = outputs_from_arrays(arrays, test_key, "correct", test.labels)
+            for row, index in enumerate(arrays["index"].tolist()):
+                condition = wanted.get(str(labels[index]))
+                if condition is None or arrays["status"][row] != "ok":
+                    continue
+                hits = correct[row]
+                rows.append(
+                    {
+                        "condition": condition.name,
+                        "k": condition.k,
+                        "seed": condition.seed,
+                        "validation_accuracy": float(arrays[f"accuracy/{key}"][row]),
+                        "test_accuracy": float(hits.mean()),
+                        "source_accuracy": float(arrays["source_accuracy"][row]),
+                        "seconds": float(arrays["seconds"][row]),
+                        **{
+                            f"test_acc/{name}": float(hits[test.labels == c].mean())
+                            for c, name in enumerate(test.class_names)
+                            if (test.labels == c).any()
+                        },
+                        "removed": ";".join(groups[g] for g in np.flatnonzero(~condition.mask)),
+                    }
+                )
+        order = {c.label: i for i, c in enumerate(conditions)}
+        return sorted(rows, key=lambda r: order[f"{r['condition']}-k{r['k']}-s{r['seed']}"])
 
     def _keep_list(self, groups: tuple[str, ...]) -> list[str] | None:
         if self.chosen_k_ is None:
@@ -260,15 +298,3 @@ class Pruning:
 def _paired_seed(run_seed: int, seed: int) -> int:
     """The training seed of paired seed ``seed``: the same in every condition."""
     return int(np.random.default_rng([run_seed, 9973, seed]).integers(2**31 - 1))
-
-
-def _flatten(record: dict[str, Any]) -> dict[str, Any]:
-    row = {
-        key: record[key]
-        for key in ("condition", "k", "seed", "validation_accuracy", "test_accuracy")
-    }
-    row["source_accuracy"] = record.get("source_accuracy")
-    row["seconds"] = record.get("seconds")
-    row.update({f"test_acc/{name}": v for name, v in record["test_class_accuracy"].items()})
-    row["removed"] = ";".join(record["removed"])
-    return row
