@@ -267,13 +267,13 @@ def scenario_prune(folder: Path) -> dict:
     ]  # fmt: skip
 
     def observe(root: Path) -> dict | None:
-        records = sorted((root / "prune" / "models").glob("*.json"))
+        conditions = root / "prune" / "run"
         summary = root / "prune" / "results.csv"
         results = None
         if summary.exists():  # the seconds a model took differ from run to run
             results = pd.read_csv(summary).drop(columns="seconds").to_csv(index=False)
         return {
-            "records": {p.name: json.loads(p.read_text())["test_accuracy"] for p in records},
+            "models": models(conditions) if (conditions / "run.json").exists() else None,
             "results": results,
         }
 

@@ -82,6 +82,7 @@ def test_prune_killed_at_every_point_resumes_to_the_same_results(tmp_path):
     result = _sweep("prune", tmp_path)
     _check_every_point_was_tried(result, 30)
     reference = result["reference"]
-    assert len(reference["records"]) == 6 and reference["results"]
+    assert reference["models"]["planned"] == 6 and reference["results"]
+    assert len(set(reference["models"]["digests"])) == 6
     for kill in result["kills"]:
         assert kill["resume_code"] == 0 and kill["after_resume"] == reference, kill["point"]

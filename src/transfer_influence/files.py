@@ -43,6 +43,7 @@ import numpy as np
 
 __all__ = [
     "CorruptFileError",
+    "arrays_bytes",
     "arrays_digest",
     "atomic_write_bytes",
     "csv_text",
@@ -287,15 +288,21 @@ def arrays_digest(arrays: dict[str, np.ndarray]) -> str:
     return digest.hexdigest()
 
 
-def write_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Store named arrays atomically with an embedded checksum (no pickled objects)."""
+def arrays_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """Named arrays as the bytes of an ``.npz`` with an embedded checksum (no pickled
+    objects), as :func:`read_arrays` reads them."""
     arrays = {name: np.asarray(value) for name, value in arrays.items()}
     for name, array in arrays.items():
         if array.dtype == object:
             raise TypeError(f"array {name!r} has dtype object, which would need pickling")
     buffer = io.BytesIO()
     np.savez(buffer, **arrays, **{_CHECKSUM_KEY: np.array(arrays_digest(arrays))})
-    atomic_write_bytes(path, buffer.getvalue())
+    return buffer.getvalue()
+
+
+def write_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Store named arrays atomically with an embedded checksum (no pickled objects)."""
+    atomic_write_bytes(path, arrays_bytes(arrays))
 
 
 def read_arrays(path: Path) -> dict[str, np.ndarray]:

@@ -264,7 +264,7 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
     store = RunStore(args.run_dir)
     model = ClassInfluence(args.target, args.mode, args.output, args.level, args.estimator)
     model.fit(store, progress=sys.stderr.isatty())
-    folder = model.save(Path(args.out) if args.out else store.root / "influence", str(store.root))
+    folder = model.save(Path(args.out) if args.out else store.path("influence"), str(store.root))
     table = model.classes_.dropna(subset=["influence"])
     print(
         f"{model.n_models_} models ({model.n_excluded_} unhealthy excluded); "

@@ -319,7 +319,7 @@ def _cmd_examples(args: argparse.Namespace) -> int:
     fitted = ExampleInfluence(
         output=args.output, examples=args.target_example, estimator=args.estimator
     ).fit(store, progress=sys.stderr.isatty())
-    folder = store.root / "examples"
+    folder = store.path("examples")
     tables = {"overall": fitted.overall_, "per_example": fitted.per_example_}
     write_folder(
         folder,

@@ -102,7 +102,7 @@ def prepare(store: RunStore, verify: bool = True) -> None:
 def record_control(store: RunStore, trainer: Trainer) -> None:
     """Once per run: the target accuracy of an untrained backbone with the same transfer, the
     baseline that pretraining must beat (for trainers that can say; written atomically)."""
-    path = store.root / "control.json"
+    path = store.path("control.json")
     control = getattr(trainer, "untrained_control", None)
     if control is None or path.exists():
         return

@@ -115,7 +115,7 @@ def run_slurm(
     submitit = _submitit()
     if executor not in ("slurm", "local"):
         raise RunError(f"slurm executor must be 'slurm' or 'local', got {executor!r}")
-    folder = store.root / "slurm"
+    folder = store.path("slurm")
     bar = tqdm(total=len(store.chunks), unit="chunk", disable=not progress, desc="training (slurm)")
     with bar:
         for _ in range(_ROUNDS):

@@ -12,7 +12,17 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from ..files import csv_text, json_bytes, write_folder
+from ..files import (
+    CorruptFileError,
+    arrays_bytes,
+    csv_text,
+    json_bytes,
+    open_regular,
+    read_arrays,
+    read_json,
+    settle_folder,
+    write_folder,
+)
 from ..outputs import output_units, with_unit
 from ..store import RunError, RunStore, RunWarning
 from .accumulator import (
@@ -109,8 +119,24 @@ class ClassInfluence:
         self.diagnostics = diagnostics
 
     def fit(self, store: RunStore, progress: bool = False) -> ClassInfluence:
-        """Stream every finished chunk of ``store`` through the estimator."""
+        """Stream every finished chunk of ``store`` through the estimator. Without
+        diagnostics, the run's saved estimate (``estimate``'s files) is read instead when it
+        was made from the same chunks with the same options."""
         self.key_ = store.resolve_key(self.target, self.mode)
+        self.made_from_ = {
+            "chunks": store.chunks_digest(),
+            "key": self.key_,
+            "output": self.output,
+            "estimator": self.estimator,
+            "level": self.level,
+        }
+        if not self.diagnostics and self._load(store):
+            return self
+        return self._stream(store, progress)
+
+    def _stream(self, store: RunStore, progress: bool) -> ClassInfluence:
+        self.key_ = store.resolve_key(self.target, self.mode)
+        self._store = store
         target = store.target(self.key_.split("/")[0])
         accumulator = InfluenceAccumulator(len(store.groups), target.labels.size, target.labels)
         self.n_excluded_ = 0
@@ -137,7 +163,7 @@ class ClassInfluence:
         self.damaged_chunks_ = [chunk.name for chunk in store.quarantined]
         if self.damaged_chunks_:
             warnings.warn(
-                f"{len(self.damaged_chunks_)} damaged chunk(s) moved to {store.root / 'corrupt'} "
+                f"{len(self.damaged_chunks_)} damaged chunk(s) moved to {store.path('corrupt')} "
                 f"and left out of this estimate ({', '.join(self.damaged_chunks_[:3])}); "
                 f"`transfer-influence run {store.root}` trains them again",
                 RunWarning,
@@ -165,14 +191,7 @@ class ClassInfluence:
         self.example_labels_ = target.labels
         self.n_models_ = m
         self.mean_output_ = float(output_sum / (m * target.labels.size))
-        self.classes_ = self._table(self.estimate_.overall, None)
-        self.per_target_class_ = pd.concat(
-            [
-                self._table(self.estimate_.per_target_class, c)
-                for c in range(len(target.class_names))
-            ],
-            ignore_index=True,
-        )
+        self._tables()
         undefined = self.classes_.loc[self.classes_["influence"].isna(), "group"].tolist()
         if caught and undefined:
             warnings.warn(
@@ -189,6 +208,11 @@ class ClassInfluence:
         per-example noise near m = K is far below the least-squares fit's."""
         if estimator == self.estimate_.estimator:
             return self.estimate_.per_example
+        if self._accumulator is None:  # read from a saved estimate: stream the chunks now
+            fitted = ClassInfluence(
+                self.target, self.mode, self.output, self.level, self.estimator, diagnostics=False
+            )
+            self._accumulator = fitted._stream(self._store, progress=False)._accumulator
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", InfluenceWarning)
             return self._accumulator.result(estimator).per_example
@@ -243,6 +267,63 @@ class ClassInfluence:
             (flagged & (table["influence"] < 0)).sum()
         )
 
+    def _load(self, store: RunStore) -> bool:
+        """Take the saved estimate of ``store`` if it was made from the same chunks with the
+        same options (``made_from_``); False, and nothing changed, when it was not."""
+        folder = store.path("influence")
+        settle_folder(folder)
+        try:
+            summary = read_json(folder / "summary.json")
+            if not isinstance(summary, dict) or summary.get("made_from") != self.made_from_:
+                return False
+            saved = read_arrays(folder / "estimate.npz")
+            with (
+                open_regular(folder / "influence.npy") as values,
+                open_regular(folder / "stderr.npy") as stderr,
+            ):
+                per_example = np.load(values, allow_pickle=False).astype(np.float64)
+                per_example_stderr = np.load(stderr, allow_pickle=False).astype(np.float64)
+        except (OSError, ValueError, CorruptFileError):
+            return False  # no saved estimate, or not a whole one: fit instead
+        target = store.target(self.key_.split("/")[0])
+        n_in, n_out = saved["n_in"], saved["n_out"]
+        dofs = saved["dofs"].tolist()
+
+        def influence(values: np.ndarray, errors: np.ndarray, dof: int) -> Influence:
+            return Influence(values, errors, n_in, n_out, int(dof))
+
+        self.estimate_ = InfluenceEstimate(
+            per_example=influence(per_example, per_example_stderr, dofs[0]),
+            overall=influence(saved["overall"], saved["overall_stderr"], dofs[1]),
+            per_target_class=influence(saved["per_class"], saved["per_class_stderr"], dofs[2]),
+            n_models=int(summary["n_models"]),
+            estimator=str(summary["estimator"]),
+        )
+        self._store, self._accumulator = store, None
+        self.unit_ = output_units(self.output)[1]
+        self.stability_ = self.explained_ = self.lds_ = None
+        self.n_excluded_ = int(summary["n_excluded_unhealthy"])
+        self.damaged_chunks_ = list(summary["damaged_chunks_left_out"])
+        self.seeds_ = store.config.run.seeds
+        self.groups_ = store.groups
+        self.target_classes_ = target.class_names
+        self.example_ids_ = target.example_ids
+        self.example_labels_ = target.labels
+        self.n_models_ = int(summary["n_models"])
+        self.mean_output_ = float(summary["mean_output"])
+        self._tables()
+        return True
+
+    def _tables(self) -> None:
+        self.classes_ = self._table(self.estimate_.overall, None)
+        self.per_target_class_ = pd.concat(
+            [
+                self._table(self.estimate_.per_target_class, c)
+                for c in range(len(self.target_classes_))
+            ],
+            ignore_index=True,
+        )
+
     def save(self, folder: str | Path, run: str = "") -> Path:
         """Write classes.csv, per_target_class.csv, influence.npy, stderr.npy, summary.json as
         one set: the folder is replaced whole (a folder of other files is refused)."""
@@ -255,6 +336,8 @@ class ClassInfluence:
             "the groups within each target class",
             "influence.npy": "K x n float32, rows in the order of run.json's groups",
             "stderr.npy": "K x n float32 standard errors across models",
+            "estimate.npz": "the overall and per-target-class estimates as fitted (float64), "
+            "read by later queries on the same chunks",
         }
         contents = {
             "classes.csv": csv_text(with_unit(self.classes_, self.unit_)).encode(),
@@ -302,6 +385,23 @@ class ClassInfluence:
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "files": files,
         }
+        # What the estimate was made from, and its overall and per-class numbers as the fit
+        # had them: a query on the same chunks reads these instead of fitting again.
+        summary["made_from"] = getattr(self, "made_from_", None)
+        estimate = self.estimate_
+        contents["estimate.npz"] = arrays_bytes(
+            {
+                "overall": estimate.overall.values,
+                "overall_stderr": estimate.overall.stderr,
+                "per_class": estimate.per_target_class.values,
+                "per_class_stderr": estimate.per_target_class.stderr,
+                "n_in": estimate.overall.n_in,
+                "n_out": estimate.overall.n_out,
+                "dofs": np.array(
+                    [per_example.dof, estimate.overall.dof, estimate.per_target_class.dof]
+                ),
+            }
+        )
         # One set, swapped in whole: a crash or a full disk never leaves the tables of one
         # estimate beside the summary of another.
         contents["summary.json"] = json_bytes(summary)

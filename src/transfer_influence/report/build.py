@@ -133,7 +133,7 @@ class Report:
         steps.update()
         images = load_run_images(store, target_name, self.source_data, self.target_data)
         steps.update()
-        folder = Path(out) if out is not None else store.root / "report"
+        folder = Path(out) if out is not None else store.path("report")
         files: dict[str, bytes] = {}
         self.tables_: dict[str, pd.DataFrame] = {}
         context = self._sections(influence, images)
@@ -379,8 +379,8 @@ class Report:
         }
 
     def _prune(self, store: RunStore, folder: Path) -> dict[str, str] | None:
-        summary = store.root / "prune" / "summary.json"
-        figure = store.root / "prune" / "accuracy.png"
+        summary = store.path("prune") / "summary.json"
+        figure = store.path("prune") / "accuracy.png"
         if not (summary.is_file() and figure.is_file()):
             return None
         data = read_json(summary)
@@ -388,6 +388,6 @@ class Report:
             "summary": str(data.get("headline", "")),
             "figure": _data_uri(figure.read_bytes()),
             "csv": Path("..", "prune", "results.csv").as_posix()
-            if folder == store.root / "report"
-            else (store.root / "prune" / "results.csv").resolve().as_uri(),
+            if folder == store.path("report")
+            else (store.path("prune") / "results.csv").resolve().as_uri(),
         }

@@ -44,7 +44,7 @@ def _percent(values: np.ndarray) -> str:
 
 def _control(store: RunStore, key: str) -> str:
     try:
-        control = read_json(store.root / "control.json")
+        control = read_json(store.path("control.json"))
     except (FileNotFoundError, CorruptFileError):
         return "not recorded for this run"
     accuracy = control.get("accuracy", {}).get(key)

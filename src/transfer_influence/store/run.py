@@ -89,6 +89,25 @@ class Chunk:
         return self.stop - self.start
 
 
+# Every path under RUN/, named here and nowhere else: other modules ask ``store.path(NAME)``.
+LAYOUT = {
+    "run.json": "resolved config, data identity, provenance, chunk plan",
+    "config.toml": "the config as the user wrote it",
+    "targets": "target example ids, labels and class names",
+    "jobs.npz": "the listed jobs of a run with design 'explicit'",
+    "chunks": "one file per chunk of models",
+    "claims": "which worker trains which chunk",
+    "corrupt": "damaged chunks, moved aside",
+    "foreign": "chunks of another run, moved aside",
+    "control.json": "the untrained-backbone control",
+    "influence": "what estimate writes",
+    "report": "what report writes",
+    "examples": "what examples writes",
+    "prune": "pruning: plan.json, the conditions' run (run/) and its summary",
+    "slurm": "the Slurm engine's job files and logs",
+}
+
+
 def _ids_digest(ids: np.ndarray) -> str:
     return hashlib.sha256("\n".join(ids.tolist()).encode()).hexdigest()[:16]
 
@@ -210,16 +229,26 @@ class RunStore:
     def _remove_leftovers(self) -> None:
         """What killed writers left: temporary files of dead processes, half-swapped sets."""
         with contextlib.suppress(OSError):
-            for folder in (
-                self.root,
-                self.root / "chunks",
-                self.root / "claims",
-                self.root / "prune",
-                self.root / "prune" / "models",
-            ):
+            for folder in (self.root, self.path("chunks"), self.path("claims"), self.path("prune")):
                 remove_abandoned(folder)
             for name in ("influence", "report", "examples"):
-                settle_folder(self.root / name)
+                settle_folder(self.path(name))
+
+    def path(self, name: str) -> Path:
+        """Where the run keeps ``name`` (a key of :data:`LAYOUT`)."""
+        if name not in LAYOUT:
+            raise KeyError(f"{name!r} is not part of a run directory")
+        return self.root / name
+
+    def chunks_digest(self) -> str:
+        """A digest of the finished chunks as they are now (their names and stored checksums):
+        an estimate made from other chunks is stale."""
+        digest = hashlib.sha256()
+        for chunk in self.chunks:
+            arrays = self._read_members(chunk, ("_sha256",))
+            if arrays is not None:
+                digest.update(f"{chunk.name}:{arrays['_sha256']}\n".encode())
+        return digest.hexdigest()[:32]
 
     # -- creation ---------------------------------------------------------------------------
 
@@ -331,7 +360,7 @@ class RunStore:
     def _plan_lock(self) -> Iterator[None]:
         """An exclusive lock on the run's plan (run.json), held while it is changed. The
         kernel releases it when its holder dies, so a killed writer never blocks the next."""
-        lock = self.root / "claims" / ".plan.lock"
+        lock = self.path("claims") / ".plan.lock"
         fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK, 0o644)
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
@@ -358,7 +387,7 @@ class RunStore:
         if name not in self.target_names:
             raise RunError(f"unknown target {name!r}; this run has {', '.join(self.target_names)}")
         try:
-            arrays = read_arrays(self.root / "targets" / f"{name}.npz")
+            arrays = read_arrays(self.path("targets") / f"{name}.npz")
         except (CorruptFileError, FileNotFoundError) as error:
             raise RunError(f"target file damaged: {error}") from None
         return TargetInfo(
@@ -401,7 +430,7 @@ class RunStore:
         if r.design == EXPLICIT:
             masks, seeds, _ = self.explicit_jobs()
             if chunk.stop > seeds.size:
-                raise RunError(f"{self.root / JOBS_FILE} plans fewer jobs than {chunk.name}")
+                raise RunError(f"{self.path(JOBS_FILE)} plans fewer jobs than {chunk.name}")
             return [Job(i, int(seeds[i]), masks[i]) for i in range(chunk.start, chunk.stop)]
         return make_jobs(
             range(chunk.start, chunk.stop),
@@ -416,10 +445,10 @@ class RunStore:
     def explicit_jobs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The masks, seeds and labels of a run of explicit jobs (``design = "explicit"``)."""
         try:
-            arrays = read_arrays(self.root / JOBS_FILE)
+            arrays = read_arrays(self.path(JOBS_FILE))
             return arrays["masks"], arrays["seeds"], arrays["labels"]
         except (CorruptFileError, FileNotFoundError, KeyError) as error:
-            raise RunError(f"{self.root / JOBS_FILE} is damaged or missing: {error}") from None
+            raise RunError(f"{self.path(JOBS_FILE)} is damaged or missing: {error}") from None
 
     def add_jobs(self, masks: np.ndarray, seeds: np.ndarray, labels: list[str]) -> None:
         """Append explicit jobs, named by ``labels`` (jobs already planned keep their place;
@@ -432,7 +461,7 @@ class RunStore:
             new = [i for i, label in enumerate(labels) if label not in set(old_labels.tolist())]
             if new:
                 write_arrays(
-                    self.root / JOBS_FILE,
+                    self.path(JOBS_FILE),
                     _jobs_arrays(
                         np.concatenate([old_masks, np.asarray(masks, bool)[new]]),
                         np.concatenate([old_seeds, np.asarray(seeds, np.int64)[new]]),
@@ -444,7 +473,7 @@ class RunStore:
     # -- chunk files ------------------------------------------------------------------------
 
     def chunk_path(self, chunk: Chunk) -> Path:
-        return self.root / "chunks" / f"{chunk.name}.npz"
+        return self.path("chunks") / f"{chunk.name}.npz"
 
     def is_done(self, chunk: Chunk) -> bool:
         """Cheap check (the file exists); :meth:`read_chunk` verifies the contents."""
@@ -455,10 +484,10 @@ class RunStore:
         return [c for c in chunks if not self.is_done(c)]
 
     def claim(self, chunk: Chunk, worker: str) -> Claim | None:
-        return try_claim(self.root / "claims" / chunk.name, worker, self.config.run.claim_timeout_s)
+        return try_claim(self.path("claims") / chunk.name, worker, self.config.run.claim_timeout_s)
 
     def claim_state(self, chunk: Chunk) -> str:
-        return claim_state(self.root / "claims" / chunk.name, self.config.run.claim_timeout_s)
+        return claim_state(self.path("claims") / chunk.name, self.config.run.claim_timeout_s)
 
     def write_chunk(self, chunk: Chunk, arrays: dict[str, np.ndarray], meta: dict) -> None:
         arrays = dict(arrays, meta=np.array(json.dumps(meta)), run_digest=np.array(self.run_digest))
@@ -479,7 +508,7 @@ class RunStore:
                 self.foreign.append(chunk)
                 warnings.warn(
                     f"{path.name} was made by another run (its config or data differ); "
-                    f"set aside in {self.root / 'foreign'}, its models are not used",
+                    f"set aside in {self.path('foreign')}, its models are not used",
                     RunWarning,
                     stacklevel=2,
                 )
@@ -505,7 +534,7 @@ class RunStore:
         )
 
     def _set_aside(self, path: Path, folder: str) -> None:
-        aside = self.root / folder
+        aside = self.path(folder)
         aside.mkdir(exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             os.replace(path, aside / f"{path.name}.{int(time.time() * 1e6)}")
@@ -709,7 +738,7 @@ class RunStore:
         is kept (it is whole: its checksum and run digest are checked)."""
         while True:
             start = self.planned_models
-            found = sorted((self.root / "chunks").glob(f"{start:07d}-*.npz"))
+            found = sorted(self.path("chunks").glob(f"{start:07d}-*.npz"))
             if not found:
                 return
             try:

@@ -131,7 +131,7 @@ class Pruning:
         worker, using ``trainer`` if given), and summarise every finished one."""
         key = store.resolve_key(self.target, self.mode)
         target, mode = key.split("/")
-        self.folder_ = store.root / "prune"
+        self.folder_ = store.path("prune")
         if (self.folder_ / "models").is_dir() and not (self.folder_ / "run").is_dir():
             raise RunError(
                 f"{self.folder_} was made by an earlier version of this tool; move it aside "
