@@ -262,7 +262,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 def _cmd_estimate(args: argparse.Namespace) -> int:
     store = RunStore(args.run_dir)
-    model = ClassInfluence(args.target, args.mode, args.output, args.level, args.estimator)
+    model = ClassInfluence(
+        target=args.target, mode=args.mode, output=args.output, level=args.level,
+        estimator=args.estimator,
+    )  # fmt: skip
     model.fit(store, progress=sys.stderr.isatty())
     folder = model.save(Path(args.out) if args.out else store.path("influence"), str(store.root))
     table = model.classes_.dropna(subset=["influence"])

@@ -227,16 +227,16 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     store = RunStore(args.run_dir)
     report = Report(
-        args.target,
-        args.mode,
-        args.output,
-        args.estimator,
-        args.level,
-        args.top,
-        args.examples,
-        [name.strip() for name in args.classes.split(",") if name.strip()],
-        args.source_data,
-        args.target_data,
+        target=args.target,
+        mode=args.mode,
+        output=args.output,
+        estimator=args.estimator,
+        level=args.level,
+        top=args.top,
+        examples=args.examples,
+        classes=[name.strip() for name in args.classes.split(",") if name.strip()],
+        source_data=args.source_data,
+        target_data=args.target_data,
         target_examples=args.target_example,
     ).build(store, args.out, progress=not args.quiet and sys.stderr.isatty())
     print(f"wrote {report.path_} ({report.influence_.n_models_} models)")
@@ -258,8 +258,9 @@ def _cmd_top(args: argparse.Namespace) -> int:
 
     store = RunStore(args.run_dir)
     model = ClassInfluence(
-        args.target, args.mode, args.output, args.level, args.estimator, diagnostics=False
-    )
+        target=args.target, mode=args.mode, output=args.output, level=args.level,
+        estimator=args.estimator, diagnostics=False,
+    )  # fmt: skip
     model.fit(store, progress=sys.stderr.isatty())
     if args.most_hurt:
         table = most_hurt(model, args.n)

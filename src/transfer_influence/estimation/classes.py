@@ -25,6 +25,7 @@ from ..files import (
 )
 from ..outputs import output_units, with_unit
 from ..store import RunError, RunStore, RunWarning
+from ..trainers.protocol import parse_key
 from .accumulator import (
     MIN_RESIDUAL_DOF,
     Influence,
@@ -104,6 +105,7 @@ class ClassInfluence:
 
     def __init__(
         self,
+        *,
         target: str | None = None,
         mode: str | None = None,
         output: str = "p_correct",
@@ -137,7 +139,7 @@ class ClassInfluence:
     def _stream(self, store: RunStore, progress: bool) -> ClassInfluence:
         self.key_ = store.resolve_key(self.target, self.mode)
         self._store = store
-        target = store.target(self.key_.split("/")[0])
+        target = store.target(parse_key(self.key_)[0])
         accumulator = InfluenceAccumulator(len(store.groups), target.labels.size, target.labels)
         self.n_excluded_ = 0
         chunks = tqdm(
@@ -210,8 +212,9 @@ class ClassInfluence:
             return self.estimate_.per_example
         if self._accumulator is None:  # read from a saved estimate: stream the chunks now
             fitted = ClassInfluence(
-                self.target, self.mode, self.output, self.level, self.estimator, diagnostics=False
-            )
+                target=self.target, mode=self.mode, output=self.output, level=self.level,
+                estimator=self.estimator, diagnostics=False,
+            )  # fmt: skip
             self._accumulator = fitted._stream(self._store, progress=False)._accumulator
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", InfluenceWarning)
@@ -285,7 +288,7 @@ class ClassInfluence:
                 per_example_stderr = np.load(stderr, allow_pickle=False).astype(np.float64)
         except (OSError, ValueError, CorruptFileError):
             return False  # no saved estimate, or not a whole one: fit instead
-        target = store.target(self.key_.split("/")[0])
+        target = store.target(parse_key(self.key_)[0])
         n_in, n_out = saved["n_in"], saved["n_out"]
         dofs = saved["dofs"].tolist()
 

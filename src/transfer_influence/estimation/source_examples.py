@@ -19,6 +19,7 @@ from tqdm import tqdm
 from ..names import lookup
 from ..outputs import output_units
 from ..store import RunError, RunStore
+from ..trainers.protocol import parse_key
 from .accumulator import estimate_influence
 from .centring import centre_within
 from .classes import model_stability, seed_blocks
@@ -74,6 +75,7 @@ class ExampleInfluence:
 
     def __init__(
         self,
+        *,
         target: str | None = None,
         mode: str | None = None,
         output: str = "p_correct",
@@ -96,7 +98,7 @@ class ExampleInfluence:
         if self.estimator not in ESTIMATORS:
             raise ValueError(f"unknown estimator {self.estimator!r}; choose from {ESTIMATORS}")
         key = store.resolve_key(self.target, self.mode)
-        target = store.target(key.split("/")[0])
+        target = store.target(parse_key(key)[0])
         columns = self._columns(target.example_ids)
         masks, means, chosen = [], [], []
         chunks = store.iter_outputs(key, self.output)

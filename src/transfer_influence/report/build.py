@@ -31,6 +31,7 @@ from ..files import csv_text, read_json, write_folder
 from ..outputs import output_units, with_unit
 from ..provenance import package_version
 from ..store import RunStore
+from ..trainers.protocol import parse_key
 from .examples import example_section, is_example_run
 from .figures import class_bars, class_heatmap
 from .header import answer_sentence, run_facts, trust_sentence
@@ -90,6 +91,7 @@ class Report:
 
     def __init__(
         self,
+        *,
         target: str | None = None,
         mode: str | None = None,
         output: str = "p_correct",
@@ -124,12 +126,13 @@ class Report:
             raise ValueError("top and examples must be at least 1")
         steps = tqdm(total=5, desc="report", unit="step", disable=not progress, leave=False)
         influence = ClassInfluence(
-            self.target, self.mode, self.output, self.level, self.estimator
-        ).fit(store, progress=progress)
+            target=self.target, mode=self.mode, output=self.output, level=self.level,
+            estimator=self.estimator,
+        ).fit(store, progress=progress)  # fmt: skip
         for name in self.classes:
             group_index(influence, name)  # an unknown class fails before any work
         self.influence_ = influence
-        target_name = influence.key_.split("/")[0]
+        target_name = parse_key(influence.key_)[0]
         steps.update()
         images = load_run_images(store, target_name, self.source_data, self.target_data)
         steps.update()
@@ -363,8 +366,8 @@ class Report:
         _, unit = output_units(self.output)
         return {
             "run": store.root.name,
-            "target": influence.key_.split("/")[0],
-            "mode": influence.key_.split("/")[1],
+            "target": parse_key(influence.key_)[0],
+            "mode": parse_key(influence.key_)[1],
             "output": self.output,
             "estimator": influence.estimate_.estimator,
             "created": time.strftime("%Y-%m-%d %H:%M"),

@@ -13,6 +13,7 @@ import pandas as pd
 from ..estimation import ClassInfluence, ExampleInfluence
 from ..estimation.words import split_half_method
 from ..store import RunError, RunStore
+from ..trainers.protocol import parse_key
 from .images import RunImages, png, thumbnail
 
 __all__ = ["example_section", "is_example_run", "most_affected_examples"]
@@ -47,11 +48,12 @@ def example_section(
 ) -> tuple[dict[str, Any], dict[str, pd.DataFrame]]:
     """Template context and tables (``examples_overall``, ``examples_per_target``)."""
     targets = list(chosen) or most_affected_examples(influence, _AUTO_TARGETS)
-    target_name, mode = influence.key_.split("/")
+    target_name, mode = parse_key(influence.key_)
     try:
         fitted = ExampleInfluence(
-            target_name, mode, influence.output, examples=targets, estimator="sparse"
-        ).fit(store)
+            target=target_name, mode=mode, output=influence.output, examples=targets,
+            estimator="sparse",
+        ).fit(store)  # fmt: skip
     except RunError as error:
         return {"note": str(error), "overall": [], "targets": []}, {}
     group = {name: k for k, name in enumerate(store.groups)}

@@ -18,6 +18,7 @@ from ..estimation.words import (
 from ..files import CorruptFileError, read_json
 from ..store import RunStore
 from ..subsets import round_size
+from ..trainers.protocol import parse_key
 
 __all__ = ["answer_sentence", "describe_dataset", "run_facts", "trust_sentence"]
 
@@ -80,13 +81,14 @@ def run_facts(store: RunStore, influence: ClassInfluence) -> list[tuple[str, str
     key = influence.key_
     metrics = store.model_metrics(key)
     healthy = metrics["status"] == "ok"
-    target = next((t for t in params.get("targets", []) if t.get("name") == key.split("/")[0]), {})
+    name = parse_key(key)[0]
+    target = next((t for t in params.get("targets", []) if t.get("name") == name), {})
     if store.external:
         source_text = target_text = _imported_from(store)
         recipe = "trained elsewhere"
     else:
         source_text = describe_dataset(params.get("source", config.trainer.type))
-        target_text = describe_dataset(target) if target else key.split("/")[0]
+        target_text = describe_dataset(target) if target else name
         recipe = ", ".join(f"{k} {v}" for k, v in (params.get("recipe") or {}).items()) or (
             f"{config.trainer.type} trainer defaults"
         )

@@ -55,7 +55,7 @@ from ..files import (
 )
 from ..provenance import provenance
 from ..subsets import Job, make_jobs, round_size
-from ..trainers.protocol import JobResult, TargetInfo, TaskDescription, output_key
+from ..trainers.protocol import JobResult, TargetInfo, TaskDescription, output_key, parse_key
 from .claims import Claim, claim_state, try_claim
 from .records import RecordError, model_digests, outputs_from_arrays, pack_results
 
@@ -557,7 +557,7 @@ class RunStore:
     def iter_outputs(self, key: str, output: str) -> Iterator[ChunkOutputs]:
         """Per finished chunk: masks and one output of its healthy models (see
         :class:`ChunkOutputs`), and how many were left out as unhealthy (NaN or diverged)."""
-        labels = self.target(key.split("/")[0]).labels
+        labels = self.target(parse_key(key)[0]).labels
         models_per_round = round_size(self.config.run.design, self.config.run.alpha)
         for _, arrays in self.iter_chunks():
             healthy = arrays["status"] == "ok"

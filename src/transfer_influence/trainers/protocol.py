@@ -17,7 +17,7 @@ import numpy as np
 
 from ..subsets import Job
 
-__all__ = ["JobResult", "TargetInfo", "TaskDescription", "Trainer", "output_key"]
+__all__ = ["JobResult", "TargetInfo", "TaskDescription", "Trainer", "output_key", "parse_key"]
 
 STATUSES = ("ok", "nan", "diverged")
 
@@ -25,6 +25,12 @@ STATUSES = ("ok", "nan", "diverged")
 def output_key(target: str, mode: str) -> str:
     """The key under which outputs of one (target, transfer mode) pair are stored."""
     return f"{target}/{mode}"
+
+
+def parse_key(key: str) -> tuple[str, str]:
+    """(target, mode) of an :func:`output_key`: the one place a key is taken apart."""
+    target, _, mode = key.partition("/")
+    return target, mode
 
 
 @dataclass(frozen=True)

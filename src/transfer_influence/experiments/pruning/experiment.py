@@ -27,7 +27,7 @@ from ...store import RunError, RunStore
 from ...store.records import outputs_from_arrays
 from ...store.run import EXPLICIT
 from ...trainers import Trainer, load_trainer
-from ...trainers.protocol import output_key
+from ...trainers.protocol import output_key, parse_key
 from .conditions import RULES, Condition, plan_conditions, user_condition
 from .summary import summarise, write_outputs
 
@@ -130,7 +130,7 @@ class Pruning:
         """Plan the conditions, train the missing ones with ``engine`` (default: one local
         worker, using ``trainer`` if given), and summarise every finished one."""
         key = store.resolve_key(self.target, self.mode)
-        target, mode = key.split("/")
+        target, mode = parse_key(key)
         self.folder_ = store.path("prune")
         if (self.folder_ / "models").is_dir() and not (self.folder_ / "run").is_dir():
             raise RunError(
@@ -156,7 +156,7 @@ class Pruning:
         test_key = output_key(self.test_target or target + TEST_SUFFIX, mode)
         if test_key not in self.store_.keys:
             raise RunError(
-                f"the trainer describes no target {test_key.split('/')[0]!r} to report on: "
+                f"the trainer describes no target {parse_key(test_key)[0]!r} to report on: "
                 "name the test target with test_target (--test-target)"
             )
         engine = engine or LocalEngine(workers=1, trainer=trainer)
@@ -188,9 +188,11 @@ class Pruning:
                 return [str(name) for name in plan["ranking"]]
             except (CorruptFileError, KeyError, TypeError) as error:
                 raise RunError(f"{plan_path} is damaged: {error}") from None
+        target, mode = parse_key(key)
         influence = ClassInfluence(
-            *key.split("/"), self.output, estimator=self.estimator, diagnostics=False
-        ).fit(store)
+            target=target, mode=mode, output=self.output, estimator=self.estimator,
+            diagnostics=False,
+        ).fit(store)  # fmt: skip
         table = influence.classes_
         if table["influence"].isna().any():
             raise RunError("some groups have no influence estimate yet; train more models first")
@@ -259,7 +261,7 @@ class Pruning:
         """One row per finished model of ``conditions``."""
         wanted = {c.label: c for c in conditions}
         _, _, labels = self.store_.explicit_jobs()
-        test = self.store_.target(test_key.split("/")[0])
+        test = self.store_.target(parse_key(test_key)[0])
         rows = []
         for _, arrays in self.store_.iter_chunks():
             correct = outputs_from_arrays(arrays, test_key, "correct", test.labels)
