@@ -234,15 +234,16 @@ def test_until_stable_grows_by_the_projection_and_doubles_without_one():
     crashed on a NaN before). A projection is followed, at least a chunk and at most double."""
     from transfer_influence.estimation.diagnostics import SplitHalf
     from transfer_influence.experiments.growth import grown_models
+    from transfer_influence.words import projection_words
 
     disagree = SplitHalf(spearman=-0.1, spread=0.2, splits=50, models=40)
     assert grown_models(disagree, 0.9, 40, 8, 1000) == 80
     assert grown_models(disagree, 0.9, 40, 8, 60) == 60  # the budget
-    assert disagree.projection(0.9) == (
+    assert projection_words(disagree, 0.9) == (
         "no projection to Spearman 0.9 while the halves agree no more than chance"
     )
     agree = SplitHalf(spearman=0.5, spread=0.1, splits=50, models=40)  # 9x the models for 0.9
-    assert agree.projection(0.9) == "about 360 models would give Spearman 0.9"
+    assert projection_words(agree, 0.9) == "about 360 models would give Spearman 0.9"
     assert grown_models(agree, 0.9, 40, 8, 1000) == 80
     assert grown_models(agree, 0.6, 40, 8, 1000) == 60  # 1.5x the models for 0.6
     assert grown_models(SplitHalf(0.89, 0.1, 50, 40), 0.9, 40, 8, 1000) == 48  # a chunk more

@@ -248,7 +248,7 @@ def test_explained_by_subsets_is_unbiased_near_as_many_models_as_groups():
     """At m = 1.5 K, as on the shared fixture, the adjusted R^2 reads the true share on
     average (a cross-validated ridge R^2 read 0.19-0.22 there for a true 0.46-0.48)."""
     from transfer_influence.estimation.diagnostics import explained_by_subsets
-    from transfer_influence.estimation.words import explained_sentence
+    from transfer_influence.words import explained_sentence
 
     readings = {0.46: [], 0.9: [], 0.0: []}
     for seed in range(30):

@@ -49,7 +49,7 @@ def test_conditions_pair_seeds_and_remove_the_right_groups():
     assert random == [c.keep for c in again if c.name == "random"]
     with pytest.raises(ValueError, match="k = 5 must be between 1 and 4"):
         plan_conditions(ranking, ["bottom"], [5], 1)
-    with pytest.raises(ValueError, match="unknown --remove rule 'worst'"):
+    with pytest.raises(ValueError, match="unknown remove rule 'worst'"):
         plan_conditions(ranking, ["worst"], [1], 1)
     keep = user_condition("keep", ["a", "c"], ("a", "b", "c"), 2)
     assert keep[0].mask.tolist() == [True, False, True] and keep[0].k == 1
@@ -112,7 +112,7 @@ def test_prune_refuses_what_would_mix_or_leak(simulated_run, tmp_path, cli):
     for args, message in (
         (["--k", "two"], "--k takes comma-separated integers"),
         (["--k", "99"], "k = 99 must be between 1 and 15"),
-        (["--remove", "worst"], "unknown --remove rule 'worst'"),
+        (["--remove", "worst"], "unknown remove rule 'worst'"),
         (["--k", "2", "--keep-file", tmp_path / "none.txt"], "cannot read class list"),
     ):
         code, _, err = cli("prune", run, "--seeds", "1", "--quiet", *args)
@@ -147,7 +147,7 @@ def test_prune_trains_with_a_users_own_trainer_and_engine_options(tmp_path, cli)
     run = tmp_path / "run"
     assert cli("run", config, "--run-dir", run, "--quiet")[0] == 0
     code, _, err = cli("prune", run, "--k", "2", "--seeds", "2", "--quiet")
-    assert code == 2 and "no target 'val@test'" in err and "--test-target" in err
+    assert code == 2 and "no target 'val@test'" in err and "test_target" in err
     engine = ("--engine", "local", "--workers", "1")
     code, _, err = cli("prune", run, "--k", "2", "--seeds", "2", "--quiet",
                        "--test-target", "test", *engine)  # fmt: skip

@@ -112,16 +112,18 @@ def test_the_projected_models_reach_the_projected_overlap():
 
 
 def test_overlap_words_and_projections_read_as_a_user_needs_them():
+    from transfer_influence.words import overlap_words
+
     assert expected_overlap(0.0, 100, 10) == pytest.approx(0.1, abs=0.02)
     assert expected_overlap(1.0, 100, 10) == 1.0
     assert expected_overlap(0.5, 100, 10) < expected_overlap(0.8, 100, 10)
     halves = SplitHalf(0.26, 0.1, 50, 149, top_overlap=0.39, bottom_overlap=0.16, groups=100)
-    words = halves.overlap_words("top")
+    words = overlap_words(halves, "top")
     assert words.startswith("two halves of 74 models share 3.9 of their top 10 (1.0 by chance)")
     assert "models would give 8 of 10" in words
     assert halves.overlap_models_needed("bottom") > halves.overlap_models_needed("top")
     at_chance = SplitHalf(0.0, 0.1, 50, 149, top_overlap=0.1, bottom_overlap=0.1, groups=100)
-    assert "no projection to 8 of 10" in at_chance.overlap_words("bottom")
+    assert "no projection to 8 of 10" in overlap_words(at_chance, "bottom")
 
 
 @pytest.mark.parametrize("count", [1, 100, 10_000])

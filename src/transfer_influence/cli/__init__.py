@@ -22,22 +22,23 @@ from ..engines import work
 from ..estimation import ESTIMATORS, ClassInfluence
 from ..estimation.classes import LDS_SPLITS
 from ..estimation.diagnostics import SplitHalf
-from ..estimation.words import (
-    BELOW_AVERAGE,
-    RELATIVE_NOTE,
-    SHARED_SEED_CAVEAT,
-    explained_sentence,
-    flagged_sentence,
-    q_text,
-    split_half_method,
-    stability_sentences,
-)
 from ..experiments.demo import run_demo
 from ..experiments.growth import grow_until_stable
 from ..store import CorruptFileError, RecordError, RunError, RunStore
 from ..store.importing import record_file
 from ..store.status import duration, run_status
 from ..trainers import load_trainer
+from ..words import (
+    BELOW_AVERAGE,
+    RELATIVE_NOTE,
+    SHARED_SEED_CAVEAT,
+    explained_sentence,
+    flagged_sentence,
+    projection_words,
+    q_text,
+    split_half_method,
+    stability_sentences,
+)
 from .analysis import RUN_HELP, add_analysis_commands, add_estimation_arguments, count
 from .cluster import add_cluster_command
 from .engines import add_engine_arguments, engine_from_args
@@ -174,7 +175,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         def said(stability: SplitHalf) -> None:
             print(
                 f"{stability.models} models: split-half rank stability {stability.spearman:.2f} "
-                f"(target {args.until_stable}: {stability.projection(args.until_stable)})"
+                f"(target {args.until_stable}: {projection_words(stability, args.until_stable)})"
             )
 
         grow_until_stable(

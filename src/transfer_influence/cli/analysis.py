@@ -9,10 +9,10 @@ import sys
 
 from ..estimation import ESTIMATORS
 from ..estimation.significance import FLAG_LEVEL, chance_extreme
-from ..estimation.words import q_text, split_half_method, stability_sentences
 from ..files import csv_text, read_json
 from ..outputs import with_unit
 from ..store import RunStore
+from ..words import q_text, split_half_method, stability_sentences
 from .engines import add_engine_arguments, engine_from_args
 
 __all__ = ["RUN_HELP", "add_analysis_commands", "add_estimation_arguments", "count"]

@@ -48,7 +48,7 @@ def _connect(address: str | None, workers: int | None) -> bool:
     try:
         import ray
     except ImportError:
-        raise RunError("--engine ray needs Ray: pip install 'transfer-influence[ray]'") from None
+        raise RunError("the Ray engine needs Ray: pip install 'transfer-influence[ray]'") from None
     if ray.is_initialized():
         return False
     options: dict[str, Any] = {

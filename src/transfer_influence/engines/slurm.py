@@ -32,7 +32,7 @@ def _submitit():
         import submitit
     except ImportError:
         raise RunError(
-            "--engine slurm needs submitit: pip install 'transfer-influence[slurm]'"
+            "the Slurm engine needs submitit: pip install 'transfer-influence[slurm]'"
         ) from None
     return submitit
 

@@ -40,10 +40,16 @@ from .diagnostics import (
     split_half_stability,
 )
 from .significance import FLAG_LEVEL
-from .words import RELATIVE_NOTE
 
 __all__ = ["ClassInfluence", "model_stability", "run_stability", "seed_blocks"]
 
+# What every class-level number means, said wherever it is shown or saved (summary.json):
+# holding class k in a fixed-size subset means leaving out another class.
+RELATIVE_NOTE = (
+    "Influence compares models with and without a class at a fixed subset size, so it is "
+    "relative to the average class: a negative value means less helpful than average, not "
+    "harmful. Whether removing a class helps is what `prune` measures."
+)
 LDS_SPLITS = 50  # random fifths held out; the score's spread over them is ~0.1 at m = 150
 
 
@@ -100,7 +106,7 @@ class ClassInfluence:
 
     Every value, interval and table is in ``unit_``: points (hundredths) for probabilities and
     accuracy, the output's own unit otherwise (:func:`~transfer_influence.outputs.output_units`).
-    Influence is relative to the average class: see :data:`.words.RELATIVE_NOTE`.
+    Influence is relative to the average class: see :data:`RELATIVE_NOTE`.
     """
 
     def __init__(

@@ -89,39 +89,12 @@ class SplitHalf:
         wanted = _reliability_for_overlap(target, self.groups, self.k)
         return _spearman_brown(reliability, wanted, self.models)
 
-    def projection(self, target: float = 0.9) -> str:
-        """:meth:`models_needed` in words, or why there is none yet."""
-        return _projection_words(self.models_needed(target), f"Spearman {target:g}")
-
-    def overlap_words(self, end: str, target: float = 0.8) -> str:
-        """The overlap at one end in words, with chance and a projection."""
-        measured = self.top_overlap if end == "top" else self.bottom_overlap
-        side = "top" if end == "top" else "bottom"
-        shared = f"{measured * self.k:.1f}"
-        chance = f"{self.chance_overlap * self.k:.1f} by chance"
-        return (
-            f"two halves of {self.models // 2} models share {shared} of their {side} {self.k} "
-            f"({chance}); {self.overlap_projection(end, target)}"
-        )
-
-    def overlap_projection(self, end: str, target: float = 0.8) -> str:
-        """How many models would make one end repeat ``target`` of k, in words."""
-        wanted = f"{round(target * self.k)} of {self.k}"
-        return _projection_words(self.overlap_models_needed(end, target), wanted)
-
 
 def _spearman_brown(r: float, target: float, models: int) -> float:
     if not 0.0 < r < 1.0:
         return math.nan if not r > 0 else float(models)
     k = target * (1.0 - r) / (r * (1.0 - target))
     return max(k, 1.0) * models
-
-
-def _projection_words(needed: float, target: str) -> str:
-    if not math.isfinite(needed):
-        return f"no projection to {target} while the halves agree no more than chance"
-    digits = max(len(str(int(needed))) - 2, 0)  # a projection is rough: two figures
-    return f"about {round(needed, -digits):,.0f} models would give {target}"
 
 
 def expected_overlap(reliability: float, groups: int, k: int, draws: int = _OVERLAP_DRAWS) -> float:

@@ -28,7 +28,7 @@ def drill_down_config(
     if params.get("groups") is not None or params.get("pool") is not None:
         raise RunError("drill-down starts from a run over single classes (no groups or pool)")
     if top < 0 or bottom < 0 or top + bottom < 1:
-        raise ValueError("choose at least one class: --top and --bottom are counts >= 0")
+        raise ValueError("choose at least one class: top and bottom are counts >= 0")
     model = ClassInfluence(estimator=estimator, diagnostics=False).fit(store)
     table = model.classes_.dropna(subset=["influence"])
     chosen = table["group"].head(top).tolist() + table["group"].tail(bottom).tolist()

@@ -26,12 +26,12 @@ from ..analyses import (
 )
 from ..estimation import ClassInfluence
 from ..estimation.significance import FLAG_LEVEL, chance_extreme
-from ..estimation.words import q_text
 from ..files import csv_text, read_json, write_folder
 from ..outputs import output_units, with_unit
 from ..provenance import package_version
 from ..store import RunStore
 from ..trainers.protocol import parse_key
+from ..words import q_text
 from .examples import example_section, is_example_run
 from .figures import class_bars, class_heatmap
 from .header import answer_sentence, run_facts, trust_sentence

@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 
 from ..estimation import ClassInfluence, ExampleInfluence
-from ..estimation.words import split_half_method
 from ..store import RunError, RunStore
 from ..trainers.protocol import parse_key
+from ..words import projection_words, split_half_method
 from .images import RunImages, png, thumbnail
 
 __all__ = ["example_section", "is_example_run", "most_affected_examples"]
@@ -99,7 +99,7 @@ def example_section(
         note += (
             " Split-half rank stability of the overall ranking "
             f"({split_half_method(store.config.run.seeds == 'chunk')}): "
-            f"{stability.spearman:.2f}; {stability.projection(0.9)}."
+            f"{stability.spearman:.2f}; {projection_words(stability, 0.9)}."
         )
     context = {
         "note": note,

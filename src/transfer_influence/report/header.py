@@ -8,17 +8,18 @@ import numpy as np
 
 from ..estimation import ClassInfluence
 from ..estimation.significance import FLAG_LEVEL
-from ..estimation.words import (
-    RELATIVE_NOTE,
-    SHARED_SEED_CAVEAT,
-    explained_sentence,
-    flagged_sentence,
-    q_text,
-)
 from ..files import CorruptFileError, read_json
 from ..store import RunStore
 from ..subsets import round_size
 from ..trainers.protocol import parse_key
+from ..words import (
+    RELATIVE_NOTE,
+    SHARED_SEED_CAVEAT,
+    explained_sentence,
+    flagged_sentence,
+    overlap_projection,
+    q_text,
+)
 
 __all__ = ["answer_sentence", "describe_dataset", "run_facts", "trust_sentence"]
 
@@ -182,7 +183,7 @@ def answer_sentence(influence: ClassInfluence, shown: int = 5) -> str:
         text = "No source class is distinguishable from the average class yet."
     stability = influence.stability_
     if stability is not None and stability.bottom_overlap < 0.8:
-        needed = stability.overlap_projection("bottom")
+        needed = overlap_projection(stability, "bottom")
         text += (
             f" The bottom of the list is not yet stable: two halves of the models share "
             f"{stability.bottom_overlap * stability.k:.1f} of their bottom {stability.k} "
@@ -201,7 +202,7 @@ def trust_sentence(influence: ClassInfluence) -> str:
             f"Two random halves of the models share {stability.top_overlap * stability.k:.1f} "
             f"of their top {stability.k} and {stability.bottom_overlap * stability.k:.1f} of "
             f"their bottom {stability.k} ({stability.chance_overlap * stability.k:.1f} by "
-            f"chance); {stability.overlap_projection('bottom')} at the bottom."
+            f"chance); {overlap_projection(stability, 'bottom')} at the bottom."
         )
         if stability.spearman < 0.9:
             parts.append(

@@ -45,7 +45,7 @@ def plan_conditions(
     groups = len(ranking)
     unknown = [rule for rule in rules if rule not in RULES]
     if unknown:
-        raise ValueError(f"unknown --remove rule {unknown[0]!r}; choose from {', '.join(RULES)}")
+        raise ValueError(f"unknown remove rule {unknown[0]!r}; choose from {', '.join(RULES)}")
     bad = [k for k in ks if not 0 < k < groups]
     if bad:
         raise ValueError(f"k = {bad[0]} must be between 1 and {groups - 1} ({groups} groups)")

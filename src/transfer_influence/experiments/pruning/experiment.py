@@ -157,7 +157,7 @@ class Pruning:
         if test_key not in self.store_.keys:
             raise RunError(
                 f"the trainer describes no target {parse_key(test_key)[0]!r} to report on: "
-                "name the test target with test_target (--test-target)"
+                "name the test target with test_target"
             )
         engine = engine or LocalEngine(workers=1, trainer=trainer)
         engine.run(self.store_, time_limit, progress)

@@ -1,9 +1,13 @@
-"""What the estimates and their diagnostics mean, in the sentences the CLI and report print."""
+"""What the estimates and their diagnostics mean, in the sentences the CLI and report print:
+the one presentation layer (``estimation`` returns numbers)."""
 
 from __future__ import annotations
 
-from .diagnostics import SplitHalf
-from .significance import FLAG_LEVEL
+import math
+
+from .estimation.classes import RELATIVE_NOTE
+from .estimation.diagnostics import SplitHalf
+from .estimation.significance import FLAG_LEVEL
 
 __all__ = [
     "BELOW_AVERAGE",
@@ -11,6 +15,9 @@ __all__ = [
     "SHARED_SEED_CAVEAT",
     "explained_sentence",
     "flagged_sentence",
+    "overlap_projection",
+    "overlap_words",
+    "projection_words",
     "q_text",
     "split_half_method",
     "stability_sentences",
@@ -19,11 +26,6 @@ __all__ = [
 # With subsets of a fixed size, holding class k means leaving out another class: a negative
 # influence says k helps less than the class it displaces on average, not that it does harm.
 BELOW_AVERAGE = "least helpful (below the average class)"
-RELATIVE_NOTE = (
-    "Influence compares models with and without a class at a fixed subset size, so it is "
-    "relative to the average class: a negative value means less helpful than average, not "
-    "harmful. Whether removing a class helps is what `prune` measures."
-)
 SHARED_SEED_CAVEAT = (
     "All models share one seed, so this is the ranking's stability for that seed; a run with "
     "another seed may rank somewhat differently."
@@ -44,10 +46,10 @@ def split_half_method(seed_per_chunk: bool) -> str:
 def stability_sentences(stability: SplitHalf) -> list[str]:
     """The agreement of two halves of the models at both ends and overall, in words."""
     return [
-        f"Top: {stability.overlap_words('top')}.",
-        f"Bottom: {stability.overlap_words('bottom')}.",
+        f"Top: {overlap_words(stability, 'top')}.",
+        f"Bottom: {overlap_words(stability, 'bottom')}.",
         f"Whole ranking: split-half Spearman {stability.spearman:.2f}; "
-        f"{stability.projection(0.9)}.",
+        f"{projection_words(stability, 0.9)}.",
     ]
 
 
@@ -75,3 +77,32 @@ def explained_sentence(share: float) -> str:
     if share >= 0.5:
         return text + "."
     return text + ", which no estimator removes: more models or a steadier recipe reduce it."
+
+
+def projection_words(stability: SplitHalf, target: float = 0.9) -> str:
+    """:meth:`SplitHalf.models_needed` in words, or why there is none yet."""
+    return _needed_words(stability.models_needed(target), f"Spearman {target:g}")
+
+
+def overlap_words(stability: SplitHalf, end: str, target: float = 0.8) -> str:
+    """The overlap at one end ("top" or "bottom") in words, with chance and a projection."""
+    measured = stability.top_overlap if end == "top" else stability.bottom_overlap
+    shared = f"{measured * stability.k:.1f}"
+    chance = f"{stability.chance_overlap * stability.k:.1f} by chance"
+    return (
+        f"two halves of {stability.models // 2} models share {shared} of their {end} "
+        f"{stability.k} ({chance}); {overlap_projection(stability, end, target)}"
+    )
+
+
+def overlap_projection(stability: SplitHalf, end: str, target: float = 0.8) -> str:
+    """How many models would make one end repeat ``target`` of k, in words."""
+    wanted = f"{round(target * stability.k)} of {stability.k}"
+    return _needed_words(stability.overlap_models_needed(end, target), wanted)
+
+
+def _needed_words(needed: float, target: str) -> str:
+    if not math.isfinite(needed):
+        return f"no projection to {target} while the halves agree no more than chance"
+    digits = max(len(str(int(needed))) - 2, 0)  # a projection is rough: two figures
+    return f"about {round(needed, -digits):,.0f} models would give {target}"
