@@ -47,6 +47,7 @@ __all__ = [
     "arrays_digest",
     "atomic_write_bytes",
     "csv_text",
+    "exclusive_lock",
     "json_bytes",
     "open_regular",
     "read_arrays",
@@ -235,18 +236,22 @@ def settle_folder(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def _folder_lock(folder: Path) -> Iterator[None]:
-    """One writer (or settler) of ``folder`` at a time; the kernel drops the lock of a
-    process that dies, so a killed writer never blocks the next."""
-    lock = folder.parent / f".{folder.name}.lock"
+def exclusive_lock(lock: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the file ``lock`` (created if absent). The kernel drops the
+    lock of a process that dies, so a killed holder never blocks the next."""
     fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK, 0o644)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(f"{lock} is not a regular file")
+            raise OSError(f"{lock} is not a regular file; remove it")
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)
+
+
+def _folder_lock(folder: Path) -> contextlib.AbstractContextManager[None]:
+    """One writer (or settler) of ``folder`` at a time."""
+    return exclusive_lock(folder.parent / f".{folder.name}.lock")
 
 
 def _settle(folder: Path) -> None:

@@ -23,13 +23,11 @@ aside on every read, and a recorded model the run holds already is never added a
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import glob
 import hashlib
 import json
 import os
 import shutil
-import stat
 import time
 import uuid
 import warnings
@@ -45,6 +43,7 @@ from ..config import MAX_CHUNKS, MAX_MODELS, Config, ConfigError, defining_diff
 from ..files import (
     CorruptFileError,
     _maybe_crash,
+    exclusive_lock,
     open_regular,
     read_arrays,
     read_json,
@@ -360,15 +359,13 @@ class RunStore:
     def _plan_lock(self) -> Iterator[None]:
         """An exclusive lock on the run's plan (run.json), held while it is changed. The
         kernel releases it when its holder dies, so a killed writer never blocks the next."""
-        lock = self.path("claims") / ".plan.lock"
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK, 0o644)
+        held = contextlib.ExitStack()
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise RunError(f"{lock} is not a regular file; remove it")
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            held.enter_context(exclusive_lock(self.path("claims") / ".plan.lock"))
+        except OSError as error:
+            raise RunError(str(error)) from None
+        with held:
             yield
-        finally:
-            os.close(fd)
 
     def _reload(self) -> None:
         try:
