@@ -131,6 +131,8 @@ class Pruning:
         worker, using ``trainer`` if given), and summarise every finished one."""
         key = store.resolve_key(self.target, self.mode)
         target, mode = parse_key(key)
+        # Refused before anything is ranked or written: a run that ranks on its test split.
+        params = test_companion(store.config.trainer.type, store.config.trainer.params, target)
         self.folder_ = store.path("prune")
         if (self.folder_ / "models").is_dir() and not (self.folder_ / "run").is_dir():
             raise RunError(
@@ -152,7 +154,7 @@ class Pruning:
                 conditions += user_condition(kind, _read_names(path), store.groups, self.seeds)
         # Sources of one size side by side, so a stack of models trains equal epochs.
         conditions.sort(key=lambda c: (-sum(c.keep), c.label))
-        self.store_ = self._conditions_run(store, target, conditions, trainer)
+        self.store_ = self._conditions_run(store, params, conditions, trainer)
         test_key = output_key(self.test_target or target + TEST_SUFFIX, mode)
         if test_key not in self.store_.keys:
             raise RunError(
@@ -212,7 +214,7 @@ class Pruning:
         return ranking
 
     def _conditions_run(
-        self, store: RunStore, target: str, conditions: list[Condition], trainer
+        self, store: RunStore, params: dict[str, Any], conditions: list[Condition], trainer
     ) -> RunStore:
         """The run of the conditions: created on first use, grown by new conditions."""
         masks = np.stack([c.mask for c in conditions])
@@ -232,7 +234,6 @@ class Pruning:
                     )
             run.add_jobs(masks, seeds, labels)
             return run
-        params = test_companion(store.config.trainer.type, store.config.trainer.params, target)
         source = store.config.to_dict()
         outputs = list(dict.fromkeys([*source["run"]["outputs"], "correct"]))
         config = Config.from_dict(
