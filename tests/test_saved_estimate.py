@@ -1,6 +1,8 @@
 """Queries read the run's saved estimate when it was made from the same chunks and options,
 and never when the chunks changed since."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -79,3 +81,25 @@ def test_a_damaged_saved_estimate_is_fitted_again(estimated, cli):
     before = cli("top", estimated)
     (estimated / "influence" / "estimate.npz").write_bytes(b"not an archive")
     assert cli("top", estimated) == before
+
+
+def test_a_report_after_estimate_reads_the_saved_estimate_and_its_diagnostics(
+    estimated, cli, monkeypatch, tmp_path
+):
+    (estimated / "influence" / "summary.json").unlink()
+    assert cli("report", estimated, "--out", tmp_path / "fitted")[0] == 0
+    assert cli("estimate", estimated)[0] == 0
+    _forbid_streaming(monkeypatch)
+    assert cli("report", estimated, "--out", tmp_path / "read")[0] == 0
+    for page in ("index.html", "tables/classes.csv", "tables/class_matrix.csv"):
+        read, fitted = ((tmp_path / how / page).read_text() for how in ("read", "fitted"))
+        minute = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d")  # when the page was made
+        assert minute.sub("", read) == minute.sub("", fitted), page
+
+
+def test_a_saved_estimate_without_diagnostics_serves_tables_but_not_a_report(estimated):
+    store = RunStore(estimated)
+    ClassInfluence(diagnostics=False).fit(store).save(store.path("influence"))
+    assert ClassInfluence(diagnostics=False).fit(store).stability_ is None
+    fitted = ClassInfluence().fit(store)  # asks for diagnostics: fitted again
+    assert fitted.stability_ is not None and fitted._accumulator is not None

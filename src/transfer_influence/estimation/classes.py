@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 import time
@@ -127,9 +128,9 @@ class ClassInfluence:
         self.diagnostics = diagnostics
 
     def fit(self, store: RunStore, progress: bool = False) -> ClassInfluence:
-        """Stream every finished chunk of ``store`` through the estimator. Without
-        diagnostics, the run's saved estimate (``estimate``'s files) is read instead when it
-        was made from the same chunks with the same options."""
+        """Stream every finished chunk of ``store`` through the estimator, or read the run's
+        saved estimate (``estimate``'s files) when it was made from the same chunks with the
+        same options, and holds the diagnostics if they are asked for."""
         self.key_ = store.resolve_key(self.target, self.mode)
         self.made_from_ = {
             "chunks": store.chunks_digest(),
@@ -138,7 +139,7 @@ class ClassInfluence:
             "estimator": self.estimator,
             "level": self.level,
         }
-        if not self.diagnostics and self._load(store):
+        if self._load(store):
             return self
         return self._stream(store, progress)
 
@@ -285,6 +286,13 @@ class ClassInfluence:
             summary = read_json(folder / "summary.json")
             if not isinstance(summary, dict) or summary.get("made_from") != self.made_from_:
                 return False
+            diagnostics = summary.get("diagnostics")
+            if self.diagnostics and diagnostics is None:
+                return False  # saved without the diagnostics asked for now
+            stability = diagnostics["stability"] if diagnostics else None
+            self.stability_ = None if stability is None else SplitHalf(**stability)
+            self.explained_ = diagnostics["explained"] if diagnostics else None
+            self.lds_ = diagnostics["lds"] if diagnostics else None
             saved = read_arrays(folder / "estimate.npz")
             with (
                 open_regular(folder / "influence.npy") as values,
@@ -292,7 +300,7 @@ class ClassInfluence:
             ):
                 per_example = np.load(values, allow_pickle=False).astype(np.float64)
                 per_example_stderr = np.load(stderr, allow_pickle=False).astype(np.float64)
-        except (OSError, ValueError, CorruptFileError):
+        except (OSError, ValueError, TypeError, KeyError, CorruptFileError):
             return False  # no saved estimate, or not a whole one: fit instead
         target = store.target(parse_key(self.key_)[0])
         n_in, n_out = saved["n_in"], saved["n_out"]
@@ -310,7 +318,6 @@ class ClassInfluence:
         )
         self._store, self._accumulator = store, None
         self.unit_ = output_units(self.output)[1]
-        self.stability_ = self.explained_ = self.lds_ = None
         self.n_excluded_ = int(summary["n_excluded_unhealthy"])
         self.damaged_chunks_ = list(summary["damaged_chunks_left_out"])
         self.seeds_ = store.config.run.seeds
@@ -397,6 +404,11 @@ class ClassInfluence:
         # What the estimate was made from, and its overall and per-class numbers as the fit
         # had them: a query on the same chunks reads these instead of fitting again.
         summary["made_from"] = getattr(self, "made_from_", None)
+        summary["diagnostics"] = (
+            _diagnostics_record(self.stability_, self.explained_, self.lds_)
+            if self.diagnostics
+            else None
+        )
         estimate = self.estimate_
         contents["estimate.npz"] = arrays_bytes(
             {
@@ -416,6 +428,14 @@ class ClassInfluence:
         contents["summary.json"] = json_bytes(summary)
         write_folder(folder, contents)
         return folder
+
+
+def _diagnostics_record(
+    stability: SplitHalf | None, explained: float | None, lds: float | None
+) -> dict:
+    """The diagnostics as fitted, for a later query on the same chunks to read back."""
+    fields = None if stability is None else dataclasses.asdict(stability)
+    return {"stability": fields, "explained": explained, "lds": lds}
 
 
 def _stability_summary(stability: SplitHalf | None, shared_seed: bool) -> dict | None:
