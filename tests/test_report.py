@@ -102,7 +102,11 @@ def test_report_without_images_says_where_to_give_them(tmp_path, cli):
     html = (run / "report" / "index.html").read_text()
     # Sections that cannot be built are left out with one line that says how to get them.
     assert 'id="projection"' not in html and 'id="leakage"' not in html
-    assert "Left out: these sections show target images (target images: pass --target-data" in html
+    assert "show target images (no target images: the run&#39;s config names none" in html
+    assert "(give target_data)" in html and "--target-data" not in html  # the API's words
+    # ... and the console says it too, in the command's words.
+    assert "left out: target images and the leakage check (no target images" in out
+    assert "(give --target-data)" in out and "(give --source-data)" in out
     assert (run / "report" / "tables" / "projection.csv").is_file()
     assert all(s.startswith("data:image/png;base64,") for s in _image_sources(html))
 

@@ -182,5 +182,5 @@ def test_the_report_says_how_seeds_were_shared_and_split(tmp_path, cli):
     assert "a seed per chunk of models" in html
     assert "halves of whole chunks, so across seeds" in html
     # A simulated run has no images: no empty image sections, one line that says so.
-    assert 'id="projection"' not in html and "pass --target-data" not in html
+    assert 'id="projection"' not in html and "target_data" not in html
     assert "these sections show target images (a simulated run has no images)." in html

@@ -240,6 +240,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
         target_examples=args.target_example,
     ).build(store, args.out, progress=not args.quiet and sys.stderr.isatty())
     print(f"wrote {report.path_} ({report.influence_.n_models_} models)")
+    for what in report.left_out_:  # in the command's words: parameters become flags
+        flags = what.replace("target_data", "--target-data").replace("source_data", "--source-data")
+        print(f"left out: {flags}")
     if report.leakage_ is not None:
         leaks = int(report.leakage_["leak"].sum())
         alike = int(report.leakage_["look_alike"].sum())

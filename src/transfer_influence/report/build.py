@@ -85,8 +85,9 @@ class Report:
         least helpful source images are shown; by default the 4 most affected ones.
 
     After :meth:`build`: ``path_`` (index.html), ``influence_`` (the fitted ClassInfluence),
-    ``tables_`` (every table written, by name) and ``leakage_`` (all leakage candidates; None
-    when there were no images to check).
+    ``tables_`` (every table written, by name), ``leakage_`` (all leakage candidates; None
+    when there were no images to check) and ``left_out_`` (what the page leaves out for want
+    of images, and why; empty when nothing).
     """
 
     def __init__(
@@ -135,6 +136,14 @@ class Report:
         target_name = parse_key(influence.key_)[0]
         steps.update()
         images = load_run_images(store, target_name, self.source_data, self.target_data)
+        self.left_out_ = [
+            f"{what} ({images.note})"
+            for what, missing in (
+                ("target images and the leakage check", images.target is None),
+                ("source images beside each class", images.source is None),
+            )
+            if missing
+        ]
         steps.update()
         folder = Path(out) if out is not None else store.path("report")
         files: dict[str, bytes] = {}

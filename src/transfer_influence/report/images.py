@@ -116,14 +116,14 @@ def load_run_images(
 
         target = _align_target(store, target_name, TargetData(config_target).test)
     else:
-        notes.append("target images: pass --target-data")
+        notes.append("no target images: the run's config names none (give target_data)")
     source_spec = source_data if source_data is not None else params.get("source")
     if source_spec is not None:
         dataset = load_dataset(_as_spec(source_spec), "train", "source")
         grouping = params if source_data is None else {}
         source, groups = dataset.images, _source_groups(store, dataset, grouping)
     else:
-        notes.append("source images: pass --source-data")
+        notes.append("no source images: the run's config names none (give source_data)")
     return RunImages(target, source, groups, "; ".join(notes))
 
 
