@@ -25,13 +25,14 @@ from _common import save_result
 from transfer_influence.clustering import FeatureClusters
 from transfer_influence.datasets.folder import load_folder
 from transfer_influence.trainers.builtin import pretrained_features, resolve_device
-from transfer_influence.trainers.stack import Recipe, StackedResNet, extract_features
+from transfer_influence.trainers.networks import build_network
+from transfer_influence.trainers.stack import Recipe, extract_features
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar100"
 
 
 def _untrained(source, recipe: Recipe, device: torch.device) -> np.ndarray:
-    net = StackedResNet.build([0], recipe, len(source.class_names), device)
+    net = build_network([0], recipe, len(source.class_names), source.images.shape[1], device)
     images = torch.from_numpy(np.array(source.images)).to(device)
     return extract_features(net, images)[0].cpu().numpy()
 

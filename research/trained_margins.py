@@ -38,7 +38,8 @@ from transfer_influence.experiments.demo import demo_config, recovery  # noqa: E
 from transfer_influence.subsets import Job  # noqa: E402
 from transfer_influence.trainers import load_trainer  # noqa: E402
 from transfer_influence.trainers.builtin import BuiltinTrainer, pretrained_features  # noqa: E402
-from transfer_influence.trainers.stack import Recipe, StackedResNet, extract_features  # noqa: E402
+from transfer_influence.trainers.networks import StackedResNet, build_network
+from transfer_influence.trainers.stack import Recipe, extract_features  # noqa: E402
 
 
 def demo(seed: int, control: bool, folder: Path) -> dict:
@@ -98,7 +99,7 @@ def clustering(seed: int) -> dict:
     source = demo_dataset("source", "train", source_per_class=80)
     recipe = Recipe(widths=(16, 32, 64), epochs=8, batch_size=64)
     trained = pretrained_features(source, recipe, seed=seed, device=torch.device("cpu"))
-    net = StackedResNet.build([seed], recipe, len(source.class_names), torch.device("cpu"))
+    net = build_network([seed], recipe, len(source.class_names), 16, torch.device("cpu"))
     untrained = extract_features(net, torch.from_numpy(np.array(source.images)))[0].numpy()
     purity = {
         name: float(

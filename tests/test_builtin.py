@@ -9,7 +9,8 @@ import torch
 
 from transfer_influence.subsets import Job
 from transfer_influence.trainers.builtin import BuiltinTrainer
-from transfer_influence.trainers.stack import StackedResNet, extract_features
+from transfer_influence.trainers.networks import StackedResNet, build_network, forward_macs
+from transfer_influence.trainers.stack import Recipe, extract_features
 
 DEMO = {"kind": "demo", "source_per_class": 80, "target_per_class": 100}
 RECIPE = {"widths": [16, 32, 64], "epochs": 8, "batch_size": 64, "stack": 2}
@@ -180,7 +181,7 @@ def test_progressive_resizing_and_pooling_change_the_model():
 @pytest.mark.parametrize(
     ("knobs", "message"),
     [
-        ({"pool": "mean"}, "recipe.pool"),
+        ({"pool": "min"}, "recipe.pool must be one of max, max.mean, mean"),
         ({"low_res_size": 16, "low_res_epochs": 9}, "low_res_epochs"),
         ({"data_order": "shared"}, "recipe.data_order must be one of independent, coupled"),
     ],
@@ -219,10 +220,7 @@ def test_coupled_order_shows_a_seed_s_models_their_common_images_alike():
         assert (a[0] != b[0]).mean() > 0.5
 
 
-@pytest.mark.parametrize("widths, size", [((16, 32, 64), 32), ((8, 16, 32, 64), 16)])
-def test_forward_macs_counts_every_convolution(widths, size):
-    """The dry-run's cost estimate rests on this count: check it against the real network."""
-    net = StackedResNet(1, widths, 10)
+def _counted_macs(net: torch.nn.Module, size: int) -> int:
     counted = []
 
     def count(module, inputs, output):
@@ -235,4 +233,69 @@ def test_forward_macs_counts_every_convolution(widths, size):
     net.eval()
     with torch.no_grad():
         net.features(torch.zeros(1, 3, size, size))
-    assert StackedResNet.forward_macs(widths, size) == sum(counted)
+    return sum(counted)
+
+
+@pytest.mark.parametrize("widths, size", [((16, 32, 64), 32), ((8, 16, 32, 64), 16)])
+def test_forward_macs_counts_every_convolution(widths, size):
+    """The dry-run's cost estimate rests on this count: check it against the real network and
+    against the closed form for the small CNN (stem, a conv per stage, residual pairs on the
+    first and last stages after pooling)."""
+    recipe = Recipe(widths=widths)
+    net = build_network([0], recipe, 10, size, torch.device("cpu"))
+    assert forward_macs(recipe, size) == _counted_macs(net, size)
+    closed, c_in, side = size * size * 3 * widths[0] * 9, widths[0], size
+    for i, width in enumerate(widths):
+        closed += side * side * c_in * width * 9
+        side //= 2
+        if i in (0, len(widths) - 1):
+            closed += 2 * side * side * width * width * 9
+        c_in = width
+    assert forward_macs(recipe, size) == closed
+
+
+def test_resnet18_is_torchvisions_layout_with_a_low_resolution_stem():
+    """ResNet-18 as torchvision builds it: 11,176,512 backbone weights (its 11,689,512 less the
+    1000-way fc's 513,000) and 1,813,561,344 convolution multiply-accumulates at 224 px (with
+    the fc's 512,000: the usual 1.814 G); at 32 px the low-resolution stem keeps the full
+    32 x 32 grid; features are mean-pooled as torchvision's."""
+    full = build_network([0], Recipe(arch="resnet18"), 10, 224, torch.device("cpu"))
+    backbone = sum(p.numel() for n, p in full.named_parameters() if "head" not in n)
+    assert backbone == 11_176_512
+    assert forward_macs(Recipe(arch="resnet18"), 224) == 1_813_561_344
+    assert _counted_macs(full, 224) == forward_macs(Recipe(arch="resnet18"), 224)
+    small = build_network([0, 1], Recipe(arch="resnet18", widths=(8, 16, 32, 64)), 3, 32,
+                          torch.device("cpu"))  # fmt: skip
+    assert full.stem[0].kernel_size == (7, 7) and isinstance(full.stem[-1], torch.nn.MaxPool2d)
+    assert small.stem[0].kernel_size == (3, 3) and small.stem[0].stride == (1, 1)
+    assert small.pool == "mean" and Recipe().pool == "max"
+    with torch.no_grad():
+        assert small.features(torch.zeros(5, 6, 32, 32)).shape == (5, 2, 64)
+    with pytest.raises(ValueError, match="four channel counts"):
+        Recipe(arch="resnet18", widths=(8, 16))
+    with pytest.raises(ValueError, match="recipe.arch must be one of cnn, resnet18"):
+        Recipe(arch="vgg")
+
+
+@pytest.mark.slow
+def test_a_resnet18_trains_and_transfers_at_32_px(tmp_path, monkeypatch):
+    """One full-width ResNet-18 pretrained on 32 px folders and transferred both ways."""
+    from conftest import make_image_folder
+
+    monkeypatch.setenv("TRANSFER_INFLUENCE_CACHE", str(tmp_path / "cache"))
+    make_image_folder(tmp_path / "source", list("abcd"), 8, ("train", "test"), size=32)
+    make_image_folder(tmp_path / "target", ["x", "y"], 8, ("train", "test"), size=32)
+    recipe = {"arch": "resnet18", "epochs": 1, "batch_size": 16, "stack": 1,
+              "finetune_epochs": 1, "probe_steps": 10}  # fmt: skip
+    trainer = BuiltinTrainer(
+        {"kind": "folder", "path": str(tmp_path / "source")},
+        [{"kind": "folder", "path": str(tmp_path / "target"), "name": "t"}],
+        ("fixed_feature", "finetune"),
+        recipe,
+    )
+    (result,) = trainer.train([Job(0, 3, np.array([True, True, False, True]))])
+    assert result.status == "ok" and 0 <= result.source_accuracy <= 1
+    for mode in ("fixed_feature", "finetune"):
+        logits = result.logits[f"t/{mode}"]
+        assert logits.shape == (16, 2) and np.isfinite(logits).all()
+    assert trainer.estimate_seconds_per_model() > 0

@@ -40,12 +40,13 @@ def test_a_trained_models_features_cluster_by_class_unlike_an_untrained_ones():
     import torch
 
     from transfer_influence.trainers.builtin import pretrained_features
-    from transfer_influence.trainers.stack import Recipe, StackedResNet, extract_features
+    from transfer_influence.trainers.networks import build_network
+    from transfer_influence.trainers.stack import Recipe, extract_features
 
     source = demo_dataset("source", "train", source_per_class=80)
     recipe = Recipe(widths=(16, 32, 64), epochs=8, batch_size=64)
     trained = pretrained_features(source, recipe, seed=0, device=torch.device("cpu"))
-    net = StackedResNet.build([0], recipe, len(source.class_names), torch.device("cpu"))
+    net = build_network([0], recipe, len(source.class_names), 16, torch.device("cpu"))
     untrained = extract_features(net, torch.from_numpy(np.array(source.images)))[0].numpy()
     purity = {
         name: FeatureClusters(24).fit(f, source.labels, source.names).clusters_["purity"].median()

@@ -18,10 +18,11 @@ import torch
 
 from ..datasets import ImageDataset, fingerprint_arrays, load_dataset
 from ..subsets import Job
+from .networks import StackedNetwork, build_network, forward_macs
 from .probe import fit_linear_probe
 from .protocol import JobResult, TargetInfo, TaskDescription, output_key
 from .source_groups import example_pool, mapped_groups
-from .stack import Recipe, StackedResNet, extract_features, train_stack
+from .stack import Recipe, extract_features, train_stack
 
 __all__ = ["MODES", "BuiltinTrainer", "TargetData", "pretrained_features", "resolve_device"]
 
@@ -48,7 +49,8 @@ def pretrained_features(
     """Features (N x D, float32) of every source image under one model pretrained on all of
     them with ``recipe``: what ``transfer-influence cluster`` groups the images by."""
     device = device or resolve_device()
-    net = StackedResNet.build([seed], recipe, len(source.class_names), device)
+    classes, size = len(source.class_names), source.images.shape[1]
+    net = build_network([seed], recipe, classes, size, device)
     images = torch.from_numpy(np.array(source.images)).to(device)
     labels = torch.from_numpy(source.labels).to(device)
     everything = [np.arange(len(source))]
@@ -188,7 +190,7 @@ class BuiltinTrainer:
         passes += sum(len(t.train) + len(t.test) for t in self.targets)
         if "finetune" in self.modes:
             passes += sum(len(t.train) * r.finetune_epochs * 3 for t in self.targets)
-        macs = passes * StackedResNet.forward_macs(r.widths, size)
+        macs = passes * forward_macs(r, size)
         # ~3e10 MAC/s: 2 CPU cores, torch 2.13; ~3e13: one H100 training stacks (bf16).
         return macs / (3e13 if self.device.type == "cuda" else 3e10)
 
@@ -210,7 +212,7 @@ class BuiltinTrainer:
         started = self._synchronized_clock()
         seeds = [job.seed for job in jobs]
         classes = len(self.source.class_names)
-        net = StackedResNet.build(seeds, self.recipe, classes, self.device)
+        net = self._network(seeds, classes)
         images, labels = self._tensors("source", self.source)
         members = [self.groups.images(job.mask) for job in jobs]
         # An epoch is the expected subset's size: the same for every model of a run.
@@ -246,6 +248,10 @@ class BuiltinTrainer:
                 result.status = "diverged"
         return results
 
+    def _network(self, seeds: list[int], classes: int) -> StackedNetwork:
+        """One model per seed, built for the source's image size."""
+        return build_network(seeds, self.recipe, classes, self.source.images.shape[1], self.device)
+
     def _synchronized_clock(self) -> float:
         """Once per stack phase, so no synchronisation inside the training loop."""
         if self.device.type == "cuda":
@@ -254,13 +260,13 @@ class BuiltinTrainer:
 
     @staticmethod
     @torch.no_grad()
-    def _head_logits(net: StackedResNet, images: torch.Tensor) -> torch.Tensor:
+    def _head_logits(net: StackedNetwork, images: torch.Tensor) -> torch.Tensor:
         """Every model's own head on every image: G x N x classes (float32)."""
         features = extract_features(net, images)
         return torch.bmm(features, net.head_weight.float()) + net.head_bias[:, None, :]
 
     @torch.no_grad()
-    def _source_accuracy(self, net: StackedResNet, jobs: list[Job]) -> list[float]:
+    def _source_accuracy(self, net: StackedNetwork, jobs: list[Job]) -> list[float]:
         """Accuracy on the source test images of each model's own classes, among those."""
         images, labels = self._tensors("source_test", self.source_test)
         logits = self._head_logits(net, images)
@@ -273,7 +279,7 @@ class BuiltinTrainer:
         return accuracies
 
     def _transfer(
-        self, net: StackedResNet, target: TargetData, mode: str, seeds: list[int]
+        self, net: StackedNetwork, target: TargetData, mode: str, seeds: list[int]
     ) -> np.ndarray:
         train_images, train_labels = self._tensors(f"{target.name}/train", target.train)
         test_images, _ = self._tensors(f"{target.name}/test", target.test)
@@ -287,7 +293,7 @@ class BuiltinTrainer:
         """Mean target accuracy of untrained backbones (seeds 0, 1, ...) with the
         fixed-feature head: what pretraining must beat."""
         classes = len(self.source.class_names)
-        net = StackedResNet.build(list(range(models)), self.recipe, classes, self.device)
+        net = self._network(list(range(models)), classes)
         accuracy = {}
         for target in self.targets:
             logits = self.fixed_feature_logits(net, target)
@@ -295,7 +301,7 @@ class BuiltinTrainer:
             accuracy[output_key(target.name, "fixed_feature")] = float(correct.mean())
         return accuracy
 
-    def fixed_feature_logits(self, net: StackedResNet, target: TargetData) -> np.ndarray:
+    def fixed_feature_logits(self, net: StackedNetwork, target: TargetData) -> np.ndarray:
         """Test logits (G x n x C) of a logistic-regression head fitted on ``net``'s frozen
         features of the target's training images; with an untrained ``net`` this is the
         control that pretraining must beat."""
@@ -317,14 +323,14 @@ class BuiltinTrainer:
 
     def _finetune(
         self,
-        net: StackedResNet,
+        net: StackedNetwork,
         images: torch.Tensor,
         labels: torch.Tensor,
         classes: int,
         seeds: list[int],
-    ) -> StackedResNet:
+    ) -> StackedNetwork:
         """A copy of the backbone with a new head, trained end to end on the target."""
-        tuned = StackedResNet.build([s + 7919 for s in seeds], self.recipe, classes, self.device)
+        tuned = self._network([s + 7919 for s in seeds], classes)
         backbone = {k: v for k, v in net.state_dict().items() if not k.startswith("head_")}
         tuned.load_state_dict(backbone, strict=False)
         everything = [np.arange(images.shape[0])] * net.models

@@ -1,9 +1,6 @@
-"""G independent small ResNets trained as one grouped network.
+"""The recipe, and the training of G stacked models (:mod:`.networks`) as one network.
 
-Subset models are small, so one of them leaves a GPU mostly idle. Stacking G of them as a
-network whose convolutions have ``groups=G`` (and whose batch norms and heads are per model)
-is exactly G independent models — no weight, statistic or gradient is shared — but runs as
-large kernels. Every random choice (initialisation, data order, augmentation) comes from the
+Every random choice (initialisation, data order, augmentation) comes from the
 model's own seed through CPU generators, drawn before training, so there is no host
 synchronisation inside the training loop and a model's randomness does not depend on which
 other models share its stack.
@@ -18,12 +15,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 from tqdm import tqdm
 
-__all__ = ["POOLS", "Recipe", "StackedResNet", "extract_features", "train_stack"]
+from .networks import ARCHS, DEFAULT_POOL, DEFAULT_WIDTHS, StackedNetwork
 
-POOLS = ("max", "max+mean")
+__all__ = ["POOLS", "Recipe", "extract_features", "train_stack"]
+
+POOLS = ("max", "max+mean", "mean")
 DATA_ORDERS = ("independent", "coupled")
 
 _MEAN = torch.tensor([0.4914, 0.4822, 0.4465])
@@ -34,7 +32,8 @@ _STD = torch.tensor([0.2470, 0.2435, 0.2616])
 class Recipe:
     """How each subset model is pretrained and transferred (every field defines a run)."""
 
-    widths: tuple[int, ...] = (64, 128, 256)
+    arch: str = "cnn"  # "cnn" (small, for 16-32 px) or "resnet18" (see .networks)
+    widths: tuple[int, ...] = ()  # channels per stage; () takes the arch's own
     epochs: int = 6
     batch_size: int = 512
     lr: float = 0.2  # peak SGD learning rate per 512 images (scaled with the batch size)
@@ -52,7 +51,9 @@ class Recipe:
     # low_res_size pixels (a (s/32)^2 share of the arithmetic); 0 turns it off.
     low_res_size: int = 0
     low_res_epochs: int = 0
-    pool: str = "max"  # features: global "max" pooling of the last stage, or "max+mean"
+    # Features: global "max", "mean" or "max+mean" pooling of the last stage; "" takes the
+    # arch's own ("max" for the cnn, "mean" for the resnet18, as torchvision's).
+    pool: str = ""
     stack: int = 8  # models trained at once
     probe_l2: float = 1e-3  # L2 penalty of the fixed-feature logistic-regression head
     probe_steps: int = 100  # L-BFGS iterations of that head
@@ -69,9 +70,14 @@ class Recipe:
         return cls(**(values or {}))
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
-        if not self.widths or min(self.widths) < 1:
+        if self.arch not in ARCHS:
+            raise ValueError(f"recipe.arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
+        widths = tuple(int(w) for w in self.widths) or DEFAULT_WIDTHS[self.arch]
+        object.__setattr__(self, "widths", widths)
+        if min(self.widths) < 1:
             raise ValueError("recipe.widths must be positive channel counts")
+        if self.arch == "resnet18" and len(self.widths) != 4:
+            raise ValueError("recipe.widths of a resnet18 are four channel counts")
         for name in ("epochs", "batch_size", "stack", "probe_steps"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"recipe.{name} must be at least 1")
@@ -79,118 +85,11 @@ class Recipe:
             raise ValueError("recipe.warmup must be in [0, 1)")
         if self.data_order not in DATA_ORDERS:
             raise ValueError(f"recipe.data_order must be one of {', '.join(DATA_ORDERS)}")
+        object.__setattr__(self, "pool", self.pool or DEFAULT_POOL[self.arch])
         if self.pool not in POOLS:
             raise ValueError(f"recipe.pool must be one of {', '.join(POOLS)}")
         if self.low_res_size < 0 or not 0 <= self.low_res_epochs <= self.epochs:
             raise ValueError("recipe.low_res_epochs must be between 0 and recipe.epochs")
-
-
-def _conv(models: int, c_in: int, c_out: int) -> nn.Conv2d:
-    return nn.Conv2d(models * c_in, models * c_out, 3, padding=1, groups=models, bias=False)
-
-
-class _Block(nn.Module):
-    def __init__(self, models: int, c_in: int, c_out: int, residual: bool) -> None:
-        super().__init__()
-        self.conv = _conv(models, c_in, c_out)
-        self.bn = nn.BatchNorm2d(models * c_out)
-        self.residual = (
-            nn.Sequential(
-                _conv(models, c_out, c_out),
-                nn.BatchNorm2d(models * c_out),
-                nn.ReLU(inplace=True),
-                _conv(models, c_out, c_out),
-                nn.BatchNorm2d(models * c_out),
-                nn.ReLU(inplace=True),
-            )
-            if residual
-            else None
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.bn(F.max_pool2d(self.conv(x), 2)), inplace=True)
-        return x + self.residual(x) if self.residual is not None else x
-
-
-class StackedResNet(nn.Module):
-    """G ResNet-style CNNs (stem, then one pooled stage per width, residual blocks on the first
-    and last stages) with per-model linear heads."""
-
-    def __init__(
-        self, models: int, widths: tuple[int, ...], classes: int, pool: str = "max"
-    ) -> None:
-        super().__init__()
-        self.models, self.widths, self.classes, self.pool = models, widths, classes, pool
-        self.stem = nn.Sequential(
-            _conv(models, 3, widths[0]), nn.BatchNorm2d(models * widths[0]), nn.ReLU(inplace=True)
-        )
-        stages, c_in = [], widths[0]
-        for i, width in enumerate(widths):
-            stages.append(_Block(models, c_in, width, residual=i in (0, len(widths) - 1)))
-            c_in = width
-        self.stages = nn.Sequential(*stages)
-        self.head_weight = nn.Parameter(torch.zeros(models, self.feature_dim, classes))
-        self.head_bias = nn.Parameter(torch.zeros(models, classes))
-
-    @staticmethod
-    def forward_macs(widths: tuple[int, ...], size: int) -> int:
-        """Multiply-accumulates of one model's forward pass on one ``size`` x ``size`` image."""
-        macs, c_in, side = size * size * 3 * widths[0] * 9, widths[0], size  # the stem
-        for i, width in enumerate(widths):
-            macs += side * side * c_in * width * 9
-            side //= 2
-            if i in (0, len(widths) - 1):  # the residual pair, after pooling
-                macs += 2 * side * side * width * width * 9
-            c_in = width
-        return macs
-
-    @property
-    def feature_dim(self) -> int:
-        return self.widths[-1] * (2 if self.pool == "max+mean" else 1)
-
-    @classmethod
-    def build(
-        cls, seeds: list[int], recipe: Recipe, classes: int, device: torch.device
-    ) -> StackedResNet:
-        """One model per seed, initialised from it, on ``device`` (channels-last on CUDA)."""
-        net = cls(len(seeds), recipe.widths, classes, recipe.pool)
-        net.reset_parameters(seeds)
-        net = net.to(device)
-        return net.to(memory_format=torch.channels_last) if device.type == "cuda" else net
-
-    def reset_parameters(self, seeds: list[int]) -> None:
-        """Initialise model g's slice of every weight from ``seeds[g]`` alone."""
-        generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
-        with torch.no_grad():
-            for module in self.modules():
-                if isinstance(module, nn.Conv2d):
-                    per = module.out_channels // self.models
-                    bound = math.sqrt(6.0 / (module.weight[0].numel()))  # He uniform
-                    for g, gen in enumerate(generators):
-                        shape = module.weight[g * per : (g + 1) * per].shape
-                        module.weight[g * per : (g + 1) * per] = (
-                            torch.rand(shape, generator=gen) * 2 - 1
-                        ) * bound
-                elif isinstance(module, nn.BatchNorm2d):
-                    module.reset_parameters()
-            bound = 1.0 / math.sqrt(self.feature_dim)
-            for g, gen in enumerate(generators):
-                shape = self.head_weight[g].shape
-                self.head_weight[g] = (torch.rand(shape, generator=gen) * 2 - 1) * bound
-            self.head_bias.zero_()
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """x: batch x (G*3) x H x W  ->  batch x G x feature_dim (globally pooled)."""
-        x = self.stages(self.stem(x))
-        pooled = torch.amax(x, dim=(2, 3)).view(x.shape[0], self.models, -1)
-        if self.pool == "max+mean":
-            mean = x.mean(dim=(2, 3)).view(x.shape[0], self.models, -1)
-            pooled = torch.cat([pooled, mean], dim=2)
-        return pooled
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features = self.features(x).float()
-        return torch.einsum("bgf,gfc->bgc", features, self.head_weight) + self.head_bias
 
 
 def _normalise(images: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -280,7 +179,7 @@ def _augmented_batch(
 
 
 def train_stack(
-    net: StackedResNet,
+    net: StackedNetwork,
     images: torch.Tensor,
     labels: torch.Tensor,
     members: list[np.ndarray],
@@ -362,7 +261,7 @@ def train_stack(
 
 
 @torch.no_grad()
-def extract_features(net: StackedResNet, images: torch.Tensor, batch: int = 1024) -> torch.Tensor:
+def extract_features(net: StackedNetwork, images: torch.Tensor, batch: int = 1024) -> torch.Tensor:
     """Features of every image under every model: G x N x feature_dim (float32)."""
     cuda = images.device.type == "cuda"
     dtype = torch.bfloat16 if cuda else torch.float32
