@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-from collections.abc import Iterator
+import inspect
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
 from .base import ImageDataset
 from .folder import expand_path
+from .images import to_rgb_array
 
-__all__ = ["load_huggingface", "load_torchvision"]
+__all__ = ["SPLITS", "load_huggingface", "load_torchvision", "torchvision_arguments"]
 
 
 def _import(module: str, extra: str) -> Any:
@@ -46,48 +48,111 @@ def _offline(datasets: Any) -> Iterator[None]:
             module.HF_HUB_OFFLINE = value
 
 
-def _to_rgb(image: Any) -> np.ndarray:
-    if hasattr(image, "convert"):  # a PIL image
-        image = image.convert("RGB")
-    array = np.asarray(image)
-    if array.ndim == 2:
-        array = np.repeat(array[..., None], 3, axis=-1)
-    if array.ndim == 3 and array.shape[0] in (1, 3) and array.shape[-1] not in (1, 3):
-        array = np.moveaxis(array, 0, -1)  # C x H x W tensors
-    if array.shape[-1] == 1:
-        array = np.repeat(array, 3, axis=-1)
-    if array.dtype != np.uint8:
-        array = np.clip(np.rint(array * 255 if array.max() <= 1.0 else array), 0, 255)
-    return array.astype(np.uint8)
+# The splits of torchvision classes that take ``split=``, for (training the head, outputs):
+# the paper's protocol (train+val where the dataset has it, test for outputs). A class not
+# listed gets ("train", "test"); a dataset table's ``splits = [A, B]`` overrides either.
+SPLITS = {
+    "FGVCAircraft": ("trainval", "test"),
+    "OxfordIIITPet": ("trainval", "test"),
+    "Flowers102": ("train", "test"),
+    "Food101": ("train", "test"),
+    "StanfordCars": ("train", "test"),
+    "DTD": ("train", "test"),
+}
 
 
-def load_torchvision(dataset: str, root: str, split: str) -> ImageDataset:
-    """``torchvision.datasets.<dataset>(root, train=split == "train")``, already downloaded."""
+def _torchvision_class(name: str) -> tuple[Any, str]:
+    """The dataset class, and how it takes a split: "train" (``train=bool``), "split"
+    (``split=str``) or "none" (one set, split here)."""
     datasets = _import("torchvision.datasets", "torchvision")
-    name = dataset
-    if not hasattr(datasets, name):
+    cls = getattr(datasets, name, None)
+    if not isinstance(cls, type):
         raise ValueError(f"torchvision.datasets has no {name!r}")
+    parameters = inspect.signature(cls).parameters
+    return cls, "train" if "train" in parameters else "split" if "split" in parameters else "none"
+
+
+def torchvision_arguments(
+    name: str, split: str, takes: str, splits: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """The keyword arguments that open ``split`` ("train"/"test") of torchvision's ``name``."""
+    if takes == "train":
+        return {"train": split == "train", "download": False}
+    if takes == "split":
+        pair = tuple(splits) if splits is not None else SPLITS.get(name, ("train", "test"))
+        if len(pair) != 2 or not all(isinstance(p, str) for p in pair):
+            raise ValueError(f"torchvision {name}: splits must be two names, got {splits!r}")
+        return {"split": pair[split == "test"], "download": False}
+    return {"download": False}
+
+
+def _seeded_split(n: int, split: str, test_fraction: float, seed: int) -> np.ndarray:
+    """The indices of ``split`` in a seeded random split of n images (for datasets that come
+    as one set: Caltech-101/256, SUN397)."""
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
+    order = np.random.default_rng([seed, 11]).permutation(n)
+    cut = round(test_fraction * n)
+    return np.sort(order[:cut] if split == "test" else order[cut:])
+
+
+def load_torchvision(
+    dataset: str,
+    root: str,
+    split: str,
+    size: int | None = None,
+    splits: Sequence[str] | None = None,
+    test_fraction: float = 0.2,
+    split_seed: int = 0,
+) -> ImageDataset:
+    """A split of ``torchvision.datasets.<dataset>`` already downloaded under ``root``.
+
+    The split is passed the way the class takes it (``train=``, ``split=`` from
+    :data:`SPLITS` or ``splits``); a class with one set (SUN397, Caltech101, Caltech256) is
+    split here at random (``test_fraction``, ``split_seed``; example ids keep the index in the
+    whole set). Images are fitted to ``size`` (short side, centre crop); without ``size`` they
+    must all have one size.
+    """
+    cls, takes = _torchvision_class(dataset)
+    arguments = torchvision_arguments(dataset, split, takes, splits)
+    location = expand_path(root)
     try:
-        dataset = getattr(datasets, name)(expand_path(root), train=split == "train", download=False)
+        data = cls(location, **arguments)
     except RuntimeError as error:  # torchvision's "Dataset not found or corrupted"
         raise ValueError(
-            f"torchvision {name} under {root}: {error} (download it once with "
+            f"torchvision {dataset} under {root}: {error} (download it once with "
             "download=True, outside the run)"
         ) from None
-    data = getattr(dataset, "data", None)
-    if isinstance(data, np.ndarray) and data.ndim == 4 and data.shape[-1] == 3:
-        images = np.ascontiguousarray(data, dtype=np.uint8)
-    else:
-        images = np.stack([_to_rgb(dataset[i][0]) for i in range(len(dataset))])
-    targets = getattr(dataset, "targets", None)
-    if targets is None:
-        targets = [dataset[i][1] for i in range(len(dataset))]
-    labels = np.asarray(targets, dtype=np.int64)
-    classes = tuple(
-        str(c) for c in getattr(dataset, "classes", [f"class{c}" for c in range(labels.max() + 1)])
+    except ValueError as error:  # verify_str_arg: a split the class does not take
+        raise ValueError(
+            f"torchvision {dataset}: {error}; give splits = [TRAIN, TEST] in the dataset's table"
+        ) from None
+    indices = (
+        _seeded_split(len(data), split, test_fraction, split_seed)
+        if takes == "none"
+        else np.arange(len(data))
     )
-    ids = np.array([f"{split}/{i}" for i in range(len(labels))])
-    return ImageDataset(images, labels, classes, ids)
+    pixels = getattr(data, "data", None)
+    if isinstance(pixels, np.ndarray) and pixels.ndim == 4 and pixels.shape[-1] == 3:
+        images = [pixels[i] if size in (None, pixels.shape[1]) else to_rgb_array(pixels[i], size)
+                  for i in indices]  # fmt: skip
+        labels = np.asarray(data.targets, dtype=np.int64)[indices]
+    else:
+        images, labels = [], np.empty(len(indices), dtype=np.int64)
+        for row, i in enumerate(indices):
+            image, labels[row] = data[int(i)]
+            images.append(to_rgb_array(image, size))
+    shapes = {image.shape for image in images}
+    if len(shapes) > 1:
+        raise ValueError(
+            f"torchvision {dataset}: images have different sizes ({sorted(shapes)[:3]}); set "
+            "size = N in the dataset's table"
+        )
+    names = getattr(data, "classes", None) or getattr(data, "categories", None)
+    names = names or [f"class{c}" for c in range(int(labels.max()) + 1)]
+    prefix = "all" if takes == "none" else split
+    ids = np.array([f"{prefix}/{i}" for i in indices])
+    return ImageDataset(np.stack(images), labels, tuple(str(n) for n in names), ids)
 
 
 def load_huggingface(
@@ -119,7 +184,7 @@ def load_huggingface(
             raise ValueError(
                 f"{path}: no column {column!r} (has {', '.join(dataset.column_names)})"
             )
-    images = np.stack([_to_rgb(image) for image in dataset[image_column]])
+    images = np.stack([to_rgb_array(image) for image in dataset[image_column]])
     labels = np.asarray(dataset[label_column], dtype=np.int64)
     feature = dataset.features[label_column]
     names = getattr(feature, "names", None) or [f"class{c}" for c in range(labels.max() + 1)]

@@ -27,6 +27,7 @@ import numpy as np
 
 from ..files import CorruptFileError, atomic_write_bytes, open_regular
 from .base import ImageDataset
+from .images import fit_square
 
 __all__ = ["cache_entries", "cache_folder", "load_folder"]
 
@@ -48,9 +49,7 @@ def _decode(blobs: list[bytes], size: int | None) -> tuple[list[np.ndarray], lis
         except (OSError, ValueError, Image.DecompressionBombError):
             bad.append(i)
             continue
-        if size is not None and image.size != (size, size):
-            image = image.resize((size, size), Image.BILINEAR)
-        out.append(np.asarray(image, dtype=np.uint8))
+        out.append(np.asarray(fit_square(image, size), dtype=np.uint8))
     return out, bad
 
 

@@ -1,0 +1,120 @@
+"""The torchvision adapter opens each of the paper's targets the way its class takes a split.
+
+torchvision cannot be installed beside the CPU torch wheel here, so each class is a stand-in
+with the exact constructor signature of torchvision 0.29 (checked against the real classes
+where torchvision imports); the stand-ins refuse a split their class refuses and hand out PIL
+images of mixed sizes, as the real ones do."""
+
+import inspect
+import sys
+import types
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from transfer_influence.datasets import load_dataset
+from transfer_influence.datasets.external import SPLITS
+
+# torchvision 0.29's signatures (less transforms and loaders, which the adapter never passes),
+# and the splits each class accepts.
+SIGNATURES = {
+    "CIFAR10": ("root, train=True, transform=None, target_transform=None, download=False", None),
+    "CIFAR100": ("root, train=True, transform=None, target_transform=None, download=False", None),
+    "Flowers102": ("root, split='train', transform=None, target_transform=None, download=False",
+                   ("train", "val", "test")),
+    "Food101": ("root, split='train', transform=None, target_transform=None, download=False",
+                ("train", "test")),
+    "OxfordIIITPet": ("root, split='trainval', target_types='category', transforms=None, "
+                      "transform=None, target_transform=None, download=False",
+                      ("trainval", "test")),
+    "StanfordCars": ("root, split='train', transform=None, target_transform=None, "
+                     "download=False", ("train", "test")),
+    "FGVCAircraft": ("root, split='trainval', annotation_level='variant', transform=None, "
+                     "target_transform=None, download=False", ("train", "val", "trainval", "test")),
+    "SUN397": ("root, transform=None, target_transform=None, download=False", None),
+    "Caltech101": ("root, target_type='category', transform=None, target_transform=None, "
+                   "download=False", None),
+    "Caltech256": ("root, transform=None, target_transform=None, download=False", None),
+}  # fmt: skip
+
+
+def _stand_in(name: str, calls: list) -> type:
+    """A class with ``name``'s signature that records how it was called."""
+    text, accepted = SIGNATURES[name]
+    namespace: dict = {}
+    exec(f"def __init__(self, {text}):\n    self._opened(locals())", namespace)
+
+    def opened(self, arguments):
+        arguments = {k: v for k, v in arguments.items() if k != "self"}
+        calls.append(arguments)
+        assert arguments["download"] is False  # never downloads at run time
+        split = arguments.get("split")
+        if accepted is not None and split not in accepted:
+            raise ValueError(f"Unknown value '{split}' for argument split.")
+        rng = np.random.default_rng(len(calls))
+        n = 10
+        self.labels = [i % 3 for i in range(n)]
+        self.pictures = [  # mixed sizes and modes, as Caltech's greyscale images
+            Image.fromarray(rng.integers(0, 255, (20 + 3 * i, 30, 3), dtype=np.uint8)).convert(
+                "L" if i % 4 == 0 else "RGB"
+            )
+            for i in range(n)
+        ]
+
+    def getitem(self, index):
+        return self.pictures[index], self.labels[index]
+
+    attributes = {"__init__": namespace["__init__"], "_opened": opened,
+                  "__getitem__": getitem, "__len__": lambda self: len(self.labels)}  # fmt: skip
+    attributes["categories" if name.startswith("Caltech") else "classes"] = ["a", "b", "c"]
+    return type(name, (), attributes)
+
+
+@pytest.fixture
+def torchvision(monkeypatch):
+    calls: list = []
+    module = types.ModuleType("torchvision.datasets")
+    for name in SIGNATURES:
+        setattr(module, name, _stand_in(name, calls))
+    monkeypatch.setitem(sys.modules, "torchvision", types.ModuleType("torchvision"))
+    monkeypatch.setitem(sys.modules, "torchvision.datasets", module)
+    return calls
+
+
+@pytest.mark.parametrize("name", sorted(SIGNATURES))
+def test_each_target_is_opened_as_its_class_takes_a_split(torchvision, name, tmp_path):
+    spec = {"kind": "torchvision", "dataset": name, "root": str(tmp_path), "size": 16}
+    train, test = (load_dataset(spec, split, "target") for split in ("train", "test"))
+    first, second = torchvision[-2:]
+    _, accepted = SIGNATURES[name]
+    if name.startswith("CIFAR"):
+        assert (first["train"], second["train"]) == (True, False)
+    elif accepted is not None:
+        assert (first["split"], second["split"]) == SPLITS[name]
+    else:  # one set, split here at random: disjoint, together the whole set
+        assert "split" not in first and "train" not in first
+        ids = set(train.example_ids) | set(test.example_ids)
+        assert len(ids) == len(train) + len(test) == 10 and len(test) == 2
+        assert all(i.startswith("all/") for i in ids)
+    for data in (train, test):
+        assert data.images.shape[1:] == (16, 16, 3) and data.class_names == ("a", "b", "c")
+
+
+def test_a_split_the_class_refuses_or_mixed_sizes_are_one_line(torchvision, tmp_path):
+    spec = {"kind": "torchvision", "dataset": "Food101", "root": str(tmp_path)}
+    with pytest.raises(ValueError, match="images have different sizes .* set size = N"):
+        load_dataset(spec, "train", "target")
+    with pytest.raises(ValueError, match="Unknown value 'val'.*give splits = \\[TRAIN, TEST\\]"):
+        load_dataset(dict(spec, size=8, splits=["train", "val"]), "test", "target")
+    with pytest.raises(ValueError, match="has no 'Food102'"):
+        load_dataset(dict(spec, dataset="Food102"), "test", "target")
+
+
+def test_the_stand_ins_have_torchvisions_own_signatures():
+    why = "torchvision does not import beside this torch"
+    datasets = pytest.importorskip("torchvision.datasets", exc_type=Exception, reason=why)
+    for name, (text, _) in SIGNATURES.items():
+        real = inspect.signature(getattr(datasets, name)).parameters
+        wanted = [p.strip().split("=")[0] for p in text.split(",")]
+        assert [p for p in real if p not in ("loader",)] == wanted, name
