@@ -1,8 +1,10 @@
 import io
+import json
 import os
 import tarfile
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -292,3 +294,45 @@ def test_an_impossible_image_size_is_refused_before_any_decoding(tmp_path, size)
     make_image_folder(tmp_path / "data", ["a", "b"], 2, ("train",), size=8)
     with pytest.raises(ValueError, match="size must be a whole number of pixels from 1 to 1024"):
         load_dataset({"kind": "folder", "path": str(tmp_path / "data"), "size": size}, "train", "")
+
+
+def test_a_killed_cache_build_resumes_with_what_it_finished(tmp_path, monkeypatch):
+    """Decoding streams batches into the cache under construction; a build killed after two
+    batches decodes only the others when run again, and ends as a build never killed."""
+    from transfer_influence.datasets import cache
+
+    monkeypatch.setattr(cache, "BATCH", 4)  # 15 images: 4 batches
+    make_image_folder(tmp_path / "data", ["x", "y", "z"], 5, splits=("train",), as_tar=False)
+    source = tmp_path / "data" / "train"
+
+    def build(stem):
+        cache.build_cache(source, stem, 8, "fail", lambda name: name.split("/")[0], workers=1)
+        return np.load(f"{stem}.npy"), json.loads(Path(f"{stem}.json").read_text())
+
+    fresh_pixels, fresh_meta = build(tmp_path / "fresh" / "data")
+    record = cache._record
+
+    def killed(finished, done, *args):
+        record(finished, done, *args)
+        if len(done) >= 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(cache, "_record", killed)
+    with pytest.raises(KeyboardInterrupt):
+        build(tmp_path / "killed" / "data")
+    monkeypatch.setattr(cache, "_record", record)
+    decoded, batches = [], cache._batches
+
+    def counted(*args):
+        for number, batch in batches(*args):
+            decoded.append(number)
+            yield number, batch
+
+    monkeypatch.setattr(cache, "_batches", counted)
+    pixels, meta = build(tmp_path / "killed" / "data")
+    assert len(decoded) <= 2 and set(decoded) <= {0, 1, 2, 3}, decoded
+    np.testing.assert_array_equal(pixels, fresh_pixels)
+    assert {k: v for k, v in meta.items() if k != "npy_sha256"} == {
+        k: v for k, v in fresh_meta.items() if k != "npy_sha256"
+    }
+    assert sorted(p.name for p in (tmp_path / "killed").iterdir()) == ["data.json", "data.npy"]

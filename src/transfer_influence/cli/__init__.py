@@ -350,12 +350,13 @@ def _cmd_cache(args: argparse.Namespace) -> int:
 
     folder = cache_folder()
     entries = cache_entries(folder)
-    size = sum(p.stat().st_size for pair in entries for p in pair if p.is_file())
+    size = sum(p.stat().st_size for entry in entries for p in entry if p.is_file())
     print(f"{folder}: {len(entries)} cached dataset split(s), {size / 1e6:,.1f} MB")
     if args.clear:
-        for description, arrays in entries:
+        for description, *arrays in entries:
             description.unlink(missing_ok=True)  # first: arrays without it are never read
-            arrays.unlink(missing_ok=True)
+            for path in arrays:
+                path.unlink(missing_ok=True)
         print("cleared; datasets are decoded again when next used (other files left alone)")
     return 0
 

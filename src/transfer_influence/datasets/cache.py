@@ -1,0 +1,293 @@
+"""Decoding a folder or archive of images into the cache, streamed, by every core.
+
+The images are listed by name only; worker processes read (folders) or receive (archives,
+read in one pass) batches of encoded images, decode and fit them to the requested size, and
+write pixels and each file's SHA-256 straight into memory-mapped arrays of the cache under
+construction. So peak memory is a few batches, whatever the dataset's size. A finished batch
+is recorded in a progress file, and a build that was killed resumes with what it finished.
+The dataset's fingerprint is the same as when every file was read in one go: the SHA-256 of
+each image's name and content digest, in name order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import sys
+import tarfile
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from ..files import atomic_write_bytes, open_regular, read_json
+from .images import fit_square
+
+__all__ = ["BATCH", "CACHE_MARK", "build_cache", "image_files", "member_name"]
+
+CACHE_MARK = "transfer-influence dataset cache"
+BATCH = 1024  # images a worker decodes at a time
+SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def image_files(source: Path) -> list[Path]:
+    """The regular image files under a directory, sorted. A FIFO, device or link to one
+    named like an image is not a file: reading it would hang or never end."""
+    return sorted(p for p in source.rglob("*") if p.suffix.lower() in SUFFIXES and p.is_file())
+
+
+def member_name(source: Path, raw: str) -> str:
+    """A member's path inside the archive (a leading ``./`` dropped); one that is absolute or
+    steps out of its folder (``..``) is refused: its class would be a guess."""
+    name = raw[2:] if raw.startswith("./") else raw
+    parts = name.split("/")
+    if name.startswith("/") or ".." in parts or "" in parts or "." in parts:
+        raise ValueError(
+            f"{source}: member {raw!r} is not a plain path inside the archive; refusing it"
+        )
+    return name
+
+
+def _archive_members(source: Path, archive: tarfile.TarFile) -> dict[str, tarfile.TarInfo]:
+    """The image members of an archive by name, each checked (one read of the index)."""
+    items: dict[str, tarfile.TarInfo] = {}
+    files: set[str] = set()
+    for member in archive:
+        if Path(member.name).suffix.lower() not in SUFFIXES:
+            continue
+        name = member_name(source, member.name)
+        if member.issym():
+            raise ValueError(
+                f"{source}: member {member.name!r} is a symbolic link; an archive of "
+                "images must hold the images themselves"
+            )
+        if not (member.isfile() or member.islnk()):
+            continue
+        if name in items:
+            raise ValueError(f"{source}: the archive holds {name} twice")
+        items[name] = member
+        if member.isfile():
+            files.add(member.name)
+    for member in items.values():
+        if member.islnk() and member.linkname not in files:
+            raise ValueError(
+                f"{source}: member {member.name!r} links to {member.linkname!r}, which is "
+                "not an image of the archive"
+            )
+    return items
+
+
+def list_members(source: Path) -> list[str]:
+    """Every image's name (its path relative to ``source`` or inside the archive), sorted."""
+    if source.is_dir():
+        return [p.relative_to(source).as_posix() for p in image_files(source)]
+    with tarfile.open(source) as archive:
+        return sorted(_archive_members(source, archive))
+
+
+def _batches(source: Path, names: list[str], done: set[int]) -> Iterator[tuple[int, list]]:
+    """(batch number, [(image index, path or encoded image), ...]) of each batch not done
+    yet. A folder's batches are runs of names whose files the workers read; an archive is read
+    once, in its own order, in runs of members (so that memory never holds more than a batch
+    whatever the archive's order)."""
+    if source.is_dir():
+        for number, start in enumerate(range(0, len(names), BATCH)):
+            if number not in done:
+                chunk = names[start : start + BATCH]
+                yield number, [(start + i, str(source / n)) for i, n in enumerate(chunk)]
+        return
+    index = {name: i for i, name in enumerate(names)}
+    with tarfile.open(source) as archive:
+        members = list(_archive_members(source, archive).items())  # in the archive's order
+        for number, start in enumerate(range(0, len(members), BATCH)):
+            if number in done:
+                continue
+            batch = []
+            for name, member in members[start : start + BATCH]:
+                handle = archive.extractfile(member)
+                batch.append((index[name], handle.read() if handle else b""))
+            yield number, batch
+
+
+def _decode_batch(
+    number: int, batch: list, pixels: str, digests: str, size: int | None
+) -> tuple[int, list[int]]:
+    """Decode one batch into the arrays under construction (written in place, flushed to
+    disk before returning); the indices of images that could not be decoded."""
+    from PIL import Image
+
+    images = np.load(pixels, mmap_mode="r+", allow_pickle=False)
+    sums = np.load(digests, mmap_mode="r+", allow_pickle=False)
+    bad = []
+    for i, item in batch:
+        blob = item if isinstance(item, bytes) else _read(item)
+        sums[i] = np.frombuffer(hashlib.sha256(blob).digest(), dtype=np.uint8)
+        try:
+            image = Image.open(io.BytesIO(blob))
+            image.load()
+            array = np.asarray(fit_square(image, size), dtype=np.uint8)
+        except (OSError, ValueError, Image.DecompressionBombError):
+            bad.append(i)
+            continue
+        if array.shape != images.shape[1:]:
+            return number, [-1 - i]  # another size than the first image: the caller says so
+        images[i] = array
+    images.flush()
+    sums.flush()
+    return number, bad
+
+
+def _read(path: str) -> bytes:
+    with open_regular(Path(path)) as handle:
+        return handle.read()
+
+
+def _first_shape(source: Path, names: list[str], size: int | None) -> tuple[int, ...]:
+    """The shape every image must have: ``size`` square, or the first decodable image's."""
+    if size is not None:
+        return (size, size, 3)
+    from PIL import Image
+
+    for _, batch in _batches(source, names, set()):
+        for _, item in batch:
+            blob = item if isinstance(item, bytes) else _read(item)
+            try:
+                image = Image.open(io.BytesIO(blob))
+                image.load()
+                return np.asarray(image.convert("RGB")).shape
+            except (OSError, ValueError, Image.DecompressionBombError):
+                continue
+    raise ValueError(f"{source}: no image could be decoded")
+
+
+def build_cache(
+    source: Path,
+    stem: Path,
+    size: int | None,
+    on_corrupt: str,
+    label_of: Callable[[str], str],
+    workers: int | None = None,
+) -> None:
+    """Decode every image of ``source`` into ``stem``.npy and describe it in ``stem``.json
+    (classes, labels, ids, fingerprint); ``label_of`` names each image's class."""
+    names = list_members(source)
+    if not names:
+        raise ValueError(f"no images found in {source}")
+    labels_by_name = [label_of(name) for name in names]
+    # Under construction beside the cache, under names no cache entry has (.partial.*).
+    pixels, digests, progress_path = (
+        stem.with_name(f"{stem.name}.partial{suffix}")
+        for suffix in (".npy", ".sha256.npy", ".json")
+    )
+    done, bad = _resume(progress_path, pixels, digests, len(names))
+    if not done:
+        shape = _first_shape(source, names, size)
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        np.lib.format.open_memmap(pixels, "w+", np.uint8, (len(names), *shape)).flush()
+        np.lib.format.open_memmap(digests, "w+", np.uint8, (len(names), 32)).flush()
+        _write_progress(progress_path, done, bad, len(names))
+    print(
+        f"decoding {len(names):,} images of {source} once, into {stem.parent} "
+        f"({min(len(names), len(done) * BATCH):,} done before; `transfer-influence cache` "
+        "shows and clears it)",
+        file=sys.stderr,
+    )
+    workers = workers or os.cpu_count() or 1
+    bar = tqdm(total=len(names), initial=min(len(names), len(done) * BATCH), unit="image",
+               desc="decoding", disable=not sys.stderr.isatty(), leave=False)  # fmt: skip
+    try:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            running: set[Future] = set()
+            for number, batch in _batches(source, names, done):
+                running.add(pool.submit(_decode_batch, number, batch, str(pixels), str(digests),
+                                        size))  # fmt: skip
+                if len(running) >= 2 * workers:  # bounded: a few batches in flight
+                    finished, running = wait(running, return_when=FIRST_COMPLETED)
+                    _record(finished, done, bad, progress_path, len(names), source, names, bar)
+            finished, _ = wait(running)
+            _record(finished, done, bad, progress_path, len(names), source, names, bar)
+    except BrokenProcessPool:
+        raise MemoryError(f"decoding {source} killed a worker process") from None
+    finally:
+        bar.close()
+    if bad and on_corrupt == "fail":
+        raise ValueError(
+            f"{source}: {len(bad)} corrupt image(s), first {names[min(bad)]}; fix or remove "
+            'them, or set on_corrupt = "skip" in the dataset\'s table'
+        )
+    _finish(stem, pixels, digests, progress_path, names, labels_by_name, sorted(bad))
+
+
+def _record(finished, done, bad, progress_path, n, source, names, bar) -> None:
+    for future in finished:
+        number, failed = future.result()
+        if failed and failed[0] < 0:
+            raise ValueError(
+                f"{source}: images have different sizes ({names[-1 - failed[0]]} differs from "
+                "the first); set size = N in the dataset's table to resize them"
+            )
+        done.add(number)
+        bad.update(failed)
+        bar.update(min(BATCH, n - number * BATCH))
+    _write_progress(progress_path, done, bad, n)
+
+
+def _write_progress(path: Path, done: set[int], bad: set[int], n: int) -> None:
+    record = {"written_by": CACHE_MARK, "images": n, "done": sorted(done), "bad": sorted(bad)}
+    atomic_write_bytes(path, json.dumps(record).encode())
+
+
+def _resume(path: Path, pixels: Path, digests: Path, n: int) -> tuple[set[int], set[int]]:
+    """The batches a killed build finished, if its arrays are still there and of this size."""
+    try:
+        record = read_json(path)
+        for array in (pixels, digests):
+            if np.load(array, mmap_mode="r", allow_pickle=False).shape[0] != n:
+                return set(), set()
+        if record.get("written_by") != CACHE_MARK or record.get("images") != n:
+            return set(), set()
+        return {int(s) for s in record["done"]}, {int(i) for i in record["bad"]}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return set(), set()
+
+
+def _finish(stem, pixels, digests, progress_path, names, labels_by_name, bad) -> None:
+    """Drop undecodable images, checksum the pixels, and move the cache into place."""
+    sums = np.load(digests, mmap_mode="r", allow_pickle=False)
+    keep = np.setdiff1d(np.arange(len(names)), np.array(bad, dtype=np.int64))
+    if bad:
+        source = np.load(pixels, mmap_mode="r", allow_pickle=False)
+        compact = stem.with_name(stem.name + ".compact.npy")
+        out = np.lib.format.open_memmap(compact, "w+", np.uint8, (keep.size, *source.shape[1:]))
+        for start in range(0, keep.size, BATCH * 8):
+            out[start : start + BATCH * 8] = source[keep[start : start + BATCH * 8]]
+        out.flush()
+        del out, source
+        os.replace(compact, pixels)
+    fingerprint, npy = hashlib.sha256(), hashlib.sha256()
+    for i in keep:
+        fingerprint.update(names[i].encode())
+        fingerprint.update(sums[i].tobytes())
+    with open_regular(pixels) as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            npy.update(block)
+    classes = sorted(set(labels_by_name))
+    index = {c: k for k, c in enumerate(classes)}
+    meta = {
+        "written_by": CACHE_MARK,
+        "npy_sha256": npy.hexdigest(),
+        "classes": classes,
+        "labels": [index[labels_by_name[i]] for i in keep],
+        "ids": [names[i] for i in keep],
+        "fingerprint": fingerprint.hexdigest()[:16],
+        "skipped": [names[i] for i in bad],
+    }
+    os.replace(pixels, stem.with_suffix(".npy"))
+    atomic_write_bytes(stem.with_suffix(".json"), json.dumps(meta).encode())
+    for leftover in (digests, progress_path):
+        leftover.unlink(missing_ok=True)
