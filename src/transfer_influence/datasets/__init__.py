@@ -8,6 +8,7 @@ from .arrays import load_npz
 from .base import ImageDataset, fingerprint_arrays
 from .external import load_huggingface, load_torchvision
 from .folder import load_folder
+from .imagenet import load_imagenet
 from .synthetic import demo_dataset, planted_classes
 
 __all__ = ["ImageDataset", "fingerprint_arrays", "load_dataset", "planted_classes"]
@@ -32,6 +33,13 @@ def load_dataset(spec: dict[str, Any], split: str, role: str) -> ImageDataset:
             return load_folder(split=split, **options)
         except TypeError as error:
             raise ValueError(f"folder dataset: {error}") from None
+    if kind == "imagenet":
+        if "path" not in options:
+            raise ValueError("an imagenet dataset needs a path")
+        try:
+            return load_imagenet(split=split, **options)
+        except TypeError as error:
+            raise ValueError(f"imagenet dataset: {error}") from None
     if kind == "npz":
         if set(options) != {"path"}:
             raise ValueError("an npz dataset takes exactly one key besides kind: path")
@@ -43,5 +51,6 @@ def load_dataset(spec: dict[str, Any], split: str, role: str) -> ImageDataset:
         except TypeError as error:
             raise ValueError(f"{kind} dataset: {error}") from None
     raise ValueError(
-        f"unknown dataset kind {kind!r}; known: demo, folder, npz, torchvision, huggingface"
+        f"unknown dataset kind {kind!r}; known: demo, folder, imagenet, npz, torchvision, "
+        "huggingface"
     )

@@ -32,7 +32,7 @@ MAX_SIZE = 1024  # pixels a side: 50,000 images at 1024 x 1024 are already 150 G
 _SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
-def _cache_key(source: Path, size: int | None, on_corrupt: str) -> str:
+def _cache_key(source: Path, size: int | None, on_corrupt: str, labels_digest: str = "") -> str:
     """What the cache is keyed by: every image file's path, size and modification time (a
     directory), or the archive's; so any edit, addition or move is a new cache."""
     if source.is_dir():
@@ -43,7 +43,8 @@ def _cache_key(source: Path, size: int | None, on_corrupt: str) -> str:
     else:
         stat = source.stat()
         listing = [(source.name, stat.st_size, stat.st_mtime_ns)]
-    text = json.dumps([str(source.resolve()), listing, size, on_corrupt])
+    extra = [labels_digest] if labels_digest else []  # the keys of earlier caches stay valid
+    text = json.dumps([str(source.resolve()), listing, size, on_corrupt, *extra])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -80,6 +81,15 @@ def _locate(root: Path, split: str) -> Path:
     )
 
 
+def check_size(size: int | None) -> None:
+    if size is not None and not (
+        isinstance(size, int) and not isinstance(size, bool) and 1 <= size <= MAX_SIZE
+    ):
+        raise ValueError(
+            f"size must be a whole number of pixels from 1 to {MAX_SIZE}, got {size!r}"
+        )
+
+
 def load_folder(
     path: str,
     split: str,
@@ -93,14 +103,7 @@ def load_folder(
     An image that cannot be decoded stops the load with its file name (``on_corrupt =
     "fail"``) or is left out and counted (``"skip"``).
     """
-    if on_corrupt not in ("fail", "skip"):
-        raise ValueError(f"on_corrupt must be 'fail' or 'skip', got {on_corrupt!r}")
-    if size is not None and not (
-        isinstance(size, int) and not isinstance(size, bool) and 1 <= size <= MAX_SIZE
-    ):
-        raise ValueError(
-            f"size must be a whole number of pixels from 1 to {MAX_SIZE}, got {size!r}"
-        )
+    check_size(size)
     root = Path(expand_path(path))
     if not root.exists():
         raise ValueError(
@@ -108,11 +111,34 @@ def load_folder(
             f"{split}.tar.gz there, or change the config's path)"
         )
     source = _locate(root, split)
+    display = None
+    if names_file:
+        words = json.loads(Path(names_file).read_text())
+        display = words if isinstance(words, dict) else None
+    return load_images(source, f"{root.name}-{split}", size, cache, on_corrupt, display=display)
+
+
+def load_images(
+    source: Path,
+    name: str,
+    size: int | None,
+    cache: str | None,
+    on_corrupt: str,
+    label_of: Callable[[str], str] | None = None,
+    labels_digest: str = "",
+    display: dict[str, str] | None = None,
+) -> ImageDataset:
+    """The images of a folder or archive through the cache (built when missing): labels from
+    ``label_of`` (an image's path inside ``source`` to its class; default: its first folder),
+    whose inputs ``labels_digest`` identifies; ``display`` maps class names to words."""
+    if on_corrupt not in ("fail", "skip"):
+        raise ValueError(f"on_corrupt must be 'fail' or 'skip', got {on_corrupt!r}")
     cache_dir = Path(cache) if cache else cache_folder()
-    stem = cache_dir / f"{root.name}-{split}-{_cache_key(source, size, on_corrupt)}"
+    key = _cache_key(source, size, on_corrupt, labels_digest)
+    stem = cache_dir / f"{name}-{key}"
     meta = _cached_meta(stem)
     if meta is None:
-        build_cache(source, stem, size, on_corrupt, _class_of(source))
+        build_cache(source, stem, size, on_corrupt, label_of or _class_of(source))
         meta = _cached_meta(stem)
         if meta is None:
             raise ValueError(f"the dataset cache {stem}.npy cannot be read back after writing it")
@@ -120,20 +146,17 @@ def load_folder(
         warnings.warn(
             f"{source}: left out {len(meta['skipped'])} corrupt image(s) "
             f"(first: {meta['skipped'][0]})",
-            stacklevel=2,
+            stacklevel=3,
         )
     images = np.load(stem.with_suffix(".npy"), mmap_mode="r", allow_pickle=False)
     classes = tuple(meta["classes"])
-    display = None
-    if names_file:
-        words = json.loads(Path(names_file).read_text())
-        display = tuple(str(words.get(c, c)) for c in classes) if isinstance(words, dict) else None
+    words = tuple(str(display.get(c, c)) for c in classes) if display is not None else None
     return ImageDataset(
         images,
         np.array(meta["labels"], dtype=np.int64),
         classes,
         np.array(meta["ids"]),
-        display,
+        words,
         fingerprint=meta["fingerprint"],
     )
 

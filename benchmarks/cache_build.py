@@ -1,0 +1,112 @@
+"""Building the dataset cache from an ImageNet-layout tree: peak memory and decode throughput.
+
+    python benchmarks/cache_build.py [--images 100000] [--classes 1000] [--side 400] [--size 64]
+
+Generates ``train/<wnid>/<wnid>_<i>.JPEG`` (smooth random pictures of side x 3/4 side, as
+large as ImageNet's typical image; written once, reused), then measures
+
+- one process's decode rate (read, decode, fit to ``size``) on a sample;
+- the cache build with every core: images per second, and that rate against cores x the one
+  process's rate (the goal is >= 80%);
+- peak resident memory of the building process and of its largest worker (goal <= 1 GB).
+
+Writes benchmarks/results/cache_build-*.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from _common import save_result
+from transfer_influence.datasets.cache import build_cache
+from transfer_influence.datasets.images import fit_square
+
+
+def make_tree(root: Path, images: int, classes: int, side: int) -> Path:
+    """An ILSVRC-style train folder; smooth pictures, so JPEG sizes are like photographs'."""
+    train = root / "train"
+    marker = root / f"made-{images}-{classes}-{side}"
+    if marker.exists():
+        return train
+    shutil.rmtree(root, ignore_errors=True)
+    rng = np.random.default_rng(0)
+    height = side * 3 // 4
+    yy, xx = np.mgrid[0:height, 0:side].astype(np.float32)
+    for i in range(images):
+        wnid = f"n{1440764 + i % classes:08d}"
+        folder = train / wnid
+        folder.mkdir(parents=True, exist_ok=True)
+        a, b, c = rng.uniform(0.005, 0.05, 3)
+        picture = np.stack(
+            [np.sin(a * xx + b * yy + k) * 100 + 128 for k in (0.0, 2.0, 4.0)], axis=-1
+        )
+        picture += rng.normal(0, 8, picture.shape).astype(np.float32) * c * 20
+        Image.fromarray(np.clip(picture, 0, 255).astype(np.uint8)).save(
+            folder / f"{wnid}_{i}.JPEG", quality=90
+        )
+    marker.touch()
+    return train
+
+
+def one_process_rate(train: Path, size: int, sample: int = 1000) -> float:
+    paths = sorted(train.rglob("*.JPEG"))[:sample]
+    started = time.perf_counter()
+    for path in paths:
+        with Image.open(path) as image:
+            image.load()
+            np.asarray(fit_square(image, size))
+    return len(paths) / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=100_000)
+    parser.add_argument("--classes", type=int, default=1000)
+    parser.add_argument("--side", type=int, default=400)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--tree", default=os.path.join(tempfile.gettempdir(), "ti-imagenet-tree"))
+    args = parser.parse_args()
+    started = time.perf_counter()
+    train = make_tree(Path(args.tree), args.images, args.classes, args.side)
+    made = time.perf_counter() - started
+    single = one_process_rate(train, args.size)
+    cores = os.cpu_count() or 1
+    with tempfile.TemporaryDirectory() as cache:
+        started = time.perf_counter()
+        build_cache(train, Path(cache) / "tree", args.size, "fail", lambda n: n.split("/")[0])
+        seconds = time.perf_counter() - started
+        cached = (Path(cache) / "tree.npy").stat().st_size
+    rate = args.images / seconds
+    result = {
+        "images": args.images,
+        "classes": args.classes,
+        "jpeg_side": [args.side, args.side * 3 // 4],
+        "size": args.size,
+        "tree_seconds": round(made, 1),
+        "cores": cores,
+        "one_process_images_per_s": round(single, 1),
+        "build_seconds": round(seconds, 1),
+        "build_images_per_s": round(rate, 1),
+        "efficiency_vs_cores_x_one_process": round(rate / (cores * single), 3),
+        "cache_bytes": cached,
+        # ru_maxrss is in KiB on Linux: the builder, and the largest of its worker processes.
+        "peak_rss_builder_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "peak_rss_largest_worker_mb": round(
+            resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        ),
+    }
+    print(result)
+    print(save_result("cache_build", result))
+
+
+if __name__ == "__main__":
+    main()
