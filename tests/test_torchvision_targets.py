@@ -90,8 +90,11 @@ def test_each_target_is_opened_as_its_class_takes_a_split(torchvision, name, tmp
     _, accepted = SIGNATURES[name]
     if name.startswith("CIFAR"):
         assert (first["train"], second["train"]) == (True, False)
-    elif accepted is not None:
-        assert (first["split"], second["split"]) == SPLITS[name]
+    elif accepted is not None:  # "train+val": both splits, joined
+        head, outputs = SPLITS[name]
+        assert [call["split"] for call in torchvision] == [*head.split("+"), outputs]
+        assert len(train) == 10 * len(head.split("+")) and len(test) == 10
+        assert len(set(train.example_ids)) == len(train)
     else:  # one set, split here at random: disjoint, together the whole set
         assert "split" not in first and "train" not in first
         ids = set(train.example_ids) | set(test.example_ids)

@@ -211,6 +211,13 @@ def _dry_run(run_dir: Path, config: Config, trainer: object, workers: int) -> in
         seconds = float(trainer.estimate_seconds_per_model())
         source = "the trainer's estimate"
     print(f"{missing} models to train in {chunks} chunks into {run_dir}")
+    if hasattr(trainer, "data_bytes"):
+        size = trainer.data_bytes()
+        amount = f"{size / 1e9:,.1f} GB" if size >= 1e9 else f"{size / 1e6:,.1f} MB"
+        print(
+            f"data: {amount} of decoded images, cached on disk, and as much on the device of "
+            f"each worker ({trainer.device.type})"
+        )
     if math.isnan(seconds):
         print("cost: unknown until the first chunk finishes")
     else:
@@ -219,8 +226,14 @@ def _dry_run(run_dir: Path, config: Config, trainer: object, workers: int) -> in
         print(
             f"cost: about {per_model} per model ({source}), "
             f"{duration(total)} with {workers} worker(s)"
+            + (f"; {seconds * missing / 3600:,.1f} GPU-hours" if _on_gpu(trainer) else "")
         )
     return 0
+
+
+def _on_gpu(trainer: object) -> bool:
+    device = getattr(trainer, "device", None)
+    return getattr(device, "type", "") == "cuda"
 
 
 def _use_device(device: str | None) -> None:

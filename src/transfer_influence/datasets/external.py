@@ -49,12 +49,13 @@ def _offline(datasets: Any) -> Iterator[None]:
 
 
 # The splits of torchvision classes that take ``split=``, for (training the head, outputs):
-# the paper's protocol (train+val where the dataset has it, test for outputs). A class not
-# listed gets ("train", "test"); a dataset table's ``splits = [A, B]`` overrides either.
+# the paper's protocol (train and validation together where the dataset has both, test for
+# outputs). A class not listed gets ("train", "test"); a dataset table's ``splits = [A, B]``
+# overrides either, and "A+B" joins two of the class's splits.
 SPLITS = {
     "FGVCAircraft": ("trainval", "test"),
     "OxfordIIITPet": ("trainval", "test"),
-    "Flowers102": ("train", "test"),
+    "Flowers102": ("train+val", "test"),
     "Food101": ("train", "test"),
     "StanfordCars": ("train", "test"),
     "DTD": ("train", "test"),
@@ -115,6 +116,20 @@ def load_torchvision(
     """
     cls, takes = _torchvision_class(dataset)
     arguments = torchvision_arguments(dataset, split, takes, splits)
+    if "+" in arguments.get("split", ""):
+        parts = [
+            load_torchvision(dataset, root, split, size, [part, part], test_fraction, split_seed)
+            for part in arguments["split"].split("+")
+        ]
+        return ImageDataset(
+            np.concatenate([p.images for p in parts]),
+            np.concatenate([p.labels for p in parts]),
+            parts[0].class_names,
+            np.concatenate([
+                [f"{name}/{i.split('/', 1)[1]}" for i in p.example_ids]
+                for name, p in zip(arguments["split"].split("+"), parts, strict=True)
+            ]),
+        )  # fmt: skip
     location = expand_path(root)
     try:
         data = cls(location, **arguments)

@@ -194,6 +194,13 @@ class BuiltinTrainer:
         # ~3e10 MAC/s: 2 CPU cores, torch 2.13; ~3e13: one H100 training stacks (bf16).
         return macs / (3e13 if self.device.type == "cuda" else 3e10)
 
+    def data_bytes(self) -> int:
+        """Bytes of the decoded images the models train and are evaluated on: the dataset
+        cache's size on disk, and what the trainer puts on its device (uint8 pixels)."""
+        datasets = [self.source, self.source_test]
+        datasets += [d for t in self.targets for d in (t.train, t.test)]
+        return sum(int(d.images.nbytes) for d in datasets)
+
     def _tensors(self, name: str, data: ImageDataset) -> tuple[torch.Tensor, torch.Tensor]:
         if name not in self._on_device:
             self._on_device[name] = (
