@@ -28,7 +28,7 @@ from PIL import Image
 
 from _common import save_result
 from transfer_influence.datasets.cache import build_cache
-from transfer_influence.datasets.images import fit_square
+from transfer_influence.datasets.images import decode
 
 
 def make_tree(root: Path, images: int, classes: int, side: int) -> Path:
@@ -61,9 +61,7 @@ def one_process_rate(train: Path, size: int, sample: int = 1000) -> float:
     paths = sorted(train.rglob("*.JPEG"))[:sample]
     started = time.perf_counter()
     for path in paths:
-        with Image.open(path) as image:
-            image.load()
-            np.asarray(fit_square(image, size))
+        decode(path.read_bytes(), size)
     return len(paths) / (time.perf_counter() - started)
 
 

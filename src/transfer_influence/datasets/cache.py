@@ -26,7 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..files import atomic_write_bytes, open_regular, read_json
-from .images import fit_square
+from .images import decode
 
 __all__ = ["BATCH", "CACHE_MARK", "build_cache", "image_files", "member_name"]
 
@@ -128,9 +128,7 @@ def _decode_batch(
         blob = item if isinstance(item, bytes) else _read(item)
         sums[i] = np.frombuffer(hashlib.sha256(blob).digest(), dtype=np.uint8)
         try:
-            image = Image.open(io.BytesIO(blob))
-            image.load()
-            array = np.asarray(fit_square(image, size), dtype=np.uint8)
+            array = decode(blob, size)
         except (OSError, ValueError, Image.DecompressionBombError):
             bad.append(i)
             continue

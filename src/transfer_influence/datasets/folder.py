@@ -44,6 +44,8 @@ def _cache_key(source: Path, size: int | None, on_corrupt: str, labels_digest: s
         stat = source.stat()
         listing = [(source.name, stat.st_size, stat.st_mtime_ns)]
     extra = [labels_digest] if labels_digest else []  # the keys of earlier caches stay valid
+    if size is not None:  # resized pixels: short side and centre crop, JPEGs drafted
+        extra.append("fit-2")
     text = json.dumps([str(source.resolve()), listing, size, on_corrupt, *extra])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
