@@ -336,3 +336,30 @@ def test_a_killed_cache_build_resumes_with_what_it_finished(tmp_path, monkeypatc
         k: v for k, v in fresh_meta.items() if k != "npy_sha256"
     }
     assert sorted(p.name for p in (tmp_path / "killed").iterdir()) == ["data.json", "data.npy"]
+
+
+def test_two_loads_at_once_build_the_cache_once(tmp_path, monkeypatch):
+    """Two workers of one machine starting on the same data: one builds, the other waits and
+    reads it; neither sees the other's half-written arrays."""
+    from transfer_influence.datasets import cache
+
+    monkeypatch.setenv("TRANSFER_INFLUENCE_CACHE", str(tmp_path / "cache"))
+    make_image_folder(tmp_path / "data", ["x", "y"], 6, splits=("train",), as_tar=False)
+    builds, build = [], cache.build_cache
+    monkeypatch.setattr(cache, "build_cache", lambda *a, **k: builds.append(1) or build(*a, **k))
+    import transfer_influence.datasets.folder as folder
+
+    monkeypatch.setattr(folder, "build_cache", cache.build_cache)
+    spec = {"kind": "folder", "path": str(tmp_path / "data"), "size": 8}
+    loaded = []
+    threads = [
+        threading.Thread(target=lambda: loaded.append(load_dataset(spec, "train", "source")))
+        for _ in range(2)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(builds) == 1 and len(loaded) == 2
+    assert loaded[0].fingerprint == loaded[1].fingerprint
+    np.testing.assert_array_equal(np.array(loaded[0].images), np.array(loaded[1].images))

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..files import CorruptFileError, open_regular
+from ..files import CorruptFileError, exclusive_lock, open_regular
 from .base import ImageDataset
 from .cache import CACHE_MARK, build_cache, image_files
 
@@ -140,8 +140,14 @@ def load_images(
     stem = cache_dir / f"{name}-{key}"
     meta = _cached_meta(stem)
     if meta is None:
-        build_cache(source, stem, size, on_corrupt, label_of or _class_of(source))
-        meta = _cached_meta(stem)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        # One builder at a time (two workers of one machine start on the same data): the
+        # second waits, then reads what the first built.
+        with exclusive_lock(stem.with_name(f".{stem.name}.lock")):
+            meta = _cached_meta(stem)
+            if meta is None:
+                build_cache(source, stem, size, on_corrupt, label_of or _class_of(source))
+                meta = _cached_meta(stem)
         if meta is None:
             raise ValueError(f"the dataset cache {stem}.npy cannot be read back after writing it")
     if meta["skipped"]:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..files import atomic_write_bytes, open_regular
+from ..files import atomic_write_bytes, exclusive_lock, open_regular
 from .base import ImageDataset
 from .cache import CACHE_MARK
 from .folder import _cached_meta, cache_folder, check_size, expand_path, load_images
@@ -155,8 +155,12 @@ def _downsampled(root: Path, split: str, cache: str | None) -> ImageDataset:
     stem = (Path(cache) if cache else cache_folder()) / f"{root.name}-{split}-{key}"
     meta = _cached_meta(stem)
     if meta is None:
-        _build_downsampled(files, stem)
-        meta = _cached_meta(stem)
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        with exclusive_lock(stem.with_name(f".{stem.name}.lock")):  # one builder at a time
+            meta = _cached_meta(stem)
+            if meta is None:
+                _build_downsampled(files, stem)
+                meta = _cached_meta(stem)
     images = np.load(stem.with_suffix(".npy"), mmap_mode="r", allow_pickle=False)
     return ImageDataset(
         images, np.array(meta["labels"], dtype=np.int64), tuple(meta["classes"]),
