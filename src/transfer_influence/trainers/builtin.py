@@ -61,6 +61,15 @@ def pretrained_features(
     return extract_features(net, images)[0].cpu().numpy()
 
 
+def _to_device(images: np.ndarray, device: torch.device, rows: int = 16384) -> torch.Tensor:
+    """A (memory-mapped) image array on ``device``, copied a slice at a time: the process never
+    holds a second whole copy of the dataset in host memory."""
+    out = torch.empty(images.shape, dtype=torch.uint8, device=device)
+    for start in range(0, images.shape[0], rows):
+        out[start : start + rows] = torch.from_numpy(np.array(images[start : start + rows]))
+    return out
+
+
 class TargetData:
     """A target's training images (for the transfer) and evaluation images (for outputs).
 
@@ -204,7 +213,7 @@ class BuiltinTrainer:
     def _tensors(self, name: str, data: ImageDataset) -> tuple[torch.Tensor, torch.Tensor]:
         if name not in self._on_device:
             self._on_device[name] = (
-                torch.from_numpy(np.array(data.images)).to(self.device),
+                _to_device(data.images, self.device),
                 torch.from_numpy(data.labels).to(self.device),
             )
         return self._on_device[name]
