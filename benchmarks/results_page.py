@@ -254,6 +254,21 @@ def gpu_speed(r: dict) -> list[str]:
     return lines
 
 
+def cache_build(r: dict) -> list[str]:
+    return [
+        f"Decoding a generated ImageNet-layout tree ({r['images']:,} JPEGs of "
+        f"{r['jpeg_side'][0]}×{r['jpeg_side'][1]} in {r['classes']:,} classes) into the cache at "
+        f"{r['size']} px with {r['cores']} cores: {r['build_seconds']:.0f} s, "
+        f"{r['build_images_per_s']:,.0f} images/s, {_pct(r['efficiency_vs_cores_x_one_process'])}"
+        f" of {r['cores']} × one process's {r['one_process_images_per_s']:,.0f} images/s "
+        f"({_pct(r['decode_phase_efficiency'])} in the parallel decoding; listing the tree and "
+        f"checksumming the cache run alone, {r['serial_listing_seconds']:.1f} s and "
+        f"{r['serial_checksum_seconds']:.1f} s). Peak memory: {r['peak_rss_builder_mb']} MB in "
+        f"the building process, {r['peak_rss_largest_worker_mb']} MB in its largest worker, "
+        f"for a cache of {r['cache_bytes'] / 1e9:.2f} GB.",
+    ]
+
+
 SECTIONS: dict[str, tuple[str, Callable[[dict], list[str]]]] = {
     "estimator_quality": ("Estimators and the share the subsets explain", estimator_quality),
     "estimate_cost": ("What `estimate` costs", estimate_cost),
@@ -264,6 +279,7 @@ SECTIONS: dict[str, tuple[str, Callable[[dict], list[str]]]] = {
     "engine_overhead": ("Ray engine", engine_overhead),
     "feature_clusters": ("Feature clusters as groups", feature_clusters),
     "gpu_speed": ("Training speed on a GPU", gpu_speed),
+    "cache_build": ("Decoding a large source into the cache", cache_build),
 }
 
 
