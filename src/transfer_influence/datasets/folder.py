@@ -184,6 +184,8 @@ def cache_entries(folder: Path) -> list[tuple[Path, ...]]:
         stem = description.name.removesuffix(".json")
         suffixes = (".npy", ".sha256.npy") if match.group(1) else (".npy",)
         arrays = tuple(description.with_name(stem + suffix) for suffix in suffixes)
+        lock = description.with_name(f".{stem.removesuffix('.partial')}.lock")  # its builders'
+        arrays += (lock,) if lock.is_file() else ()
         try:
             with open_regular(description) as handle:
                 meta = json.loads(handle.read())
