@@ -148,6 +148,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     cache = sub.add_parser("cache", help="where decoded datasets are cached, and their size")
     cache.add_argument("--clear", action="store_true", help="delete every cached dataset")
+    data = sub.add_parser(
+        "data",
+        help="get CIFAR-10 and CIFAR-100 in the layout the tool reads",
+        description="Download the authors' binary release (or take it from --from), check its "
+        "MD5 and write DIR/NAME/{train,test}.tar.gz (one folder per class, PNG), classes.json "
+        "and, for CIFAR-100, coarse.json (its 20 superclasses).",
+    )
+    data.add_argument("names", nargs="+", choices=["cifar10", "cifar100"], metavar="NAME",
+                      help="cifar10 and/or cifar100")  # fmt: skip
+    data.add_argument("--to", required=True, help="folder to write the datasets into")
+    data.add_argument(
+        "--from", dest="source", help="a folder holding cifar-10-binary.tar.gz and/or "
+        "cifar-100-binary.tar.gz, downloaded before (no network needed)",
+    )  # fmt: skip
+    data.add_argument("--quiet", action="store_true", help="no progress bar")
     _COMMANDS.update(add_analysis_commands(sub))
     _COMMANDS.update(add_cluster_command(sub))
     return parser
@@ -358,6 +373,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data(args: argparse.Namespace) -> int:
+    from ..datasets.cifar import fetch_cifar
+
+    for name in dict.fromkeys(args.names):
+        folder = fetch_cifar(name, args.to, args.source, progress=not args.quiet)
+        print(f'{name}: {folder} (kind = "folder", path = "{folder}")')
+    return 0
+
+
 def _cmd_cache(args: argparse.Namespace) -> int:
     from ..datasets.folder import cache_entries, cache_folder
 
@@ -382,6 +406,7 @@ _COMMANDS = {
     "record": _cmd_record,
     "demo": _cmd_demo,
     "cache": _cmd_cache,
+    "data": _cmd_data,
 }
 
 
