@@ -364,3 +364,21 @@ def test_the_fixtures_classes_csv_is_byte_for_byte_what_it_was(tmp_path, cli):
     assert cli("estimate", tmp_path / "run")[0] == 0
     expected = Path(__file__).with_name("data") / "fixture-classes.csv"
     assert (tmp_path / "run" / "influence" / "classes.csv").read_bytes() == expected.read_bytes()
+
+
+def test_an_exported_run_recorded_anew_gives_the_same_estimate(make_config, cli, tmp_path):
+    """export writes what record reads: the same models, outputs, ids and names."""
+    run, results, copy = tmp_path / "run", tmp_path / "results.npz", tmp_path / "copy"
+    assert cli("run", make_config(models=24), "--run-dir", run, "--quiet")[0] == 0
+    code, out, err = cli("export", run, "--to", results)
+    assert code == 0 and "24 models" in out, err
+    with np.load(results, allow_pickle=False) as arrays:
+        assert {"masks", "p_correct", "labels", "example_ids", "source_classes"} <= set(arrays)
+        assert "seeds" not in arrays  # each model its own seed: nothing shared to record
+    assert cli("record", copy, "--from", results, "--target", "sim")[0] == 0
+    for folder in (run, copy):
+        assert cli("estimate", folder)[0] == 0
+    original, recorded = (
+        pd.read_csv(folder / "influence" / "classes.csv") for folder in (run, copy)
+    )
+    assert original.equals(recorded)

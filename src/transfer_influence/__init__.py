@@ -16,7 +16,7 @@ from .estimation import (
 from .outputs import register_output
 from .provenance import package_version
 from .store import RunError, RunStore
-from .store.importing import record_arrays, record_file
+from .store.importing import export_arrays, export_file, record_arrays, record_file
 from .subsets import Job, make_job, make_jobs
 from .trainers import JobResult, SimulatedTrainer, TargetInfo, TaskDescription, Trainer
 
@@ -42,6 +42,8 @@ __all__ = [
     "load_config",
     "make_job",
     "make_jobs",
+    "export_arrays",
+    "export_file",
     "record_arrays",
     "record_file",
     "register_output",

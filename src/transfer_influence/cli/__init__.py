@@ -25,7 +25,7 @@ from ..estimation.diagnostics import SplitHalf
 from ..experiments.demo import run_demo
 from ..experiments.growth import grow_until_stable
 from ..store import CorruptFileError, RecordError, RunError, RunStore
-from ..store.importing import record_file
+from ..store.importing import export_file, record_file
 from ..store.status import duration, run_status
 from ..trainers import load_trainer
 from ..words import (
@@ -148,6 +148,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     cache = sub.add_parser("cache", help="where decoded datasets are cached, and their size")
     cache.add_argument("--clear", action="store_true", help="delete every cached dataset")
+    export = sub.add_parser(
+        "export",
+        help="write a run's models to a results file that `record` reads",
+        description="The run's finished healthy models on one target and mode: masks, every "
+        "stored output, the target's labels, ids and class names, the source classes (and "
+        "the training seeds where models share them), as a plain .npz.",
+    )
+    export.add_argument("run_dir", help="run directory")
+    export.add_argument("--to", required=True, help="the .npz file to write")
+    export.add_argument("--target", help="target name (default: the run's only/first)")
+    export.add_argument("--mode", help="transfer mode (default: the run's only/first)")
     data = sub.add_parser(
         "data",
         help="get CIFAR-10 and CIFAR-100 in the layout the tool reads",
@@ -373,6 +384,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    store = RunStore(args.run_dir)
+    key = store.resolve_key(args.target, args.mode)
+    models = export_file(store, args.to, key)
+    print(
+        f"wrote {args.to}: {models} models on {key} "
+        f"(`transfer-influence record NEW_RUN --from {args.to}` reads it)"
+    )
+    return 0
+
+
 def _cmd_data(args: argparse.Namespace) -> int:
     from ..datasets.cifar import fetch_cifar
 
@@ -407,6 +429,7 @@ _COMMANDS = {
     "demo": _cmd_demo,
     "cache": _cmd_cache,
     "data": _cmd_data,
+    "export": _cmd_export,
 }
 
 

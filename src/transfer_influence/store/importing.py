@@ -1,4 +1,6 @@
-"""Importing results of models trained outside the tool (``transfer-influence record``).
+"""Results files: importing models trained outside the tool (``transfer-influence record``),
+and exporting a run's models in the same format (``transfer-influence export``), to share them
+or to record them into another run.
 
 The file is an ``.npz`` (loaded without pickle) with:
 
@@ -17,18 +19,20 @@ The file is an ``.npz`` (loaded without pickle) with:
 
 from __future__ import annotations
 
+import io
 import shutil
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from ..files import atomic_write_bytes
 from ..outputs import DEFAULT_OUTPUTS, get_output
-from ..trainers.protocol import JobResult, TargetInfo, TaskDescription, output_key
-from .records import RecordError, align_to_target
+from ..trainers.protocol import JobResult, TargetInfo, TaskDescription, output_key, parse_key
+from .records import RecordError, align_to_target, outputs_from_arrays
 from .run import Chunk, RunStore
 
-__all__ = ["record_arrays", "record_file"]
+__all__ = ["export_arrays", "export_file", "record_arrays", "record_file"]
 
 
 def record_file(
@@ -52,6 +56,44 @@ def record_file(
             f"{path} is not a readable .npz without pickled objects: {error}"
         ) from None
     return record_arrays(run_dir, arrays, target, mode, alpha, file_name=path.name)
+
+
+def export_arrays(store: RunStore, key: str | None = None) -> dict[str, np.ndarray]:
+    """The healthy models of ``store`` on one (target, mode) ``key`` as the arrays
+    :func:`record_arrays` reads: masks, every stored output, the target's labels, example ids
+    and class names, the source groups, and the training seeds where models share them."""
+    key = key or store.resolve_key()
+    target = store.target(parse_key(key)[0])
+    outputs = list(store.config.run.outputs)
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in ["masks", "seeds", *outputs]}
+    for _, arrays in store.iter_chunks():
+        healthy = arrays["status"] == "ok"
+        parts["masks"].append(arrays["mask"][healthy])
+        parts["seeds"].append(arrays["seed"][healthy])
+        for name in outputs:
+            values = outputs_from_arrays(arrays, key, name, target.labels)[healthy]
+            parts[name].append(values.astype(np.float32))
+    if not parts["masks"]:
+        raise RecordError(f"{store.root} has no finished models to export")
+    exported = {name: np.concatenate(values) for name, values in parts.items()}
+    if store.config.run.seeds == "model":  # every model its own seed: nothing shared
+        del exported["seeds"]
+    exported.update(
+        labels=target.labels,
+        example_ids=np.asarray(target.example_ids).astype(str),
+        source_classes=np.array(store.groups, dtype=str),
+        target_classes=np.array(target.class_names, dtype=str),
+    )
+    return exported
+
+
+def export_file(store: RunStore, path: str | Path, key: str | None = None) -> int:
+    """Write :func:`export_arrays` to the ``.npz`` at ``path`` (atomically); the model count."""
+    arrays = export_arrays(store, key)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)  # a plain .npz: any numpy reads it, no pickle
+    atomic_write_bytes(Path(path), buffer.getvalue())
+    return int(arrays["masks"].shape[0])
 
 
 def record_arrays(
