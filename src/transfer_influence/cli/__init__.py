@@ -300,23 +300,17 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_estimate(args: argparse.Namespace) -> int:
-    store = RunStore(args.run_dir)
-    model = ClassInfluence(
-        target=args.target, mode=args.mode, output=args.output, level=args.level,
-        estimator=args.estimator,
-    )  # fmt: skip
-    model.fit(store, progress=sys.stderr.isatty())
-    folder = model.save(Path(args.out) if args.out else store.path("influence"), str(store.root))
+def print_estimate(model: ClassInfluence, top: int) -> None:
+    """What ``estimate`` prints of a fitted model (the demo prints the same)."""
     table = model.classes_.dropna(subset=["influence"])
     print(
         f"{model.n_models_} models ({model.n_excluded_} unhealthy excluded); "
-        f"influence on {args.output} of {model.key_}, {model.unit_}, "
-        f"{args.level:.0%} CI"
+        f"influence on {model.output} of {model.key_}, {model.unit_}, "
+        f"{model.estimate_.estimator} estimator, {model.level:.0%} CI"
     )
     for title, rows in (
-        ("most helpful", table.head(args.top)),
-        (BELOW_AVERAGE, table.tail(args.top)[::-1]),
+        ("most helpful", table.head(top)),
+        (BELOW_AVERAGE, table.tail(top)[::-1]),
     ):
         print(f"\n{title}:")
         for row in rows.itertuples():
@@ -343,6 +337,17 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
         )
     if model.explained_ is not None:
         print(f"\n{explained_sentence(model.explained_)}")
+
+
+def _cmd_estimate(args: argparse.Namespace) -> int:
+    store = RunStore(args.run_dir)
+    model = ClassInfluence(
+        target=args.target, mode=args.mode, output=args.output, level=args.level,
+        estimator=args.estimator,
+    )  # fmt: skip
+    model.fit(store, progress=sys.stderr.isatty())
+    folder = model.save(Path(args.out) if args.out else store.path("influence"), str(store.root))
+    print_estimate(model, args.top)
     print(f"\nwrote {folder}/classes.csv, per_target_class.csv, influence.npy, summary.json")
     return 0
 
@@ -358,30 +363,34 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     summary = run_demo(
         args.out, args.models, args.control, args.workers, not args.quiet, args.estimator
     )
-    table, planted = summary["table"], summary["planted"]
+    planted = summary["planted"]
     print(
-        f"{summary['models']} models, mean target accuracy {summary['mean_target_accuracy']:.1%}"
-        f", {summary['seconds']:.0f} s; influence on p_correct ({args.estimator}), points, 95% CI"
+        f"demo: {summary['models']} models trained and transferred, mean target accuracy "
+        f"{summary['mean_target_accuracy']:.1%}, {summary['seconds']:.0f} s\n"
     )
-    for title, rows in (("most helpful", table.head(5)), (BELOW_AVERAGE, table.tail(5)[::-1])):
-        print(f"\n{title}:")
-        for row in rows.itertuples():
-            print(
-                f"  {row.group:<16} {row.influence:+7.2f}  [{row.ci_low:+.2f}, {row.ci_high:+.2f}]"
-            )
-    print()
+    print_estimate(summary["influence"], 5)
+    q = f"q ≤ {planted['q_level']}"
+    print("\nthe planted truth, judged as above:")
     if args.control:
         print(
-            f"control: {planted['intervals_excluding_zero']} of {len(table)} intervals exclude "
-            f"zero (chance allows up to {planted['chance_bound']})"
+            f"  nothing planted: {len(planted['flagged'])} of {len(summary['influence'].groups_)} "
+            f"classes read as other than average at {q} (none expected in 19 runs of 20)"
         )
     else:
         ranks = ", ".join(f"{name} #{planted['ranks'][name]}" for name in planted["helpful"])
-        print(f"planted helpful: {ranks} (top quarter: {planted['helpful_in_top_quarter']})")
+        print(f"  planted to help: {ranks} (all in the top quarter: "
+              f"{_yes(planted['helpful_in_top_quarter'])})")  # fmt: skip
         ranks = ", ".join(f"{name} #{planted['ranks'][name]}" for name in planted["harmful"])
-        print(f"planted harmful: {ranks} (all CIs below zero: {planted['harmful_ci_below_zero']})")
-    print(f"recovered: {planted['recovered']}; wrote {summary['out']}/summary.json")
+        print(f"  planted to cost accuracy: {ranks} (all read as least helpful, below the "
+              f"average class at {q}: {_yes(planted['harmful_below_average'])})")  # fmt: skip
+        wrong = ", ".join(planted["irrelevant_flagged"]) or "none"
+        print(f"  planted irrelevant and yet flagged at {q}: {wrong}")
+    print(f"recovered: {_yes(planted['recovered'])}; wrote {summary['out']}/summary.json")
     return 0
+
+
+def _yes(value: bool) -> str:
+    return "yes" if value else "no"
 
 
 def _cmd_export(args: argparse.Namespace) -> int:

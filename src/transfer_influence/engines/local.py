@@ -106,7 +106,8 @@ def record_control(store: RunStore, trainer: Trainer) -> None:
     control = getattr(trainer, "untrained_control", None)
     if control is None or path.exists():
         return
-    write_json(path, {"accuracy": control(), "what": control.__doc__.strip().splitlines()[0]})
+    what = " ".join(control.__doc__.split("\n\n")[0].split())  # the docstring's first paragraph
+    write_json(path, {"accuracy": control(), "what": what})
 
 
 def _worker_process(

@@ -20,6 +20,7 @@ from ..config import Config
 from ..datasets import planted_classes
 from ..engines import LocalEngine
 from ..estimation import ClassInfluence
+from ..estimation.significance import FLAG_LEVEL
 from ..files import write_json
 from ..store import RunStore
 from ..trainers import load_trainer
@@ -69,27 +70,38 @@ def _chance_bound(groups: int, level: float = 0.95, quantile: float = 0.999) -> 
 
 
 def recovery(table: Any, planted: bool, level: float = 0.95) -> dict[str, Any]:
-    """How well a ranking (``ClassInfluence.classes_``) found the planted truth."""
+    """How well a ranking (``ClassInfluence.classes_``) found the planted truth, judged as
+    ``estimate`` judges: a class reads as more or less helpful than the average class only at
+    q <= FLAG_LEVEL. Recovered: the planted helpful classes rank in the top quarter, every
+    class planted to hurt reads as below the average class, and no irrelevant class is
+    flagged. With nothing planted (the control), recovered means no class is flagged."""
     kinds = planted_classes(planted)
     rank = {name: i + 1 for i, name in enumerate(table["group"])}
     excludes_zero = (table["ci_low"] > 0) | (table["ci_high"] < 0)
+    flagged = table["q_value"] <= FLAG_LEVEL
+    below = dict(zip(table["group"], flagged & (table["influence"] < 0), strict=True))
     groups = len(table)
+    irrelevant = table["group"].isin(kinds["irrelevant"])
     result: dict[str, Any] = {
         "helpful": kinds["helpful"],
         "harmful": kinds["harmful"],
         "ranks": {name: rank[name] for name in kinds["helpful"] + kinds["harmful"]},
+        "q_level": FLAG_LEVEL,
+        "flagged": table.loc[flagged, "group"].tolist(),
+        "irrelevant_flagged": table.loc[flagged & irrelevant, "group"].tolist(),
         "intervals_excluding_zero": int(excludes_zero.sum()),
         "chance_bound": _chance_bound(groups, level),
     }
     if planted:
-        ci_high = dict(zip(table["group"], table["ci_high"], strict=True))
         result["helpful_in_top_quarter"] = all(rank[n] <= groups / 4 for n in kinds["helpful"])
-        result["harmful_ci_below_zero"] = all(ci_high[n] < 0 for n in kinds["harmful"])
-        others = [n for n in kinds["irrelevant"]]
-        result["irrelevant_excluding_zero"] = int(excludes_zero[table["group"].isin(others)].sum())
-        result["recovered"] = result["helpful_in_top_quarter"] and result["harmful_ci_below_zero"]
+        result["harmful_below_average"] = all(below[n] for n in kinds["harmful"])
+        result["recovered"] = (
+            result["helpful_in_top_quarter"]
+            and result["harmful_below_average"]
+            and not result["irrelevant_flagged"]
+        )
     else:
-        result["recovered"] = result["intervals_excluding_zero"] <= result["chance_bound"]
+        result["recovered"] = not result["flagged"]
     return result
 
 
@@ -125,5 +137,5 @@ def run_demo(
     }
     write_json(out / "summary.json", summary)
     summary["out"] = str(out)
-    summary["table"] = model.classes_
+    summary["influence"] = model
     return summary
