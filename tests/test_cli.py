@@ -412,3 +412,16 @@ def test_dry_run_of_a_builtin_run_says_the_data_size_and_cost(tmp_path, cli, tin
     # 6 classes x 6 images in each source split, 2 x 6 in each target split, at 16 x 16 x 3.
     assert "data: 0.1 MB of decoded images" in out  # (36 + 36 + 12 + 12) x 16 x 16 x 3 bytes
     assert "per model (the trainer's estimate)" in out and not (tmp_path / "r").exists()
+
+
+def test_the_api_reads_the_ends_as_the_console_prints_them(make_config, cli, tmp_path):
+    from transfer_influence import ClassInfluence
+
+    run = tmp_path / "run"
+    assert cli("run", make_config(models=60), "--run-dir", run, "--quiet")[0] == 0
+    code, out, _ = cli("estimate", run)
+    stability = ClassInfluence().fit(RunStore(run)).stability_
+    k = stability.k
+    assert f"share {stability.top_shared:.1f} of their top {k}" in out
+    assert f"share {stability.bottom_shared:.1f} of their bottom {k}" in out
+    assert "regression estimator" in out or "difference estimator" in out

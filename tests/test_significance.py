@@ -134,3 +134,14 @@ def test_chance_extreme_is_the_median_largest_of_that_many_null_values(count):
     largest = np.array([rng.standard_normal(count).max() for _ in range(2000)])
     assert np.mean(largest <= chance_extreme(count)) == pytest.approx(0.5, abs=0.04)
     assert chance_extreme(1) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_a_printed_q_value_never_reads_on_the_other_side_of_the_flag_level():
+    """ "q 0.05" was shown for 0.0503, a class the text did not count among the flagged."""
+    from transfer_influence.estimation.significance import FLAG_LEVEL
+    from transfer_influence.words import q_text
+
+    for q in np.linspace(0.01, 0.2, 19_001):
+        shown = float(q_text(q))
+        assert (shown <= FLAG_LEVEL) == (q <= FLAG_LEVEL), (q, q_text(q))
+    assert q_text(0.0503) == "0.0503" and q_text(0.3) == "0.30" and q_text(0.001) == "<0.01"

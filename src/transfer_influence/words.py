@@ -33,8 +33,15 @@ SHARED_SEED_CAVEAT = (
 
 
 def q_text(value: float) -> str:
-    """A q-value as printed: two decimals, or "<0.01"."""
-    return "<0.01" if value < 0.01 else f"{value:.2f}"
+    """A q-value as printed: two decimals, or "<0.01"; more where two would put it on the
+    other side of the flag level (0.0503 is not flagged at q <= 0.05 and never reads "0.05")."""
+    if value < 0.01:
+        return "<0.01"
+    for decimals in range(2, 16):
+        text = f"{value:.{decimals}f}"
+        if (float(text) <= FLAG_LEVEL) == (value <= FLAG_LEVEL):
+            return text
+    return repr(float(value))
 
 
 def split_half_method(seed_per_chunk: bool) -> str:

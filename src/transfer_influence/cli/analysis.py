@@ -287,6 +287,8 @@ def _cmd_top(args: argparse.Namespace) -> int:
             shown[column] = shown[column].map(style.format)
     if "q_value" in shown:
         shown["q_value"] = shown["q_value"].map(q_text)
+    # Which side is which: target examples are the target's, sources the source classes.
+    shown = shown.rename(columns={"target_class": "target class", "source": "source class"})
     with pd.option_context("display.width", 120, "display.max_colwidth", 40):
         print(f"{model.n_models_} models; influence on {args.output} ({unit})")
         print(shown.to_string(index=False))

@@ -67,6 +67,17 @@ class SplitHalf:
     def chance_overlap(self) -> float:
         return self.k / self.groups if self.groups else math.nan
 
+    @property
+    def top_shared(self) -> float:
+        """How many of the top ``k`` the halves share on average, as the console and report
+        print it ("3.9 of 10"); ``top_overlap`` is the same as a share of k."""
+        return self.top_overlap * self.k
+
+    @property
+    def bottom_shared(self) -> float:
+        """As :attr:`top_shared`, for the bottom ``k``."""
+        return self.bottom_overlap * self.k
+
     def models_needed(self, target: float = 0.9) -> float:
         """Models for the split-half correlation to reach ``target`` (Spearman-Brown).
 

@@ -236,7 +236,8 @@ class Report:
                 "src": _data_uri(png(thumbnail(images.target[r.example])))
                 if images.target is not None
                 else "",
-                "caption": f"{r.target_class}: {r.source} {self._value(r.influence, r.stderr)}",
+                "caption": f"{r.target_class} image; source class {r.source}: "
+                f"{self._value(r.influence, r.stderr)}",
             }
             for r in hurt.itertuples()
         ]
