@@ -425,3 +425,20 @@ def test_the_api_reads_the_ends_as_the_console_prints_them(make_config, cli, tmp
     assert f"share {stability.top_shared:.1f} of their top {k}" in out
     assert f"share {stability.bottom_shared:.1f} of their bottom {k}" in out
     assert "regression estimator" in out or "difference estimator" in out
+
+
+def test_source_and_target_swapped_are_refused_before_any_decoding(tmp_path, cli, tiny_data):
+    from conftest import tiny_builtin_config
+
+    data = tiny_data()
+    config = tiny_builtin_config(tmp_path / "tiny.toml", data)
+    created = cli("run", config, "--run-dir", tmp_path / "r", "--time-limit", "0", "--quiet")
+    assert created[0] == 0, created[2]
+    swapped = tmp_path / "swapped.toml"
+    text = config.read_text().replace("/source", "/SWAP").replace("/target", "/source")
+    swapped.write_text(text.replace("/SWAP", "/target"))
+    cached = sorted((tmp_path / "cache").iterdir())
+    code, _, err = cli("run", swapped, "--run-dir", tmp_path / "r", "--quiet")
+    assert code == 2 and "the run's source has 6 classes (a, b, c, ...)" in err
+    assert "has 2 (x, y): it holds the classes of the run's target 'tgt': swapped?" in err
+    assert sorted((tmp_path / "cache").iterdir()) == cached and "decoding" not in err

@@ -190,6 +190,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
         config = load_config(source, args.set)
         run_dir = Path(args.run_dir or Path("runs") / source.stem)
         text = source.read_text()
+    if (run_dir / "run.json").is_file() and config.trainer.type == "builtin":
+        from ..trainers.builtin import check_classes_before_decoding
+
+        store = RunStore(run_dir)
+        targets = {name: store.target(name).class_names for name in store.target_names}
+        check_classes_before_decoding(config.trainer.params, store.groups, targets)
     trainer = load_trainer(config.trainer.type, config.trainer.params)
     task = trainer.describe()
     if args.dry_run:

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import re
+import tarfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -81,6 +82,21 @@ def _locate(root: Path, split: str) -> Path:
         f"no {split} split under {root}: looked for {split}/ and {split}.tar.gz "
         "(ImageFolder layout: one folder per class)"
     )
+
+
+def peek_classes(path: str, split: str) -> tuple[str, ...] | None:
+    """The class names of a folder dataset's split, read from its layout alone (folder names,
+    or the archive's member paths) without decoding an image; None where there is none."""
+    root = Path(expand_path(path))
+    try:
+        source = _locate(root, split)
+        if source.is_dir():
+            return tuple(sorted(p.name for p in source.iterdir() if p.is_dir()))
+        with tarfile.open(source) as archive:
+            return tuple(sorted({m.name.removeprefix("./").split("/")[0]
+                                 for m in archive if m.isfile() and "/" in m.name}))  # fmt: skip
+    except (OSError, ValueError, tarfile.TarError):
+        return None  # the load that follows says what is wrong, in its own words
 
 
 def check_size(size: int | None) -> None:

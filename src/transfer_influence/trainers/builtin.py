@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..datasets import ImageDataset, fingerprint_arrays, load_dataset
+from ..datasets.folder import peek_classes
 from ..subsets import Job
 from .networks import StackedNetwork, build_network, forward_macs
 from .probe import fit_linear_probe
@@ -24,7 +25,14 @@ from .protocol import JobResult, TargetInfo, TaskDescription, output_key
 from .source_groups import example_pool, mapped_groups
 from .stack import Recipe, extract_features, train_stack
 
-__all__ = ["MODES", "BuiltinTrainer", "TargetData", "pretrained_features", "resolve_device"]
+__all__ = [
+    "MODES",
+    "BuiltinTrainer",
+    "TargetData",
+    "check_classes_before_decoding",
+    "pretrained_features",
+    "resolve_device",
+]
 
 MODES = ("fixed_feature", "finetune")
 
@@ -59,6 +67,40 @@ def pretrained_features(
         low_res_epochs=recipe.low_res_epochs, progress=progress,
     )  # fmt: skip
     return extract_features(net, images)[0].cpu().numpy()
+
+
+def check_classes_before_decoding(
+    params: dict[str, Any], groups: tuple[str, ...], targets: dict[str, tuple[str, ...]]
+) -> None:
+    """Refuse folder datasets whose class folders differ from the run's (``groups``, and each
+    target's class names), before a single image is decoded: source and target given the
+    wrong way round cost minutes of decoding and gigabytes of cache before the run's own
+    check saw them. Datasets that rename or group their classes are left to that check."""
+    expected = {"source": groups, **{f"target {name!r}": c for name, c in targets.items()}}
+    specs = {}
+    source = params.get("source") or {}
+    if not params.get("groups") and not params.get("pool") and not source.get("names_file"):
+        specs["source"] = source
+    for spec in params.get("targets") or []:
+        if spec.get("name") in targets and not spec.get("names_file"):
+            specs[f"target {spec['name']!r}"] = spec
+    for what, spec in specs.items():
+        if spec.get("kind") != "folder" or "path" not in spec:
+            continue
+        found = peek_classes(spec["path"], "train")
+        if found is None or found == expected[what]:
+            continue
+        other = [name for name, classes in expected.items() if classes == found]
+        hint = f"it holds the classes of the run's {other[0]}: swapped?" if other else (
+            "another dataset?")  # fmt: skip
+        raise ValueError(
+            f"the run's {what} has {len(expected[what])} classes ({_first(expected[what])}); "
+            f"{spec['path']} has {len(found)} ({_first(found)}): {hint}"
+        )
+
+
+def _first(names: tuple[str, ...], shown: int = 3) -> str:
+    return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
 
 
 def _to_device(images: np.ndarray, device: torch.device, rows: int = 16384) -> torch.Tensor:
