@@ -112,11 +112,13 @@ def run_demo(
     workers: int | None = 1,
     progress: bool = True,
     estimator: str = "regression",
+    seed: int = 0,
 ) -> dict[str, Any]:
-    """Run (or resume) the demo into ``out`` and return its summary."""
+    """Run (or resume) the demo into ``out`` and return its summary; ``seed`` draws the
+    subsets and the training seed (the task stays the same)."""
     out = Path(out or ("runs/demo-control" if control else "runs/demo"))
     started = time.perf_counter()
-    config = demo_config(models, planted=not control)
+    config = demo_config(models, planted=not control, seed=seed)
     trainer = load_trainer(config.trainer.type, config.trainer.params)
     store = RunStore.open_or_create(out, config, trainer.describe())
     LocalEngine(workers=workers, trainer=trainer).run(store, progress=progress)
