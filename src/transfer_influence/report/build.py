@@ -137,10 +137,10 @@ class Report:
         steps.update()
         images = load_run_images(store, target_name, self.source_data, self.target_data)
         self.left_out_ = [
-            f"{what} ({images.note})"
-            for what, missing in (
-                ("target images and the leakage check", images.target is None),
-                ("source images beside each class", images.source is None),
+            f"{what} ({why})"
+            for what, missing, why in (
+                ("target images and the leakage check", images.target is None, images.target_note),
+                ("source images beside each class", images.source is None, images.source_note),
             )
             if missing
         ]

@@ -26,12 +26,20 @@ THUMBNAIL_SIDE = 64
 @dataclass(frozen=True)
 class RunImages:
     """``target``: n images in the run's example order; ``source``: N images whose group
-    index is ``source_groups``. Either may be None, and ``note`` then says why."""
+    index is ``source_groups``. Either may be None, and ``target_note`` or ``source_note``
+    then says why."""
 
     target: np.ndarray | None
     source: np.ndarray | None
     source_groups: np.ndarray | None
-    note: str = ""
+    target_note: str = ""
+    source_note: str = ""
+
+    @property
+    def note(self) -> str:
+        """Why images are missing, once for both sides."""
+        notes = dict.fromkeys(n for n in (self.target_note, self.source_note) if n)
+        return "; ".join(notes)
 
     def source_samples(self, group: int, n: int) -> np.ndarray:
         """Up to ``n`` images of one source group, spread over its images."""
@@ -103,9 +111,10 @@ def load_run_images(
 ) -> RunImages:
     """The run's images, from the given datasets or else from its built-in trainer config."""
     if store.config.trainer.type == "simulated" and source_data is None and target_data is None:
-        return RunImages(None, None, None, "a simulated run has no images")
+        why = "a simulated run has no images"
+        return RunImages(None, None, None, why, why)
     params = store.config.trainer.params if store.config.trainer.type == "builtin" else {}
-    notes = []
+    target_note = source_note = ""
     target = source = groups = None
     config_target = next((t for t in params.get("targets", []) if t["name"] == target_name), None)
     if target_data is not None:
@@ -116,15 +125,15 @@ def load_run_images(
 
         target = _align_target(store, target_name, TargetData(config_target).test)
     else:
-        notes.append("no target images: the run's config names none (give target_data)")
+        target_note = "no target images: the run's config names none (give target_data)"
     source_spec = source_data if source_data is not None else params.get("source")
     if source_spec is not None:
         dataset = load_dataset(_as_spec(source_spec), "train", "source")
         grouping = params if source_data is None else {}
         source, groups = dataset.images, _source_groups(store, dataset, grouping)
     else:
-        notes.append("no source images: the run's config names none (give source_data)")
-    return RunImages(target, source, groups, "; ".join(notes))
+        source_note = "no source images: the run's config names none (give source_data)"
+    return RunImages(target, source, groups, target_note, source_note)
 
 
 def thumbnail(image: np.ndarray, side: int = THUMBNAIL_SIDE) -> Image.Image:
