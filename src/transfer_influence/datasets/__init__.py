@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from .arrays import load_npz
@@ -14,6 +15,17 @@ from .synthetic import demo_dataset, planted_classes
 __all__ = ["ImageDataset", "fingerprint_arrays", "load_dataset", "planted_classes"]
 
 
+# Each kind's loader, called as loader(split=..., **the table's other keys), and the keys its
+# table must have.
+_LOADERS: dict[str, tuple[Callable[..., ImageDataset], tuple[str, ...]]] = {
+    "folder": (load_folder, ("path",)),
+    "imagenet": (load_imagenet, ("path",)),
+    "npz": (load_npz, ("path",)),
+    "torchvision": (load_torchvision, ("dataset", "root")),
+    "huggingface": (load_huggingface, ("path",)),
+}
+
+
 def load_dataset(spec: dict[str, Any], split: str, role: str) -> ImageDataset:
     """The ``split`` ("train"/"test") of the dataset ``spec`` describes, as ``role``
     ("source"/"target"; only the demo, which holds both, needs it)."""
@@ -22,35 +34,16 @@ def load_dataset(spec: dict[str, Any], split: str, role: str) -> ImageDataset:
     options = {k: v for k, v in spec.items() if k not in ("kind", "name")}
     kind = spec["kind"]
     if kind == "demo":
-        try:
-            return demo_dataset(role, split, **options)
-        except TypeError as error:
-            raise ValueError(f"demo dataset: {error}") from None
-    if kind == "folder":
-        if "path" not in options:
-            raise ValueError("a folder dataset needs a path")
-        try:
-            return load_folder(split=split, **options)
-        except TypeError as error:
-            raise ValueError(f"folder dataset: {error}") from None
-    if kind == "imagenet":
-        if "path" not in options:
-            raise ValueError("an imagenet dataset needs a path")
-        try:
-            return load_imagenet(split=split, **options)
-        except TypeError as error:
-            raise ValueError(f"imagenet dataset: {error}") from None
-    if kind == "npz":
-        if set(options) != {"path"}:
-            raise ValueError("an npz dataset takes exactly one key besides kind: path")
-        return load_npz(options["path"], split)
-    if kind in ("torchvision", "huggingface"):
-        loader = load_torchvision if kind == "torchvision" else load_huggingface
-        try:
-            return loader(split=split, **options)
-        except TypeError as error:
-            raise ValueError(f"{kind} dataset: {error}") from None
-    raise ValueError(
-        f"unknown dataset kind {kind!r}; known: demo, folder, imagenet, npz, torchvision, "
-        "huggingface"
-    )
+        loader, options = demo_dataset, {"role": role, **options}
+    elif kind in _LOADERS:
+        loader, needed = _LOADERS[kind]
+        missing = [key for key in needed if key not in options]
+        if missing:
+            raise ValueError(f"a {kind} dataset needs {' and '.join(missing)}")
+    else:
+        known = ", ".join(["demo", *_LOADERS])
+        raise ValueError(f"unknown dataset kind {kind!r}; known: {known}")
+    try:
+        return loader(split=split, **options)
+    except TypeError as error:  # a key the kind does not take
+        raise ValueError(f"{kind} dataset: {error}") from None
