@@ -12,7 +12,6 @@ each image's name and content digest, in name order.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import sys
@@ -28,7 +27,7 @@ from tqdm import tqdm
 from ..files import atomic_write_bytes, open_regular, read_json
 from .images import decode
 
-__all__ = ["BATCH", "CACHE_MARK", "build_cache", "image_files", "member_name"]
+__all__ = ["BATCH", "CACHE_MARK", "build_cache", "file_sha256", "image_files", "member_name"]
 
 CACHE_MARK = "transfer-influence dataset cache"
 BATCH = 1024  # images a worker decodes at a time
@@ -140,6 +139,15 @@ def _decode_batch(
     return number, bad
 
 
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file, read in blocks: what a cache's arrays are checked against."""
+    digest = hashlib.sha256()
+    with open_regular(path) as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _read(path: str) -> bytes:
     with open_regular(Path(path)) as handle:
         return handle.read()
@@ -153,11 +161,8 @@ def _first_shape(source: Path, names: list[str], size: int | None) -> tuple[int,
 
     for _, batch in _batches(source, names, set()):
         for _, item in batch:
-            blob = item if isinstance(item, bytes) else _read(item)
             try:
-                image = Image.open(io.BytesIO(blob))
-                image.load()
-                return np.asarray(image.convert("RGB")).shape
+                return decode(item if isinstance(item, bytes) else _read(item), None).shape
             except (OSError, ValueError, Image.DecompressionBombError):
                 continue
     raise ValueError(f"{source}: no image could be decoded")
@@ -267,18 +272,15 @@ def _finish(stem, pixels, digests, progress_path, names, labels_by_name, bad) ->
         out.flush()
         del out, source
         os.replace(compact, pixels)
-    fingerprint, npy = hashlib.sha256(), hashlib.sha256()
+    fingerprint = hashlib.sha256()
     for i in keep:
         fingerprint.update(names[i].encode())
         fingerprint.update(sums[i].tobytes())
-    with open_regular(pixels) as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            npy.update(block)
     classes = sorted(set(labels_by_name))
     index = {c: k for k, c in enumerate(classes)}
     meta = {
         "written_by": CACHE_MARK,
-        "npy_sha256": npy.hexdigest(),
+        "npy_sha256": file_sha256(pixels),
         "classes": classes,
         "labels": [index[labels_by_name[i]] for i in keep],
         "ids": [names[i] for i in keep],

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..files import CorruptFileError, exclusive_lock, open_regular
 from .base import ImageDataset
-from .cache import CACHE_MARK, build_cache, image_files
+from .cache import CACHE_MARK, build_cache, file_sha256, image_files
 
 __all__ = ["cache_entries", "cache_folder", "load_folder"]
 
@@ -49,14 +49,6 @@ def _cache_key(source: Path, size: int | None, on_corrupt: str, labels_digest: s
         extra.append("fit-2")
     text = json.dumps([str(source.resolve()), listing, size, on_corrupt, *extra])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open_regular(path) as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def expand_path(path: str) -> str:
@@ -154,18 +146,9 @@ def load_images(
     cache_dir = Path(cache) if cache else cache_folder()
     key = _cache_key(source, size, on_corrupt, labels_digest)
     stem = cache_dir / f"{name}-{key}"
-    meta = _cached_meta(stem)
-    if meta is None:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        # One builder at a time (two workers of one machine start on the same data): the
-        # second waits, then reads what the first built.
-        with exclusive_lock(stem.with_name(f".{stem.name}.lock")):
-            meta = _cached_meta(stem)
-            if meta is None:
-                build_cache(source, stem, size, on_corrupt, label_of or _class_of(source))
-                meta = _cached_meta(stem)
-        if meta is None:
-            raise ValueError(f"the dataset cache {stem}.npy cannot be read back after writing it")
+    meta = cached_or_built(
+        stem, lambda: build_cache(source, stem, size, on_corrupt, label_of or _class_of(source))
+    )
     if meta["skipped"]:
         warnings.warn(
             f"{source}: left out {len(meta['skipped'])} corrupt image(s) "
@@ -216,13 +199,30 @@ def cache_entries(folder: Path) -> list[tuple[Path, ...]]:
     return entries
 
 
+def cached_or_built(stem: Path, build: Callable[[], None]) -> dict:
+    """The description of the cache entry ``stem``, built by ``build`` when it is missing or
+    damaged. One builder at a time (two workers of one machine start on the same data): the
+    second waits, then reads what the first built."""
+    meta = _cached_meta(stem)
+    if meta is None:
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        with exclusive_lock(stem.with_name(f".{stem.name}.lock")):
+            meta = _cached_meta(stem)
+            if meta is None:
+                build()
+                meta = _cached_meta(stem)
+    if meta is None:
+        raise ValueError(f"the dataset cache {stem}.npy cannot be read back after writing it")
+    return meta
+
+
 def _cached_meta(stem: Path) -> dict | None:
     """The cache's description, if the cache is there and its arrays are what was written
     (checked against their SHA-256 on every load); else None, and it is built again."""
     try:
         with open_regular(stem.with_suffix(".json")) as handle:
             meta = json.loads(handle.read())
-        if meta.get("npy_sha256") != _file_sha256(stem.with_suffix(".npy")):
+        if meta.get("npy_sha256") != file_sha256(stem.with_suffix(".npy")):
             return None
     except (OSError, ValueError, AttributeError, RecursionError, CorruptFileError):
         return None

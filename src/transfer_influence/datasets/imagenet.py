@@ -27,10 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..files import atomic_write_bytes, exclusive_lock, open_regular
+from ..files import atomic_write_bytes, open_regular
 from .base import ImageDataset
-from .cache import CACHE_MARK
-from .folder import _cached_meta, cache_folder, check_size, expand_path, load_images
+from .cache import CACHE_MARK, file_sha256
+from .folder import cache_folder, cached_or_built, check_size, expand_path, load_images
 
 __all__ = ["display_names", "load_imagenet", "read_synsets"]
 
@@ -153,14 +153,7 @@ def _downsampled(root: Path, split: str, cache: str | None) -> ImageDataset:
     listing = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
     key = hashlib.sha256(json.dumps([str(root.resolve()), listing]).encode()).hexdigest()[:16]
     stem = (Path(cache) if cache else cache_folder()) / f"{root.name}-{split}-{key}"
-    meta = _cached_meta(stem)
-    if meta is None:
-        stem.parent.mkdir(parents=True, exist_ok=True)
-        with exclusive_lock(stem.with_name(f".{stem.name}.lock")):  # one builder at a time
-            meta = _cached_meta(stem)
-            if meta is None:
-                _build_downsampled(files, stem)
-                meta = _cached_meta(stem)
+    meta = cached_or_built(stem, lambda: _build_downsampled(files, stem))
     images = np.load(stem.with_suffix(".npy"), mmap_mode="r", allow_pickle=False)
     return ImageDataset(
         images, np.array(meta["labels"], dtype=np.int64), tuple(meta["classes"]),
@@ -208,13 +201,9 @@ def _build_downsampled(files: list[Path], stem: Path) -> None:
         start += n
     out.flush()
     del out
-    npy = hashlib.sha256()
-    with open_regular(partial) as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            npy.update(block)
     classes = _downsampled_classes(files[0].parent, max(labels) + 1)
     meta = {
-        "written_by": CACHE_MARK, "npy_sha256": npy.hexdigest(), "classes": classes,
+        "written_by": CACHE_MARK, "npy_sha256": file_sha256(partial), "classes": classes,
         "labels": labels, "ids": ids, "fingerprint": digest.hexdigest()[:16], "skipped": [],
     }  # fmt: skip
     partial.replace(stem.with_suffix(".npy"))
