@@ -38,7 +38,9 @@ def test_demo_recovers_planted_truth(tmp_path, cli):
     assert t[planted["harmful"]].sum() < -6, t[planted["harmful"]]
     # The same ranking and numbers as the demo made before its run system was reworked
     # (tests/data/demo-64-classes.*). Kernels of another CPU kind, thread count or torch round
-    # otherwise and train other models: there only the planted top is compared.
+    # otherwise and train other models, which act like another run seed: there the ranking
+    # is not compared (over 20 run seeds the four planted helpful classes held the top four
+    # in only 9; benchmarks/results/demo_seeds-*).
     before = pd.read_csv(DATA / "demo-64-classes.csv").set_index("group")
     made_on = json.loads((DATA / "demo-64-classes.json").read_text())
     here = {
@@ -46,7 +48,6 @@ def test_demo_recovers_planted_truth(tmp_path, cli):
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "threads": torch.get_num_threads(),
     }
-    assert set(table.index[:4]) == set(before.index[:4])  # the planted helpful, everywhere
     if all(made_on[key] == value for key, value in here.items()):
         assert table.index.tolist() == before.index.tolist()
         for column in ("influence", "stderr", "q_value"):
