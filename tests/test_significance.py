@@ -69,9 +69,43 @@ def test_on_the_fixture_permuted_outputs_flag_few_top_classes_and_real_ones_stay
     rng = np.random.default_rng(1)
     permuted = [_flagged_top1(masks, per_class[rng.permutation(len(masks))]) for _ in range(40)]
     assert np.mean(permuted) <= 0.10, np.mean(permuted)  # 94% flagged by plain intervals
-    q = estimate_influence(masks, per_class).per_example.q_values()
+    q = estimate_influence(masks, per_class).per_example.q_values(whole_table=True)
     automobile = targets.index("automobile")
-    assert q[names.index("pickup_truck"), automobile] <= 0.05
+    assert q[names.index("pickup_truck"), automobile] <= 0.05  # over all 1,000 pairs
+
+
+def test_the_per_target_class_table_as_a_whole_flags_nothing_in_19_null_runs_of_20():
+    """Ten target classes read at once: with a family per target class something is flagged
+    somewhere in 38% of null runs; with one family of all 1,000 pairs, in 5% (1,000 runs). 200
+    runs: the bound is the nominal rate plus 2.5 binomial standard errors."""
+    rng = np.random.default_rng(4)
+    masks = np.stack([j.mask for j in make_jobs(range(150), 100, 0.5, base_seed=4)])
+    whole, separate = [], []
+    for _ in range(200):
+        est = estimate_influence(masks, rng.normal(0, 1.0, (150, 10))).per_example
+        whole.append((est.q_values(whole_table=True) <= 0.05).any())
+        separate.append((est.q_values() <= 0.05).any())
+    assert np.mean(separate) > 0.2  # what ten separate families say
+    assert np.mean(whole) <= 0.05 + 2.5 * np.sqrt(0.05 * 0.95 / 200), np.mean(whole)
+
+
+def test_the_estimates_per_target_class_table_carries_the_whole_tables_q_values(tmp_path):
+    from transfer_influence import ClassInfluence, RunStore
+    from transfer_influence.store.importing import record_arrays
+
+    rng = np.random.default_rng(5)
+    masks = np.stack([j.mask for j in make_jobs(range(60), 12, 0.5, base_seed=5)])
+    labels = np.arange(90) % 3
+    outputs = (masks @ rng.normal(0, 0.05, (12, 90)) + rng.normal(0.5, 0.1, (60, 90))).clip(0, 1)
+    record_arrays(tmp_path / "run", {"masks": masks, "p_correct": outputs, "labels": labels})
+    model = ClassInfluence(diagnostics=False).fit(RunStore(tmp_path / "run"))
+    per_class = model.estimate_.per_target_class
+    table = model.per_target_class_.set_index(["target_class", "group"])["q_value"]
+    whole = per_class.q_values(whole_table=True)
+    for c, name in enumerate(model.target_classes_):
+        for k, group in enumerate(model.groups_):
+            assert table[(name, group)] == pytest.approx(whole[k, c])
+    assert not np.allclose(whole, per_class.q_values())
 
 
 def test_halves_of_a_null_run_agree_at_the_ends_as_chance_does():

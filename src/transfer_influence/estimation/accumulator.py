@@ -76,11 +76,16 @@ class Influence:
         the estimate is undefined)."""
         return t_test_p_values(self.values, self.stderr, self.dof)
 
-    def q_values(self) -> np.ndarray:
+    def q_values(self, whole_table: bool = False) -> np.ndarray:
         """Benjamini-Hochberg q-values over the K groups, column by column: a group is
         distinguishable from the average class at false discovery rate q when q_value <= q,
-        however many groups it was picked out of."""
-        return q_values(self.p_values())
+        however many groups it was picked out of. ``whole_table``: one family of all K x T
+        entries, for a table read as a whole (every target class at once), where T separate
+        families would flag something somewhere far more often than 1 run in 20."""
+        p = self.p_values()
+        if whole_table:
+            return q_values(p.reshape(-1)).reshape(p.shape)
+        return q_values(p)
 
     def columns(self, part: slice) -> Influence:
         """The same estimate for some of its T columns."""

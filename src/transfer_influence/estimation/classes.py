@@ -98,7 +98,7 @@ class ClassInfluence:
     has one; ``diagnostics=False`` skips the measures of trust (for a quick query). After
     :meth:`fit`: ``estimate_`` (:class:`InfluenceEstimate`), ``classes_`` (one row per source
     group, most helpful first, with its interval and q-value), ``per_target_class_`` (long
-    table, q-values per target class), ``n_models_`` and ``n_excluded_`` (unhealthy models
+    table, q-values over the whole table), ``n_models_`` and ``n_excluded_`` (unhealthy models
     left out), ``damaged_chunks_`` (chunks found damaged, moved aside and left out),
     ``example_ids_`` and ``example_labels_`` (the target examples, in the order of the
     per-example columns); how far to trust it: ``stability_`` (:class:`SplitHalf` or
@@ -248,9 +248,12 @@ class ClassInfluence:
                 blocks=blocks,
             )[0]
 
-    def _table(self, influence: Influence, column: int | None) -> pd.DataFrame:
+    def _table(
+        self, influence: Influence, column: int | None, q: np.ndarray | None = None
+    ) -> pd.DataFrame:
         col = 0 if column is None else column
         low, high = influence.ci(self.level)
+        q = influence.q_values() if q is None else q
         table = pd.DataFrame(
             {
                 "group": list(self.groups_),
@@ -258,7 +261,7 @@ class ClassInfluence:
                 "stderr": influence.stderr[:, col],
                 "ci_low": low[:, col],
                 "ci_high": high[:, col],
-                "q_value": influence.q_values()[:, col],
+                "q_value": q[:, col],
                 "n_in": influence.n_in,
                 "n_out": influence.n_out,
             }
@@ -332,11 +335,10 @@ class ClassInfluence:
 
     def _tables(self) -> None:
         self.classes_ = self._table(self.estimate_.overall, None)
+        per_class = self.estimate_.per_target_class
+        whole = per_class.q_values(whole_table=True)
         self.per_target_class_ = pd.concat(
-            [
-                self._table(self.estimate_.per_target_class, c)
-                for c in range(len(self.target_classes_))
-            ],
+            [self._table(per_class, c, whole) for c in range(len(self.target_classes_))],
             ignore_index=True,
         )
 
@@ -349,7 +351,7 @@ class ClassInfluence:
             "classes.csv": "one row per source group, most helpful first; influence, stderr and "
             "the interval in the unit below; q_value: Benjamini-Hochberg over the groups",
             "per_target_class.csv": "the same per (target class, source group); q-values over "
-            "the groups within each target class",
+            "the whole table (every target class and source group at once)",
             "influence.npy": "K x n float32, rows in the order of run.json's groups",
             "stderr.npy": "K x n float32 standard errors across models",
             "estimate.npz": "the overall and per-target-class estimates as fitted (float64), "
