@@ -30,8 +30,14 @@ def test_run_status_estimate(make_config, cli, tmp_path):
         "q_value",
         "n_in",
         "n_out",
+        "simultaneous_low",
+        "simultaneous_high",
         "unit",
     ]
+    # The list on screen carries the simultaneous intervals, as the CSV has them.
+    row = table.iloc[0]
+    assert f"[{row.simultaneous_low:+.3f}, {row.simultaneous_high:+.3f}]" in out
+    assert "95% simultaneous over the" in out
     assert len(table) == 12 and table["influence"].is_monotonic_decreasing
     # One unit: the console prints the file's numbers, and both name it.
     assert set(table["unit"]) == {"points of p(correct class)"} and "points of p(correct" in out

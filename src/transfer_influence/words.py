@@ -13,6 +13,7 @@ __all__ = [
     "BELOW_AVERAGE",
     "RELATIVE_NOTE",
     "SHARED_SEED_CAVEAT",
+    "ends_note",
     "explained_sentence",
     "flagged_sentence",
     "overlap_projection",
@@ -44,9 +45,19 @@ def q_text(value: float) -> str:
     return repr(float(value))
 
 
-def split_half_method(seed_per_chunk: bool) -> str:
-    """What split-half stability estimates each half with: slopes within chunks where seeds
-    are per chunk, else the difference in means."""
+def ends_note(level: float, groups: int) -> str:
+    """What the intervals beside a list of the most and least helpful groups are."""
+    return (
+        f"{level:.0%} simultaneous over the {groups} groups, so they hold for the ends as "
+        "picked (the CSVs also hold plain intervals, which cover picked ends less often)"
+    )
+
+
+def split_half_method(seed_per_chunk: bool, estimator: str = "difference") -> str:
+    """What split-half stability estimates each half with: the regression or the difference
+    in means, as slopes within chunks where seeds are per chunk."""
+    if estimator == "regression":
+        return "regression within chunks" if seed_per_chunk else "regression"
     return "slopes within chunks" if seed_per_chunk else "difference in means"
 
 

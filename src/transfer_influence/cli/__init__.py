@@ -32,6 +32,7 @@ from ..words import (
     BELOW_AVERAGE,
     RELATIVE_NOTE,
     SHARED_SEED_CAVEAT,
+    ends_note,
     explained_sentence,
     flagged_sentence,
     projection_words,
@@ -312,8 +313,9 @@ def print_estimate(model: ClassInfluence, top: int) -> None:
     print(
         f"{model.n_models_} models ({model.n_excluded_} unhealthy excluded); "
         f"influence on {model.output} of {model.key_}, {model.unit_}, "
-        f"{model.estimate_.estimator} estimator, {model.level:.0%} CI"
+        f"{model.estimate_.estimator} estimator"
     )
+    print(f"intervals: {ends_note(model.level, len(table))}")
     for title, rows in (
         ("most helpful", table.head(top)),
         (BELOW_AVERAGE, table.tail(top)[::-1]),
@@ -322,7 +324,8 @@ def print_estimate(model: ClassInfluence, top: int) -> None:
         for row in rows.itertuples():
             print(
                 f"  {row.group:<24} {row.influence:+8.3f}  "
-                f"[{row.ci_low:+.3f}, {row.ci_high:+.3f}]  q {q_text(row.q_value)}"
+                f"[{row.simultaneous_low:+.3f}, {row.simultaneous_high:+.3f}]  "
+                f"q {q_text(row.q_value)}"
             )
     print(f"\n{flagged_sentence(*model.flagged(), len(table))}")
     print(RELATIVE_NOTE.replace("`", ""))
@@ -330,7 +333,7 @@ def print_estimate(model: ClassInfluence, top: int) -> None:
         splits = model.stability_.splits
         per_chunk = model.seeds_ == "chunk"
         halves = "random halves of whole chunks" if per_chunk else "random halves"
-        how = f"{split_half_method(per_chunk)}, {splits} {halves}"
+        how = f"{split_half_method(per_chunk, model.stability_.estimator)}, {splits} {halves}"
         print(f"\nstability ({how}):")
         for sentence in stability_sentences(model.stability_):
             print(f"  {sentence}")

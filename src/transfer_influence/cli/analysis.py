@@ -12,7 +12,7 @@ from ..estimation.significance import FLAG_LEVEL, chance_extreme
 from ..files import csv_text, read_json
 from ..outputs import with_unit
 from ..store import RunStore
-from ..words import q_text, split_half_method, stability_sentences
+from ..words import ends_note, q_text, split_half_method, stability_sentences
 from .engines import add_engine_arguments, engine_from_args
 
 __all__ = ["RUN_HELP", "add_analysis_commands", "add_estimation_arguments", "count"]
@@ -48,7 +48,7 @@ def add_estimation_arguments(parser: argparse.ArgumentParser) -> None:
         choices=ESTIMATORS,
         default="auto",
         help="difference in means (the paper's), joint regression (needs K + 10 models), or "
-        "auto (the default): whichever has the smaller error of the overall influence",
+        "auto (the default): the regression only where its errors are clearly smaller",
     )
 
 
@@ -124,7 +124,8 @@ def add_analysis_commands(sub: argparse._SubParsersAction) -> dict:
     )
     prune.add_argument(
         "--estimator", choices=ESTIMATORS, default="auto",
-        help="how to rank (default: auto, the estimator with the smaller errors)",
+        help="how to rank (default: auto, the regression only where its errors are clearly "
+        "smaller)",
     )  # fmt: skip
     prune.add_argument(
         "--time-limit", type=float, metavar="SECONDS",
@@ -274,14 +275,17 @@ def _cmd_top(args: argparse.Namespace) -> int:
         columns = ["example", "example_id", "target_class", "influence", "stderr"]
     else:
         table = top_groups(model, args.n, args.target_class, args.bottom)
-        columns = ["rank", "group", "influence", "stderr", "ci_low", "ci_high", "q_value"]
+        columns = ["rank", "group", "influence", "stderr", "ci_low", "ci_high"]
+        columns += ["simultaneous_low", "simultaneous_high", "q_value"]
     table = table[columns]
     if args.csv:
         print(csv_text(with_unit(table, model.unit_)), end="")
         return 0
     unit = model.unit_
-    shown = table.copy()
-    for column in ("influence", "stderr", "ci_low", "ci_high"):
+    # On screen the intervals that hold for the ends as picked; the CSV has both kinds.
+    shown = table.drop(columns=["ci_low", "ci_high"], errors="ignore")
+    shown = shown.rename(columns={"simultaneous_low": "low", "simultaneous_high": "high"})
+    for column in ("influence", "stderr", "low", "high"):
         if column in shown:
             style = "{:.3f}" if column == "stderr" else "{:+.3f}"
             shown[column] = shown[column].map(style.format)
@@ -293,6 +297,8 @@ def _cmd_top(args: argparse.Namespace) -> int:
         print(f"{model.n_models_} models; influence on {args.output} ({unit})")
         print(shown.to_string(index=False))
     if "q_value" in table:
+        groups = int(model.classes_["influence"].notna().sum())
+        print(f"low, high: {ends_note(model.level, groups)}")
         print(f"q_value <= {FLAG_LEVEL}: distinguishable from the average class, allowing for "
               f"the choice among {len(model.classes_)} classes")  # fmt: skip
     else:  # target examples picked as extremes

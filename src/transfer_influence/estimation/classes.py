@@ -71,13 +71,24 @@ def run_stability(
 
 
 def model_stability(
-    masks: np.ndarray, means: np.ndarray, blocks: np.ndarray | None
+    masks: np.ndarray,
+    means: np.ndarray,
+    blocks: np.ndarray | None,
+    estimator: str = "difference",
 ) -> SplitHalf | None:
-    """Split-half stability, or None before there are 8 models (in 2 seed blocks, if any)."""
-    if len(masks) < 8 or (blocks is not None and np.unique(blocks).size < 2):
+    """Split-half stability, or None before there are 8 models (in 2 seed blocks, if any).
+
+    Each half is estimated as the ranking shown is: by the regression where that was chosen
+    and half the models can fit it; else by the difference in means (the SplitHalf says which).
+    """
+    m = len(masks)
+    if m < 8 or (blocks is not None and np.unique(blocks).size < 2):
         return None
+    seed_levels = 0 if blocks is None else np.unique(blocks).size // 2
+    if m // 2 < masks.shape[1] + MIN_RESIDUAL_DOF + seed_levels:
+        estimator = "difference"
     try:
-        return split_half_stability(masks, means, blocks=blocks)
+        return split_half_stability(masks, means, blocks=blocks, estimator=estimator)
     except ValueError:  # no split left enough groups estimable in both halves
         return None
 
@@ -232,7 +243,7 @@ class ClassInfluence:
     ) -> None:
         """Split-half stability, the explained share and the held-out LDS of the estimate."""
         masks, means, m = accumulator.masks, accumulator.model_means, accumulator.n_models
-        self.stability_ = model_stability(masks, means, blocks)
+        self.stability_ = model_stability(masks, means, blocks, self.estimate_.estimator)
         self.explained_ = explained_by_subsets(masks, means, blocks)
         # Held-out prediction of whole-model outputs; the fitting part must suit the estimator.
         held_out = max(3, m // 5)
@@ -253,6 +264,7 @@ class ClassInfluence:
     ) -> pd.DataFrame:
         col = 0 if column is None else column
         low, high = influence.ci(self.level)
+        ends_low, ends_high = influence.simultaneous_ci(self.level)
         q = influence.q_values() if q is None else q
         table = pd.DataFrame(
             {
@@ -264,6 +276,8 @@ class ClassInfluence:
                 "q_value": q[:, col],
                 "n_in": influence.n_in,
                 "n_out": influence.n_out,
+                "simultaneous_low": ends_low[:, col],
+                "simultaneous_high": ends_high[:, col],
             }
         )
         if column is not None:
@@ -349,7 +363,9 @@ class ClassInfluence:
         per_example = self.estimate_.per_example
         files = {
             "classes.csv": "one row per source group, most helpful first; influence, stderr and "
-            "the interval in the unit below; q_value: Benjamini-Hochberg over the groups",
+            "the interval in the unit below; q_value: Benjamini-Hochberg over the groups; "
+            "simultaneous_low/high: intervals that hold for all groups at once, so for the "
+            "ends as picked",
             "per_target_class.csv": "the same per (target class, source group); q-values over "
             "the whole table (every target class and source group at once)",
             "influence.npy": "K x n float32, rows in the order of run.json's groups",

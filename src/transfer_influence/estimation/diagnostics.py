@@ -62,6 +62,7 @@ class SplitHalf:
     bottom_overlap: float = math.nan
     k: int = 10
     groups: int = 0
+    estimator: str = "difference"  # what each half was estimated with
 
     @property
     def chance_overlap(self) -> float:
@@ -250,6 +251,7 @@ def split_half_stability(
         float(np.mean(bottoms)),
         k,
         groups,
+        estimator,
     )
 
 

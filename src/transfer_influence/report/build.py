@@ -293,7 +293,7 @@ class Report:
         return [
             {
                 "name": r.group + (" *" if r.q_value <= FLAG_LEVEL else ""),
-                "text": self._interval(r.influence, r.ci_low, r.ci_high),
+                "text": self._interval(r.influence, r.simultaneous_low, r.simultaneous_high),
             }
             for r in rows
         ]

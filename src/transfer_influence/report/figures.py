@@ -30,7 +30,8 @@ def _png(figure: plt.Figure) -> bytes:
 
 
 def class_bars(helpful: pd.DataFrame, harmful: pd.DataFrame, output: str, level: float) -> bytes:
-    """Most helpful and least helpful groups as horizontal bars with confidence intervals."""
+    """Most helpful and least helpful groups as horizontal bars with intervals that hold for
+    every group at once, as they must for groups picked at the ends."""
     _, unit = output_units(output)
     rows = pd.concat([helpful, harmful.iloc[::-1]], ignore_index=True)
     with plt.rc_context(_STYLE):
@@ -38,8 +39,8 @@ def class_bars(helpful: pd.DataFrame, harmful: pd.DataFrame, output: str, level:
         figure, axis = plt.subplots(figsize=(7.5, height))
         y = np.arange(len(rows))[::-1]
         values = rows["influence"].to_numpy()
-        low = (rows["influence"] - rows["ci_low"]).to_numpy()
-        high = (rows["ci_high"] - rows["influence"]).to_numpy()
+        low = (rows["influence"] - rows["simultaneous_low"]).to_numpy()
+        high = (rows["simultaneous_high"] - rows["influence"]).to_numpy()
         colours = [HELPFUL if v >= 0 else HARMFUL for v in values]
         axis.barh(y, values, color=colours, alpha=0.85, height=0.7)
         axis.errorbar(values, y, xerr=[low, high], fmt="none", ecolor="#333333", lw=1, capsize=2)
@@ -54,7 +55,7 @@ def class_bars(helpful: pd.DataFrame, harmful: pd.DataFrame, output: str, level:
             axis.axhline(y[len(helpful) - 1] - 0.5, color="#999999", lw=0.6, ls=":")
         axis.set_xlabel(
             f"influence on the target ({unit}), relative to the average class; "
-            f"{level:.0%} intervals; * q ≤ {FLAG_LEVEL:g}"
+            f"{level:.0%} intervals simultaneous over all classes; * q ≤ {FLAG_LEVEL:g}"
         )
         axis.set_title("Most helpful (top) and least helpful (bottom) source classes", loc="left")
         return _png(figure)

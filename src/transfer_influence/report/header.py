@@ -164,7 +164,8 @@ def answer_sentence(influence: ClassInfluence, shown: int = 5) -> str:
     for rows, verb in ((above, "more"), (below, "less")):
         if len(rows):
             named = [
-                f"{r.group} ({r.influence:+.2f} [{r.ci_low:+.2f}, {r.ci_high:+.2f}], "
+                f"{r.group} ({r.influence:+.2f} "
+                f"[{r.simultaneous_low:+.2f}, {r.simultaneous_high:+.2f}], "
                 f"q {q_text(r.q_value)})"
                 for r in rows.head(shown).itertuples()
             ]
@@ -176,7 +177,8 @@ def answer_sentence(influence: ClassInfluence, shown: int = 5) -> str:
         rest = len(table) - len(flagged)
         text = (
             f"Compared with the average source class, {', and '.join(parts)} "
-            f"({influence.unit_}, {influence.level:.0%} intervals). The other {rest} are not "
+            f"({influence.unit_}, {influence.level:.0%} intervals simultaneous over all "
+            f"{len(table)} classes). The other {rest} are not "
             "distinguishable from the average class yet."
         )
     else:
