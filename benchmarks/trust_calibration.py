@@ -16,22 +16,39 @@ training noise, on the tool's own fixed-size random subsets, alpha = 0.5).
     the regression gains about auto's margin and 1.5x): coverage of every class's plain
     interval by the difference, the regression, the old rule (the narrower of the two after
     seeing them) and auto (the regression only with a margin).
+(d) Would an independent run of the same size agree? Predicted against true agreement
+    (Spearman, top and bottom shares of end_size(K)) at the settings of (a), with the
+    difference in means; how often each 80% range holds the truth; how often the projected
+    models for Spearman 0.9 and 8 of 10 at each end are at least the oracle's (the size at
+    which the known effects give that agreement), and how often their range holds it.
+(e) `run configs/simulated.toml --set run.models=40 --until-stable top=8` (and top=9) over
+    run seeds: where it stops, against the oracle measured with pairs of independent runs of
+    the same simulated trainer on a grid of sizes.
 
-    python benchmarks/trust_calibration.py [--runs 400]
+    python benchmarks/trust_calibration.py [--runs 400] [--agreement-runs 40]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import math
+import tempfile
 import time
 import warnings
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
 from _common import save_result
-from transfer_influence import estimate_influence, make_jobs
+from transfer_influence import RunStore, estimate_influence, load_config, make_jobs
+from transfer_influence.cli import main as cli_main
 from transfer_influence.estimation import InfluenceWarning
+from transfer_influence.estimation.agreement import _agreement, independent_agreement
+from transfer_influence.estimation.diagnostics import end_size, overall_difference
+from transfer_influence.trainers.simulated import SimulatedTrainer
 
 NOISE = 3.5  # training noise of a model's mean output, against effects of sd 1
 
@@ -145,10 +162,141 @@ def estimator_choice(runs: int, seed: int, share: float) -> dict:
     }
 
 
+SIZES = 2.0 ** np.arange(-3, 13.5, 0.25)  # oracle run sizes, as multiples of m
+
+
+def true_agreement(theta: np.ndarray, n: float, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Expected agreement (Spearman, top share, bottom share) of two independent runs of n
+    models under the known effects: the difference in means' error is 2 sd(y) / sqrt(n)."""
+    groups = theta.size
+    variance = 0.25 * groups / (groups - 1) * ((theta - theta.mean()) ** 2).sum() + NOISE**2
+    error = 2.0 * math.sqrt(variance / n)
+    runs = truth(theta) + rng.normal(0.0, error, (2, 200, groups))
+    return _agreement(runs[0], runs[1], k)
+
+
+def _first(curve: np.ndarray, sizes: np.ndarray, goal: float) -> float:
+    above = np.flatnonzero(curve >= goal)
+    return float(sizes[above[0]]) if above.size else math.inf
+
+
+def _per_metric(values: list, how: Callable = np.mean) -> dict:
+    array = np.asarray(values, dtype=np.float64)
+    return {n: float(how(array[:, i])) for i, n in enumerate(("spearman", "top", "bottom"))}
+
+
+def agreement_calibration(runs: int, seed: int) -> list[dict]:
+    """Predicted against true agreement with an independent run of the same size, the
+    projected models against the oracle's, and how often each 80% range holds the truth."""
+    rows = []
+    for groups in (40, 100):
+        for m in (150, 600):
+            for shape in ("gaussian", "t3", "ties"):
+                rng = np.random.default_rng([seed, groups, m, len(shape), 7])
+                k = end_size(groups)
+                error, held, above, held_needed = [], [], [], []
+                for r in range(runs):
+                    theta = effects(shape, groups, rng)
+                    masks = masks_for(m, groups, seed * 100_000 + r)
+                    y = masks @ theta + rng.normal(0.0, NOISE, m)
+                    overall = estimate_influence(masks, y[:, None]).overall
+                    found = independent_agreement(
+                        overall.values[:, 0], overall.stderr[:, 0], m, k, seed=r
+                    )
+                    at_m = true_agreement(theta, m, k, rng)
+                    curve = np.array([true_agreement(theta, n, k, rng) for n in SIZES * m])
+                    row_error, row_held, row_above, row_needed = [], [], [], []
+                    for i, name in enumerate(("spearman", "top", "bottom")):
+                        low, high = found.ranges[name]
+                        oracle = _first(curve[:, i], SIZES * m, found.targets[name])
+                        point, n_low, n_high = found.needed[name]
+                        row_error.append(found.expected[name] - at_m[i])
+                        row_held.append(low <= at_m[i] <= high)
+                        row_above.append(point >= oracle)
+                        row_needed.append(n_low <= oracle <= n_high)
+                    error.append(row_error)
+                    held.append(row_held)
+                    above.append(row_above)
+                    held_needed.append(row_needed)
+                rows.append(
+                    {
+                        "groups": groups,
+                        "models": m,
+                        "shape": shape,
+                        "bias": _per_metric(error),
+                        "error_sd": _per_metric(error, np.std),
+                        "range_holds_truth": _per_metric(held),
+                        "projection_at_least_oracle": _per_metric(above),
+                        "projection_range_holds_oracle": _per_metric(held_needed),
+                    }
+                )
+                print(rows[-1], flush=True)
+    return rows
+
+
+def _simulated_means(trainer: SimulatedTrainer, models: int, seed: int) -> tuple:
+    jobs = make_jobs(range(models), trainer.groups, 0.5, base_seed=seed)
+    labels = trainer.describe().targets[0].labels
+    means = []
+    for result in trainer.train(jobs):
+        logits = result.logits["sim/fixed_feature"].astype(np.float64)
+        logits -= logits.max(axis=1, keepdims=True)
+        p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+        means.append(p[np.arange(labels.size), labels].mean())
+    return np.stack([j.mask for j in jobs]), np.array(means)
+
+
+def until_stable(seeds: int, pairs: int) -> dict:
+    """`run configs/simulated.toml --until-stable top=8` over run seeds: where it stops,
+    against the oracle (the size at which two independent runs of the same trainer share 8
+    of their top 10 on average, measured with pairs of runs on a grid of sizes)."""
+    config = Path(__file__).resolve().parents[1] / "configs" / "simulated.toml"
+    params = load_config(config).trainer.params
+    trainer = SimulatedTrainer(**{**params, "modes": ["fixed_feature"]})
+    k = end_size(trainer.groups)
+    sizes = (20 * 2.0 ** np.arange(0, 9.5, 0.5)).astype(int)
+    curve = []
+    for n in sizes:
+        shared = []
+        for p in range(pairs):
+            a = overall_difference(*_simulated_means(trainer, n, 1000 + 2 * p))
+            b = overall_difference(*_simulated_means(trainer, n, 1001 + 2 * p))
+            shared.append(np.intersect1d(np.argsort(-a)[:k], np.argsort(-b)[:k]).size / k)
+        curve.append(float(np.mean(shared)))
+        print("oracle", n, curve[-1], flush=True)
+    result: dict = {"oracle_sizes": sizes.tolist(), "oracle_top_share": curve, "targets": {}}
+    for top in (8, 9):
+        # Shares measured on a grid are noisy: smooth over neighbouring sizes first.
+        smooth = np.convolve(np.pad(curve, 1, mode="edge"), np.ones(3) / 3, mode="valid")
+        oracle = _first(smooth, sizes, top / k)
+        stops = []
+        with tempfile.TemporaryDirectory() as folder:
+            for s in range(seeds):
+                run = Path(folder) / f"run{s}"
+                argv = ["run", str(config), "--run-dir", str(run), "--quiet", "--set"]
+                argv += [f"run.seed={s}", "--set", "run.models=40", "--until-stable"]
+                argv += [f"top={top}", "--max-models", "20000"]
+                with contextlib.redirect_stdout(io.StringIO()) as said:
+                    code = cli_main(argv)
+                met = "target met" in said.getvalue()
+                stops.append({"code": code, "models": RunStore(run).planned_models, "met": met})
+                print(top, stops[-1], flush=True)
+        ratio = np.array([s["models"] for s in stops], dtype=np.float64) / oracle
+        result["targets"][f"top={top}"] = {
+            "oracle_models": oracle,
+            "stops": stops,
+            "median_stop_over_oracle": float(np.median(ratio)),
+            "within_1_5x_of_oracle": float(np.mean((ratio <= 1.5) & (ratio >= 1 / 1.5))),
+        }
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=400)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--agreement-runs", type=int, default=40)
+    parser.add_argument("--stable-seeds", type=int, default=10)
     args = parser.parse_args()
     started = time.perf_counter()
     result = {
@@ -161,6 +309,8 @@ def main() -> None:
             estimator_choice(args.runs, args.seed + 2, share) for share in (2 / 3, 0.73, 0.78)
         ],
     }
+    result["agreement"] = agreement_calibration(args.agreement_runs, args.seed + 3)
+    result["until_stable"] = until_stable(args.stable_seeds, pairs=20)
     result["seconds"] = round(time.perf_counter() - started, 1)
     print(result["null_per_target_class"], *result["estimator_choice"], sep="\n")
     print(save_result("trust_calibration", result))

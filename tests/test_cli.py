@@ -214,54 +214,70 @@ def test_run_until_stable_grows_the_run_until_the_target_or_budget(make_config, 
     config.write_text(config.read_text() + "effect_scale = 0.3\nactive = 1.0\n")
     run_dir = tmp_path / "run"
     code, out, err = cli(
-        "run",
-        config,
-        "--run-dir",
-        run_dir,
-        "--quiet",
-        "--until-stable",
-        "0.6",
-        "--max-models",
-        "200",
-    )
+        "run", config, "--run-dir", run_dir, "--quiet",
+        "--until-stable", "spearman=0.6", "--max-models", "400",
+    )  # fmt: skip
     assert code == 0, err
-    lines = [line for line in out.splitlines() if "split-half rank stability" in line]
-    assert lines and float(lines[-1].split("stability ")[1].split()[0]) >= 0.6
+    lines = [line for line in out.splitlines() if "would agree on Spearman" in line]
+    assert lines and float(lines[-1].split("Spearman ")[1].split(",")[0]) >= 0.6
+    assert "target met" in out
     planned = RunStore(run_dir).planned_models
-    assert 16 < planned < 200 and not RunStore(run_dir).missing_chunks()  # target reached
+    assert 16 < planned < 400 and not RunStore(run_dir).missing_chunks()
     code, out, _ = cli(
-        "run", run_dir, "--quiet", "--until-stable", "0.999", "--max-models", str(planned + 8)
+        "run", run_dir, "--quiet", "--until-stable", "0.99", "--max-models", str(planned + 8)
     )
-    assert code == 0 and RunStore(run_dir).planned_models == planned + 8  # the budget stops it
+    assert code == 0 and RunStore(run_dir).planned_models <= planned + 8  # the budget stops it
+    assert "beyond budget" in out or RunStore(run_dir).planned_models == planned + 8
 
 
-def test_until_stable_grows_by_the_projection_and_doubles_without_one():
-    """Halves that do not agree (Spearman <= 0) give no projection: the run doubles (this
-    crashed on a NaN before). A projection is followed, at least a chunk and at most double."""
-    from transfer_influence.estimation.diagnostics import SplitHalf
-    from transfer_influence.experiments.growth import grown_models
-    from transfer_influence.words import projection_words
+def test_until_stable_targets_are_read_as_printed_and_refused_in_one_line(cli, tmp_path):
+    from transfer_influence.experiments.growth import grown_models, parse_stability_targets
 
-    disagree = SplitHalf(spearman=-0.1, spread=0.2, splits=50, models=40)
-    assert grown_models(disagree, 0.9, 40, 8, 1000) == 80
-    assert grown_models(disagree, 0.9, 40, 8, 60) == 60  # the budget
-    assert projection_words(disagree, 0.9) == (
-        "no projection to Spearman 0.9 while the halves agree no more than chance"
-    )
-    agree = SplitHalf(spearman=0.5, spread=0.1, splits=50, models=40)  # 9x the models for 0.9
-    assert projection_words(agree, 0.9) == "about 360 models would give Spearman 0.9"
-    assert grown_models(agree, 0.9, 40, 8, 1000) == 80
-    assert grown_models(agree, 0.6, 40, 8, 1000) == 60  # 1.5x the models for 0.6
-    assert grown_models(SplitHalf(0.89, 0.1, 50, 40), 0.9, 40, 8, 1000) == 48  # a chunk more
+    assert parse_stability_targets("top=8,bottom=8", 40) == {"top": 0.8, "bottom": 0.8}
+    assert parse_stability_targets("0.9", 40) == {"spearman": 0.9}
+    assert parse_stability_targets("top=2", 12) == {"top": 2 / 3}  # 3 read at each end of 12
+    for bad, message in [
+        ("top=11", "whole number from 1 to 10"),
+        ("spearman=1.5", "between 0 and 1"),
+        ("middle=3", "is not top=N"),
+        ("top=8.5", "whole number"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            parse_stability_targets(bad, 40)
+    assert grown_models(360.0, 40, 8, 1000) == 80  # at most double, then measure again
+    assert grown_models(60.0, 40, 8, 1000) == 60
+    assert grown_models(41.0, 40, 8, 1000) == 48  # at least a chunk more
+    assert grown_models(float("inf"), 40, 8, 60) == 60  # within the budget
+
+
+def test_until_stable_says_when_the_target_is_out_of_reach(make_config, cli, tmp_path):
+    """Most groups have no effect at all (active = 0.25): their order is chance at any size,
+    so the bottom 3 of 12 cannot repeat; the run stops and says why, far below the budget."""
+    config = make_config(models=48, chunk_size=16, groups=12)
+    config.write_text(config.read_text() + "effect_scale = 0.3\nactive = 0.25\n")
+    code, out, err = cli(
+        "run", config, "--run-dir", tmp_path / "run", "--quiet",
+        "--until-stable", "bottom=3", "--max-models", "100000",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "stopped: the target is out of reach" in out or "beyond budget" in out, out
+    assert RunStore(tmp_path / "run").planned_models < 20000
 
 
 def test_estimate_reports_lds_and_stability(make_config, cli, tmp_path):
     run_dir = tmp_path / "run"
     cli("run", make_config(models=40), "--run-dir", run_dir, "--quiet")
     code, out, _ = cli("estimate", run_dir)
-    assert code == 0 and "held-out LDS" in out and "Whole ranking: split-half Spearman" in out
-    assert "of their top 3 (0.8 by chance)" in out and "of their bottom 3" in out
+    assert code == 0 and "held-out LDS" in out and "Whole ranking: Spearman about" in out
+    assert "an independent run of 40 models would share about" in out
+    assert "of this top 3 (80% range" in out and "0.8 by chance" in out
+    assert "the halves share" in out and "of their bottom 3 (0.8 by chance)" in out
     summary = json.loads((run_dir / "influence" / "summary.json").read_text())
+    agreement = summary["agreement"]
+    assert agreement["models"] == 40 and agreement["k"] == 3
+    for metric in ("spearman", "top", "bottom"):
+        low, high = agreement["ranges"][metric]
+        assert low <= high and -1 <= agreement["expected"][metric] <= 1
     stability = summary["stability"]
     assert -1 <= summary["lds"] <= 1 and -1 <= stability["spearman"] <= 1
     assert 0 <= stability["bottom_overlap"] <= 1 and stability["chance_overlap"] == 3 / 12
@@ -426,10 +442,15 @@ def test_the_api_reads_the_ends_as_the_console_prints_them(make_config, cli, tmp
     run = tmp_path / "run"
     assert cli("run", make_config(models=60), "--run-dir", run, "--quiet")[0] == 0
     code, out, _ = cli("estimate", run)
-    stability = ClassInfluence().fit(RunStore(run)).stability_
+    fitted = ClassInfluence().fit(RunStore(run))
+    stability, agreement = fitted.stability_, fitted.agreement_
     k = stability.k
-    assert f"share {stability.top_shared:.1f} of their top {k}" in out
-    assert f"share {stability.bottom_shared:.1f} of their bottom {k}" in out
+    assert f"share {stability.top_shared:.1f} of their top and " in out
+    assert f"{stability.bottom_shared:.1f} of their bottom {k}" in out
+    for end in ("top", "bottom"):
+        shared = agreement.expected[end] * agreement.k
+        assert f"would share about {shared:.1f} of this {end} {k}" in out
+    assert f"Spearman about {agreement.expected['spearman']:.2f}" in out
     assert "regression estimator" in out or "difference estimator" in out
 
 

@@ -99,3 +99,64 @@ def test_stability_describes_the_estimator_whose_ranking_is_shown():
     assert model_stability(masks, y, None, "difference").estimator == "difference"
     # Halves too small for the regression: the difference in means, and it says so.
     assert model_stability(masks[:50], y[:50], None, "regression").estimator == "difference"
+
+
+def test_an_independent_run_of_the_same_size_is_predicted_to_agree_as_it_does():
+    """Gaussian effects, K = 40, m = 300: the predicted agreement with an independent run of
+    the same size against the measured agreement of independent runs (8 pairs each) over 5
+    runs; benchmarks/trust_calibration.py measures the bias at more settings (within 0.05)."""
+    from transfer_influence.estimation.agreement import independent_agreement
+    from transfer_influence.estimation.diagnostics import overall_difference
+
+    rng = np.random.default_rng(5)
+    errors = []
+    for run in range(5):
+        theta = rng.normal(0.0, 1.0, 40)
+
+        def one(seed: int, theta: np.ndarray = theta) -> tuple[np.ndarray, np.ndarray]:
+            masks = _masks(300, 40, seed)
+            return masks, masks @ theta + rng.normal(0.0, 3.5, 300)
+
+        masks, y = one(1000 * run)
+        overall = estimate_influence(masks, y[:, None]).overall
+        found = independent_agreement(
+            overall.values[:, 0], overall.stderr[:, 0], 300, 10, bootstrap=8
+        )
+        measured = []
+        for pair in range(8):
+            a = overall_difference(*one(1000 * run + 2 * pair + 1))
+            b = overall_difference(*one(1000 * run + 2 * pair + 2))
+            top = np.intersect1d(np.argsort(-a)[:10], np.argsort(-b)[:10]).size / 10
+            measured.append(
+                [np.corrcoef(np.argsort(np.argsort(a)), np.argsort(np.argsort(b)))[0, 1], top]
+            )
+        measured = np.mean(measured, axis=0)
+        errors.append(
+            [found.expected["spearman"] - measured[0], found.expected["top"] - measured[1]]
+        )
+        for name in ("spearman", "top", "bottom"):
+            low, high = found.ranges[name]
+            assert low <= found.expected[name] + 0.05 and found.expected[name] - 0.05 <= high
+            point, n_low, n_high = found.needed[name]
+            reached = found.expected[name] >= found.targets[name]
+            assert n_low <= n_high and (point <= 300) == reached
+    bias = np.mean(errors, axis=0)
+    assert abs(bias[0]) < 0.06 and abs(bias[1]) < 0.08, bias
+
+
+def test_the_agreement_is_saved_and_read_back_whole():
+    from transfer_influence.estimation.agreement import Agreement
+
+    agreement = Agreement(
+        models=100, groups=40, k=10,
+        expected={"spearman": 0.5, "top": 0.6, "bottom": 0.3},
+        ranges={"spearman": (0.4, 0.6), "top": (0.5, 0.7), "bottom": (0.2, 0.4)},
+        targets={"spearman": 0.9, "top": 0.8, "bottom": 0.8},
+        needed={"spearman": (900.0, 600.0, 1500.0), "top": (300.0, 200.0, 500.0),
+                "bottom": (math.inf, 3000.0, math.inf)},
+        ceiling={"spearman": 0.99, "top": 0.95, "bottom": 0.7},
+    )  # fmt: skip
+    import json
+
+    record = json.loads(json.dumps(agreement.to_record(), allow_nan=False))
+    assert Agreement.from_record(record) == agreement

@@ -5,17 +5,21 @@ from __future__ import annotations
 
 import math
 
+from .estimation.agreement import Agreement
 from .estimation.classes import RELATIVE_NOTE
 from .estimation.diagnostics import SplitHalf
 from .estimation.significance import FLAG_LEVEL
 
 __all__ = [
     "BELOW_AVERAGE",
+    "agreement_sentences",
+    "agreement_end_words",
     "RELATIVE_NOTE",
     "SHARED_SEED_CAVEAT",
     "ends_note",
     "explained_sentence",
     "flagged_sentence",
+    "growth_words",
     "overlap_projection",
     "overlap_words",
     "projection_words",
@@ -124,3 +128,58 @@ def _needed_words(needed: float, target: str) -> str:
         return f"no projection to {target} while the halves agree no more than chance"
     digits = max(len(str(int(needed))) - 2, 0)  # a projection is rough: two figures
     return f"about {round(needed, -digits):,.0f} models would give {target}"
+
+
+def _rough(models: float) -> str:
+    digits = max(len(str(int(models))) - 2, 0)  # a projection is rough: two figures
+    return f"{round(models, -digits):,.0f}"
+
+
+def _needed_range_words(agreement: Agreement, metric: str, wanted: str) -> str:
+    point, low, high = agreement.needed[metric]
+    if not math.isfinite(point):
+        return f"no number of models is projected to give {wanted}"
+    if point <= agreement.models:
+        return f"it gives {wanted} already"
+    upper = "out of reach" if not math.isfinite(high) else _rough(high)
+    return f"about {_rough(point)} models would give {wanted} (80% range {_rough(low)} to {upper})"
+
+
+def agreement_end_words(agreement: Agreement, end: str) -> str:
+    """What an independent run of this size would share of one end ("top" or "bottom")."""
+    k = agreement.k
+    low, high = agreement.ranges[end]
+    wanted = f"{round(agreement.targets[end] * k)} of {k}"
+    return (
+        f"an independent run of {agreement.models:,} models would share about "
+        f"{agreement.expected[end] * k:.1f} of this {end} {k} (80% range {low * k:.1f} to "
+        f"{high * k:.1f}; {agreement.chance_share * k:.1f} by chance); "
+        f"{_needed_range_words(agreement, end, wanted)}"
+    )
+
+
+def agreement_sentences(agreement: Agreement) -> list[str]:
+    """Would an independent run of this size agree, at both ends and overall, in words."""
+    low, high = agreement.ranges["spearman"]
+    target = agreement.targets["spearman"]
+    return [
+        f"Top: {agreement_end_words(agreement, 'top')}.",
+        f"Bottom: {agreement_end_words(agreement, 'bottom')}.",
+        f"Whole ranking: Spearman about {agreement.expected['spearman']:.2f} with an "
+        f"independent run (80% range {low:.2f} to {high:.2f}); "
+        f"{_needed_range_words(agreement, 'spearman', f'Spearman {target:g}')}.",
+    ]
+
+
+def growth_words(agreement: Agreement, targets: dict[str, float]) -> str:
+    """One round of growing a run: each target's expected agreement and projection."""
+    k = agreement.k
+    parts = []
+    for name, goal in targets.items():
+        if name == "spearman":
+            have, want = f"Spearman {agreement.expected[name]:.2f}", f"Spearman {goal:g}"
+        else:
+            have = f"{name} {agreement.expected[name] * k:.1f} of {k}"
+            want = f"{round(goal * k)} of {k}"
+        parts.append(f"{have}, {_needed_range_words(agreement, name, want)}")
+    return "an independent run of this size would agree on " + "; ".join(parts)

@@ -20,10 +20,10 @@ from .. import __version__
 from ..config import Config, ConfigError, apply_overrides, load_config
 from ..engines import work
 from ..estimation import ESTIMATORS, ClassInfluence
+from ..estimation.agreement import Agreement
 from ..estimation.classes import LDS_SPLITS
-from ..estimation.diagnostics import SplitHalf
 from ..experiments.demo import run_demo
-from ..experiments.growth import grow_until_stable
+from ..experiments.growth import grow_until_stable, parse_stability_targets
 from ..store import CorruptFileError, RecordError, RunError, RunStore
 from ..store.importing import export_file, record_file
 from ..store.status import duration, run_status
@@ -32,10 +32,11 @@ from ..words import (
     BELOW_AVERAGE,
     RELATIVE_NOTE,
     SHARED_SEED_CAVEAT,
+    agreement_sentences,
     ends_note,
     explained_sentence,
     flagged_sentence,
-    projection_words,
+    growth_words,
     q_text,
     split_half_method,
     stability_sentences,
@@ -77,10 +78,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--until-stable",
-        type=float,
-        metavar="R",
-        help="keep adding models until the split-half rank stability of the "
-        "overall class ranking reaches R (e.g. 0.9) or --max-models",
+        metavar="TARGETS",
+        help="keep adding models until an independent run of the same size is expected to "
+        "agree as asked, e.g. top=8,bottom=8 (of the 10 classes read at each end) or "
+        "spearman=0.9, or until --max-models; stops early, saying why, when the projection "
+        "is out of reach or beyond the budget",
     )
     run.add_argument("--max-models", type=count, help="model budget for --until-stable")
     add_engine_arguments(run)
@@ -201,20 +203,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
     task = trainer.describe()
     if args.dry_run:
         return _dry_run(run_dir, config, trainer, args.workers or 1)
+    targets = (
+        parse_stability_targets(args.until_stable, len(task.groups)) if args.until_stable else {}
+    )
     store = RunStore.open_or_create(run_dir, config, task, text)
     engine = engine_from_args(args, trainer)
-    if args.until_stable:
+    if targets:
 
-        def said(stability: SplitHalf) -> None:
-            print(
-                f"{stability.models} models: split-half rank stability {stability.spearman:.2f} "
-                f"(target {args.until_stable}: {projection_words(stability, args.until_stable)})"
-            )
+        def said(agreement: Agreement) -> None:
+            print(f"{agreement.models:,} models: {growth_words(agreement, targets)}")
 
-        grow_until_stable(
-            store, engine, args.until_stable, max_models=args.max_models,
+        growth = grow_until_stable(
+            store, engine, targets, max_models=args.max_models,
             time_limit=args.time_limit, progress=not args.quiet, on_round=said,
         )  # fmt: skip
+        if growth.reason in ("out of reach", "beyond budget"):
+            print(f"stopped: the target is {growth.reason}; {growth.detail}")
+        elif growth.reason == "met":
+            print("target met")
     else:
         engine.run(store, args.time_limit, not args.quiet)
     missing = sum(c.size for c in store.missing_chunks())
@@ -329,16 +335,28 @@ def print_estimate(model: ClassInfluence, top: int) -> None:
             )
     print(f"\n{flagged_sentence(*model.flagged(), len(table))}")
     print(RELATIVE_NOTE.replace("`", ""))
-    if model.stability_ is not None:
-        splits = model.stability_.splits
+    if model.agreement_ is not None:
+        print("\nwould an independent run of this size agree? (from the estimates and errors)")
+        for sentence in agreement_sentences(model.agreement_):
+            print(f"  {sentence}")
+    stability = model.stability_
+    if stability is not None:
         per_chunk = model.seeds_ == "chunk"
         halves = "random halves of whole chunks" if per_chunk else "random halves"
-        how = f"{split_half_method(per_chunk, model.stability_.estimator)}, {splits} {halves}"
-        print(f"\nstability ({how}):")
-        for sentence in stability_sentences(model.stability_):
-            print(f"  {sentence}")
-        if model.seeds_ == "run":
-            print(f"  {SHARED_SEED_CAVEAT}")
+        how = f"{split_half_method(per_chunk, stability.estimator)}, {stability.splits} {halves}"
+        print(f"\nsplit-half stability, measured ({how} of about {stability.models // 2}):")
+        if model.agreement_ is not None:
+            print(
+                f"  the halves share {stability.top_shared:.1f} of their top and "
+                f"{stability.bottom_shared:.1f} of their bottom {stability.k} "
+                f"({stability.chance_overlap * stability.k:.1f} by chance); "
+                f"Spearman {stability.spearman:.2f}."
+            )
+        else:
+            for sentence in stability_sentences(stability):
+                print(f"  {sentence}")
+    if stability is not None and model.seeds_ == "run":
+        print(f"  {SHARED_SEED_CAVEAT}")
     if model.lds_ is not None:
         print(
             f"\nheld-out LDS ({model.estimate_.estimator}, a fifth of the models held out, "

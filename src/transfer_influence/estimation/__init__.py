@@ -5,6 +5,7 @@
 - :mod:`.regression`, :mod:`.rounds`, :mod:`.centring`: its parts;
 - :mod:`.significance`: p- and q-values of the estimates (selection over groups);
 - :mod:`.diagnostics`: how far to trust a ranking (split-half stability, LDS, explained share);
+- :mod:`.agreement`: would an independent run of a size agree (empirical Bayes, calibrated);
 - :mod:`.classes` and :mod:`.source_examples`: the facades that stream a run's chunks through
   it, for class-level and example-level runs.
 """
@@ -17,7 +18,7 @@ from .accumulator import (
     InfluenceWarning,
     estimate_influence,
 )
-from .classes import ClassInfluence, run_stability
+from .classes import ClassInfluence, run_agreement
 from .source_examples import ExampleInfluence
 
 __all__ = [
@@ -29,5 +30,5 @@ __all__ = [
     "InfluenceEstimate",
     "InfluenceWarning",
     "estimate_influence",
-    "run_stability",
+    "run_agreement",
 ]

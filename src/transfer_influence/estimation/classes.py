@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
-import math
 import time
 import warnings
 from pathlib import Path
@@ -34,15 +34,17 @@ from .accumulator import (
     InfluenceEstimate,
     InfluenceWarning,
 )
+from .agreement import Agreement, independent_agreement
 from .diagnostics import (
     SplitHalf,
+    end_size,
     explained_by_subsets,
     linear_datamodeling_score,
     split_half_stability,
 )
 from .significance import FLAG_LEVEL
 
-__all__ = ["ClassInfluence", "model_stability", "run_stability", "seed_blocks"]
+__all__ = ["ClassInfluence", "model_stability", "run_agreement", "seed_blocks"]
 
 # What every class-level number means, said wherever it is shown or saved (summary.json):
 # holding class k in a fixed-size subset means leaving out another class.
@@ -54,20 +56,23 @@ RELATIVE_NOTE = (
 LDS_SPLITS = 50  # random fifths held out; the score's spread over them is ~0.1 at m = 150
 
 
-def run_stability(
-    store: RunStore, target: str | None = None, mode: str | None = None, output: str = "p_correct"
-) -> SplitHalf | None:
-    """Split-half stability of a run's overall class ranking (difference in means, or
-    slopes within chunks where seeds are per chunk), or None while there are too few models
-    to measure it."""
-    key = store.resolve_key(target, mode)
-    masks, means = [], []
-    for chunk in store.iter_outputs(key, output):
-        masks.append(chunk.masks)
-        means.append(chunk.values.mean(axis=1, dtype=np.float64))
-    if not masks:
-        raise RunError(f"{store.root} has no finished models yet")
-    return model_stability(np.concatenate(masks), np.concatenate(means), seed_blocks(store, masks))
+def run_agreement(
+    store: RunStore, targets: dict[str, float] | None = None, output: str = "p_correct"
+) -> Agreement | None:
+    """Would an independent run of this run's size agree on its overall class ranking (its
+    first target and mode), and how many models would each of ``targets`` need
+    (:func:`.agreement.independent_agreement`); None while too few classes have estimates."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InfluenceWarning)
+        model = ClassInfluence(output=output, diagnostics=False).fit(store)
+    overall = model.estimate_.overall
+    k = end_size(len(model.groups_))
+    try:
+        return independent_agreement(
+            overall.values[:, 0], overall.stderr[:, 0], model.n_models_, k, targets
+        )
+    except ValueError:
+        return None
 
 
 def model_stability(
@@ -112,7 +117,8 @@ class ClassInfluence:
     table, q-values over the whole table), ``n_models_`` and ``n_excluded_`` (unhealthy models
     left out), ``damaged_chunks_`` (chunks found damaged, moved aside and left out),
     ``example_ids_`` and ``example_labels_`` (the target examples, in the order of the
-    per-example columns); how far to trust it: ``stability_`` (:class:`SplitHalf` or
+    per-example columns); how far to trust it: ``agreement_`` (:class:`Agreement`: would an
+    independent run of this size agree?), ``stability_`` (:class:`SplitHalf` or
     None), ``lds_``, ``explained_`` and, for reading those, ``seeds_`` (the run's
     ``run.seeds``: "model", "chunk" or "run").
 
@@ -200,6 +206,7 @@ class ClassInfluence:
             warnings.simplefilter("always", InfluenceWarning)
             self.estimate_: InfluenceEstimate = accumulator.result(self.estimator)
         self.stability_: SplitHalf | None = None
+        self.agreement_: Agreement | None = None
         self.explained_: float | None = None
         self.lds_: float | None = None
         if self.diagnostics:
@@ -244,6 +251,11 @@ class ClassInfluence:
         """Split-half stability, the explained share and the held-out LDS of the estimate."""
         masks, means, m = accumulator.masks, accumulator.model_means, accumulator.n_models
         self.stability_ = model_stability(masks, means, blocks, self.estimate_.estimator)
+        overall = self.estimate_.overall
+        with contextlib.suppress(ValueError):  # too few groups with estimates to compare
+            self.agreement_ = independent_agreement(
+                overall.values[:, 0], overall.stderr[:, 0], m, end_size(groups)
+            )
         self.explained_ = explained_by_subsets(masks, means, blocks)
         # Held-out prediction of whole-model outputs; the fitting part must suit the estimator.
         held_out = max(3, m // 5)
@@ -306,8 +318,12 @@ class ClassInfluence:
             diagnostics = summary.get("diagnostics")
             if self.diagnostics and diagnostics is None:
                 return False  # saved without the diagnostics asked for now
+            if diagnostics is not None and "agreement" not in diagnostics:
+                return False  # saved before the agreement was estimated
             stability = diagnostics["stability"] if diagnostics else None
             self.stability_ = None if stability is None else SplitHalf(**stability)
+            agreement = diagnostics["agreement"] if diagnostics else None
+            self.agreement_ = None if agreement is None else Agreement.from_record(agreement)
             self.explained_ = diagnostics["explained"] if diagnostics else None
             self.lds_ = diagnostics["lds"] if diagnostics else None
             saved = read_arrays(folder / "estimate.npz")
@@ -412,6 +428,7 @@ class ClassInfluence:
             },
             "ci_excludes_zero": int(((defined.ci_low > 0) | (defined.ci_high < 0)).sum()),
             "ci_excludes_zero_by_chance": round((1 - self.level) * len(defined), 1),
+            "agreement": None if self.agreement_ is None else self.agreement_.to_record(),
             "stability": _stability_summary(self.stability_, self.seeds_ == "run"),
             "seeds": self.seeds_,
             "lds": self.lds_,
@@ -423,7 +440,7 @@ class ClassInfluence:
         # had them: a query on the same chunks reads these instead of fitting again.
         summary["made_from"] = getattr(self, "made_from_", None)
         summary["diagnostics"] = (
-            _diagnostics_record(self.stability_, self.explained_, self.lds_)
+            _diagnostics_record(self.stability_, self.agreement_, self.explained_, self.lds_)
             if self.diagnostics
             else None
         )
@@ -449,11 +466,18 @@ class ClassInfluence:
 
 
 def _diagnostics_record(
-    stability: SplitHalf | None, explained: float | None, lds: float | None
+    stability: SplitHalf | None,
+    agreement: Agreement | None,
+    explained: float | None,
+    lds: float | None,
 ) -> dict:
     """The diagnostics as fitted, for a later query on the same chunks to read back."""
-    fields = None if stability is None else dataclasses.asdict(stability)
-    return {"stability": fields, "explained": explained, "lds": lds}
+    return {
+        "stability": None if stability is None else dataclasses.asdict(stability),
+        "agreement": None if agreement is None else agreement.to_record(),
+        "explained": explained,
+        "lds": lds,
+    }
 
 
 def _stability_summary(stability: SplitHalf | None, shared_seed: bool) -> dict | None:
@@ -468,13 +492,5 @@ def _stability_summary(stability: SplitHalf | None, shared_seed: bool) -> dict |
         "models": stability.models,
         "splits": stability.splits,
         "within_one_seed": shared_seed,
-        "models_needed": {
-            "spearman_0.9": _finite(stability.models_needed(0.9)),
-            "top_overlap_0.8": _finite(stability.overlap_models_needed("top", 0.8)),
-            "bottom_overlap_0.8": _finite(stability.overlap_models_needed("bottom", 0.8)),
-        },
+        "estimator": stability.estimator,
     }
-
-
-def _finite(value: float) -> float | None:
-    return value if math.isfinite(value) else None

@@ -80,7 +80,9 @@ class SplitHalf:
         return self.bottom_overlap * self.k
 
     def models_needed(self, target: float = 0.9) -> float:
-        """Models for the split-half correlation to reach ``target`` (Spearman-Brown).
+        """Models for the split-half correlation to reach ``target`` (Spearman-Brown): the
+        size whose *halves* agree so, which is twice what a run needs for an independent run
+        of its own size to agree so (:mod:`.agreement` answers that question).
 
         The correlation r was measured at m/2 models per half; k times more models per half
         gives k r / (1 + (k - 1) r).
@@ -97,8 +99,8 @@ class SplitHalf:
             return math.nan
         if measured >= target:
             return float(self.models)
-        reliability = _reliability_for_overlap(measured, self.groups, self.k)
-        wanted = _reliability_for_overlap(target, self.groups, self.k)
+        reliability = reliability_for_overlap(measured, self.groups, self.k)
+        wanted = reliability_for_overlap(target, self.groups, self.k)
         return _spearman_brown(reliability, wanted, self.models)
 
 
@@ -129,7 +131,7 @@ def _gaussian_draws(draws: int, groups: int) -> tuple[np.ndarray, np.ndarray]:
     return rng.standard_normal((draws, groups)), rng.standard_normal((2, draws, groups))
 
 
-def _reliability_for_overlap(overlap: float, groups: int, k: int) -> float:
+def reliability_for_overlap(overlap: float, groups: int, k: int) -> float:
     """The reliability at which :func:`expected_overlap` reaches ``overlap`` (bisection)."""
     low, high = 0.0, 1.0
     if overlap <= expected_overlap(0.0, groups, k):

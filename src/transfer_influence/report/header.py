@@ -15,9 +15,9 @@ from ..trainers.protocol import parse_key
 from ..words import (
     RELATIVE_NOTE,
     SHARED_SEED_CAVEAT,
+    agreement_end_words,
     explained_sentence,
     flagged_sentence,
-    overlap_projection,
     q_text,
 )
 
@@ -121,10 +121,22 @@ def run_facts(store: RunStore, influence: ClassInfluence) -> list[tuple[str, str
             f"{np.median(seconds):.2f} s (median)" if seconds.size else "not recorded",
         ),
     ]
+    agreement = influence.agreement_
+    if agreement is not None:
+        k = agreement.k
+        facts.append(
+            (
+                f"An independent run of {agreement.models:,} models would share",
+                f"about {agreement.expected['top'] * k:.1f} of the top {k}, "
+                f"{agreement.expected['bottom'] * k:.1f} of the bottom {k} (chance "
+                f"{agreement.chance_share * k:.1f}); Spearman "
+                f"{agreement.expected['spearman']:.2f}",
+            )
+        )
     stability = influence.stability_
     facts.append(
         (
-            "Split-half stability",
+            "Split-half stability (measured)",
             f"top {stability.k} shared {stability.top_overlap * stability.k:.1f}, bottom "
             f"{stability.bottom_overlap * stability.k:.1f} (chance "
             f"{stability.chance_overlap * stability.k:.1f}); Spearman {stability.spearman:.2f}"
@@ -183,14 +195,10 @@ def answer_sentence(influence: ClassInfluence, shown: int = 5) -> str:
         )
     else:
         text = "No source class is distinguishable from the average class yet."
-    stability = influence.stability_
-    if stability is not None and stability.bottom_overlap < 0.8:
-        needed = overlap_projection(stability, "bottom")
-        text += (
-            f" The bottom of the list is not yet stable: two halves of the models share "
-            f"{stability.bottom_overlap * stability.k:.1f} of their bottom {stability.k} "
-            f"({stability.chance_overlap * stability.k:.1f} by chance); {needed}."
-        )
+    agreement = influence.agreement_
+    if agreement is not None and agreement.expected["bottom"] < agreement.targets["bottom"]:
+        bottom = agreement_end_words(agreement, "bottom")
+        text += f" The bottom of the list is not yet stable: {bottom}."
     return text
 
 
@@ -198,21 +206,16 @@ def trust_sentence(influence: ClassInfluence) -> str:
     """One paragraph that says how far the rankings below can be trusted."""
     table = influence.classes_.dropna(subset=["influence"])
     parts = [flagged_sentence(*influence.flagged(), len(table))]
-    stability = influence.stability_
-    if stability is not None:
-        parts.append(
-            f"Two random halves of the models share {stability.top_overlap * stability.k:.1f} "
-            f"of their top {stability.k} and {stability.bottom_overlap * stability.k:.1f} of "
-            f"their bottom {stability.k} ({stability.chance_overlap * stability.k:.1f} by "
-            f"chance); {overlap_projection(stability, 'bottom')} at the bottom."
-        )
-        if stability.spearman < 0.9:
+    agreement = influence.agreement_
+    if agreement is not None:
+        parts.append(f"At the top, {agreement_end_words(agreement, 'top')}.")
+        if agreement.expected["spearman"] < 0.9:
             parts.append(
                 "Read the intervals and q-values, not the order, of classes whose intervals "
                 "overlap."
             )
-        if influence.seeds_ == "run":
-            parts.append(SHARED_SEED_CAVEAT)
+    if influence.stability_ is not None and influence.seeds_ == "run":
+        parts.append(SHARED_SEED_CAVEAT)
     if influence.lds_ is not None:
         parts.append(
             f"Held-out models' mean output is predicted from their subsets with Spearman "
