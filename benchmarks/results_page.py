@@ -275,8 +275,14 @@ def demo_seeds(r: dict) -> list[str]:
     return [
         f"`transfer-influence demo` at {r['models']} models ({what}) with {runs} run seeds: "
         f"the planted truth recovered in {r['recovered']} of {runs}; a planted-irrelevant class "
-        f"flagged at q ≤ 0.05 in {r['runs_with_an_irrelevant_class_flagged']} of {runs}. "
-        f"Median time per demo: {r['median_seconds']:.0f} s.",
+        f"flagged at q ≤ 0.05 in {r['runs_with_an_irrelevant_class_flagged']} of {runs}"
+        + (
+            f", told apart from the average by its simultaneous interval in "
+            f"{r['runs_with_an_irrelevant_class_told_apart']} of {runs}. "
+            if "runs_with_an_irrelevant_class_told_apart" in r
+            else ". "
+        )
+        + f"Median time per demo: {r['median_seconds']:.0f} s.",
     ]
 
 

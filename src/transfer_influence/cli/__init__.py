@@ -410,8 +410,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         ranks = ", ".join(f"{name} #{planted['ranks'][name]}" for name in planted["harmful"])
         print(f"  planted to cost accuracy: {ranks} (all read as least helpful, below the "
               f"average class at {q}: {_yes(planted['harmful_below_average'])})")  # fmt: skip
-        wrong = ", ".join(planted["irrelevant_flagged"]) or "none"
-        print(f"  planted irrelevant and yet flagged at {q}: {wrong}")
+        wrong = ", ".join(planted["irrelevant_told_apart"]) or "none"
+        print(f"  planted irrelevant and yet told apart from the average class (simultaneous "
+              f"interval excludes zero): {wrong}")  # fmt: skip
+        flagged = ", ".join(planted["irrelevant_flagged"]) or "none"
+        print(f"  planted irrelevant and flagged at {q}: {flagged} (q-values bound the share "
+              "of false flags: with all 8 planted classes flagged, one irrelevant class is "
+              "flagged in about 1 run in 4 by chance)")  # fmt: skip
     print(f"recovered: {_yes(planted['recovered'])}; wrote {summary['out']}/summary.json")
     return 0
 

@@ -183,10 +183,16 @@ class Agreement:
 
 
 def _project(
-    values: np.ndarray, stderr: np.ndarray, models: int, k: int, seed: int
+    values: np.ndarray,
+    stderr: np.ndarray,
+    models: int,
+    k: int,
+    seed: int,
+    prior: tuple[np.ndarray, np.ndarray],
 ) -> tuple[np.ndarray, np.ndarray]:
     """Expected agreement (3,) at ``models`` and with many more (the ceiling)."""
-    curve = agreement_curve(values, stderr, models, np.array([models, CEILING * models]), k, seed)
+    sizes = np.array([models, CEILING * models])
+    curve = agreement_curve(values, stderr, models, sizes, k, seed, prior)
     return curve[0], curve[1]
 
 
@@ -225,13 +231,14 @@ def independent_agreement(
     values, stderr = np.asarray(values, float)[keep], np.asarray(stderr, float)[keep]
     if values.size < max(3, 2 * k):
         raise ValueError(f"agreement needs at least {max(3, 2 * k)} groups with estimates")
-    at_m, ceiling = _project(values, stderr, models, k, seed)
+    prior = effect_prior(values, stderr)
+    at_m, ceiling = _project(values, stderr, models, k, seed, prior)
     rng = np.random.default_rng(seed + 1)
-    truths = _posterior_draws(values, stderr, effect_prior(values, stderr), bootstrap, rng)
-    again = [
-        _project(truth + rng.standard_normal(truth.size) * stderr, stderr, models, k, seed + b)
-        for b, truth in enumerate(truths, start=2)
-    ]
+    again = []
+    for b, truth in enumerate(_posterior_draws(values, stderr, prior, bootstrap, rng), start=2):
+        redrawn = truth + rng.standard_normal(truth.size) * stderr
+        refit = effect_prior(redrawn, stderr)
+        again.append(_project(redrawn, stderr, models, k, seed + b, refit))
     ranges, needed = {}, {}
     for i, name in enumerate(METRICS):
         boot = np.array([a[0][i] for a in again])

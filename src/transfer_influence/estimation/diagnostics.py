@@ -132,17 +132,24 @@ def _gaussian_draws(draws: int, groups: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def reliability_for_overlap(overlap: float, groups: int, k: int) -> float:
-    """The reliability at which :func:`expected_overlap` reaches ``overlap`` (bisection)."""
-    low, high = 0.0, 1.0
-    if overlap <= expected_overlap(0.0, groups, k):
+    """The reliability at which :func:`expected_overlap` reaches ``overlap``, interpolated in
+    a table of it made once per (groups, k)."""
+    reliabilities, overlaps = _overlap_table(groups, k)
+    if overlap <= overlaps[0]:
         return 0.0
-    for _ in range(30):
-        middle = (low + high) / 2
-        if expected_overlap(middle, groups, k) < overlap:
-            low = middle
-        else:
-            high = middle
-    return (low + high) / 2
+    if overlap >= overlaps[-1]:
+        return float(reliabilities[-1])
+    return float(np.interp(overlap, overlaps, reliabilities))
+
+
+@functools.lru_cache(maxsize=32)
+def _overlap_table(groups: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`expected_overlap` on a grid of reliabilities that is dense near 1, where the
+    overlap climbs fastest; kept strictly increasing in the overlap for interpolation."""
+    reliabilities = np.concatenate([[0.0], 1.0 - np.logspace(0, -4, 121)[1:]])
+    overlaps = np.array([expected_overlap(r, groups, k) for r in reliabilities])
+    keep = np.concatenate([[True], np.diff(np.maximum.accumulate(overlaps)) > 0])
+    return reliabilities[keep], np.maximum.accumulate(overlaps)[keep]
 
 
 def _ranks(x: np.ndarray) -> np.ndarray:

@@ -33,7 +33,9 @@ DEMO_TARGET = "stripes"
 def demo_config(models: int = 96, planted: bool = True, seed: int = 0, **recipe: Any) -> Config:
     """The demo's config: small CNNs on 16 x 16 images, one seed shared by all models so that
     differences between models come from their source classes, not their initialisation.
-    ``seed`` draws the subsets and that training seed; the task itself stays the same."""
+    ``seed`` draws the subsets and that training seed; the task itself stays the same. (A
+    seed per chunk would estimate effects averaged over seeds, but at 96 models it recovered
+    the planted truth less often: with seed 0, one planted helpful class fell to 9th of 24.)"""
     dataset = {"kind": "demo", "planted": planted, "seed": 0}
     return Config.from_dict(
         {
@@ -73,11 +75,16 @@ def recovery(table: Any, planted: bool, level: float = 0.95) -> dict[str, Any]:
     """How well a ranking (``ClassInfluence.classes_``) found the planted truth, judged as
     ``estimate`` judges: a class reads as more or less helpful than the average class only at
     q <= FLAG_LEVEL. Recovered: the planted helpful classes rank in the top quarter, every
-    class planted to hurt reads as below the average class, and no irrelevant class is
-    flagged. With nothing planted (the control), recovered means no class is flagged."""
+    class planted to hurt reads as below the average class, and no irrelevant class is told
+    apart from the average by its simultaneous interval. (Not by its q-value: with all eight
+    planted classes flagged, Benjamini-Hochberg at 5% flags one of the 16 irrelevant ones in
+    about a quarter of runs even when every estimate is exact — it bounds the share of false
+    flags, not their chance.) With nothing planted (the control), recovered means no class is
+    flagged."""
     kinds = planted_classes(planted)
     rank = {name: i + 1 for i, name in enumerate(table["group"])}
     excludes_zero = (table["ci_low"] > 0) | (table["ci_high"] < 0)
+    told_apart = (table["simultaneous_low"] > 0) | (table["simultaneous_high"] < 0)
     flagged = table["q_value"] <= FLAG_LEVEL
     below = dict(zip(table["group"], flagged & (table["influence"] < 0), strict=True))
     groups = len(table)
@@ -89,6 +96,7 @@ def recovery(table: Any, planted: bool, level: float = 0.95) -> dict[str, Any]:
         "q_level": FLAG_LEVEL,
         "flagged": table.loc[flagged, "group"].tolist(),
         "irrelevant_flagged": table.loc[flagged & irrelevant, "group"].tolist(),
+        "irrelevant_told_apart": table.loc[told_apart & irrelevant, "group"].tolist(),
         "intervals_excluding_zero": int(excludes_zero.sum()),
         "chance_bound": _chance_bound(groups, level),
     }
@@ -98,7 +106,7 @@ def recovery(table: Any, planted: bool, level: float = 0.95) -> dict[str, Any]:
         result["recovered"] = (
             result["helpful_in_top_quarter"]
             and result["harmful_below_average"]
-            and not result["irrelevant_flagged"]
+            and not result["irrelevant_told_apart"]
         )
     else:
         result["recovered"] = not result["flagged"]
