@@ -2,6 +2,7 @@
 described by, each checked against a known answer (additive effects on the tool's own
 fixed-size subsets; benchmarks/trust_calibration.py measures the same at more settings)."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -160,3 +161,11 @@ def test_the_agreement_is_saved_and_read_back_whole():
 
     record = json.loads(json.dumps(agreement.to_record(), allow_nan=False))
     assert Agreement.from_record(record) == agreement
+    # No projection yet (agreement at chance) stays told apart from out of reach.
+    unknown = dataclasses.replace(agreement, needed={"top": (math.nan, math.nan, math.nan)})
+    back = Agreement.from_record(json.loads(json.dumps(unknown.to_record(), allow_nan=False)))
+    assert all(math.isnan(x) for x in back.needed["top"])
+    from transfer_influence.words import agreement_end_words
+
+    assert "no projection to 8 of 10 while" in agreement_end_words(back, "top")
+    assert "no number of models is projected" in agreement_end_words(agreement, "bottom")

@@ -137,6 +137,8 @@ def _rough(models: float) -> str:
 
 def _needed_range_words(agreement: Agreement, metric: str, wanted: str) -> str:
     point, low, high = agreement.needed[metric]
+    if math.isnan(point):
+        return f"no projection to {wanted} while the agreement is no more than chance's"
     if not math.isfinite(point):
         return f"no number of models is projected to give {wanted}"
     if point <= agreement.models:

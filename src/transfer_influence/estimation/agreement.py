@@ -123,14 +123,15 @@ def agreement_curve(
 def _needed(name: str, agreement: float, target: float, models: int, groups: int, k: int) -> float:
     """Models for ``target`` given ``agreement`` at ``models``: both read as reliabilities
     (Spearman: Pearson's r = 2 sin(pi rho / 6) of Gaussian scores; shares: the Gaussian
-    model of :func:`.diagnostics.expected_overlap`), then Spearman-Brown."""
+    model of :func:`.diagnostics.expected_overlap`), then Spearman-Brown. NaN while the
+    agreement is no more than chance's: there is nothing to project from yet."""
     if name == "spearman":
         have, want = (2.0 * math.sin(math.pi * x / 6.0) for x in (agreement, target))
     else:
         have = reliability_for_overlap(agreement, groups, k)
         want = reliability_for_overlap(target, groups, k)
     if not have > 0.0:
-        return math.inf
+        return math.nan
     if have >= 1.0:
         return float(models)
     return models * want * (1.0 - have) / (have * (1.0 - want))
@@ -143,8 +144,9 @@ class Agreement:
     ``expected``: metric -> expected agreement at ``models`` ("spearman": rank correlation of
     the whole ranking; "top", "bottom": the share of the k most / least helpful the two runs
     share); ``ranges``: metric -> its 80% range; ``needed``: metric -> (models for the target
-    in ``targets``, 80% range), inf where no number of models reaches it; ``ceiling``: metric
-    -> what the expected agreement tends to with many models (below 1 where classes tie).
+    in ``targets``, 80% range), inf where no number of models reaches it, NaN while the
+    agreement is no more than chance's; ``ceiling``: metric -> what the expected agreement
+    tends to with many models (below 1 where classes tie).
     """
 
     models: int
@@ -162,10 +164,10 @@ class Agreement:
         return self.k / self.groups
 
     def to_record(self) -> dict:
-        """As JSON holds it (no infinities: a target out of reach is None)."""
+        """As JSON holds it: a target out of reach is "inf", no projection yet None."""
         record = dataclasses.asdict(self)
         record["needed"] = {
-            name: [x if math.isfinite(x) else None for x in values]
+            name: [x if math.isfinite(x) else None if math.isnan(x) else "inf" for x in values]
             for name, values in self.needed.items()
         }
         return record
@@ -176,7 +178,7 @@ class Agreement:
         fields = dict(record)
         fields["ranges"] = {name: tuple(pair) for name, pair in record["ranges"].items()}
         fields["needed"] = {
-            name: tuple(math.inf if x is None else float(x) for x in values)
+            name: tuple(math.nan if x is None else float(x) for x in values)
             for name, values in record["needed"].items()
         }
         return cls(**fields)
@@ -202,7 +204,7 @@ def _centred_range(point: float, boot: np.ndarray, log: bool = False) -> tuple[f
     out of reach is itself out of reach). The bootstrap's world has its own truth, so its
     spread, not its centre, is what it says of the estimate."""
     if not math.isfinite(point):
-        return math.inf, math.inf
+        return point, point
     finite = boot[np.isfinite(boot)]
     if log:
         if finite.size < 2:

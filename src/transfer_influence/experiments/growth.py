@@ -106,7 +106,7 @@ def grow_until_stable(
         unmet = [name for name, goal in targets.items() if agreement.expected[name] < goal]
         if not unmet:
             return Growth("met", agreement)
-        out_of_reach = [name for name in unmet if not math.isfinite(agreement.needed[name][0])]
+        out_of_reach = [name for name in unmet if math.isinf(agreement.needed[name][0])]
         if out_of_reach:
             name = out_of_reach[0]
             return Growth(
@@ -126,7 +126,8 @@ def grow_until_stable(
             )
         if store.planned_models >= budget:
             return Growth("budget", agreement)
-        needed = max(agreement.needed[name][0] for name in unmet)
+        points = [agreement.needed[name][0] for name in unmet]
+        needed = math.nan if any(math.isnan(p) for p in points) else max(points)  # NaN: double
         chunk_size = store.config.run.chunk_size
         store.set_models(grown_models(needed, store.planned_models, chunk_size, budget))
 
