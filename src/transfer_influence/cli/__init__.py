@@ -220,7 +220,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if growth.reason in ("out of reach", "beyond budget"):
             print(f"stopped: the target is {growth.reason}; {growth.detail}")
         elif growth.reason == "met":
-            print("target met")
+            print("target met, at the low end of each 80% range")
     else:
         engine.run(store, args.time_limit, not args.quiet)
     missing = sum(c.size for c in store.missing_chunks())

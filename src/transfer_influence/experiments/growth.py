@@ -81,8 +81,9 @@ def grow_until_stable(
     progress: bool = True,
     on_round: Callable[[Agreement], None] | None = None,
 ) -> Growth:
-    """Train ``store`` with ``engine`` until an independent run of its size is expected to
-    agree with it as ``targets`` asks (shares of the ends, or a Spearman), the run reaches
+    """Train ``store`` with ``engine`` until an independent run of its size would agree with
+    it as ``targets`` asks (shares of the ends, or a Spearman) at the low end of the 80%
+    range of that agreement, the run reaches
     ``max_models`` (default: its planned size) or ``time_limit`` seconds pass. ``on_round``
     is told each round's agreement."""
     deadline = None if time_limit is None else time.time() + time_limit
@@ -103,7 +104,9 @@ def grow_until_stable(
             continue
         if on_round is not None:
             on_round(agreement)
-        unmet = [name for name, goal in targets.items() if agreement.expected[name] < goal]
+        # Met when the low end of its 80% range is: checking a noisy estimate after every
+        # round and stopping at its first crossing would stop early (optional stopping).
+        unmet = [name for name, goal in targets.items() if agreement.ranges[name][0] < goal]
         if not unmet:
             return Growth("met", agreement)
         out_of_reach = [name for name in unmet if math.isinf(agreement.needed[name][0])]
@@ -126,8 +129,10 @@ def grow_until_stable(
             )
         if store.planned_models >= budget:
             return Growth("budget", agreement)
-        points = [agreement.needed[name][0] for name in unmet]
-        needed = math.nan if any(math.isnan(p) for p in points) else max(points)  # NaN: double
+        # Towards the high end of each projection's range, so that the low end of the
+        # agreement's range gets there too (at most double a round, then measure again).
+        highs = [agreement.needed[name][2] for name in unmet]
+        needed = math.nan if any(math.isnan(h) for h in highs) else max(highs)  # NaN: double
         chunk_size = store.config.run.chunk_size
         store.set_models(grown_models(needed, store.planned_models, chunk_size, budget))
 
