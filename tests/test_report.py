@@ -295,7 +295,7 @@ def test_report_of_the_fixture_with_the_reference_images(fixture_report):
     )
     assert "most extreme of 10,000: with no real effects the most extreme would lie 3.8" in html
     # auto keeps the difference in means here: the regression's errors are only 0.9x its.
-    assert "<b>Estimator</b>difference in means (the paper's)" in html
+    assert "<b>Estimator</b>difference in means (the paper&#39;s)" in html
     # Overall, 2 classes help more and none less than average at q <= 0.05; pickup_truck is
     # flagged on automobiles, over the whole per-target-class table.
     assert "2 class(es) help more and 0 less than the average class" in html
