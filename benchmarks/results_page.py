@@ -355,6 +355,14 @@ def trust_calibration(r: dict) -> list[str]:
                 f"{_three(row['projection_at_least_oracle'], '{:.2f}')} | "
                 f"{_three(row['projection_range_holds_oracle'], '{:.2f}')} |"
             )
+    if "sections_a_to_d_from" in r:
+        earlier = r["sections_a_to_d_from"]
+        lines += [
+            "",
+            f"*The sections above were measured by the same script at commit "
+            f"`{str(earlier['git_sha'])[:7]}` ({earlier['file']}); the one below after a "
+            "change to `--until-stable`, at the commit named at the end.*",
+        ]
     if "until_stable" in r:
         lines += [
             "",
