@@ -219,7 +219,7 @@ def test_run_until_stable_grows_the_run_until_the_target_or_budget(make_config, 
     )  # fmt: skip
     assert code == 0, err
     lines = [line for line in out.splitlines() if "would agree on Spearman" in line]
-    assert lines and float(lines[-1].split("Spearman ")[1].split(",")[0]) >= 0.6
+    assert lines and float(lines[-1].split("Spearman ")[1].split(" (")[1].split()[0]) >= 0.6
     assert "target met" in out
     planned = RunStore(run_dir).planned_models
     assert 16 < planned < 400 and not RunStore(run_dir).missing_chunks()

@@ -126,8 +126,7 @@ def overlap_projection(stability: SplitHalf, end: str, target: float = 0.8) -> s
 def _needed_words(needed: float, target: str) -> str:
     if not math.isfinite(needed):
         return f"no projection to {target} while the halves agree no more than chance"
-    digits = max(len(str(int(needed))) - 2, 0)  # a projection is rough: two figures
-    return f"about {round(needed, -digits):,.0f} models would give {target}"
+    return f"about {_rough(needed)} models would give {target}"
 
 
 def _rough(models: float) -> str:
@@ -174,14 +173,18 @@ def agreement_sentences(agreement: Agreement) -> list[str]:
 
 
 def growth_words(agreement: Agreement, targets: dict[str, float]) -> str:
-    """One round of growing a run: each target's expected agreement and projection."""
+    """One round of growing a run: each target's expected agreement, its 80% range (whose low
+    end decides) and projection."""
     k = agreement.k
     parts = []
     for name, goal in targets.items():
+        low, high = agreement.ranges[name]
         if name == "spearman":
-            have, want = f"Spearman {agreement.expected[name]:.2f}", f"Spearman {goal:g}"
+            have = f"Spearman {agreement.expected[name]:.2f} ({low:.2f} to {high:.2f})"
+            want = f"Spearman {goal:g}"
         else:
-            have = f"{name} {agreement.expected[name] * k:.1f} of {k}"
+            shared = agreement.expected[name] * k
+            have = f"{name} {shared:.1f} of {k} ({low * k:.1f} to {high * k:.1f})"
             want = f"{round(goal * k)} of {k}"
         parts.append(f"{have}, {_needed_range_words(agreement, name, want)}")
     return "an independent run of this size would agree on " + "; ".join(parts)
