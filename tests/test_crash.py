@@ -100,6 +100,7 @@ def test_sigkill_at_random_moments_and_inside_writes(reference, tmp_path):
     assert_same_results(reference_dir, run_dir)
 
 
+@pytest.mark.slow  # two real worker processes killed and restarted: about 20 s
 def test_two_workers_killed_and_resumed_equal_one_worker(reference, tmp_path):
     config, reference_dir = reference
     run_dir = tmp_path / "two"
@@ -112,6 +113,7 @@ def test_two_workers_killed_and_resumed_equal_one_worker(reference, tmp_path):
     assert_same_results(reference_dir, run_dir)
 
 
+@pytest.mark.slow  # real worker processes racing for chunks: about 12 s
 def test_racing_workers_neither_corrupt_nor_double(reference, tmp_path):
     config, reference_dir = reference
     run_dir = tmp_path / "race"
