@@ -97,6 +97,7 @@ def test_seed_offsets_are_removed_and_intervals_stay_honest(tmp_path):
     assert abs(fits["per-chunk"].mean_output_) > 0.1
 
 
+@pytest.mark.slow  # many simulated runs: about 7 s for both
 @pytest.mark.parametrize("chunk_size", [2, 4])
 def test_small_chunks_are_neither_shrunk_nor_overconfident(tmp_path, chunk_size):
     """Centring a chunk of C random subsets on its mean shrank the plain difference in means
