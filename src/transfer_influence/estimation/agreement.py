@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.stats import norm
 
-from .diagnostics import reliability_for_overlap
+from .diagnostics import _ranks, reliability_for_overlap
 
 __all__ = ["Agreement", "agreement_curve", "effect_prior", "independent_agreement"]
 
@@ -77,10 +77,6 @@ def _posterior_draws(
     cumulative = np.cumsum(posterior / posterior.sum(axis=1, keepdims=True), axis=1)
     picks = (rng.random((draws, values.size, 1)) > cumulative[None]).sum(axis=2)
     return support[np.minimum(picks, support.size - 1)]
-
-
-def _ranks(x: np.ndarray) -> np.ndarray:
-    return np.argsort(np.argsort(x, axis=1), axis=1).astype(np.float64)
 
 
 def _agreement(a: np.ndarray, b: np.ndarray, k: int) -> np.ndarray:

@@ -153,7 +153,8 @@ def _overlap_table(groups: int, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _ranks(x: np.ndarray) -> np.ndarray:
-    return np.argsort(np.argsort(x)).astype(np.float64)
+    """Ranks along the last axis (0 = smallest), as floats for correlating."""
+    return np.argsort(np.argsort(x, axis=-1), axis=-1).astype(np.float64)
 
 
 def _halves(
