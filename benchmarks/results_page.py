@@ -316,13 +316,13 @@ def trust_calibration(r: dict) -> list[str]:
         f"per target class, in {_pct(null['any_flag_whole_table'])} with one family for the "
         "whole table (the tool's).",
         "",
-        "**Choosing the estimator** (K = 100, m = 150; coverage of every class's plain 95% "
-        "interval, ± its standard error; the regression's gain in models is about 1.0, 1.2 "
-        "and 1.5 at the three shares):",
+        "**Choosing the estimator** (coverage of every class's plain 95% interval, ± its "
+        "standard error; the regression's gain in models is the median ratio of the two error "
+        "variances; auto decides on half of the models):",
         "",
-        "| share explained | difference | regression | the narrower, after seeing both | auto "
-        "| auto took the regression |",
-        "|---|---|---|---|---|---|",
+        "| K | m | share explained | regression's gain | difference | regression "
+        "| the narrower, after seeing both | auto | auto took the regression |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in r["estimator_choice"]:
         cov, se = row["coverage"], row["coverage_se"]
@@ -330,7 +330,9 @@ def trust_calibration(r: dict) -> list[str]:
             f"{cov[n]:.3f} ± {se[n]:.3f}" for n in ("difference", "regression", "narrower", "auto")
         )
         lines.append(
-            f"| {row['explained_share']:.2f} | {cells} | {_pct(row['auto_took_regression'])} |"
+            f"| {row.get('groups', 100)} | {row.get('models', 150)} | "
+            f"{row['explained_share']:.2f} | {row['regression_gain_in_models']:.2f}× | {cells} | "
+            f"{_pct(row['auto_took_regression'])} |"
         )
     if "agreement" in r:
         lines += [
@@ -355,14 +357,6 @@ def trust_calibration(r: dict) -> list[str]:
                 f"{_three(row['projection_at_least_oracle'], '{:.2f}')} | "
                 f"{_three(row['projection_range_holds_oracle'], '{:.2f}')} |"
             )
-    if "sections_a_to_d_from" in r:
-        earlier = r["sections_a_to_d_from"]
-        lines += [
-            "",
-            f"*The sections above were measured by the same script at commit "
-            f"`{str(earlier['git_sha'])[:7]}` ({earlier['file']}); the one below after a "
-            "change to `--until-stable`, at the commit named at the end.*",
-        ]
     if "until_stable" in r:
         lines += [
             "",
@@ -382,6 +376,14 @@ def trust_calibration(r: dict) -> list[str]:
                 f"({models[0]:,}–{models[-1]:,}) | {_pct(row['within_1_5x_of_oracle'])} | "
                 f"{sum(s['met'] for s in stops)} of {len(stops)} |"
             )
+    names = {"a": "the ends", "b": "the null table", "c": "the estimator choice"}
+    names |= {"d": "the agreement", "e": "`--until-stable`"}
+    carried = [
+        f"{names[section]} at `{str(where['git_sha'])[:7]}` ({where['file']})"
+        for section, where in sorted(r.get("carried_over", {}).items())
+    ]
+    if carried:
+        lines += ["", f"*Measured by the same script at another commit: {'; '.join(carried)}.*"]
     return lines
 
 

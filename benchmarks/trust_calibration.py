@@ -11,11 +11,12 @@ training noise, on the tool's own fixed-size random subsets, alpha = 0.5).
 (b) The per-target-class table under the null (no effect anywhere, K = 100, C = 10,
     m = 150): the share of runs that flag anything anywhere, with a family per target class
     and with one family for the whole table (what the tool does).
-(c) The estimator choice where the two are close (K = 100, m = 150, subsets explaining 2/3
-    of the spread between models, so both have about the same error; and 0.73 and 0.78, where
-    the regression gains about auto's margin and 1.5x): coverage of every class's plain
-    interval by the difference, the regression, the old rule (the narrower of the two after
-    seeing them) and auto (the regression only with a margin).
+(c) The estimator choice: at K = 100, m = 150, subsets explaining 2/3 of the spread (both
+    estimators about as good), 0.73 and 0.78 (where the regression gains about 1.2x and 1.5x
+    in models), and at settings where the regression gains clearly (K = 40, m = 150 and
+    K = 100, m = 300): coverage of every class's plain interval by the difference, the
+    regression, the narrower of the two after seeing them, and auto (decided on half of
+    the models), and how often auto took the regression.
 (d) Would an independent run of the same size agree? Predicted against true agreement
     (Spearman, top and bottom shares of end_size(K)) at the settings of (a), with the
     difference in means; how often each 80% range holds the truth; how often the projected
@@ -25,7 +26,10 @@ training noise, on the tool's own fixed-size random subsets, alpha = 0.5).
     run seeds: where it stops, against the oracle measured with pairs of independent runs of
     the same simulated trainer on a grid of sizes.
 
-    python benchmarks/trust_calibration.py [--runs 400] [--agreement-runs 40]
+    python benchmarks/trust_calibration.py [--runs 400] [--agreement-runs 40] [--sections abcde]
+
+With --sections, the sections not named are carried over from the newest result, which the
+JSON names for each (``carried_over``), so one section can be measured again after a change.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
 import math
 import tempfile
 import time
@@ -42,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import save_result
+from _common import RESULTS, save_result
 from transfer_influence import RunStore, estimate_influence, load_config, make_jobs
 from transfer_influence.cli import main as cli_main
 from transfer_influence.estimation import InfluenceWarning
@@ -127,12 +132,11 @@ def null_table(runs: int, seed: int) -> dict:
     }
 
 
-def estimator_choice(runs: int, seed: int, share: float) -> dict:
-    groups, m = 100, 150
-    rng = np.random.default_rng([seed, round(share * 1000)])
+def estimator_choice(runs: int, seed: int, groups: int, m: int, share: float) -> dict:
+    rng = np.random.default_rng([seed, groups, m, round(share * 1000)])
     covered: dict[str, list[float]] = {"difference": [], "regression": [], "narrower": []}
     covered["auto"] = []
-    auto_regression = []
+    auto_regression, gain = [], []
     for r in range(runs):
         theta = rng.normal(0.0, 1.0, groups)
         masks = masks_for(m, groups, seed * 100_000 + r)
@@ -144,6 +148,7 @@ def estimator_choice(runs: int, seed: int, share: float) -> dict:
         for name in ("difference", "regression", "auto"):
             fits[name] = estimate_influence(masks, y, estimator=name)
         errors = {n: np.median(fits[n].overall.stderr[:, 0]) for n in ("difference", "regression")}
+        gain.append((errors["difference"] / errors["regression"]) ** 2)
         fits["narrower"] = fits[min(errors, key=errors.get)]
         for name, fit in fits.items():
             low, high = fit.overall.ci(0.95)
@@ -159,6 +164,7 @@ def estimator_choice(runs: int, seed: int, share: float) -> dict:
             name: float(np.std(values) / math.sqrt(len(values))) for name, values in covered.items()
         },
         "auto_took_regression": float(np.mean(auto_regression)),
+        "regression_gain_in_models": float(np.median(gain)),
     }
 
 
@@ -291,28 +297,60 @@ def until_stable(seeds: int, pairs: int) -> dict:
     return result
 
 
+def _measured_where(earlier: dict, file: str, section: str) -> dict:
+    """Which file and commit measured a section of an earlier result."""
+    if section in earlier.get("carried_over", {}):
+        return earlier["carried_over"][section]
+    if section in "abcd" and "sections_a_to_d_from" in earlier:  # the older record of it
+        return earlier["sections_a_to_d_from"]
+    return {"file": file, "git_sha": earlier.get("git_sha")}
+
+
+CHOICE_SETTINGS = [(100, 150, 2 / 3), (100, 150, 0.73), (100, 150, 0.78)]
+CHOICE_SETTINGS += [(40, 150, 0.5), (40, 150, 0.73), (100, 300, 0.5), (100, 300, 0.73)]
+KEYS = {  # section: the keys of the result it writes
+    "a": ("runs", "ends"),
+    "b": ("null_per_target_class",),
+    "c": ("estimator_choice",),
+    "d": ("agreement",),
+    "e": ("until_stable",),
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=400)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--agreement-runs", type=int, default=40)
     parser.add_argument("--stable-seeds", type=int, default=10)
+    parser.add_argument("--sections", default="abcde", help="measure only these, e.g. ac")
     args = parser.parse_args()
     started = time.perf_counter()
-    result = {
-        "runs": args.runs,
-        "noise": NOISE,
-        "ends": ends_coverage(args.runs, args.seed),
-        "null_per_target_class": null_table(max(args.runs, 1000), args.seed + 1),
-        # Shares where the regression's gain in models is 1.0, about auto's margin, and 1.5.
-        "estimator_choice": [
-            estimator_choice(args.runs, args.seed + 2, share) for share in (2 / 3, 0.73, 0.78)
-        ],
+    measure = {
+        "a": lambda: {"runs": args.runs, "ends": ends_coverage(args.runs, args.seed)},
+        "b": lambda: {"null_per_target_class": null_table(max(args.runs, 1000), args.seed + 1)},
+        "c": lambda: {
+            "estimator_choice": [
+                estimator_choice(args.runs, args.seed + 2, *setting) for setting in CHOICE_SETTINGS
+            ]
+        },
+        "d": lambda: {"agreement": agreement_calibration(args.agreement_runs, args.seed + 3)},
+        "e": lambda: {"until_stable": until_stable(args.stable_seeds, pairs=20)},
     }
-    result["agreement"] = agreement_calibration(args.agreement_runs, args.seed + 3)
-    result["until_stable"] = until_stable(args.stable_seeds, pairs=20)
+    result: dict = {"noise": NOISE, "carried_over": {}}
+    unknown = set(args.sections) - set(KEYS)
+    if unknown:
+        parser.error(f"unknown sections {''.join(sorted(unknown))}; choose from abcde")
+    newest = sorted(RESULTS.glob("trust_calibration-*.json"))
+    earlier = json.loads(newest[-1].read_text()) if newest else {}
+    for section, keys in KEYS.items():
+        if section in args.sections:
+            result.update(measure[section]())
+            print(section, "done", flush=True)
+        elif all(key in earlier for key in keys):
+            result.update({key: earlier[key] for key in keys})
+            result["carried_over"][section] = _measured_where(earlier, newest[-1].name, section)
     result["seconds"] = round(time.perf_counter() - started, 1)
-    print(result["null_per_target_class"], *result["estimator_choice"], sep="\n")
     print(save_result("trust_calibration", result))
 
 

@@ -29,7 +29,7 @@ import numpy as np
 from scipy.special import stdtrit
 
 from .centring import ChunkCentring, within_difference
-from .regression import regression_influence
+from .regression import explained_share, regression_influence, variance_factors
 from .rounds import RoundContrasts
 from .significance import q_values, t_test_p_values
 
@@ -248,9 +248,10 @@ class InfluenceAccumulator:
 
         ``estimator`` is "difference" (the paper's difference in means), "regression" (all
         groups regressed jointly by least squares; see :mod:`.regression`), or "auto": the
-        regression where its error of the overall influence (median over groups) is clearly
-        smaller, else the difference (see :func:`_chosen`): the regression once it is well
-        determined (m well above K) and the subsets explain enough of the spread.
+        regression where its error of the overall influence is predicted, from half of the
+        models, to be clearly smaller, else the difference (see :meth:`_auto_choice`): the
+        regression once it is well determined (m well above K) and the subsets explain
+        enough of the spread.
         """
         if estimator not in ESTIMATORS:
             raise ValueError(
@@ -271,17 +272,20 @@ class InfluenceAccumulator:
                 "train more or use the difference estimator"
             )
         _warn_degenerate(self._n_in, self.n_models - self._n_in)
+        if estimator == "auto":
+            estimator = self._auto_choice() if enough else "difference"
         masks = np.concatenate(self._masks)
         summaries = np.concatenate(self._summaries)
-        summary: dict[str, Influence] = {}
-        if estimator in ("difference", "auto"):
-            summary["difference"] = self._difference(
+        if estimator == "difference":
+            chosen = self._difference(
                 masks.T.astype(np.float64) @ summaries,
                 summaries.sum(axis=0),
                 (summaries**2).sum(axis=0),
             )
+            per_example = self._difference(self._sum_in, self._sum, self._sum_sq)
             if self._by_round is not None:
-                summary["difference"] = _round_errors(summary["difference"], self._by_round[1])
+                chosen = _round_errors(chosen, self._by_round[1])
+                per_example = _round_errors(per_example, self._by_round[0])
                 if self._by_round[1].count < 2:
                     warnings.warn(
                         f"{self._by_round[1].count} complete design round(s) (models whose "
@@ -289,23 +293,57 @@ class InfluenceAccumulator:
                         InfluenceWarning,
                         stacklevel=2,
                     )
-        if estimator in ("regression", "auto") and enough:
+        else:
             x = masks.astype(np.float64)
-            summary["regression"] = self._regression(
+            chosen = self._regression(
                 x.T @ x, x.T @ summaries, summaries.sum(axis=0), (summaries**2).sum(axis=0)
             )
-        if estimator == "auto":
-            estimator = _chosen(summary)
-        if estimator == "difference":
-            per_example = self._difference(self._sum_in, self._sum, self._sum_sq)
-            if self._by_round is not None:
-                per_example = _round_errors(per_example, self._by_round[0])
-        else:
             per_example = self._regression(self._gram, self._sum_in, self._sum, self._sum_sq)
-        chosen = summary[estimator]
         per_class = chosen.columns(slice(1, None)) if self.example_classes is not None else None
         overall = chosen.columns(slice(0, 1))
         return InfluenceEstimate(per_example, overall, per_class, self.n_models, estimator)
+
+    def _auto_choice(self) -> str:
+        """The estimator "auto" uses: the regression only where its error is predicted to be
+        clearly smaller, from how much of the spread between models' mean outputs the
+        subsets explain in every other model.
+
+        The decision must not see the errors it picks between: taking the narrower of two
+        sets of intervals takes the one whose errors came out small by chance, and its
+        intervals then cover less than they say (0.939-0.942 against 0.947-0.950 for each
+        alone, measured in docs/results.md). Half of the models estimate the explained share
+        s; the design alone gives each estimator's error per unit of noise, so the predicted
+        ratio of errors is sqrt(design ratio / (1 - s)), which no residual of the full fit
+        enters. The regression is taken where that ratio exceeds two of its standard errors
+        (about exp(sqrt(2 / dof + 2 / (m/2 - 1))) with the half's degrees of freedom), so
+        it needs twice K + 10 models before it is considered.
+        """
+        masks = np.concatenate(self._masks)
+        means = np.concatenate(self._summaries)[:, 0]
+        blocks = None
+        if self._centring is not None:
+            blocks = np.repeat(np.arange(len(self._masks)), [len(m) for m in self._masks])
+        half = slice(0, None, 2)  # models come in random order: every other one is a fair half
+        share, dof = explained_share(
+            masks[half], means[half], None if blocks is None else blocks[half]
+        )
+        if share is None or share >= 1.0:
+            return "difference"
+        if self._centring is None:
+            between = None
+            difference = 1.0 / self._n_in + 1.0 / (self.n_models - self._n_in)
+        else:
+            between = self._centring.between
+            difference = 1.0 / self._centring.spread
+        regression = variance_factors(self._gram, self._n_in, self.n_models, between)
+        defined = np.isfinite(difference) & (regression > 0)
+        if not defined.any():
+            return "difference"
+        design = np.median(difference[defined]) / np.median(regression[defined])
+        ratio = math.sqrt(design / (1.0 - share))
+        models = (self.n_models + 1) // 2
+        margin = math.exp(math.sqrt(2.0 / dof + 2.0 / max(models - 1, 1)))
+        return "regression" if ratio > margin else "difference"
 
     def _difference(self, sum_in: np.ndarray, total: np.ndarray, total_sq: np.ndarray) -> Influence:
         """Difference in means from X'Y, column sums and sums of squares of Y — or, for
@@ -334,28 +372,6 @@ class InfluenceAccumulator:
         values[undefined] = np.nan
         stderr[undefined] = np.nan
         return Influence(values, stderr, n_in.copy(), m - n_in, dof)
-
-
-def _chosen(summary: dict[str, Influence]) -> str:
-    """The estimator "auto" uses: the regression only where its errors are clearly smaller.
-
-    Taking the narrower of two sets of intervals after seeing them takes the one whose errors
-    came out small by chance, and its intervals then cover less than they say (0.941 against
-    0.948 and 0.952 alone where the two are close). The margin is two standard errors of the
-    log of the ratio of median errors, about sqrt(2 / dof) of the regression's residual degrees
-    of freedom: where the two are close the difference in means is kept, and the regression
-    is taken only where it gains clearly, as at scale with subsets that explain much.
-    """
-    if "regression" not in summary:
-        return "difference"
-    ratio = _median_error(summary["difference"]) / _median_error(summary["regression"])
-    margin = math.exp(math.sqrt(2.0 / max(summary["regression"].dof, 1)))
-    return "regression" if ratio > margin else "difference"
-
-
-def _median_error(influence: Influence) -> float:
-    errors = influence.stderr[:, 0]
-    return float(np.median(errors[np.isfinite(errors)])) if np.isfinite(errors).any() else np.inf
 
 
 def _round_errors(influence: Influence, contrasts: RoundContrasts) -> Influence:

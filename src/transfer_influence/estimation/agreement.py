@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.stats import norm
 
-from .diagnostics import _ranks, reliability_for_overlap
+from .diagnostics import _ranks, reliability_for_overlap, reliability_for_spearman
 
 __all__ = ["Agreement", "agreement_curve", "effect_prior", "independent_agreement"]
 
@@ -118,11 +118,12 @@ def agreement_curve(
 
 def _needed(name: str, agreement: float, target: float, models: int, groups: int, k: int) -> float:
     """Models for ``target`` given ``agreement`` at ``models``: both read as reliabilities
-    (Spearman: Pearson's r = 2 sin(pi rho / 6) of Gaussian scores; shares: the Gaussian
-    model of :func:`.diagnostics.expected_overlap`), then Spearman-Brown. NaN while the
-    agreement is no more than chance's: there is nothing to project from yet."""
+    (Spearman: the correlation of Gaussian scores whose expected Spearman over ``groups`` is
+    it; shares: the Gaussian model of :func:`.diagnostics.expected_overlap`), then
+    Spearman-Brown. NaN while the agreement is no more than chance's: there is nothing to
+    project from yet."""
     if name == "spearman":
-        have, want = (2.0 * math.sin(math.pi * x / 6.0) for x in (agreement, target))
+        have, want = (reliability_for_spearman(x, groups) for x in (agreement, target))
     else:
         have = reliability_for_overlap(agreement, groups, k)
         want = reliability_for_overlap(target, groups, k)

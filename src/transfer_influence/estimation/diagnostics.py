@@ -26,12 +26,14 @@ from threadpoolctl import threadpool_limits
 
 from .accumulator import InfluenceWarning, estimate_influence
 from .centring import centre_within
+from .regression import explained_by_subsets
 
 __all__ = [
     "SplitHalf",
     "end_size",
     "expected_overlap",
     "explained_by_subsets",
+    "reliability_for_spearman",
     "linear_datamodeling_score",
     "split_half_stability",
 ]
@@ -150,6 +152,24 @@ def _overlap_table(groups: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     overlaps = np.array([expected_overlap(r, groups, k) for r in reliabilities])
     keep = np.concatenate([[True], np.diff(np.maximum.accumulate(overlaps)) > 0])
     return reliabilities[keep], np.maximum.accumulate(overlaps)[keep]
+
+
+def reliability_for_spearman(spearman: float, groups: int) -> float:
+    """The Pearson correlation of Gaussian scores at which the expected Spearman correlation of
+    ``groups`` pairs is ``spearman``. Moran's expectation, ((K - 2) rho_s + 3 tau) / (K + 1)
+    with rho_s = 6/pi asin(r/2) and tau = 2/pi asin(r), is below the population's rho_s at
+    finite K; reading a target of 0.9 as the population's asked for too few models."""
+    reliabilities, expected = _spearman_table(groups)
+    return float(np.interp(spearman, expected, reliabilities))
+
+
+@functools.lru_cache(maxsize=32)
+def _spearman_table(groups: int) -> tuple[np.ndarray, np.ndarray]:
+    r = np.concatenate([[0.0], 1.0 - np.logspace(0, -6, 241)[1:]])
+    expected = ((groups - 2) * 6 / math.pi * np.arcsin(r / 2) + 3 * 2 / math.pi * np.arcsin(r)) / (
+        groups + 1
+    )
+    return r, expected
 
 
 def _ranks(x: np.ndarray) -> np.ndarray:
@@ -332,28 +352,3 @@ def _blas_threads(masks: np.ndarray) -> Any:
     if masks.size <= 400_000:
         return threadpool_limits(1, user_api="blas")
     return contextlib.nullcontext()
-
-
-def explained_by_subsets(
-    masks: np.ndarray, outputs: np.ndarray, blocks: np.ndarray | None = None
-) -> float | None:
-    """Share of the across-model variance of ``outputs`` (one value per model) that the models'
-    subsets explain: the adjusted R^2 of regressing it on the masks by least squares, which is
-    about unbiased at any m (a cross-validated R^2 is not: fitted on fewer models than it
-    judges, it reads far too low near m = K). ``blocks`` numbers models that share a seed:
-    outputs and masks are compared within blocks. None until the fit has 10 residual degrees
-    of freedom; it can be below 0 when the subsets cannot be told apart from noise.
-    """
-    x = np.asarray(masks, dtype=np.float64)
-    y = np.asarray(outputs, dtype=np.float64).reshape(-1)
-    if blocks is None:
-        x, y, spent = x - x.mean(axis=0), y - y.mean(), 1
-    else:
-        x, y, spent = centre_within(x, blocks), centre_within(y, blocks), np.unique(blocks).size
-    coefficients, _, rank, _ = np.linalg.lstsq(x, y, rcond=None)
-    dof = x.shape[0] - spent - rank
-    total = float((y**2).sum())
-    if dof < 10 or total <= 0:
-        return None
-    rss = float(((y - x @ coefficients) ** 2).sum())
-    return 1.0 - (rss / dof) / (total / (x.shape[0] - spent))

@@ -13,14 +13,17 @@ standard error and residual degrees of freedom, so the estimate is the centre of
 (A ridge penalty would shrink the largest effects most, the ones a ranking is read for, and
 an interval from its own variance then misses the truth for most of the top groups.) It is
 computed from sufficient statistics (X'X, X'Y, sums of Y and Y^2), so it streams like the
-difference in means.
+difference in means. The same fit of each model's mean output gives the share of the spread
+between models that their subsets explain (:func:`explained_by_subsets`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["regression_influence"]
+from .centring import centre_within
+
+__all__ = ["explained_by_subsets", "explained_share", "regression_influence", "variance_factors"]
 
 
 def regression_influence(
@@ -41,21 +44,76 @@ def regression_influence(
     chunks (see :mod:`.centring`), X is centred within them too: ``between`` = sum over chunks
     of a a' / C, and ``absorbed`` = chunks - 1 means spent.
     """
-    k = gram.shape[0]
-    if between is None:
-        between = np.outer(n_in, n_in) / m
-    g = gram - between  # X'X centred (within chunks, where Y was)
+    v, inverse_w = _centred_eigen(gram, n_in, m, between)
     b = xty - np.outer(n_in, total / m)  # centred X'Y (total is 0 where Y was centred)
     yy = total_sq - total**2 / m  # centred Y'Y
-    contrast = k / (k - 1) * (np.eye(k) - 1.0 / k)
-    # A pseudo-inverse: fixed-size subsets leave the all-ones direction out of g's range (the
-    # indicators sum to a constant), and no contrast depends on it.
-    w, v = np.linalg.eigh(g)
-    kept = w > w.max() * 1e-10
-    inverse_w = np.divide(1.0, w, out=np.zeros_like(w), where=kept)
     least_squares = v @ (inverse_w[:, None] * (v.T @ b))
     rss = yy - np.einsum("kt,kt->t", least_squares, b)  # b lies in the range of g
-    dof = max(int(m - 1 - absorbed - np.count_nonzero(kept)), 1)
+    dof = max(int(m - 1 - absorbed - np.count_nonzero(inverse_w)), 1)
+    factor = _contrast_factors(v, inverse_w)
+    stderr = np.sqrt(factor[:, None] * (np.maximum(rss, 0.0) / dof)[None, :])
+    return _contrast(gram.shape[0]) @ least_squares, stderr, dof
+
+
+def variance_factors(
+    gram: np.ndarray, n_in: np.ndarray, m: int, between: np.ndarray | None = None
+) -> np.ndarray:
+    """Each group's error variance of the regression's influence per unit of residual
+    variance (K,): the design's part of its standard error, which needs no outputs."""
+    return _contrast_factors(*_centred_eigen(gram, n_in, m, between))
+
+
+def _contrast(k: int) -> np.ndarray:
+    return k / (k - 1) * (np.eye(k) - 1.0 / k)
+
+
+def _contrast_factors(v: np.ndarray, inverse_w: np.ndarray) -> np.ndarray:
+    contrast = _contrast(v.shape[0])
     factor = np.einsum("ij,jk,ik->i", contrast, (v * inverse_w) @ v.T, contrast)
-    stderr = np.sqrt(np.maximum(factor, 0.0)[:, None] * (np.maximum(rss, 0.0) / dof)[None, :])
-    return contrast @ least_squares, stderr, dof
+    return np.maximum(factor, 0.0)
+
+
+def _centred_eigen(
+    gram: np.ndarray, n_in: np.ndarray, m: int, between: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvectors of X'X centred (within chunks, where Y was) and the inverses of its
+    eigenvalues, zero outside its range."""
+    if between is None:
+        between = np.outer(n_in, n_in) / m
+    # A pseudo-inverse: fixed-size subsets leave the all-ones direction out of the centred
+    # X'X's range (the indicators sum to a constant), and no contrast depends on it.
+    w, v = np.linalg.eigh(gram - between)
+    kept = w > w.max() * 1e-10
+    return v, np.divide(1.0, w, out=np.zeros_like(w), where=kept)
+
+
+def explained_by_subsets(
+    masks: np.ndarray, outputs: np.ndarray, blocks: np.ndarray | None = None
+) -> float | None:
+    """Share of the across-model variance of ``outputs`` (one value per model) that the models'
+    subsets explain: the adjusted R^2 of regressing it on the masks by least squares, which is
+    about unbiased at any m (a cross-validated R^2 is not: fitted on fewer models than it
+    judges, it reads far too low near m = K). ``blocks`` numbers models that share a seed:
+    outputs and masks are compared within blocks. None until the fit has 10 residual degrees
+    of freedom; it can be below 0 when the subsets cannot be told apart from noise.
+    """
+    return explained_share(masks, outputs, blocks)[0]
+
+
+def explained_share(
+    masks: np.ndarray, outputs: np.ndarray, blocks: np.ndarray | None = None
+) -> tuple[float | None, int]:
+    """:func:`explained_by_subsets` and the fit's residual degrees of freedom."""
+    x = np.asarray(masks, dtype=np.float64)
+    y = np.asarray(outputs, dtype=np.float64).reshape(-1)
+    if blocks is None:
+        x, y, spent = x - x.mean(axis=0), y - y.mean(), 1
+    else:
+        x, y, spent = centre_within(x, blocks), centre_within(y, blocks), np.unique(blocks).size
+    coefficients, _, rank, _ = np.linalg.lstsq(x, y, rcond=None)
+    dof = int(x.shape[0] - spent - rank)
+    total = float((y**2).sum())
+    if dof < 10 or total <= 0:
+        return None, dof
+    rss = float(((y - x @ coefficients) ** 2).sum())
+    return 1.0 - (rss / dof) / (total / (x.shape[0] - spent)), dof
