@@ -36,7 +36,12 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.stats import norm
 
-from .diagnostics import _ranks, reliability_for_overlap, reliability_for_spearman
+from .diagnostics import (
+    _ranks,
+    reliability_for_overlap,
+    reliability_for_spearman,
+    shared_ends,
+)
 
 __all__ = ["Agreement", "agreement_curve", "effect_prior", "independent_agreement"]
 
@@ -85,10 +90,8 @@ def _agreement(a: np.ndarray, b: np.ndarray, k: int) -> np.ndarray:
     ra -= ra.mean(axis=1, keepdims=True)
     rb -= rb.mean(axis=1, keepdims=True)
     spearman = (ra * rb).sum(axis=1) / np.sqrt((ra**2).sum(axis=1) * (rb**2).sum(axis=1))
-    groups = a.shape[1]
-    top = ((ra >= groups - k - (groups - 1) / 2) & (rb >= groups - k - (groups - 1) / 2)).sum(1)
-    bottom = ((ra < k - (groups - 1) / 2) & (rb < k - (groups - 1) / 2)).sum(axis=1)
-    return np.array([spearman.mean(), top.mean() / k, bottom.mean() / k])
+    top, bottom = shared_ends(a, b, k)
+    return np.array([spearman.mean(), top.mean(), bottom.mean()])
 
 
 def agreement_curve(

@@ -34,6 +34,7 @@ __all__ = [
     "expected_overlap",
     "explained_by_subsets",
     "reliability_for_spearman",
+    "shared_ends",
     "linear_datamodeling_score",
     "split_half_stability",
 ]
@@ -121,10 +122,7 @@ def expected_overlap(reliability: float, groups: int, k: int, draws: int = _OVER
     r = min(max(reliability, 0.0), 1.0)
     a = np.sqrt(r) * truth + np.sqrt(1.0 - r) * noise[0]
     b = np.sqrt(r) * truth + np.sqrt(1.0 - r) * noise[1]
-    top_a = np.argpartition(-a, k - 1, axis=1)[:, :k]
-    top_b = np.argpartition(-b, k - 1, axis=1)[:, :k]
-    hits = (top_a[:, :, None] == top_b[:, None, :]).any(axis=2).sum(axis=1)
-    return float(hits.mean() / k)
+    return float(shared_ends(a, b, k)[0].mean())
 
 
 @functools.lru_cache(maxsize=8)
@@ -170,6 +168,21 @@ def _spearman_table(groups: int) -> tuple[np.ndarray, np.ndarray]:
         groups + 1
     )
     return r, expected
+
+
+def shared_ends(a: np.ndarray, b: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The share of their k highest and of their k lowest that ``a`` and ``b`` hold in
+    common, along the last axis (needs at least 2k values)."""
+
+    def ends(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        order = np.argpartition(x, (k - 1, x.shape[-1] - k), axis=-1)
+        low, high = np.zeros(x.shape, bool), np.zeros(x.shape, bool)
+        np.put_along_axis(low, order[..., :k], True, axis=-1)
+        np.put_along_axis(high, order[..., -k:], True, axis=-1)
+        return low, high
+
+    (low_a, high_a), (low_b, high_b) = ends(a), ends(b)
+    return (high_a & high_b).sum(axis=-1) / k, (low_a & low_b).sum(axis=-1) / k
 
 
 def _ranks(x: np.ndarray) -> np.ndarray:
@@ -266,9 +279,9 @@ def split_half_stability(
                 continue
             a, b = values[0][keep], values[1][keep]
             correlations.append(float(np.corrcoef(_ranks(a), _ranks(b))[0, 1]))
-            order_a, order_b = np.argsort(-a, kind="stable"), np.argsort(-b, kind="stable")
-            tops.append(np.intersect1d(order_a[:k], order_b[:k]).size / k)
-            bottoms.append(np.intersect1d(order_a[-k:], order_b[-k:]).size / k)
+            top, bottom = shared_ends(a, b, k)
+            tops.append(float(top))
+            bottoms.append(float(bottom))
             used.append(len(halves[0]) + len(halves[1]))
     if not correlations:
         raise ValueError("no split gave enough groups with estimates in both halves")
