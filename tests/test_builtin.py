@@ -299,3 +299,36 @@ def test_a_resnet18_trains_and_transfers_at_32_px(tmp_path, monkeypatch):
         logits = result.logits[f"t/{mode}"]
         assert logits.shape == (16, 2) and np.isfinite(logits).all()
     assert trainer.estimate_seconds_per_model() > 0
+
+
+def test_streamed_batches_train_the_same_models_as_images_held_on_the_device(monkeypatch):
+    """A source too large for the device is read a batch at a time from host memory (the
+    memory-mapped cache); the models must not notice."""
+    results = {}
+    for choice in ("never", "always"):
+        monkeypatch.setenv("TRANSFER_INFLUENCE_STREAM", choice)
+        trainer = BuiltinTrainer(
+            DEMO, [dict(DEMO, name="stripes")], ("fixed_feature",), dict(RECIPE, epochs=1)
+        )
+        assert trainer.source_placement == ("streamed" if choice == "always" else "on the device")
+        results[choice] = trainer.train(_jobs())
+        assert ("source" in trainer._on_device) == (choice == "never")
+    for held, streamed in zip(results["never"], results["always"], strict=True):
+        np.testing.assert_array_equal(
+            held.logits["stripes/fixed_feature"], streamed.logits["stripes/fixed_feature"]
+        )
+        assert held.source_accuracy == streamed.source_accuracy
+
+
+def test_streaming_is_decided_by_the_memory_there_is(monkeypatch):
+    from transfer_influence.trainers.builtin import streams_source
+
+    cpu = torch.device("cpu")
+    monkeypatch.delenv("TRANSFER_INFLUENCE_STREAM", raising=False)
+    assert not streams_source(10**6, 1.3, cpu)
+    assert streams_source(10**15, 1.3, cpu)  # a petabyte is streamed
+    monkeypatch.setenv("TRANSFER_INFLUENCE_STREAM", "never")
+    assert not streams_source(10**15, 1.3, cpu)
+    monkeypatch.setenv("TRANSFER_INFLUENCE_STREAM", "sometimes")
+    with pytest.raises(ValueError, match="choose from auto, always, never"):
+        streams_source(10**6, 1.3, cpu)

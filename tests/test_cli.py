@@ -426,7 +426,9 @@ def test_a_reader_that_stops_early_stops_the_command_quietly(make_config, cli, t
     assert "Broken pipe" not in err and "Traceback" not in err and "Exception" not in err
 
 
-def test_dry_run_of_a_builtin_run_says_the_data_size_and_cost(tmp_path, cli, tiny_data):
+def test_dry_run_of_a_builtin_run_says_the_data_size_and_cost(
+    tmp_path, cli, tiny_data, monkeypatch
+):
     from conftest import tiny_builtin_config
 
     config = tiny_builtin_config(tmp_path / "tiny.toml", tiny_data())
@@ -435,6 +437,10 @@ def test_dry_run_of_a_builtin_run_says_the_data_size_and_cost(tmp_path, cli, tin
     # 6 classes x 6 images in each source split, 2 x 6 in each target split, at 16 x 16 x 3.
     assert "data: 0.1 MB of decoded images" in out  # (36 + 36 + 12 + 12) x 16 x 16 x 3 bytes
     assert "per model (the trainer's estimate)" in out and not (tmp_path / "r").exists()
+    assert "as much on the device (cpu, as on this machine)" in out
+    monkeypatch.setenv("TRANSFER_INFLUENCE_STREAM", "always")  # as if it did not fit
+    code, out, err = cli("run", config, "--run-dir", tmp_path / "r", "--dry-run")
+    assert code == 0 and "the source streamed to the device in batches" in out, err
 
 
 def test_the_api_reads_the_ends_as_the_console_prints_them(make_config, cli, tmp_path):

@@ -253,9 +253,15 @@ def _dry_run(run_dir: Path, config: Config, trainer: object, workers: int) -> in
     if hasattr(trainer, "data_bytes"):
         size = trainer.data_bytes()
         amount = f"{size / 1e9:,.1f} GB" if size >= 1e9 else f"{size / 1e6:,.1f} MB"
+        placement = getattr(trainer, "source_placement", "on the device")
+        where = (
+            "the source streamed to the device in batches, since it does not fit there"
+            if placement == "streamed"
+            else "as much on the device"
+        )
         print(
-            f"data: {amount} of decoded images, cached on disk, and as much on the device of "
-            f"each worker ({trainer.device.type})"
+            f"data: {amount} of decoded images, cached on disk; {where} "
+            f"({trainer.device.type}, as on this machine)"
         )
     if math.isnan(seconds):
         print("cost: unknown until the first chunk finishes")

@@ -8,6 +8,7 @@ The device is a property of the worker, not of the run: set ``TRANSFER_INFLUENCE
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Sequence
@@ -45,6 +46,29 @@ def resolve_device(requested: str | None = None) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} requested but CUDA is not available")
     return device
+
+
+STREAM_CHOICES = ("auto", "always", "never")
+
+
+def streams_source(nbytes: int, padded: float, device: torch.device) -> bool:
+    """Whether the source images are streamed to ``device`` in batches instead of held there:
+    ``TRANSFER_INFLUENCE_STREAM`` = always / never, or auto (the default): held where they
+    and their padded copy (``padded`` times their ``nbytes``) take at most half of the memory
+    free on the device (on a CPU, of the memory available), so training keeps the rest. A
+    property of the worker, like its device: the models come out the same either way."""
+    choice = os.environ.get("TRANSFER_INFLUENCE_STREAM") or "auto"
+    if choice not in STREAM_CHOICES:
+        raise ValueError(
+            f"TRANSFER_INFLUENCE_STREAM={choice!r}; choose from {', '.join(STREAM_CHOICES)}"
+        )
+    if choice != "auto":
+        return choice == "always"
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+    else:
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return nbytes * (1.0 + padded) > 0.5 * free
 
 
 def pretrained_features(
@@ -252,6 +276,24 @@ class BuiltinTrainer:
         datasets += [d for t in self.targets for d in (t.train, t.test)]
         return sum(int(d.images.nbytes) for d in datasets)
 
+    @functools.cached_property
+    def source_placement(self) -> str:
+        """Where the source images train from: "on the device" or "streamed" (decided once,
+        before training takes any memory)."""
+        images = self.source.images
+        size = images.shape[1]
+        padded = ((size + 2 * self.recipe.crop_padding) / size) ** 2
+        streamed = streams_source(int(images.nbytes), padded, self.device)
+        return "streamed" if streamed else "on the device"
+
+    def _source_images(self) -> tuple[torch.Tensor | np.ndarray, torch.Tensor]:
+        """The source's training images on the device, or where they do not fit, the
+        memory-mapped cache itself, read a batch at a time (labels always on the device)."""
+        if self.source_placement == "streamed":
+            labels = torch.from_numpy(self.source.labels).to(self.device)
+            return self.source.images, labels
+        return self._tensors("source", self.source)
+
     def _tensors(self, name: str, data: ImageDataset) -> tuple[torch.Tensor, torch.Tensor]:
         if name not in self._on_device:
             self._on_device[name] = (
@@ -271,7 +313,7 @@ class BuiltinTrainer:
         seeds = [job.seed for job in jobs]
         classes = len(self.source.class_names)
         net = self._network(seeds, classes)
-        images, labels = self._tensors("source", self.source)
+        images, labels = self._source_images()
         members = [self.groups.images(job.mask) for job in jobs]
         # An epoch is the expected subset's size: the same for every model of a run.
         epoch_size = self.groups.expected_images(max(job.mask.mean() for job in jobs))

@@ -9,6 +9,7 @@ other models share its stack.
 from __future__ import annotations
 
 import math
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -178,9 +179,42 @@ def _augmented_batch(
     return padded[index[..., None, None], rows[..., :, None], cols[..., None, :]]
 
 
+class StreamedBatches:
+    """Training batches gathered from images held in host memory (a memory-mapped cache too
+    large for the device): each step's images are read once, in index order, into pinned
+    memory and copied to the device while the step before computes."""
+
+    def __init__(self, images: np.ndarray, indices: torch.Tensor, device: torch.device) -> None:
+        self.images, self.indices, self.device = images, indices, device
+        self._pool = ThreadPoolExecutor(max_workers=1)
+        self._next: Future | None = None
+
+    def _read(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rows, local = torch.unique(self.indices[step], return_inverse=True)
+        batch = torch.from_numpy(np.take(self.images, rows.numpy(), axis=0))
+        if self.device.type == "cuda":
+            batch = batch.pin_memory()
+        return batch, local
+
+    def get(self, step: int, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step ``step``'s distinct images on the device, padded, and the G x B indices of the
+        step's samples into them; starts reading the next step's."""
+        future = self._next if self._next is not None else self._pool.submit(self._read, step)
+        self._next = (
+            self._pool.submit(self._read, step + 1) if step + 1 < len(self.indices) else None
+        )
+        batch, local = future.result()
+        batch = batch.to(self.device, non_blocking=True)
+        padded = F.pad(batch, (0, 0, pad, pad, pad, pad)) if pad else batch
+        return padded, local.to(self.device, non_blocking=True)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
 def train_stack(
     net: StackedNetwork,
-    images: torch.Tensor,
+    images: torch.Tensor | np.ndarray,
     labels: torch.Tensor,
     members: list[np.ndarray],
     seeds: list[int],
@@ -191,7 +225,9 @@ def train_stack(
     low_res_epochs: int = 0,
     progress: bool = False,
 ) -> None:
-    """Train model g of ``net`` on ``images[members[g]]`` (uint8 N x H x W x 3 on the device).
+    """Train model g of ``net`` on ``images[members[g]]`` (uint8 N x H x W x 3): a tensor on
+    the device, or an array in host memory whose batches are streamed to the device
+    (:class:`StreamedBatches`; the same models either way). ``labels`` is on the device.
 
     An epoch is ``epoch_size`` images (default: the mean member count). Pass a value that does
     not depend on which models share the stack — such as the expected subset size — so that a
@@ -199,12 +235,14 @@ def train_stack(
     ``recipe.low_res_size`` pixels (pretraining only: fine-tuning passes 0). ``progress``
     shows a bar over the steps.
     """
-    device = images.device
+    device = labels.device
     cuda = device.type == "cuda"
     dtype = torch.bfloat16 if cuda else torch.float32
     pad = recipe.crop_padding
     size = (images.shape[1], images.shape[2])
-    padded = F.pad(images, (0, 0, pad, pad, pad, pad)) if pad else images
+    streamed = isinstance(images, np.ndarray)
+    if not streamed:
+        padded = F.pad(images, (0, 0, pad, pad, pad, pad)) if pad else images
     epoch_size = epoch_size or sum(len(m) for m in members) / len(members)
     steps = max(1, math.ceil(epoch_size / recipe.batch_size)) * epochs
     plan = _plan_batches(
@@ -217,6 +255,7 @@ def train_stack(
         recipe.flip,
         coupled=recipe.data_order == "coupled",
     )
+    stream = StreamedBatches(images, plan[0], device) if streamed else None
     indices, dys, dxs, flips = (t.to(device) for t in plan)
     scaled_lr = lr * recipe.batch_size / 512
     optimizer = torch.optim.SGD(
@@ -233,31 +272,41 @@ def train_stack(
     )
     low_res_steps = steps // epochs * low_res_epochs if recipe.low_res_size else 0
     net.train()
-    for step in tqdm(range(steps), desc="training", unit="step", disable=not progress, leave=False):
-        index = indices[step]  # G x B image indices
-        batch = _augmented_batch(padded, index, dys[step], dxs[step], flips[step], size)
-        x = _normalise(batch, dtype)  # G x B x 3 x H x W
-        x = x.transpose(0, 1).reshape(x.shape[1], -1, *size)
-        if step < low_res_steps:
-            small = (recipe.low_res_size, recipe.low_res_size)
-            x = F.interpolate(
-                x.float(), size=small, mode="bilinear", antialias=True, align_corners=False
-            ).to(dtype)
-        if cuda:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-            logits = net(x)  # B x G x classes
-        y = labels[index].T  # B x G
-        # Sum over models of each model's mean loss: every model gets its own gradient.
-        loss = F.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]).float(),
-            y.reshape(-1),
-            label_smoothing=recipe.label_smoothing,
-        ) * len(members)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
+    try:
+        for step in tqdm(
+            range(steps), desc="training", unit="step", disable=not progress, leave=False
+        ):
+            index = indices[step]  # G x B image indices
+            if stream is not None:
+                padded, local = stream.get(step, pad)
+            else:
+                local = index
+            batch = _augmented_batch(padded, local, dys[step], dxs[step], flips[step], size)
+            x = _normalise(batch, dtype)  # G x B x 3 x H x W
+            x = x.transpose(0, 1).reshape(x.shape[1], -1, *size)
+            if step < low_res_steps:
+                small = (recipe.low_res_size, recipe.low_res_size)
+                x = F.interpolate(
+                    x.float(), size=small, mode="bilinear", antialias=True, align_corners=False
+                ).to(dtype)
+            if cuda:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+                logits = net(x)  # B x G x classes
+            y = labels[index].T  # B x G
+            # Sum over models of each model's mean loss: every model gets its own gradient.
+            loss = F.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]).float(),
+                y.reshape(-1),
+                label_smoothing=recipe.label_smoothing,
+            ) * len(members)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+    finally:
+        if stream is not None:
+            stream.close()
 
 
 @torch.no_grad()
