@@ -55,6 +55,7 @@ def test_an_example_level_run_with_the_builtin_trainer(tmp_path, cli, tiny_data)
     assert cli("report", run, "--quiet", "--target-example", chosen)[0] == 0
     html = (run / "report" / "index.html").read_text()
     assert 'id="examples"' in html and f"Target image {chosen}" in html
+    assert "against an independent run of this size: Top: an independent run of 12" in html
     overall = pd.read_csv(run / "report" / "tables" / "examples_overall.csv")
     assert sorted(overall["source_example"]) == sorted(store.groups)
     per_target = pd.read_csv(run / "report" / "tables" / "examples_per_target.csv")
@@ -112,9 +113,12 @@ def test_drill_down_from_a_class_run_then_example_wise_influence(tmp_path, cli, 
                          "--estimator", "difference")  # fmt: skip
     assert code == 0, err
     assert "most helpful" in out and "least helpful" in out
-    # How far the ends of the list repeat, with chance, as for classes.
-    assert "Top: two halves of 6 models share" in out and "by chance" in out
-    assert "Bottom: two halves of 6 models share" in out
+    # How far the ends of the list would repeat in an independent run, with chance, as for
+    # classes; split-half as measured, without a projection.
+    assert "Top: an independent run of 12 models would share about" in out
+    assert "Bottom: an independent run of 12 models would share about" in out
+    assert "by chance" in out and "split-half stability of the difference-in-means" in out
+    assert "two halves of 6 models" not in out
     overall = (tmp_path / "pool" / "examples" / "overall.csv").read_text().splitlines()
     assert len(overall) == 13 and overall[0].endswith(",unit")
     code, _, err = cli("drill", tmp_path / "pool", "--run-dir", tmp_path / "again")
@@ -136,6 +140,7 @@ def test_example_influence_with_a_seed_per_chunk_is_not_shrunk(tmp_path):
         slope = np.sum(values * truth) / np.sum(truth**2)
         assert 0.85 <= slope <= 1.15, (estimator, slope)
     assert fitted.stability_.models == 400
+    assert fitted.agreement_.models == 400 and fitted.agreement_.groups == len(store.groups)
 
 
 @pytest.mark.slow

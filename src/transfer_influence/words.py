@@ -25,6 +25,7 @@ __all__ = [
     "projection_words",
     "q_text",
     "split_half_method",
+    "split_half_measured",
     "stability_sentences",
 ]
 
@@ -63,6 +64,16 @@ def split_half_method(seed_per_chunk: bool, estimator: str = "difference") -> st
     if estimator == "regression":
         return "regression within chunks" if seed_per_chunk else "regression"
     return "slopes within chunks" if seed_per_chunk else "difference in means"
+
+
+def split_half_measured(stability: SplitHalf) -> str:
+    """What the halves shared, as measured, without a projection."""
+    return (
+        f"the halves share {stability.top_shared:.1f} of their top and "
+        f"{stability.bottom_shared:.1f} of their bottom {stability.k} "
+        f"({stability.chance_overlap * stability.k:.1f} by chance); "
+        f"Spearman {stability.spearman:.2f}."
+    )
 
 
 def stability_sentences(stability: SplitHalf) -> list[str]:

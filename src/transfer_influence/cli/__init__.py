@@ -38,6 +38,7 @@ from ..words import (
     flagged_sentence,
     growth_words,
     q_text,
+    split_half_measured,
     split_half_method,
     stability_sentences,
 )
@@ -352,12 +353,7 @@ def print_estimate(model: ClassInfluence, top: int) -> None:
         how = f"{split_half_method(per_chunk, stability.estimator)}, {stability.splits} {halves}"
         print(f"\nsplit-half stability, measured ({how} of about {stability.models // 2}):")
         if model.agreement_ is not None:
-            print(
-                f"  the halves share {stability.top_shared:.1f} of their top and "
-                f"{stability.bottom_shared:.1f} of their bottom {stability.k} "
-                f"({stability.chance_overlap * stability.k:.1f} by chance); "
-                f"Spearman {stability.spearman:.2f}."
-            )
+            print(f"  {split_half_measured(stability)}")
         else:
             for sentence in stability_sentences(stability):
                 print(f"  {sentence}")

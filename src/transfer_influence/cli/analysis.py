@@ -12,7 +12,13 @@ from ..estimation.significance import FLAG_LEVEL, chance_extreme
 from ..files import csv_text, read_json
 from ..outputs import with_unit
 from ..store import RunStore
-from ..words import ends_note, q_text, split_half_method, stability_sentences
+from ..words import (
+    agreement_sentences,
+    ends_note,
+    q_text,
+    split_half_measured,
+    split_half_method,
+)
 from .engines import add_engine_arguments, engine_from_args
 
 __all__ = ["RUN_HELP", "add_analysis_commands", "add_estimation_arguments", "count"]
@@ -346,10 +352,17 @@ def _cmd_examples(args: argparse.Namespace) -> int:
         print(f"\n{title}:")
         for row in rows.itertuples():
             print(f"  {row.source_example:<32} {row.influence:+9.4f}")
-    if fitted.stability_ is not None:
-        how = split_half_method(store.config.run.seeds == "chunk")
-        print(f"\nstability of the difference-in-means ranking ({how}):")
-        for sentence in stability_sentences(fitted.stability_):
+    ranking = "the difference-in-means ranking of the same models"
+    if fitted.agreement_ is not None:
+        print(f"\nwould an independent run of this size agree? ({ranking}, from its errors)")
+        for sentence in agreement_sentences(fitted.agreement_):
             print(f"  {sentence}")
+    stability = fitted.stability_
+    if stability is not None:
+        how = split_half_method(store.config.run.seeds == "chunk")
+        print(
+            f"\nsplit-half stability of {ranking}, measured ({how}, halves of about "
+            f"{stability.models // 2}): {split_half_measured(stability)}"
+        )
     print(f"\nwrote {folder}/overall.csv, per_example.csv")
     return 0

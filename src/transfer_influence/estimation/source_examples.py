@@ -21,9 +21,10 @@ from ..outputs import output_units
 from ..store import RunError, RunStore
 from ..trainers.protocol import parse_key
 from .accumulator import estimate_influence
+from .agreement import Agreement, independent_agreement
 from .centring import centre_within
 from .classes import model_stability, seed_blocks
-from .diagnostics import SplitHalf
+from .diagnostics import SplitHalf, end_size
 
 __all__ = ["ExampleInfluence", "sparse_influence"]
 
@@ -69,7 +70,9 @@ class ExampleInfluence:
     ``difference`` in means beside the ``influence`` breaks the lasso's ties at zero),
     ``per_example_`` (long table for the chosen target examples), ``unit_`` (of every
     influence: points for probabilities), ``penalties_``,
-    ``stability_`` (split-half rank stability of the overall difference-in-means ranking),
+    ``agreement_`` (would an independent run of this size rank the source examples alike:
+    the overall difference-in-means ranking, from its estimates and errors; None with too few
+    examples), ``stability_`` (split-half rank stability of that ranking, as measured),
     ``n_models_``.
     """
 
@@ -117,10 +120,14 @@ class ExampleInfluence:
             {str(target.example_ids[j]): y for j, y in zip(columns, per_column, strict=True)}
         )
         self.penalties_: dict[str, float | None] = {}
+        self.agreement_: Agreement | None = None
         tables = {}
         blocks = seed_blocks(store, masks)
         for name, y in targets.items():
-            difference = estimate_influence(x, y[:, None], blocks=blocks).overall.values[:, 0]
+            estimate = estimate_influence(x, y[:, None], blocks=blocks).overall
+            difference = estimate.values[:, 0]
+            if name == "overall":
+                self.agreement_ = _agreement(estimate.values[:, 0], estimate.stderr[:, 0], len(x))
             if self.estimator == "sparse":
                 values, self.penalties_[name] = sparse_influence(x, y, blocks=blocks)
             else:
@@ -150,3 +157,10 @@ class ExampleInfluence:
         self.stability_: SplitHalf | None = model_stability(x, targets["overall"], blocks)
         self.n_models_ = int(len(x))
         return self
+
+
+def _agreement(values: np.ndarray, stderr: np.ndarray, models: int) -> Agreement | None:
+    try:
+        return independent_agreement(values, stderr, models, end_size(values.size))
+    except ValueError:  # too few examples with estimates to read both ends
+        return None

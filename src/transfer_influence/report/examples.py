@@ -13,7 +13,7 @@ import pandas as pd
 from ..estimation import ClassInfluence, ExampleInfluence
 from ..store import RunError, RunStore
 from ..trainers.protocol import parse_key
-from ..words import projection_words, split_half_method
+from ..words import agreement_sentences, split_half_method
 from .images import RunImages, png, thumbnail
 
 __all__ = ["example_section", "is_example_run", "most_affected_examples"]
@@ -95,11 +95,16 @@ def example_section(
         f"{fitted.n_models_} models, {len(store.groups):,} pool images; sparse (lasso) "
         "regression, penalty by 5-fold cross-validation over models."
     )
+    if fitted.agreement_ is not None:
+        note += (
+            " The difference-in-means ranking of the same models, against an independent run "
+            f"of this size: {' '.join(agreement_sentences(fitted.agreement_))}"
+        )
     if stability is not None:
         note += (
-            " Split-half rank stability of the overall ranking "
-            f"({split_half_method(store.config.run.seeds == 'chunk')}): "
-            f"{stability.spearman:.2f}; {projection_words(stability, 0.9)}."
+            " Split-half rank stability of that ranking, measured "
+            f"({split_half_method(store.config.run.seeds == 'chunk')}): Spearman "
+            f"{stability.spearman:.2f}."
         )
     context = {
         "note": note,
