@@ -378,9 +378,11 @@ def trust_calibration(r: dict) -> list[str]:
             )
     names = {"a": "the ends", "b": "the null table", "c": "the estimator choice"}
     names |= {"d": "the agreement", "e": "`--until-stable`"}
+    by_source: dict[tuple[str, str], list[str]] = {}
+    for section, where in sorted(r.get("carried_over", {}).items()):
+        by_source.setdefault((str(where["git_sha"])[:7], where["file"]), []).append(names[section])
     carried = [
-        f"{names[section]} at `{str(where['git_sha'])[:7]}` ({where['file']})"
-        for section, where in sorted(r.get("carried_over", {}).items())
+        f"{', '.join(sections)} at `{sha}` ({file})" for (sha, file), sections in by_source.items()
     ]
     if carried:
         lines += ["", f"*Measured by the same script at another commit: {'; '.join(carried)}.*"]
