@@ -7,9 +7,7 @@ three kinds:
 - harmful: loud, label-noisy look-alikes — saturated stripes at the target's orientations,
   drowned in pixel noise, whose labels say nothing about them (measured: each costs the
   target about two points of accuracy against an irrelevant class);
-- irrelevant: coloured blobs and flat fields of colour, with no stripes and no edges to share
-  with them (rings, tried before, share edges at every orientation and helped for some
-  training seeds).
+- irrelevant: coloured blobs, rings and squares with no stripes.
 
 With ``planted=False`` (the control) the source classes are one pool of shapes dealt at random
 into 24 classes, so no class can differ from another except by chance. Everything is generated
@@ -51,8 +49,8 @@ def _source_classes(planted: bool) -> list[tuple[str, str, object]]:
     classes: list[tuple[str, str, object]] = []
     classes += [(f"stripes-{a}", "helpful", a) for a in DEMO_ANGLES]
     classes += [(f"static-{c}", "harmful", c) for c in "abcd"]
-    irrelevant = [(f"{c}-{s}", "irrelevant", (s, c)) for s in ("blob", "field") for c in _COLOURS]
-    return classes + irrelevant
+    irrelevant = [(f"{c}-{s}", "irrelevant", (s, c)) for s in _SHAPES for c in _COLOURS]
+    return classes + irrelevant[:16]
 
 
 def planted_classes(planted: bool = True) -> dict[str, list[str]]:
@@ -82,8 +80,6 @@ def _shape_masks(rng: np.random.Generator, n: int, shape: str) -> np.ndarray:
     yy, xx = _grid()
     cy, cx = rng.uniform(0.3, 0.7, size=(2, n, 1, 1))
     radius = rng.uniform(0.15, 0.3, size=(n, 1, 1))
-    if shape == "field":  # the whole image, tinted
-        return np.ones((n, _SIZE, _SIZE), dtype=np.float32)
     if shape == "square":
         return (np.maximum(np.abs(yy - cy), np.abs(xx - cx)) < radius).astype(np.float32)
     distance = np.hypot(yy - cy, xx - cx)
