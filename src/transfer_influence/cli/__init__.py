@@ -415,6 +415,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         wrong = ", ".join(planted["irrelevant_told_apart"]) or "none"
         print(f"  planted irrelevant and yet told apart from the average class (simultaneous "
               f"interval excludes zero): {wrong}")  # fmt: skip
+        if planted["irrelevant_told_apart"]:
+            print("    (every model here shares one training seed, so the estimates are of "
+                  "each class's effect for that seed, where a class planted as irrelevant can "
+                  "have a real one)")  # fmt: skip
         flagged = ", ".join(planted["irrelevant_flagged"]) or "none"
         print(f"  planted irrelevant and flagged at {q}: {flagged} (q-values bound the share "
               "of false flags: with all 8 planted classes flagged, one irrelevant class is "

@@ -7,7 +7,8 @@ three kinds:
 - harmful: loud, label-noisy look-alikes — saturated stripes at the target's orientations,
   drowned in pixel noise, whose labels say nothing about them (measured: each costs the
   target about two points of accuracy against an irrelevant class);
-- irrelevant: coloured blobs, rings and squares with no stripes.
+- irrelevant: coloured blobs and rings with no stripes (squares join them only in the control's
+  pool of shapes).
 
 With ``planted=False`` (the control) the source classes are one pool of shapes dealt at random
 into 24 classes, so no class can differ from another except by chance. Everything is generated
