@@ -1,6 +1,6 @@
 """Estimator speed: influence with standard errors vs one float32 matrix product.
 
-The issue's bar: K=1000 groups, n=10,000 target examples, m=10,000 models, standard errors
+The bar: K=1000 groups, n=10,000 target examples, m=10,000 models, standard errors
 included, in at most 2x the time of one float32 (K x m) @ (m x n) product on the same machine.
 
     python benchmarks/estimator_speed.py [--groups 1000 --examples 10000 --models 10000]

@@ -3,7 +3,7 @@
 An imported run of ``--models`` simulated models (additive class effects plus noise, so the
 default estimator is the regression once m >= K + 10), with random 32 x 32 images for the
 source (``--per-class`` per class) and the target, timed from ``Report(...).build`` to the
-written index.html. The issue asks for under a minute on the 2-core machine.
+written index.html. The goal: under a minute on the 2-core machine.
 
     python benchmarks/report_speed.py [--classes 1000] [--examples 10000] [--models 1100]
 """

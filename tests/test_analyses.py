@@ -138,7 +138,7 @@ def test_extremeness_is_a_robust_z_score_per_example():
 @pytest.mark.skipif(not FIXTURE.is_file(), reason=f"needs the shared fixture in {SHARED}")
 @pytest.mark.slow
 def test_planted_leakage_on_real_outputs_is_found_with_few_false_discoveries():
-    """The issue's bar: >= 90% recall, <= 10% false discoveries, against look-alike decoys."""
+    """The bar: >= 90% recall, <= 10% false discoveries, against look-alike decoys."""
     from transfer_influence.datasets import load_dataset
 
     fixture = np.load(FIXTURE, allow_pickle=False)

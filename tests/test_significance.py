@@ -1,6 +1,8 @@
 """What a user reads at the ends of a ranking: q-values that survive selection, and the
 stability of the top and bottom beside chance, each checked against a known answer."""
 
+import math
+
 import numpy as np
 import pytest
 
@@ -145,19 +147,15 @@ def test_the_projected_models_reach_the_projected_overlap():
         assert 0.7 <= reached <= 0.95, (end, needed, reached)
 
 
-def test_overlap_words_and_projections_read_as_a_user_needs_them():
-    from transfer_influence.words import overlap_words
-
+def test_the_gaussian_overlap_model_and_the_split_half_projections_order_as_they_should():
     assert expected_overlap(0.0, 100, 10) == pytest.approx(0.1, abs=0.02)
     assert expected_overlap(1.0, 100, 10) == 1.0
     assert expected_overlap(0.5, 100, 10) < expected_overlap(0.8, 100, 10)
     halves = SplitHalf(0.26, 0.1, 50, 149, top_overlap=0.39, bottom_overlap=0.16, groups=100)
-    words = overlap_words(halves, "top")
-    assert words.startswith("two halves of 74 models share 3.9 of their top 10 (1.0 by chance)")
-    assert "models would give 8 of 10" in words
-    assert halves.overlap_models_needed("bottom") > halves.overlap_models_needed("top")
+    assert halves.top_shared == pytest.approx(3.9)  # as the console prints it
+    assert halves.overlap_models_needed("bottom") > halves.overlap_models_needed("top") > 149
     at_chance = SplitHalf(0.0, 0.1, 50, 149, top_overlap=0.1, bottom_overlap=0.1, groups=100)
-    assert "no projection to 8 of 10" in overlap_words(at_chance, "bottom")
+    assert math.isnan(at_chance.overlap_models_needed("bottom"))
 
 
 @pytest.mark.parametrize("count", [1, 100, 10_000])

@@ -20,13 +20,9 @@ __all__ = [
     "explained_sentence",
     "flagged_sentence",
     "growth_words",
-    "overlap_projection",
-    "overlap_words",
-    "projection_words",
     "q_text",
     "split_half_method",
     "split_half_measured",
-    "stability_sentences",
 ]
 
 # With subsets of a fixed size, holding class k means leaving out another class: a negative
@@ -76,16 +72,6 @@ def split_half_measured(stability: SplitHalf) -> str:
     )
 
 
-def stability_sentences(stability: SplitHalf) -> list[str]:
-    """The agreement of two halves of the models at both ends and overall, in words."""
-    return [
-        f"Top: {overlap_words(stability, 'top')}.",
-        f"Bottom: {overlap_words(stability, 'bottom')}.",
-        f"Whole ranking: split-half Spearman {stability.spearman:.2f}; "
-        f"{projection_words(stability, 0.9)}.",
-    ]
-
-
 def flagged_sentence(helps: int, below: int, groups: int) -> str:
     """How many groups the q-values flag, against what chance alone would flag."""
     if helps + below == 0:
@@ -110,34 +96,6 @@ def explained_sentence(share: float) -> str:
     if share >= 0.5:
         return text + "."
     return text + ", which no estimator removes: more models or a steadier recipe reduce it."
-
-
-def projection_words(stability: SplitHalf, target: float = 0.9) -> str:
-    """:meth:`SplitHalf.models_needed` in words, or why there is none yet."""
-    return _needed_words(stability.models_needed(target), f"Spearman {target:g}")
-
-
-def overlap_words(stability: SplitHalf, end: str, target: float = 0.8) -> str:
-    """The overlap at one end ("top" or "bottom") in words, with chance and a projection."""
-    measured = stability.top_overlap if end == "top" else stability.bottom_overlap
-    shared = f"{measured * stability.k:.1f}"
-    chance = f"{stability.chance_overlap * stability.k:.1f} by chance"
-    return (
-        f"two halves of {stability.models // 2} models share {shared} of their {end} "
-        f"{stability.k} ({chance}); {overlap_projection(stability, end, target)}"
-    )
-
-
-def overlap_projection(stability: SplitHalf, end: str, target: float = 0.8) -> str:
-    """How many models would make one end repeat ``target`` of k, in words."""
-    wanted = f"{round(target * stability.k)} of {stability.k}"
-    return _needed_words(stability.overlap_models_needed(end, target), wanted)
-
-
-def _needed_words(needed: float, target: str) -> str:
-    if not math.isfinite(needed):
-        return f"no projection to {target} while the halves agree no more than chance"
-    return f"about {_rough(needed)} models would give {target}"
 
 
 def _rough(models: float) -> str:

@@ -40,7 +40,6 @@ from ..words import (
     q_text,
     split_half_measured,
     split_half_method,
-    stability_sentences,
 )
 from .analysis import RUN_HELP, add_analysis_commands, add_estimation_arguments, count
 from .cluster import add_cluster_command
@@ -352,11 +351,7 @@ def print_estimate(model: ClassInfluence, top: int) -> None:
         halves = "random halves of whole chunks" if per_chunk else "random halves"
         how = f"{split_half_method(per_chunk, stability.estimator)}, {stability.splits} {halves}"
         print(f"\nsplit-half stability, measured ({how} of about {stability.models // 2}):")
-        if model.agreement_ is not None:
-            print(f"  {split_half_measured(stability)}")
-        else:
-            for sentence in stability_sentences(stability):
-                print(f"  {sentence}")
+        print(f"  {split_half_measured(stability)}")
     if stability is not None and model.seeds_ == "run":
         print(f"  {SHARED_SEED_CAVEAT}")
     if model.lds_ is not None:
