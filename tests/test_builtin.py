@@ -307,9 +307,9 @@ def test_streamed_batches_train_the_same_models_as_images_held_on_the_device(mon
     results = {}
     for choice in ("never", "always"):
         monkeypatch.setenv("TRANSFER_INFLUENCE_STREAM", choice)
-        trainer = BuiltinTrainer(
-            DEMO, [dict(DEMO, name="stripes")], ("fixed_feature",), dict(RECIPE, epochs=1)
-        )
+        small = dict(DEMO, source_per_class=20, target_per_class=25)
+        recipe = dict(RECIPE, widths=[8, 16, 32], epochs=1)
+        trainer = BuiltinTrainer(small, [dict(small, name="stripes")], ("fixed_feature",), recipe)
         assert trainer.source_placement == ("streamed" if choice == "always" else "on the device")
         results[choice] = trainer.train(_jobs())
         assert ("source" in trainer._on_device) == (choice == "never")

@@ -47,12 +47,27 @@ def test_a_trained_models_features_cluster_by_class_unlike_an_untrained_ones():
     recipe = Recipe(widths=(16, 32, 64), epochs=8, batch_size=64)
     trained = pretrained_features(source, recipe, seed=0, device=torch.device("cpu"))
     net = build_network([0], recipe, len(source.class_names), 16, torch.device("cpu"))
-    untrained = extract_features(net, torch.from_numpy(np.array(source.images)))[0].numpy()
+    untrained = extract_features(net, source.images)[0].numpy()  # host memory, batch by batch
     purity = {
         name: FeatureClusters(24).fit(f, source.labels, source.names).clusters_["purity"].median()
         for name, f in (("trained", trained), ("untrained", untrained))
     }
     assert purity["trained"] > 0.7 and purity["trained"] > purity["untrained"] + 0.3, purity
+
+
+def test_features_for_clusters_are_the_same_when_the_source_is_streamed(monkeypatch):
+    import torch
+
+    from transfer_influence.trainers.builtin import pretrained_features
+    from transfer_influence.trainers.stack import Recipe
+
+    source = demo_dataset("source", "train", source_per_class=20)
+    recipe = Recipe(widths=(8, 16, 32), epochs=1, batch_size=64)
+    features = {}
+    for choice in ("never", "always"):
+        monkeypatch.setenv("TRANSFER_INFLUENCE_STREAM", choice)
+        features[choice] = pretrained_features(source, recipe, device=torch.device("cpu"))
+    np.testing.assert_array_equal(features["never"], features["always"])
 
 
 def test_a_groups_file_may_map_images(tmp_path):

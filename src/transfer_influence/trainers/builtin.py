@@ -83,14 +83,17 @@ def pretrained_features(
     device = device or resolve_device()
     classes, size = len(source.class_names), source.images.shape[1]
     net = build_network([seed], recipe, classes, size, device)
-    images = torch.from_numpy(np.array(source.images)).to(device)
+    padded = ((size + 2 * recipe.crop_padding) / size) ** 2
+    images: torch.Tensor | np.ndarray = source.images  # streamed where it does not fit
+    if not streams_source(int(source.images.nbytes), padded, device):
+        images = _to_device(source.images, device)
     labels = torch.from_numpy(source.labels).to(device)
     everything = [np.arange(len(source))]
     train_stack(
         net, images, labels, everything, [seed], recipe, recipe.epochs, recipe.lr,
         low_res_epochs=recipe.low_res_epochs, progress=progress,
     )  # fmt: skip
-    return extract_features(net, images)[0].cpu().numpy()
+    return extract_features(net, images, device=device)[0].cpu().numpy()
 
 
 def check_classes_before_decoding(

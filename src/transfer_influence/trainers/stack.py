@@ -310,16 +310,26 @@ def train_stack(
 
 
 @torch.no_grad()
-def extract_features(net: StackedNetwork, images: torch.Tensor, batch: int = 1024) -> torch.Tensor:
-    """Features of every image under every model: G x N x feature_dim (float32)."""
-    cuda = images.device.type == "cuda"
+def extract_features(
+    net: StackedNetwork,
+    images: torch.Tensor | np.ndarray,
+    batch: int = 1024,
+    device: torch.device | None = None,
+) -> torch.Tensor:
+    """Features of every image under every model: G x N x feature_dim (float32). ``images``
+    in host memory (a memory-mapped cache) are copied to ``device`` a batch at a time."""
+    device = images.device if isinstance(images, torch.Tensor) else device or torch.device("cpu")
+    cuda = device.type == "cuda"
     dtype = torch.bfloat16 if cuda else torch.float32
     net.eval()
     out = []
     for start in range(0, images.shape[0], batch):
-        x = _normalise(images[start : start + batch], dtype).repeat(1, net.models, 1, 1)
+        rows = images[start : start + batch]
+        if isinstance(rows, np.ndarray):
+            rows = torch.from_numpy(np.array(rows)).to(device)
+        x = _normalise(rows, dtype).repeat(1, net.models, 1, 1)
         if cuda:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=cuda):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
             out.append(net.features(x).float())
     return torch.cat(out).transpose(0, 1).contiguous()
