@@ -329,12 +329,13 @@ class InfluenceAccumulator:
         )
         if share is None or share >= 1.0:
             return "difference"
-        if self._centring is None:
-            between = None
-            difference = 1.0 / self._n_in + 1.0 / (self.n_models - self._n_in)
-        else:
-            between = self._centring.between
-            difference = 1.0 / self._centring.spread
+        with np.errstate(divide="ignore"):  # a group always in or out: left out below
+            if self._centring is None:
+                between = None
+                difference = 1.0 / self._n_in + 1.0 / (self.n_models - self._n_in)
+            else:
+                between = self._centring.between
+                difference = 1.0 / self._centring.spread
         regression = variance_factors(self._gram, self._n_in, self.n_models, between)
         defined = np.isfinite(difference) & (regression > 0)
         if not defined.any():
