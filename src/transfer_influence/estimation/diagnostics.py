@@ -163,11 +163,10 @@ def reliability_for_spearman(spearman: float, groups: int) -> float:
 
 @functools.lru_cache(maxsize=32)
 def _spearman_table(groups: int) -> tuple[np.ndarray, np.ndarray]:
-    r = np.concatenate([[0.0], 1.0 - np.logspace(0, -6, 241)[1:]])
-    expected = ((groups - 2) * 6 / math.pi * np.arcsin(r / 2) + 3 * 2 / math.pi * np.arcsin(r)) / (
-        groups + 1
-    )
-    return r, expected
+    r = np.concatenate([[0.0], 1.0 - np.logspace(0, -6, 241)[1:]])  # dense near 1
+    rho_s = 6 / math.pi * np.arcsin(r / 2)  # the population's Spearman
+    tau = 2 / math.pi * np.arcsin(r)  # Kendall's
+    return r, ((groups - 2) * rho_s + 3 * tau) / (groups + 1)
 
 
 def shared_ends(a: np.ndarray, b: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
