@@ -29,7 +29,7 @@ import numpy as np
 from scipy.special import stdtrit
 
 from .centring import ChunkCentring, within_difference
-from .regression import explained_share, regression_influence, variance_factors
+from .regression import CentredDesign, explained_share, regression_influence
 from .rounds import RoundContrasts
 from .significance import q_values, t_test_p_values
 
@@ -272,8 +272,9 @@ class InfluenceAccumulator:
                 "train more or use the difference estimator"
             )
         _warn_degenerate(self._n_in, self.n_models - self._n_in)
+        design = self._design() if estimator != "difference" and enough else None
         if estimator == "auto":
-            estimator = self._auto_choice() if enough else "difference"
+            estimator = self._auto_choice(design) if design is not None else "difference"
         masks = np.concatenate(self._masks)
         summaries = np.concatenate(self._summaries)
         if estimator == "difference":
@@ -296,14 +297,18 @@ class InfluenceAccumulator:
         else:
             x = masks.astype(np.float64)
             chosen = self._regression(
-                x.T @ x, x.T @ summaries, summaries.sum(axis=0), (summaries**2).sum(axis=0)
+                design, x.T @ summaries, summaries.sum(axis=0), (summaries**2).sum(axis=0)
             )
-            per_example = self._regression(self._gram, self._sum_in, self._sum, self._sum_sq)
+            per_example = self._regression(design, self._sum_in, self._sum, self._sum_sq)
         per_class = chosen.columns(slice(1, None)) if self.example_classes is not None else None
         overall = chosen.columns(slice(0, 1))
         return InfluenceEstimate(per_example, overall, per_class, self.n_models, estimator)
 
-    def _auto_choice(self) -> str:
+    def _design(self) -> CentredDesign:
+        between = None if self._centring is None else self._centring.between
+        return CentredDesign.of(self._gram, self._n_in, self.n_models, between)
+
+    def _auto_choice(self, design: CentredDesign) -> str:
         """The estimator "auto" uses: the regression only where its error is predicted to be
         clearly smaller, from how much of the spread between models' mean outputs the
         subsets explain in every other model.
@@ -331,12 +336,10 @@ class InfluenceAccumulator:
             return "difference"
         with np.errstate(divide="ignore"):  # a group always in or out: left out below
             if self._centring is None:
-                between = None
                 difference = 1.0 / self._n_in + 1.0 / (self.n_models - self._n_in)
             else:
-                between = self._centring.between
                 difference = 1.0 / self._centring.spread
-        regression = variance_factors(self._gram, self._n_in, self.n_models, between)
+        regression = design.factors()
         defined = np.isfinite(difference) & (regression > 0)
         if not defined.any():
             return "difference"
@@ -357,16 +360,15 @@ class InfluenceAccumulator:
         )
         return Influence(values, stderr, n_in.copy(), m - n_in, dof)
 
-    def _regression(self, gram, xty, total, total_sq) -> Influence:
+    def _regression(self, design: CentredDesign, xty, total, total_sq) -> Influence:
         m, n_in, centring = self.n_models, self._n_in, self._centring
         values, stderr, dof = regression_influence(
-            gram,
+            design,
             n_in,
             xty,
             total,
             total_sq,
             m,
-            between=None if centring is None else centring.between,
             absorbed=0 if centring is None else centring.chunks - 1,
         )
         undefined = (n_in == 0) | (n_in == m)

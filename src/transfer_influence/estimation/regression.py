@@ -19,72 +19,77 @@ between models that their subsets explain (:func:`explained_by_subsets`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from .centring import centre_within
 
-__all__ = ["explained_by_subsets", "explained_share", "regression_influence", "variance_factors"]
+__all__ = ["CentredDesign", "explained_by_subsets", "explained_share", "regression_influence"]
+
+
+@dataclass(frozen=True)
+class CentredDesign:
+    """The eigendecomposition of X'X centred (within chunks, where Y was): every fit of one
+    set of models shares it. ``inverse_w`` holds the inverses of the eigenvalues, zero
+    outside the range (fixed-size subsets leave the all-ones direction out of it: the
+    indicators sum to a constant, and no contrast depends on it)."""
+
+    v: np.ndarray
+    inverse_w: np.ndarray
+
+    @classmethod
+    def of(
+        cls, gram: np.ndarray, n_in: np.ndarray, m: int, between: np.ndarray | None = None
+    ) -> CentredDesign:
+        """From ``gram`` = X'X (K x K) and ``n_in`` = X'1 of m models; ``between`` = sum
+        over chunks of a a' / C where outputs were centred within chunks."""
+        if between is None:
+            between = np.outer(n_in, n_in) / m
+        w, v = np.linalg.eigh(gram - between)
+        kept = w > w.max() * 1e-10
+        return cls(v, np.divide(1.0, w, out=np.zeros_like(w), where=kept))
+
+    @property
+    def rank(self) -> int:
+        return int(np.count_nonzero(self.inverse_w))
+
+    def factors(self) -> np.ndarray:
+        """Each group's error variance of the influence per unit of residual variance (K,):
+        the design's part of its standard error, which needs no outputs."""
+        contrast = _contrast(self.v.shape[0])
+        inverse = (self.v * self.inverse_w) @ self.v.T
+        return np.maximum(np.einsum("ij,jk,ik->i", contrast, inverse, contrast), 0.0)
 
 
 def regression_influence(
-    gram: np.ndarray,
+    design: CentredDesign,
     n_in: np.ndarray,
     xty: np.ndarray,
     total: np.ndarray,
     total_sq: np.ndarray,
     m: int,
-    between: np.ndarray | None = None,
     absorbed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Influence contrasts of the least-squares fit (K x T), their standard errors and the
     fit's residual degrees of freedom.
 
-    ``gram`` = X'X (K x K), ``n_in`` = X'1, ``xty`` = X'Y (K x T), ``total`` = 1'Y,
-    ``total_sq`` = per-column sum of squares of Y, for m models. Where Y was centred within
-    chunks (see :mod:`.centring`), X is centred within them too: ``between`` = sum over chunks
-    of a a' / C, and ``absorbed`` = chunks - 1 means spent.
+    ``design`` = the models' :class:`CentredDesign`, ``n_in`` = X'1, ``xty`` = X'Y (K x T),
+    ``total`` = 1'Y, ``total_sq`` = per-column sum of squares of Y, for m models. Where Y was
+    centred within chunks (see :mod:`.centring`), ``absorbed`` = chunks - 1 means spent.
     """
-    v, inverse_w = _centred_eigen(gram, n_in, m, between)
+    v, inverse_w = design.v, design.inverse_w
     b = xty - np.outer(n_in, total / m)  # centred X'Y (total is 0 where Y was centred)
     yy = total_sq - total**2 / m  # centred Y'Y
     least_squares = v @ (inverse_w[:, None] * (v.T @ b))
-    rss = yy - np.einsum("kt,kt->t", least_squares, b)  # b lies in the range of g
-    dof = max(int(m - 1 - absorbed - np.count_nonzero(inverse_w)), 1)
-    factor = _contrast_factors(v, inverse_w)
-    stderr = np.sqrt(factor[:, None] * (np.maximum(rss, 0.0) / dof)[None, :])
-    return _contrast(gram.shape[0]) @ least_squares, stderr, dof
-
-
-def variance_factors(
-    gram: np.ndarray, n_in: np.ndarray, m: int, between: np.ndarray | None = None
-) -> np.ndarray:
-    """Each group's error variance of the regression's influence per unit of residual
-    variance (K,): the design's part of its standard error, which needs no outputs."""
-    return _contrast_factors(*_centred_eigen(gram, n_in, m, between))
+    rss = yy - np.einsum("kt,kt->t", least_squares, b)  # b lies in the range of X'X
+    dof = max(int(m - 1 - absorbed - design.rank), 1)
+    stderr = np.sqrt(design.factors()[:, None] * (np.maximum(rss, 0.0) / dof)[None, :])
+    return _contrast(v.shape[0]) @ least_squares, stderr, dof
 
 
 def _contrast(k: int) -> np.ndarray:
     return k / (k - 1) * (np.eye(k) - 1.0 / k)
-
-
-def _contrast_factors(v: np.ndarray, inverse_w: np.ndarray) -> np.ndarray:
-    contrast = _contrast(v.shape[0])
-    factor = np.einsum("ij,jk,ik->i", contrast, (v * inverse_w) @ v.T, contrast)
-    return np.maximum(factor, 0.0)
-
-
-def _centred_eigen(
-    gram: np.ndarray, n_in: np.ndarray, m: int, between: np.ndarray | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Eigenvectors of X'X centred (within chunks, where Y was) and the inverses of its
-    eigenvalues, zero outside its range."""
-    if between is None:
-        between = np.outer(n_in, n_in) / m
-    # A pseudo-inverse: fixed-size subsets leave the all-ones direction out of the centred
-    # X'X's range (the indicators sum to a constant), and no contrast depends on it.
-    w, v = np.linalg.eigh(gram - between)
-    kept = w > w.max() * 1e-10
-    return v, np.divide(1.0, w, out=np.zeros_like(w), where=kept)
 
 
 def explained_by_subsets(
