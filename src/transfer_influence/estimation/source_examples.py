@@ -10,6 +10,7 @@ examples and for each chosen target example; the difference in means stays avail
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -127,7 +128,10 @@ class ExampleInfluence:
             estimate = estimate_influence(x, y[:, None], blocks=blocks).overall
             difference = estimate.values[:, 0]
             if name == "overall":
-                self.agreement_ = _agreement(estimate.values[:, 0], estimate.stderr[:, 0], len(x))
+                with contextlib.suppress(ValueError):  # too few examples with estimates
+                    self.agreement_ = independent_agreement(
+                        difference, estimate.stderr[:, 0], len(x), end_size(difference.size)
+                    )
             if self.estimator == "sparse":
                 values, self.penalties_[name] = sparse_influence(x, y, blocks=blocks)
             else:
@@ -157,10 +161,3 @@ class ExampleInfluence:
         self.stability_: SplitHalf | None = model_stability(x, targets["overall"], blocks)
         self.n_models_ = int(len(x))
         return self
-
-
-def _agreement(values: np.ndarray, stderr: np.ndarray, models: int) -> Agreement | None:
-    try:
-        return independent_agreement(values, stderr, models, end_size(values.size))
-    except ValueError:  # too few examples with estimates to read both ends
-        return None

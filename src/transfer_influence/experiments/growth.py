@@ -83,9 +83,8 @@ def grow_until_stable(
 ) -> Growth:
     """Train ``store`` with ``engine`` until an independent run of its size would agree with
     it as ``targets`` asks (shares of the ends, or a Spearman) at the low end of the 80%
-    range of that agreement, the run reaches
-    ``max_models`` (default: its planned size) or ``time_limit`` seconds pass. ``on_round``
-    is told each round's agreement."""
+    range of that agreement, the run reaches ``max_models`` (default: its planned size) or
+    ``time_limit`` seconds pass. ``on_round`` is told each round's agreement."""
     deadline = None if time_limit is None else time.time() + time_limit
     budget = max_models or store.planned_models
     agreement = None

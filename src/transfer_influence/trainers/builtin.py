@@ -51,12 +51,13 @@ def resolve_device(requested: str | None = None) -> torch.device:
 STREAM_CHOICES = ("auto", "always", "never")
 
 
-def streams_source(nbytes: int, padded: float, device: torch.device) -> bool:
-    """Whether the source images are streamed to ``device`` in batches instead of held there:
-    ``TRANSFER_INFLUENCE_STREAM`` = always / never, or auto (the default): held where they
-    and their padded copy (``padded`` times their ``nbytes``) take at most half of the memory
-    free on the device (on a CPU, of the memory available), so training keeps the rest. A
-    property of the worker, like its device: the models come out the same either way."""
+def streams_source(images: np.ndarray, crop_padding: int, device: torch.device) -> bool:
+    """Whether the source ``images`` (N x H x W x 3) are streamed to ``device`` in batches
+    instead of held there: ``TRANSFER_INFLUENCE_STREAM`` = always / never, or auto (the
+    default): held where they and their copy padded by ``crop_padding`` take at most half of
+    the memory free on the device (on a CPU, of the memory available), so training keeps the
+    rest. A property of the worker, like its device: the models come out the same either
+    way."""
     choice = os.environ.get("TRANSFER_INFLUENCE_STREAM") or "auto"
     if choice not in STREAM_CHOICES:
         raise ValueError(
@@ -68,7 +69,9 @@ def streams_source(nbytes: int, padded: float, device: torch.device) -> bool:
         free = torch.cuda.mem_get_info(device)[0]
     else:
         free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    return nbytes * (1.0 + padded) > 0.5 * free
+    height, width = images.shape[1:3]
+    padded = (height + 2 * crop_padding) * (width + 2 * crop_padding) / (height * width)
+    return images.nbytes * (1.0 + padded) > 0.5 * free
 
 
 def pretrained_features(
@@ -83,9 +86,8 @@ def pretrained_features(
     device = device or resolve_device()
     classes, size = len(source.class_names), source.images.shape[1]
     net = build_network([seed], recipe, classes, size, device)
-    padded = ((size + 2 * recipe.crop_padding) / size) ** 2
     images: torch.Tensor | np.ndarray = source.images  # streamed where it does not fit
-    if not streams_source(int(source.images.nbytes), padded, device):
+    if not streams_source(source.images, recipe.crop_padding, device):
         images = _to_device(source.images, device)
     labels = torch.from_numpy(source.labels).to(device)
     everything = [np.arange(len(source))]
@@ -283,10 +285,7 @@ class BuiltinTrainer:
     def source_placement(self) -> str:
         """Where the source images train from: "on the device" or "streamed" (decided once,
         before training takes any memory)."""
-        images = self.source.images
-        size = images.shape[1]
-        padded = ((size + 2 * self.recipe.crop_padding) / size) ** 2
-        streamed = streams_source(int(images.nbytes), padded, self.device)
+        streamed = streams_source(self.source.images, self.recipe.crop_padding, self.device)
         return "streamed" if streamed else "on the device"
 
     def _source_images(self) -> tuple[torch.Tensor | np.ndarray, torch.Tensor]:
