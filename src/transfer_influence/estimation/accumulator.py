@@ -323,9 +323,7 @@ class InfluenceAccumulator:
         (about exp(sqrt(2 / dof + 2 / (m/2 - 1))) with the half's degrees of freedom), so
         it needs twice K + 10 models before it is considered.
         """
-        masks = np.concatenate(self._masks)
-        means = np.concatenate(self._summaries)[:, 0]
-        blocks = None
+        masks, means, blocks = self.masks, self.model_means, None
         if self._centring is not None:
             blocks = np.repeat(np.arange(len(self._masks)), [len(m) for m in self._masks])
         half = slice(0, None, 2)  # models come in random order: every other one is a fair half
@@ -343,8 +341,8 @@ class InfluenceAccumulator:
         defined = np.isfinite(difference) & (regression > 0)
         if not defined.any():
             return "difference"
-        design = np.median(difference[defined]) / np.median(regression[defined])
-        ratio = math.sqrt(design / (1.0 - share))
+        design_ratio = np.median(difference[defined]) / np.median(regression[defined])
+        ratio = math.sqrt(design_ratio / (1.0 - share))
         models = (self.n_models + 1) // 2
         margin = math.exp(math.sqrt(2.0 / dof + 2.0 / max(models - 1, 1)))
         return "regression" if ratio > margin else "difference"
