@@ -315,8 +315,8 @@ class InfluenceAccumulator:
 
         The decision must not see the errors it picks between: taking the narrower of two
         sets of intervals takes the one whose errors came out small by chance, and its
-        intervals then cover less than they say (0.939-0.942 against 0.947-0.950 for each
-        alone, measured in docs/results.md). Half of the models estimate the explained share
+        intervals then cover less than they say (0.943 where each alone covered 0.951, in
+        docs/results.md). Half of the models estimate the explained share
         s; the design alone gives each estimator's error per unit of noise, so the predicted
         ratio of errors is sqrt(design ratio / (1 - s)), which no residual of the full fit
         enters. The regression is taken where that ratio exceeds two of its standard errors
