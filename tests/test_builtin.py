@@ -324,13 +324,12 @@ def test_streaming_is_decided_by_the_memory_there_is(monkeypatch):
     from transfer_influence.trainers.builtin import streams_source
 
     cpu = torch.device("cpu")
-    megabyte = np.zeros((1000, 20, 50, 1), np.uint8)
-    petabyte = np.broadcast_to(np.zeros(1, np.uint8), (10**9, 1000, 1000, 1))  # never held
+    megabyte, petabyte, side = 10**6, 10**15, (20, 50)
     monkeypatch.delenv("TRANSFER_INFLUENCE_STREAM", raising=False)
-    assert not streams_source(megabyte, 4, cpu)
-    assert streams_source(petabyte, 4, cpu)  # a petabyte is streamed
+    assert not streams_source(megabyte, side, 4, cpu)
+    assert streams_source(petabyte, side, 4, cpu)  # a petabyte is streamed
     monkeypatch.setenv("TRANSFER_INFLUENCE_STREAM", "never")
-    assert not streams_source(petabyte, 4, cpu)
+    assert not streams_source(petabyte, side, 4, cpu)
     monkeypatch.setenv("TRANSFER_INFLUENCE_STREAM", "sometimes")
     with pytest.raises(ValueError, match="choose from auto, always, never"):
-        streams_source(megabyte, 4, cpu)
+        streams_source(megabyte, side, 4, cpu)

@@ -438,6 +438,18 @@ def test_dry_run_of_a_builtin_run_says_the_data_size_and_cost(
     assert "data: 0.1 MB of decoded images" in out  # (36 + 36 + 12 + 12) x 16 x 16 x 3 bytes
     assert "per model (the trainer's estimate)" in out and not (tmp_path / "r").exists()
     assert "as much on the device (cpu, as on this machine)" in out
+    # Counted, not decoded: ImageNet's decode takes an hour that a dry run must not spend.
+    assert "not decoded yet: 96 images" in out and not (tmp_path / "cache").exists()
+    from transfer_influence import load_config
+    from transfer_influence.trainers.builtin import BuiltinTrainer
+    from transfer_influence.trainers.dry_run import BuiltinPlan
+
+    params = load_config(config).trainer.params
+    plan, trainer = BuiltinPlan.of(**params), BuiltinTrainer(**params)  # the trainer decodes
+    assert plan.data_bytes() == trainer.data_bytes() == 96 * 16 * 16 * 3
+    assert plan.estimate_seconds_per_model() == trainer.estimate_seconds_per_model()
+    code, out, err = cli("run", config, "--run-dir", tmp_path / "r", "--dry-run")
+    assert code == 0 and "data: 0.1 MB" in out and "not decoded" not in out, err
     monkeypatch.setenv("TRANSFER_INFLUENCE_STREAM", "always")  # as if it did not fit
     code, out, err = cli("run", config, "--run-dir", tmp_path / "r", "--dry-run")
     assert code == 0 and "the source streamed to the device in batches" in out, err

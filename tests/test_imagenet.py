@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from transfer_influence.datasets import load_dataset
+from transfer_influence.datasets import load_dataset, survey_dataset
 
 WNIDS = ["n01440764", "n02012849", "n03126707"]
 SYNSETS = "n01440764 tench, Tinca tinca\nn02012849 crane\nn03126707 crane\n"
@@ -50,10 +50,7 @@ def test_the_ilsvrc_layout_reads_train_and_labelled_validation_with_human_names(
 
 
 def test_class_folders_with_a_named_synset_file(tmp_path):
-    root = tmp_path / "in"
-    for split in ("train", "val"):
-        for k, wnid in enumerate(WNIDS):
-            _jpeg(root / split / wnid / "a.JPEG", (50 * k, 0, 0))
+    root = _class_folders(tmp_path / "in")
     synsets = tmp_path / "words.txt"
     synsets.write_text(SYNSETS)
     spec = {"kind": "imagenet", "path": str(root), "size": 8, "synsets": str(synsets)}
@@ -64,8 +61,7 @@ def test_class_folders_with_a_named_synset_file(tmp_path):
         load_dataset(spec, "test", "target")
 
 
-def test_downsampled_npz_batches_and_never_a_pickle(tmp_path):
-    root = tmp_path / "imagenet32"
+def _downsampled(root):
     root.mkdir()
     rng = np.random.default_rng(0)
     for name, n in (("train_data_batch_1", 4), ("train_data_batch_2", 3), ("val_data", 2)):
@@ -75,6 +71,38 @@ def test_downsampled_npz_batches_and_never_a_pickle(tmp_path):
     (root / "map_clsloc.txt").write_text(
         "".join(f"{w} {k + 1} word{k}\n" for k, w in enumerate(WNIDS))
     )
+    return root
+
+
+def _class_folders(root):
+    for split in ("train", "val"):
+        for k, wnid in enumerate(WNIDS):
+            _jpeg(root / split / wnid / "a.JPEG", (50 * k, 0, 0), size=(24, 20))
+    return root
+
+
+@pytest.mark.parametrize(
+    "make, size", [(_ilsvrc, 16), (_ilsvrc, None), (_class_folders, 8), (_downsampled, None)]
+)
+def test_a_survey_counts_what_a_load_decodes_without_decoding(tmp_path, make, size):
+    """What ``run --dry-run`` reads: every layout counted and sized from names and headers,
+    the cache left unbuilt; once built, read from the cache."""
+    spec = {"kind": "imagenet", "path": str(make(tmp_path / "in"))}
+    spec |= {"size": size} if size else {}
+    cache = tmp_path / "cache"
+    for split in ("train", "test"):
+        built = sorted(cache.glob("*")) if cache.exists() else []
+        survey = survey_dataset(spec, split, "source")
+        assert not survey.decoded and (sorted(cache.glob("*")) if cache.exists() else []) == built
+        data = load_dataset(spec, split, "source")
+        assert (survey.count, survey.side) == (len(data), data.images.shape[1:3])
+        assert survey.nbytes == data.images.nbytes
+        after = survey_dataset(spec, split, "source")
+        assert after.decoded and (after.count, after.side) == (survey.count, survey.side)
+
+
+def test_downsampled_npz_batches_and_never_a_pickle(tmp_path):
+    root = _downsampled(tmp_path / "imagenet32")
     spec = {"kind": "imagenet", "path": str(root)}
     train = load_dataset(spec, "train", "source")
     assert train.images.shape == (7, 32, 32, 3) and train.labels.tolist() == [0, 1, 2, 0, 0, 1, 2]

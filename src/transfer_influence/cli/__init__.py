@@ -199,10 +199,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         store = RunStore(run_dir)
         targets = {name: store.target(name).class_names for name in store.target_names}
         check_classes_before_decoding(config.trainer.params, store.groups, targets)
+    if args.dry_run:
+        return _dry_run(run_dir, config, _planned(config), args.workers or 1)
     trainer = load_trainer(config.trainer.type, config.trainer.params)
     task = trainer.describe()
-    if args.dry_run:
-        return _dry_run(run_dir, config, trainer, args.workers or 1)
     targets = (
         parse_stability_targets(args.until_stable, len(task.groups)) if args.until_stable else {}
     )
@@ -234,6 +234,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _planned(config: Config) -> object:
+    """The trainer, or for the built-in one its plan: the same answers about cost, found
+    without decoding the datasets."""
+    if config.trainer.type != "builtin":
+        return load_trainer(config.trainer.type, config.trainer.params)
+    from ..trainers.dry_run import BuiltinPlan
+
+    try:
+        return BuiltinPlan.of(**config.trainer.params)
+    except TypeError as error:
+        raise ValueError(f"trainer 'builtin': {error}") from None
+
+
 def _dry_run(run_dir: Path, config: Config, trainer: object, workers: int) -> int:
     seconds, source = math.nan, ""
     if (run_dir / "run.json").is_file():
@@ -263,6 +276,12 @@ def _dry_run(run_dir: Path, config: Config, trainer: object, workers: int) -> in
             f"data: {amount} of decoded images, cached on disk; {where} "
             f"({trainer.device.type}, as on this machine)"
         )
+        undecoded = trainer.undecoded() if hasattr(trainer, "undecoded") else 0
+        if undecoded:
+            print(
+                f"not decoded yet: {undecoded:,} images, which the run decodes into the cache "
+                "first, with every core"
+            )
     if math.isnan(seconds):
         print("cost: unknown until the first chunk finishes")
     else:

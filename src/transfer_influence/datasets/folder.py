@@ -24,13 +24,12 @@ import numpy as np
 
 from ..files import CorruptFileError, exclusive_lock, open_regular
 from .base import ImageDataset
-from .cache import CACHE_MARK, build_cache, file_sha256, image_files
+from .cache import CACHE_MARK, build_cache, file_sha256, image_files, list_members
+from .survey import DatasetSurvey, first_image_side, npy_shape
 
-__all__ = ["cache_entries", "cache_folder", "load_folder"]
+__all__ = ["cache_entries", "cache_folder", "load_folder", "survey_folder"]
 
 MAX_SIZE = 1024  # pixels a side: 50,000 images at 1024 x 1024 are already 150 GB
-
-_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 def _cache_key(source: Path, size: int | None, on_corrupt: str, labels_digest: str = "") -> str:
@@ -128,6 +127,22 @@ def load_folder(
     return load_images(source, f"{root.name}-{split}", size, cache, on_corrupt, display=display)
 
 
+def survey_folder(
+    path: str,
+    split: str,
+    size: int | None = None,
+    names_file: str | None = None,
+    cache: str | None = None,
+    on_corrupt: str = "fail",
+) -> DatasetSurvey:
+    """What :func:`load_folder` would load, counted without decoding."""
+    check_size(size)
+    root = Path(expand_path(path))
+    if not root.exists():
+        raise ValueError(f"dataset not found: {root}")
+    return survey_images(_locate(root, split), f"{root.name}-{split}", size, cache, on_corrupt)
+
+
 def load_images(
     source: Path,
     name: str,
@@ -141,11 +156,7 @@ def load_images(
     """The images of a folder or archive through the cache (built when missing): labels from
     ``label_of`` (an image's path inside ``source`` to its class; default: its first folder),
     whose inputs ``labels_digest`` identifies; ``display`` maps class names to words."""
-    if on_corrupt not in ("fail", "skip"):
-        raise ValueError(f"on_corrupt must be 'fail' or 'skip', got {on_corrupt!r}")
-    cache_dir = Path(cache) if cache else cache_folder()
-    key = _cache_key(source, size, on_corrupt, labels_digest)
-    stem = cache_dir / f"{name}-{key}"
+    stem = cache_stem(source, name, size, cache, on_corrupt, labels_digest)
     meta = cached_or_built(
         stem, lambda: build_cache(source, stem, size, on_corrupt, label_of or _class_of(source))
     )
@@ -166,6 +177,43 @@ def load_images(
         words,
         fingerprint=meta["fingerprint"],
     )
+
+
+def cache_stem(
+    source: Path,
+    name: str,
+    size: int | None,
+    cache: str | None,
+    on_corrupt: str,
+    labels_digest: str = "",
+) -> Path:
+    """Where the cache of ``source``'s images (decoded at ``size``) is, or will be."""
+    if on_corrupt not in ("fail", "skip"):
+        raise ValueError(f"on_corrupt must be 'fail' or 'skip', got {on_corrupt!r}")
+    cache_dir = Path(cache) if cache else cache_folder()
+    return cache_dir / f"{name}-{_cache_key(source, size, on_corrupt, labels_digest)}"
+
+
+def survey_images(
+    source: Path,
+    name: str,
+    size: int | None,
+    cache: str | None,
+    on_corrupt: str,
+    labels_digest: str = "",
+) -> DatasetSurvey:
+    """What :func:`load_images` would load, without decoding: the cache's own shape when it
+    is built, else the images counted by name and sized by ``size`` or the first one's
+    header (an upper bound where ``on_corrupt = "skip"`` would leave some out)."""
+    stem = cache_stem(source, name, size, cache, on_corrupt, labels_digest)
+    if stem.with_suffix(".json").is_file():
+        shape = npy_shape(stem.with_suffix(".npy"))
+        if shape is not None:
+            return DatasetSurvey(shape[0], (shape[1], shape[2]), decoded=True)
+    names = list_members(source)
+    if not names:
+        raise ValueError(f"no images found in {source}")
+    return DatasetSurvey(len(names), (size, size) if size else first_image_side(source, names[0]))
 
 
 _CACHE_NAME = re.compile(r".+-[0-9a-f]{16}(\.partial)?\.json")

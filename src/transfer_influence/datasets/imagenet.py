@@ -23,6 +23,7 @@ import io
 import json
 import re
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -30,9 +31,17 @@ import numpy as np
 from ..files import atomic_write_bytes, open_regular
 from .base import ImageDataset
 from .cache import CACHE_MARK, file_sha256
-from .folder import cache_folder, cached_or_built, check_size, expand_path, load_images
+from .folder import (
+    cache_folder,
+    cached_or_built,
+    check_size,
+    expand_path,
+    load_images,
+    survey_images,
+)
+from .survey import DatasetSurvey, npy_shape, npz_member_shape
 
-__all__ = ["display_names", "load_imagenet", "read_synsets"]
+__all__ = ["display_names", "load_imagenet", "read_synsets", "survey_imagenet"]
 
 SYNSETS = "LOC_synset_mapping.txt"
 VAL_SOLUTION = "LOC_val_solution.csv"
@@ -91,26 +100,16 @@ def load_imagenet(
     in whichever layout it is (see the module's description)."""
     check_size(size)
     root = Path(expand_path(path))
-    if not root.is_dir():
-        raise ValueError(f"ImageNet not found: {root} is not a folder")
-    folder = {"train": "train", "test": "val"}[split]
     synset_file = Path(expand_path(synsets)) if synsets else root / SYNSETS
     words = read_synsets(synset_file) if synset_file.is_file() else None
     if synsets and words is None:
         raise ValueError(f"synset file not found: {synset_file}")
-    if any(root.glob("train_data_batch_*")) or any(root.glob("val_data*")):
+    layout = _layout(root, split)
+    if layout is None:
         data = _downsampled(root, split, cache)
     else:
-        ilsvrc = root / "ILSVRC" / "Data" / "CLS-LOC"
-        if (ilsvrc / folder).is_dir():
-            data = _ilsvrc(root, ilsvrc / folder, split, size, cache, on_corrupt)
-        elif (root / folder).is_dir():
-            data = load_images(root / folder, f"{root.name}-{split}", size, cache, on_corrupt)
-        else:
-            raise ValueError(
-                f"{root} holds no ImageNet layout: looked for ILSVRC/Data/CLS-LOC/{folder}/, "
-                f"{folder}/<wnid>/ and train_data_batch_*.npz"
-            )
+        images, name, label_of, digest = layout
+        data = load_images(images, name, size, cache, on_corrupt, label_of, digest)
     if words is None:
         return data
     names = display_names(data.class_names, words, synset_file)
@@ -120,10 +119,57 @@ def load_imagenet(
     )  # fmt: skip
 
 
-def _ilsvrc(root: Path, images: Path, split: str, size, cache, on_corrupt) -> ImageDataset:
+def survey_imagenet(
+    path: str,
+    split: str,
+    size: int | None = None,
+    synsets: str | None = None,
+    cache: str | None = None,
+    on_corrupt: str = "fail",
+) -> DatasetSurvey:
+    """What :func:`load_imagenet` would load, counted without decoding."""
+    check_size(size)
+    root = Path(expand_path(path))
+    layout = _layout(root, split)
+    if layout is not None:
+        images, name, _, digest = layout
+        return survey_images(images, name, size, cache, on_corrupt, digest)
+    stem = _downsampled_stem(root, split, cache)
+    shape = npy_shape(stem.with_suffix(".npy")) if stem.with_suffix(".json").is_file() else None
+    if shape is not None:
+        return DatasetSurvey(shape[0], (shape[1], shape[2]), decoded=True)
+    shapes = [npz_member_shape(f, "data") for f in _batch_files(root, split)]
+    side = int(round((shapes[0][1] / 3) ** 0.5))
+    return DatasetSurvey(sum(shape[0] for shape in shapes), (side, side))
+
+
+_Layout = tuple[Path, str, Callable[[str], str] | None, str]
+
+
+def _layout(root: Path, split: str) -> _Layout | None:
+    """Where ``split``'s images are, under which cache name, and how each is labelled (by
+    its folder where ``label_of`` is None); None for the downsampled batch files."""
+    if not root.is_dir():
+        raise ValueError(f"ImageNet not found: {root} is not a folder")
+    folder = {"train": "train", "test": "val"}[split]
+    if any(root.glob("train_data_batch_*")) or any(root.glob("val_data*")):
+        return None
     name = f"{root.name}-{split}"
-    if split == "train":
-        return load_images(images, name, size, cache, on_corrupt)
+    ilsvrc = root / "ILSVRC" / "Data" / "CLS-LOC"
+    if (ilsvrc / folder).is_dir():
+        if split == "train":
+            return ilsvrc / folder, name, None, ""
+        return (ilsvrc / folder, name, *_val_labelling(root))
+    if (root / folder).is_dir():
+        return root / folder, name, None, ""
+    raise ValueError(
+        f"{root} holds no ImageNet layout: looked for ILSVRC/Data/CLS-LOC/{folder}/, "
+        f"{folder}/<wnid>/ and train_data_batch_*.npz"
+    )
+
+
+def _val_labelling(root: Path) -> tuple[Callable[[str], str], str]:
+    """The label of each ILSVRC validation image, from ``LOC_val_solution.csv``."""
     solution = root / VAL_SOLUTION
     if not solution.is_file():
         raise ValueError(f"{root}: the validation images need their labels, {VAL_SOLUTION}")
@@ -135,11 +181,11 @@ def _ilsvrc(root: Path, images: Path, split: str, size, cache, on_corrupt) -> Im
             raise ValueError(f"{solution} has no label for {member}")
         return labels[image_id]
 
-    return load_images(images, name, size, cache, on_corrupt, label_of, digest)
+    return label_of, digest
 
 
-def _downsampled(root: Path, split: str, cache: str | None) -> ImageDataset:
-    """The batch files of one split, decoded once into the cache (one file at a time)."""
+def _batch_files(root: Path, split: str) -> list[Path]:
+    """The ``.npz`` batch files of one split, in their numbered order."""
     pattern = "train_data_batch_*" if split == "train" else "val_data*"
     files = sorted(root.glob(pattern), key=lambda p: [int(n) for n in re.findall(r"\d+", p.name)])
     pickles = [f for f in files if f.suffix != ".npz"]
@@ -150,9 +196,19 @@ def _downsampled(root: Path, split: str, cache: str | None) -> ImageDataset:
         )
     if not files:
         raise ValueError(f"{root}: no {pattern}.npz files")
-    listing = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    return files
+
+
+def _downsampled_stem(root: Path, split: str, cache: str | None) -> Path:
+    listing = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in _batch_files(root, split)]
     key = hashlib.sha256(json.dumps([str(root.resolve()), listing]).encode()).hexdigest()[:16]
-    stem = (Path(cache) if cache else cache_folder()) / f"{root.name}-{split}-{key}"
+    return (Path(cache) if cache else cache_folder()) / f"{root.name}-{split}-{key}"
+
+
+def _downsampled(root: Path, split: str, cache: str | None) -> ImageDataset:
+    """The batch files of one split, decoded once into the cache (one file at a time)."""
+    stem = _downsampled_stem(root, split, cache)
+    files = _batch_files(root, split)
     meta = cached_or_built(stem, lambda: _build_downsampled(files, stem))
     images = np.load(stem.with_suffix(".npy"), mmap_mode="r", allow_pickle=False)
     return ImageDataset(

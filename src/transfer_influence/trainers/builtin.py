@@ -51,13 +51,15 @@ def resolve_device(requested: str | None = None) -> torch.device:
 STREAM_CHOICES = ("auto", "always", "never")
 
 
-def streams_source(images: np.ndarray, crop_padding: int, device: torch.device) -> bool:
-    """Whether the source ``images`` (N x H x W x 3) are streamed to ``device`` in batches
-    instead of held there: ``TRANSFER_INFLUENCE_STREAM`` = always / never, or auto (the
-    default): held where they and their copy padded by ``crop_padding`` take at most half of
-    the memory free on the device (on a CPU, of the memory available), so training keeps the
-    rest. A property of the worker, like its device: the models come out the same either
-    way."""
+def streams_source(
+    nbytes: int, side: tuple[int, int], crop_padding: int, device: torch.device
+) -> bool:
+    """Whether source images of ``nbytes`` (uint8, ``side`` = height, width) are streamed to
+    ``device`` in batches instead of held there: ``TRANSFER_INFLUENCE_STREAM`` = always /
+    never, or auto (the default): held where they and their copy padded by ``crop_padding``
+    take at most half of the memory free on the device (on a CPU, of the memory available),
+    so training keeps the rest. A property of the worker, like its device: the models come
+    out the same either way."""
     choice = os.environ.get("TRANSFER_INFLUENCE_STREAM") or "auto"
     if choice not in STREAM_CHOICES:
         raise ValueError(
@@ -69,9 +71,41 @@ def streams_source(images: np.ndarray, crop_padding: int, device: torch.device) 
         free = torch.cuda.mem_get_info(device)[0]
     else:
         free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    height, width = images.shape[1:3]
+    height, width = side
     padded = (height + 2 * crop_padding) * (width + 2 * crop_padding) / (height * width)
-    return images.nbytes * (1.0 + padded) > 0.5 * free
+    return nbytes * (1.0 + padded) > 0.5 * free
+
+
+def checked_modes(modes: Sequence[str]) -> tuple[str, ...]:
+    bad = [m for m in modes if m not in MODES]
+    if bad or not modes:
+        raise ValueError(
+            f"unknown transfer mode {bad[0] if bad else None!r}; choose from {', '.join(MODES)}"
+        )
+    return tuple(modes)
+
+
+def seconds_per_model(
+    recipe: Recipe,
+    modes: Sequence[str],
+    device: torch.device,
+    source_images: int,
+    size: int,
+    targets: Sequence[tuple[int, int]],
+) -> float:
+    """A rough figure from the arithmetic per model (training a subset of half the source's
+    ``source_images`` costs about 3 forward passes per image, transferring one per target
+    image; ``targets`` are each target's training and evaluation image counts) at a rate
+    measured on this project's machines; ``status`` reports the measured speed."""
+    r = recipe
+    epochs = r.epochs - r.low_res_epochs + r.low_res_epochs * (r.low_res_size / size) ** 2
+    passes = source_images / 2 * epochs * 3
+    passes += sum(train + test for train, test in targets)
+    if "finetune" in modes:
+        passes += sum(train * r.finetune_epochs * 3 for train, _ in targets)
+    macs = passes * forward_macs(r, size)
+    # ~3e10 MAC/s: 2 CPU cores, torch 2.13; ~3e13: one H100 training stacks (bf16).
+    return macs / (3e13 if device.type == "cuda" else 3e10)
 
 
 def pretrained_features(
@@ -87,7 +121,7 @@ def pretrained_features(
     classes, size = len(source.class_names), source.images.shape[1]
     net = build_network([seed], recipe, classes, size, device)
     images: torch.Tensor | np.ndarray = source.images  # streamed where it does not fit
-    if not streams_source(source.images, recipe.crop_padding, device):
+    if not streams_source(source.images.nbytes, (size, size), recipe.crop_padding, device):
         images = _to_device(source.images, device)
     labels = torch.from_numpy(source.labels).to(device)
     everything = [np.arange(len(source))]
@@ -150,20 +184,7 @@ class TargetData:
     """
 
     def __init__(self, spec: dict[str, Any]) -> None:
-        spec = dict(spec)
-        if "name" not in spec:
-            raise ValueError("every target needs a name")
-        self.name = str(spec["name"])
-        fraction = float(spec.pop("validation", 0.0))
-        seed = int(spec.pop("validation_seed", 0))
-        evaluate = spec.pop("evaluate", "test")
-        if not 0.0 <= fraction < 1.0:
-            raise ValueError(f"target {self.name!r}: validation must be in [0, 1)")
-        if evaluate not in ("test", "validation") or (evaluate == "validation" and not fraction):
-            raise ValueError(
-                f"target {self.name!r}: evaluate must be 'test', or 'validation' "
-                "with a validation fraction"
-            )
+        self.name, spec, fraction, seed, evaluate = self.read_spec(spec)
         train = load_dataset(spec, "train", "target")
         if fraction:
             order = np.random.default_rng([seed, 7]).permutation(len(train))
@@ -180,6 +201,26 @@ class TargetData:
             self.test = load_dataset(spec, "test", "target")
         if self.train.class_names != self.test.class_names:
             raise ValueError(f"target {self.name!r}: train and test classes differ")
+
+    @staticmethod
+    def read_spec(spec: dict[str, Any]) -> tuple[str, dict[str, Any], float, int, str]:
+        """The target's name, its dataset's table, and its validation fraction, seed and the
+        split its outputs are recorded on, checked."""
+        spec = dict(spec)
+        if "name" not in spec:
+            raise ValueError("every target needs a name")
+        name = str(spec["name"])
+        fraction = float(spec.pop("validation", 0.0))
+        seed = int(spec.pop("validation_seed", 0))
+        evaluate = spec.pop("evaluate", "test")
+        if not 0.0 <= fraction < 1.0:
+            raise ValueError(f"target {name!r}: validation must be in [0, 1)")
+        if evaluate not in ("test", "validation") or (evaluate == "validation" and not fraction):
+            raise ValueError(
+                f"target {name!r}: evaluate must be 'test', or 'validation' "
+                "with a validation fraction"
+            )
+        return name, spec, fraction, seed, evaluate
 
 
 class BuiltinTrainer:
@@ -216,12 +257,7 @@ class BuiltinTrainer:
         pool: dict[str, Any] | None = None,
     ) -> None:
         self.recipe = Recipe.from_dict(recipe)
-        bad = [m for m in modes if m not in MODES]
-        if bad or not modes:
-            raise ValueError(
-                f"unknown transfer mode {bad[0] if bad else None!r}; choose from {', '.join(MODES)}"
-            )
-        self.modes = tuple(modes)
+        self.modes = checked_modes(modes)
         self.source = load_dataset(source, "train", "source")
         self.source_test = load_dataset(source, "test", "source")
         if pool is not None and groups is not None:
@@ -261,18 +297,11 @@ class BuiltinTrainer:
         return TaskDescription(self.groups.names, targets, self.modes, fingerprints)
 
     def estimate_seconds_per_model(self) -> float:
-        """A rough figure from the arithmetic per model (training a subset of half the source
-        costs about 3 forward passes per image, transferring one per target image) at a rate
-        measured on this project's machines; ``status`` reports the measured speed."""
-        r, size = self.recipe, self.source.images.shape[1]
-        epochs = r.epochs - r.low_res_epochs + r.low_res_epochs * (r.low_res_size / size) ** 2
-        passes = len(self.source) / 2 * epochs * 3
-        passes += sum(len(t.train) + len(t.test) for t in self.targets)
-        if "finetune" in self.modes:
-            passes += sum(len(t.train) * r.finetune_epochs * 3 for t in self.targets)
-        macs = passes * forward_macs(r, size)
-        # ~3e10 MAC/s: 2 CPU cores, torch 2.13; ~3e13: one H100 training stacks (bf16).
-        return macs / (3e13 if self.device.type == "cuda" else 3e10)
+        counts = [(len(t.train), len(t.test)) for t in self.targets]
+        return seconds_per_model(
+            self.recipe, self.modes, self.device, len(self.source), self.source.images.shape[1],
+            counts,
+        )  # fmt: skip
 
     def data_bytes(self) -> int:
         """Bytes of the decoded images the models train and are evaluated on: the dataset
@@ -285,7 +314,10 @@ class BuiltinTrainer:
     def source_placement(self) -> str:
         """Where the source images train from: "on the device" or "streamed" (decided once,
         before training takes any memory)."""
-        streamed = streams_source(self.source.images, self.recipe.crop_padding, self.device)
+        images = self.source.images
+        streamed = streams_source(
+            images.nbytes, images.shape[1:3], self.recipe.crop_padding, self.device
+        )
         return "streamed" if streamed else "on the device"
 
     def _source_images(self) -> tuple[torch.Tensor | np.ndarray, torch.Tensor]:
