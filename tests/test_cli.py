@@ -438,7 +438,7 @@ def test_dry_run_of_a_builtin_run_says_the_data_size_and_cost(
     assert "data: 0.1 MB of decoded images" in out  # (36 + 36 + 12 + 12) x 16 x 16 x 3 bytes
     assert "per model (the trainer's estimate)" in out and not (tmp_path / "r").exists()
     assert "as much on the device (cpu, as on this machine)" in out
-    # Counted, not decoded: ImageNet's decode takes an hour that a dry run must not spend.
+    # Counted, not decoded: a dry run must not read all of ImageNet's 140 GB first.
     assert "not decoded yet: 96 images" in out and not (tmp_path / "cache").exists()
     from transfer_influence import load_config
     from transfer_influence.trainers.builtin import BuiltinTrainer
