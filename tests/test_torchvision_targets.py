@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from transfer_influence.datasets import load_dataset
+from transfer_influence.datasets import DatasetSurvey, load_dataset, survey_dataset
 from transfer_influence.datasets.external import SPLITS
 
 # torchvision 0.29's signatures (less transforms and loaders, which the adapter never passes),
@@ -72,7 +72,8 @@ def _stand_in(name: str, calls: list) -> type:
 
 
 @pytest.fixture
-def torchvision(monkeypatch):
+def torchvision(monkeypatch, tmp_path):
+    monkeypatch.setenv("TRANSFER_INFLUENCE_CACHE", str(tmp_path / "cache"))
     calls: list = []
     module = types.ModuleType("torchvision.datasets")
     for name in SIGNATURES:
@@ -121,3 +122,61 @@ def test_the_stand_ins_have_torchvisions_own_signatures():
         real = inspect.signature(getattr(datasets, name)).parameters
         wanted = [p.strip().split("=")[0] for p in text.split(",")]
         assert [p for p in real if p not in ("loader",)] == wanted, name
+
+
+class _Numbered:
+    """A dataset of 10 images, image i all of value 20 i, that fails at ``fail_at``."""
+
+    def __init__(self, fail_at=None):
+        self.fail_at = fail_at
+
+    def __len__(self):
+        return 10
+
+    def __getitem__(self, index):
+        if index == self.fail_at:
+            raise OSError("truncated file")
+        return Image.new("RGB", (12, 9), (20 * index, 0, 0)), index % 3
+
+
+def test_files_are_decoded_once_into_the_cache(torchvision, tmp_path):
+    spec = {"kind": "torchvision", "dataset": "Food101", "root": str(tmp_path), "size": 8}
+    sun = {**spec, "dataset": "SUN397", "size": None}  # one set, split here; sizes vary
+    survey = survey_dataset(sun, "train", "target")  # sized by its first image's header
+    assert survey.count == 8 and survey.side in {(20 + 3 * i, 30) for i in range(10)}
+    assert survey_dataset(spec, "train", "target") == DatasetSurvey(10, (8, 8), decoded=False)
+    assert not (tmp_path / "cache").exists()  # counted, not decoded
+    first = load_dataset(spec, "train", "target")
+    assert survey_dataset(spec, "train", "target") == DatasetSurvey(10, (8, 8), decoded=True)
+    opened = len(torchvision)
+    again = load_dataset(spec, "train", "target")  # its images, decoded anew, would differ
+    np.testing.assert_array_equal(first.images, again.images)
+    assert isinstance(again.images, np.memmap) and again.fingerprint == first.fingerprint
+    assert again.labels.tolist() == [i % 3 for i in range(10)]
+    assert len(torchvision) == opened + 1  # opened to list its images, not decoded again
+
+
+def test_a_killed_build_resumes_with_the_batches_it_finished(tmp_path, monkeypatch, capfd):
+    import functools
+
+    from transfer_influence.datasets import indexed
+
+    monkeypatch.setattr(indexed, "BATCH", 3)
+    indices, ids = np.arange(10), [f"all/{i}" for i in range(10)]
+    built = {}
+    for name, fail_at in (("whole", None), ("killed", 7), ("killed", None)):
+        stem = tmp_path / name
+        opener = functools.partial(_Numbered, fail_at)
+        build = functools.partial(indexed.build_indexed_cache, stem, "numbered", opener(),
+                                  opener, indices, ids, None, 4, workers=1)  # fmt: skip
+        if fail_at is not None:
+            with pytest.raises(ValueError, match="image 7 cannot be read \\(truncated file\\)"):
+                build()
+            assert not stem.with_suffix(".npy").exists()
+            continue
+        build()
+        built[name] = (np.load(stem.with_suffix(".npy")), stem.with_suffix(".json").read_text())
+    assert "(6 done before" in capfd.readouterr().err  # batches 0-2 and 3-5 kept
+    np.testing.assert_array_equal(built["whole"][0], built["killed"][0])
+    assert built["whole"][1] == built["killed"][1]  # the same labels, ids and fingerprint
+    assert built["whole"][0][:, 0, 0, 0].tolist() == [20 * i for i in range(10)]

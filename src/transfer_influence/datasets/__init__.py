@@ -7,7 +7,7 @@ from typing import Any
 
 from .arrays import load_npz
 from .base import ImageDataset, fingerprint_arrays
-from .external import load_huggingface, load_torchvision
+from .external import load_huggingface, load_torchvision, survey_torchvision
 from .folder import load_folder, survey_folder
 from .imagenet import load_imagenet, survey_imagenet
 from .survey import DatasetSurvey
@@ -58,7 +58,11 @@ def survey_dataset(spec: dict[str, Any], split: str, role: str) -> DatasetSurvey
         raise ValueError(f"{spec['kind']} dataset: {error}") from None
 
 
-_SURVEYS = {"folder": survey_folder, "imagenet": survey_imagenet}
+_SURVEYS = {
+    "folder": survey_folder,
+    "imagenet": survey_imagenet,
+    "torchvision": survey_torchvision,
+}
 
 
 def _loader(spec: dict[str, Any], role: str) -> tuple[Callable[..., ImageDataset], dict[str, Any]]:

@@ -8,18 +8,30 @@ hub offline unless the dataset's table says ``online = true``.
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import importlib
 import inspect
+import json
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .base import ImageDataset
-from .folder import expand_path
+from .folder import cache_folder, cached_or_built, expand_path
 from .images import to_rgb_array
+from .indexed import build_indexed_cache
+from .survey import DatasetSurvey, npy_shape
 
-__all__ = ["SPLITS", "load_huggingface", "load_torchvision", "torchvision_arguments"]
+__all__ = [
+    "SPLITS",
+    "load_huggingface",
+    "load_torchvision",
+    "survey_torchvision",
+    "torchvision_arguments",
+]
 
 
 def _import(module: str, extra: str) -> Any:
@@ -114,7 +126,7 @@ def load_torchvision(
     whole set). Images are fitted to ``size`` (short side, centre crop); without ``size`` they
     must all have one size.
     """
-    cls, takes = _torchvision_class(dataset)
+    _, takes = _torchvision_class(dataset)
     arguments = torchvision_arguments(dataset, split, takes, splits)
     if "+" in arguments.get("split", ""):
         parts = [
@@ -130,6 +142,80 @@ def load_torchvision(
                 for name, p in zip(arguments["split"].split("+"), parts, strict=True)
             ]),
         )  # fmt: skip
+    data, location, indices = _open_split(
+        dataset, root, split, arguments, test_fraction, split_seed
+    )
+    names = getattr(data, "classes", None) or getattr(data, "categories", None)
+    prefix = "all" if takes == "none" else split
+    ids = [f"{prefix}/{i}" for i in indices]
+    pixels = getattr(data, "data", None)
+    if not (isinstance(pixels, np.ndarray) and pixels.ndim == 4 and pixels.shape[-1] == 3):
+        # Files read one at a time: decoded once, by every core, into the cache.
+        stem = _cache_stem(dataset, location, arguments, data, indices, size)
+        opener = functools.partial(_open, dataset, location, arguments)
+        what = f"torchvision {dataset} ({prefix})"
+        meta = cached_or_built(
+            stem, lambda: build_indexed_cache(stem, what, data, opener, indices, ids, names, size)
+        )
+        return ImageDataset(
+            np.load(stem.with_suffix(".npy"), mmap_mode="r", allow_pickle=False),
+            np.array(meta["labels"], dtype=np.int64), tuple(meta["classes"]),
+            np.array(meta["ids"]), fingerprint=meta["fingerprint"],
+        )  # fmt: skip
+    # Arrays in memory already (CIFAR's): fitted here.
+    images = [pixels[i] if size in (None, pixels.shape[1]) else to_rgb_array(pixels[i], size)
+              for i in indices]  # fmt: skip
+    labels = np.asarray(data.targets, dtype=np.int64)[indices]
+    names = names or [f"class{c}" for c in range(int(labels.max()) + 1)]
+    return ImageDataset(np.stack(images), labels, tuple(str(n) for n in names), np.array(ids))
+
+
+def survey_torchvision(
+    dataset: str,
+    root: str,
+    split: str,
+    size: int | None = None,
+    splits: Sequence[str] | None = None,
+    test_fraction: float = 0.2,
+    split_seed: int = 0,
+) -> DatasetSurvey:
+    """What :func:`load_torchvision` would load, counted without decoding the images."""
+    _, takes = _torchvision_class(dataset)
+    arguments = torchvision_arguments(dataset, split, takes, splits)
+    if "+" in arguments.get("split", ""):
+        parts = [
+            survey_torchvision(dataset, root, split, size, [part, part], test_fraction, split_seed)
+            for part in arguments["split"].split("+")
+        ]
+        decoded = all(p.decoded for p in parts)
+        return DatasetSurvey(sum(p.count for p in parts), parts[0].side, decoded)
+    data, location, indices = _open_split(
+        dataset, root, split, arguments, test_fraction, split_seed
+    )
+    pixels = getattr(data, "data", None)
+    if isinstance(pixels, np.ndarray) and pixels.ndim == 4 and pixels.shape[-1] == 3:
+        return DatasetSurvey(len(indices), (size, size) if size else pixels.shape[1:3], True)
+    stem = _cache_stem(dataset, location, arguments, data, indices, size)
+    shape = npy_shape(stem.with_suffix(".npy")) if stem.with_suffix(".json").is_file() else None
+    if shape is not None:
+        return DatasetSurvey(shape[0], (shape[1], shape[2]), decoded=True)
+    if size is None:
+        height, width, _ = to_rgb_array(data[int(indices[0])][0]).shape
+        return DatasetSurvey(len(indices), (height, width))
+    return DatasetSurvey(len(indices), (size, size))
+
+
+def _open_split(
+    dataset: str,
+    root: str,
+    split: str,
+    arguments: dict[str, Any],
+    test_fraction: float,
+    split_seed: int,
+) -> tuple[Any, str, np.ndarray]:
+    """The dataset opened with ``arguments``, where it is, and the indices of ``split``'s
+    images in it (a seeded share of one set, for a class that has no splits)."""
+    cls, takes = _torchvision_class(dataset)
     location = expand_path(root)
     try:
         data = cls(location, **arguments)
@@ -142,32 +228,50 @@ def load_torchvision(
         raise ValueError(
             f"torchvision {dataset}: {error}; give splits = [TRAIN, TEST] in the dataset's table"
         ) from None
-    indices = (
-        _seeded_split(len(data), split, test_fraction, split_seed)
-        if takes == "none"
-        else np.arange(len(data))
-    )
-    pixels = getattr(data, "data", None)
-    if isinstance(pixels, np.ndarray) and pixels.ndim == 4 and pixels.shape[-1] == 3:
-        images = [pixels[i] if size in (None, pixels.shape[1]) else to_rgb_array(pixels[i], size)
-                  for i in indices]  # fmt: skip
-        labels = np.asarray(data.targets, dtype=np.int64)[indices]
+    if takes == "none":
+        return data, location, _seeded_split(len(data), split, test_fraction, split_seed)
+    return data, location, np.arange(len(data))
+
+
+def _open(dataset: str, location: str, arguments: dict[str, Any]) -> Any:
+    """The dataset, opened again in a worker process of the cache's build."""
+    cls, _ = _torchvision_class(dataset)
+    return cls(location, **arguments)
+
+
+# Where torchvision's classes keep their image files' paths (or (path, label) pairs).
+_FILE_LISTS = ("_image_files", "_images", "_samples", "samples", "imgs")
+
+
+def _cache_stem(
+    dataset: str, location: str, arguments: dict[str, Any], data: Any, indices: np.ndarray,
+    size: int | None,
+) -> Path:  # fmt: skip
+    """The cache entry of these images: keyed by the dataset, the split's arguments, the
+    images taken and every image file's path, size and modification time (from the class's
+    own list of files where it keeps one, else every file under ``location``), so any edit
+    is a new entry."""
+    files = next((getattr(data, a) for a in _FILE_LISTS if getattr(data, a, None)), None)
+    if files is None:  # the cache's own files are no image of the dataset's, wherever it is
+        cache = cache_folder().resolve()
+        paths = sorted(p for p in Path(location).rglob("*")
+                       if p.is_file() and not p.resolve().is_relative_to(cache))  # fmt: skip
     else:
-        images, labels = [], np.empty(len(indices), dtype=np.int64)
-        for row, i in enumerate(indices):
-            image, labels[row] = data[int(i)]
-            images.append(to_rgb_array(image, size))
-    shapes = {image.shape for image in images}
-    if len(shapes) > 1:
-        raise ValueError(
-            f"torchvision {dataset}: images have different sizes ({sorted(shapes)[:3]}); set "
-            "size = N in the dataset's table"
-        )
-    names = getattr(data, "classes", None) or getattr(data, "categories", None)
-    names = names or [f"class{c}" for c in range(int(labels.max()) + 1)]
-    prefix = "all" if takes == "none" else split
-    ids = np.array([f"{prefix}/{i}" for i in indices])
-    return ImageDataset(np.stack(images), labels, tuple(str(n) for n in names), ids)
+        paths = [Path(f[0] if isinstance(f, tuple | list) else f) for f in files]
+    listing = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths]
+    key = json.dumps(
+        [
+            dataset,
+            str(Path(location).resolve()),
+            sorted(arguments.items()),
+            len(data),
+            hashlib.sha256(indices.tobytes()).hexdigest(),
+            size,
+            listing,
+        ]
+    )
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]  # fmt: skip
+    return cache_folder() / f"torchvision-{dataset}-{arguments.get('split', 'all')}-{digest}"
 
 
 def load_huggingface(

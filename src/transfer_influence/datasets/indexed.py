@@ -1,0 +1,161 @@
+"""Datasets read an image at a time by index (torchvision's classes), decoded by every core
+into the same cache as folders: each worker process opens the dataset once and fits batches
+of its images into the memory-mapped arrays under construction; a finished batch is recorded,
+and a build that was killed resumes with what it finished."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from ..files import atomic_write_bytes
+from .cache import BATCH, CACHE_MARK, _resume, _write_progress, file_sha256
+from .images import to_rgb_array
+
+__all__ = ["build_indexed_cache"]
+
+_dataset: Any = None  # a worker's own copy of the dataset, opened once
+
+
+def _open(opener: Callable[[], Any]) -> None:
+    global _dataset
+    _dataset = opener()
+
+
+def _decode_rows(
+    number: int, rows: list[tuple[int, int]], arrays: tuple[str, str, str], size: int | None
+) -> tuple[int, int]:
+    """Fit the images of ``rows`` ((row in the cache, index in the dataset), ...) into the
+    arrays (pixels, digests, labels); the first row of another size than the first image's
+    (-1 when none was)."""
+    pixels, digests, labels = (np.load(a, mmap_mode="r+", allow_pickle=False) for a in arrays)
+    for row, index in rows:
+        try:
+            image, label = _dataset[index]
+            array = to_rgb_array(image, size)
+        except (OSError, ValueError) as error:
+            raise ValueError(f"image {index} cannot be read ({error})") from None
+        if array.shape != pixels.shape[1:]:
+            return number, row
+        pixels[row] = array
+        digests[row] = np.frombuffer(hashlib.sha256(array.tobytes()).digest(), dtype=np.uint8)
+        labels[row] = int(label)
+    for array in (pixels, digests, labels):
+        array.flush()
+    return number, -1
+
+
+def build_indexed_cache(
+    stem: Path,
+    what: str,
+    data: Any,
+    opener: Callable[[], Any],
+    indices: np.ndarray,
+    ids: Sequence[str],
+    classes: Sequence[str] | None,
+    size: int | None,
+    workers: int | None = None,
+) -> None:
+    """Decode images ``indices`` of ``data`` (``what``, for messages; ``opener`` opens it
+    again in each worker process) into ``stem``.npy, described in ``stem``.json with ``ids``,
+    the labels and ``classes`` (by default "class0", "class1", ... to the largest label)."""
+    n = len(indices)
+    if not n:
+        raise ValueError(f"{what}: no images")
+    arrays = tuple(
+        stem.with_name(f"{stem.name}.partial{suffix}")
+        for suffix in (".npy", ".sha256.npy", ".labels.npy", ".json")
+    )
+    pixels, digests, labels, progress_path = arrays
+    done, _ = _resume(progress_path, pixels, digests, n)
+    if done and _length(labels) != n:
+        done = set()
+    if not done:
+        image, _ = data[int(indices[0])]
+        shape = to_rgb_array(image, size).shape
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        for path, dtype, dims in ((pixels, np.uint8, shape), (digests, np.uint8, (32,)),
+                                  (labels, np.int64, ())):  # fmt: skip
+            np.lib.format.open_memmap(path, "w+", dtype, (n, *dims)).flush()
+        _write_progress(progress_path, done, set(), n)
+    before = min(n, len(done) * BATCH)
+    print(
+        f"decoding {n:,} images of {what} once, into {stem.parent} ({before:,} done before; "
+        "`transfer-influence cache` shows and clears it)",
+        file=sys.stderr,
+    )
+    workers = workers or os.cpu_count() or 1
+    bar = tqdm(total=n, initial=before, unit="image", desc="decoding",
+               disable=not sys.stderr.isatty(), leave=False)  # fmt: skip
+    names = tuple(str(a) for a in arrays[:3])
+
+    def record(finished: set[Future]) -> None:
+        for future in finished:
+            number, other = future.result()
+            if other >= 0:
+                raise ValueError(
+                    f"{what}: images have different sizes (image {indices[other]} differs "
+                    "from the first); set size = N in the dataset's table"
+                )
+            done.add(number)
+            bar.update(min(BATCH, n - number * BATCH))
+        _write_progress(progress_path, done, set(), n)
+
+    try:
+        with ProcessPoolExecutor(workers, initializer=_open, initargs=(opener,)) as pool:
+            running: set[Future] = set()
+            for number, start in enumerate(range(0, n, BATCH)):
+                if number not in done:
+                    rows = [(start + i, int(j)) for i, j in enumerate(indices[start:][:BATCH])]
+                    running.add(pool.submit(_decode_rows, number, rows, names, size))
+                if len(running) >= 2 * workers:  # bounded: a few batches in flight
+                    finished, running = wait(running, return_when=FIRST_COMPLETED)
+                    record(finished)
+            record(wait(running)[0])
+    except BrokenProcessPool:
+        raise MemoryError(f"decoding {what} killed a worker process") from None
+    finally:
+        bar.close()
+    _finish(stem, arrays, ids, classes)
+
+
+def _length(path: Path) -> int:
+    try:
+        return int(np.load(path, mmap_mode="r", allow_pickle=False).shape[0])
+    except (OSError, ValueError):
+        return -1
+
+
+def _finish(stem: Path, arrays: tuple[Path, ...], ids: Sequence[str], classes) -> None:
+    """Checksum the pixels and move the cache into place."""
+    pixels, digests, labels, progress_path = arrays
+    sums = np.load(digests, mmap_mode="r", allow_pickle=False)
+    fingerprint = hashlib.sha256()
+    for i, example in enumerate(ids):
+        fingerprint.update(example.encode())
+        fingerprint.update(sums[i].tobytes())
+    label_list = np.load(labels, allow_pickle=False).tolist()
+    classes = list(classes or [f"class{c}" for c in range(max(label_list) + 1)])
+    meta = {
+        "written_by": CACHE_MARK,
+        "npy_sha256": file_sha256(pixels),
+        "classes": [str(c) for c in classes],
+        "labels": label_list,
+        "ids": list(ids),
+        "fingerprint": fingerprint.hexdigest()[:16],
+        "skipped": [],
+    }
+    os.replace(pixels, stem.with_suffix(".npy"))
+    atomic_write_bytes(stem.with_suffix(".json"), json.dumps(meta).encode())
+    for leftover in (digests, labels, progress_path):
+        leftover.unlink(missing_ok=True)
