@@ -61,6 +61,11 @@ def expand_path(path: str) -> str:
 
 
 def _locate(root: Path, split: str) -> Path:
+    if not root.exists():
+        raise ValueError(
+            f"dataset not found: {root} (put ImageFolder directories or "
+            f"{split}.tar.gz there, or change the config's path)"
+        )
     for candidate in (
         root / split,
         root / f"{split}.tar.gz",
@@ -114,11 +119,6 @@ def load_folder(
     """
     check_size(size)
     root = Path(expand_path(path))
-    if not root.exists():
-        raise ValueError(
-            f"dataset not found: {root} (put ImageFolder directories or "
-            f"{split}.tar.gz there, or change the config's path)"
-        )
     source = _locate(root, split)
     display = None
     if names_file:
@@ -138,8 +138,6 @@ def survey_folder(
     """What :func:`load_folder` would load, counted without decoding."""
     check_size(size)
     root = Path(expand_path(path))
-    if not root.exists():
-        raise ValueError(f"dataset not found: {root}")
     return survey_images(_locate(root, split), f"{root.name}-{split}", size, cache, on_corrupt)
 
 
