@@ -13,7 +13,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from transfer_influence.datasets import DatasetSurvey, load_dataset, survey_dataset
+from transfer_influence.datasets import (
+    DatasetSurvey,
+    fingerprint_arrays,
+    load_dataset,
+    survey_dataset,
+)
 from transfer_influence.datasets.external import SPLITS
 
 # torchvision 0.29's signatures (less transforms and loaders, which the adapter never passes),
@@ -152,6 +157,10 @@ def test_files_are_decoded_once_into_the_cache(torchvision, tmp_path):
     again = load_dataset(spec, "train", "target")  # its images, decoded anew, would differ
     np.testing.assert_array_equal(first.images, again.images)
     assert isinstance(again.images, np.memmap) and again.fingerprint == first.fingerprint
+    # The fingerprint of the images held in memory: runs made before the cache stay valid.
+    assert first.fingerprint == fingerprint_arrays(
+        np.array(first.images), first.labels, first.example_ids
+    )
     assert again.labels.tolist() == [i % 3 for i in range(10)]
     assert len(torchvision) == opened + 1  # opened to list its images, not decoded again
 

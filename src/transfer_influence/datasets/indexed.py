@@ -33,12 +33,12 @@ def _open(opener: Callable[[], Any]) -> None:
 
 
 def _decode_rows(
-    number: int, rows: list[tuple[int, int]], arrays: tuple[str, str, str], size: int | None
+    number: int, rows: list[tuple[int, int]], arrays: tuple[str, str], size: int | None
 ) -> tuple[int, int]:
     """Fit the images of ``rows`` ((row in the cache, index in the dataset), ...) into the
-    arrays (pixels, digests, labels); the first row of another size than the first image's
-    (-1 when none was)."""
-    pixels, digests, labels = (np.load(a, mmap_mode="r+", allow_pickle=False) for a in arrays)
+    arrays (pixels, labels); the first row of another size than the first image's (-1 when
+    none was)."""
+    pixels, labels = (np.load(a, mmap_mode="r+", allow_pickle=False) for a in arrays)
     for row, index in rows:
         try:
             image, label = _dataset[index]
@@ -48,10 +48,9 @@ def _decode_rows(
         if array.shape != pixels.shape[1:]:
             return number, row
         pixels[row] = array
-        digests[row] = np.frombuffer(hashlib.sha256(array.tobytes()).digest(), dtype=np.uint8)
         labels[row] = int(label)
-    for array in (pixels, digests, labels):
-        array.flush()
+    pixels.flush()
+    labels.flush()
     return number, -1
 
 
@@ -72,21 +71,17 @@ def build_indexed_cache(
     n = len(indices)
     if not n:
         raise ValueError(f"{what}: no images")
-    arrays = tuple(
+    pixels, labels, progress_path = (
         stem.with_name(f"{stem.name}.partial{suffix}")
-        for suffix in (".npy", ".sha256.npy", ".labels.npy", ".json")
+        for suffix in (".npy", ".labels.npy", ".json")
     )
-    pixels, digests, labels, progress_path = arrays
-    done, _ = _resume(progress_path, pixels, digests, n)
-    if done and _length(labels) != n:
-        done = set()
+    done, _ = _resume(progress_path, pixels, labels, n)
     if not done:
         image, _ = data[int(indices[0])]
         shape = to_rgb_array(image, size).shape
         stem.parent.mkdir(parents=True, exist_ok=True)
-        for path, dtype, dims in ((pixels, np.uint8, shape), (digests, np.uint8, (32,)),
-                                  (labels, np.int64, ())):  # fmt: skip
-            np.lib.format.open_memmap(path, "w+", dtype, (n, *dims)).flush()
+        np.lib.format.open_memmap(pixels, "w+", np.uint8, (n, *shape)).flush()
+        np.lib.format.open_memmap(labels, "w+", np.int64, (n,)).flush()
         _write_progress(progress_path, done, set(), n)
     before = min(n, len(done) * BATCH)
     print(
@@ -97,7 +92,7 @@ def build_indexed_cache(
     workers = workers or os.cpu_count() or 1
     bar = tqdm(total=n, initial=before, unit="image", desc="decoding",
                disable=not sys.stderr.isatty(), leave=False)  # fmt: skip
-    names = tuple(str(a) for a in arrays[:3])
+    names = (str(pixels), str(labels))
 
     def record(finished: set[Future]) -> None:
         for future in finished:
@@ -126,25 +121,25 @@ def build_indexed_cache(
         raise MemoryError(f"decoding {what} killed a worker process") from None
     finally:
         bar.close()
-    _finish(stem, arrays, ids, classes)
+    _finish(stem, pixels, labels, progress_path, ids, classes)
 
 
-def _length(path: Path) -> int:
-    try:
-        return int(np.load(path, mmap_mode="r", allow_pickle=False).shape[0])
-    except (OSError, ValueError):
-        return -1
-
-
-def _finish(stem: Path, arrays: tuple[Path, ...], ids: Sequence[str], classes) -> None:
-    """Checksum the pixels and move the cache into place."""
-    pixels, digests, labels, progress_path = arrays
-    sums = np.load(digests, mmap_mode="r", allow_pickle=False)
-    fingerprint = hashlib.sha256()
-    for i, example in enumerate(ids):
-        fingerprint.update(example.encode())
-        fingerprint.update(sums[i].tobytes())
-    label_list = np.load(labels, allow_pickle=False).tolist()
+def _finish(
+    stem: Path, pixels: Path, labels: Path, progress: Path, ids: Sequence[str], classes
+) -> None:
+    """Fingerprint and checksum the arrays, and move the cache into place. The fingerprint is
+    the one an ``ImageDataset`` of these arrays computes for itself (read a block at a time):
+    the same images give the same fingerprint, cached or not."""
+    images = np.load(pixels, mmap_mode="r", allow_pickle=False)
+    label_array = np.load(labels, allow_pickle=False)
+    fingerprint = hashlib.sha256(f"{images.dtype.str}{images.shape}".encode())
+    for start in range(0, len(images), 4 * BATCH):
+        fingerprint.update(np.ascontiguousarray(images[start : start + 4 * BATCH]).tobytes())
+    for array in (label_array, np.array(ids)):
+        fingerprint.update(f"{array.dtype.str}{array.shape}".encode())
+        fingerprint.update(np.ascontiguousarray(array).tobytes())
+    del images
+    label_list = label_array.tolist()
     classes = list(classes or [f"class{c}" for c in range(max(label_list) + 1)])
     meta = {
         "written_by": CACHE_MARK,
@@ -157,5 +152,5 @@ def _finish(stem: Path, arrays: tuple[Path, ...], ids: Sequence[str], classes) -
     }
     os.replace(pixels, stem.with_suffix(".npy"))
     atomic_write_bytes(stem.with_suffix(".json"), json.dumps(meta).encode())
-    for leftover in (digests, labels, progress_path):
-        leftover.unlink(missing_ok=True)
+    labels.unlink(missing_ok=True)
+    progress.unlink(missing_ok=True)
