@@ -363,3 +363,26 @@ def test_two_loads_at_once_build_the_cache_once(tmp_path, monkeypatch):
     assert len(builds) == 1 and len(loaded) == 2
     assert loaded[0].fingerprint == loaded[1].fingerprint
     np.testing.assert_array_equal(np.array(loaded[0].images), np.array(loaded[1].images))
+
+
+def test_image_names_are_listed_and_ordered_as_paths_are(tmp_path):
+    """The order fixes every image's index in the cache and the fingerprint: one scan of each
+    folder must list what pathlib lists (no FIFO, no link into another folder), in its order
+    (part by part: "a/b.jpg" before "a-b/c.jpg", which a string sort puts first)."""
+    from transfer_influence.datasets.cache import SUFFIXES, image_names
+
+    root = tmp_path / "tree"
+    for name in ("a/b.jpg", "a-b/c.jpg", "a/B.PNG", "a.b/x.jpeg", "z/.jpg", "z/notes.txt"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"x")
+    os.mkfifo(root / "a" / "pipe.jpg")
+    (root / "a" / "link.jpg").symlink_to(root / "a" / "b.jpg")
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "o.jpg").write_bytes(b"x")
+    (root / "linked").symlink_to(tmp_path / "outside")
+    by_pathlib = [
+        p.relative_to(root).as_posix()
+        for p in sorted(p for p in root.rglob("*") if p.suffix.lower() in SUFFIXES and p.is_file())
+    ]
+    assert image_names(root) == by_pathlib
+    assert image_names(root) == ["a/B.PNG", "a/b.jpg", "a/link.jpg", "a-b/c.jpg", "a.b/x.jpeg"]

@@ -27,17 +27,29 @@ from tqdm import tqdm
 from ..files import atomic_write_bytes, open_regular, read_json
 from .images import decode
 
-__all__ = ["BATCH", "CACHE_MARK", "build_cache", "file_sha256", "image_files", "member_name"]
+__all__ = ["BATCH", "CACHE_MARK", "build_cache", "file_sha256", "image_names", "member_name"]
 
 CACHE_MARK = "transfer-influence dataset cache"
 BATCH = 1024  # images a worker decodes at a time
 SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
-def image_files(source: Path) -> list[Path]:
-    """The regular image files under a directory, sorted. A FIFO, device or link to one
-    named like an image is not a file: reading it would hang or never end."""
-    return sorted(p for p in source.rglob("*") if p.suffix.lower() in SUFFIXES and p.is_file())
+def image_names(source: Path) -> list[str]:
+    """The paths (relative, with "/") of the regular image files under a directory, sorted
+    folder by folder. A FIFO, device or link to one named like an image is not a file:
+    reading it would hang or never end. Links to folders are not followed. (One scan of each
+    folder, whose entries say what they are: a million files are listed in seconds.)"""
+    names: list[str] = []
+    pending = [(str(source), "")]
+    while pending:
+        folder, prefix = pending.pop()
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append((entry.path, f"{prefix}{entry.name}/"))
+                elif os.path.splitext(entry.name)[1].lower() in SUFFIXES and entry.is_file():
+                    names.append(prefix + entry.name)
+    return sorted(names, key=lambda name: name.split("/"))  # as paths sort: part by part
 
 
 def member_name(source: Path, raw: str) -> str:
@@ -84,7 +96,7 @@ def _archive_members(source: Path, archive: tarfile.TarFile) -> dict[str, tarfil
 def list_members(source: Path) -> list[str]:
     """Every image's name (its path relative to ``source`` or inside the archive), sorted."""
     if source.is_dir():
-        return [p.relative_to(source).as_posix() for p in image_files(source)]
+        return image_names(source)
     with tarfile.open(source) as archive:
         return sorted(_archive_members(source, archive))
 
@@ -98,7 +110,7 @@ def _batches(source: Path, names: list[str], done: set[int]) -> Iterator[tuple[i
         for number, start in enumerate(range(0, len(names), BATCH)):
             if number not in done:
                 chunk = names[start : start + BATCH]
-                yield number, [(start + i, str(source / n)) for i, n in enumerate(chunk)]
+                yield number, [(start + i, f"{source}/{n}") for i, n in enumerate(chunk)]
         return
     index = {name: i for i, name in enumerate(names)}
     with tarfile.open(source) as archive:

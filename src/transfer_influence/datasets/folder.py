@@ -24,7 +24,7 @@ import numpy as np
 
 from ..files import CorruptFileError, exclusive_lock, open_regular
 from .base import ImageDataset
-from .cache import CACHE_MARK, build_cache, file_sha256, image_files, list_members
+from .cache import CACHE_MARK, build_cache, file_sha256, image_names, list_members
 from .survey import DatasetSurvey, first_image_side, npy_shape
 
 __all__ = ["cache_entries", "cache_folder", "load_folder", "survey_folder"]
@@ -36,10 +36,8 @@ def _cache_key(source: Path, size: int | None, on_corrupt: str, labels_digest: s
     """What the cache is keyed by: every image file's path, size and modification time (a
     directory), or the archive's; so any edit, addition or move is a new cache."""
     if source.is_dir():
-        listing = [
-            (p.relative_to(source).as_posix(), p.stat().st_size, p.stat().st_mtime_ns)
-            for p in image_files(source)
-        ]
+        stats = ((name, os.stat(f"{source}/{name}")) for name in image_names(source))
+        listing = [(name, stat.st_size, stat.st_mtime_ns) for name, stat in stats]
     else:
         stat = source.stat()
         listing = [(source.name, stat.st_size, stat.st_mtime_ns)]
