@@ -20,6 +20,7 @@ from ..config import Config
 from ..datasets import planted_classes
 from ..engines import LocalEngine
 from ..estimation import ClassInfluence
+from ..estimation.accumulator import MIN_RESIDUAL_DOF
 from ..estimation.significance import FLAG_LEVEL
 from ..files import write_json
 from ..store import RunStore
@@ -125,6 +126,12 @@ def run_demo(
     """Run (or resume) the demo into ``out`` and return its summary; ``seed`` draws the
     subsets and the training seed (the task stays the same)."""
     out = Path(out or ("runs/demo-control" if control else "runs/demo"))
+    classes = sum(len(names) for names in planted_classes(not control).values())
+    if estimator == "regression" and models < classes + MIN_RESIDUAL_DOF:
+        raise ValueError(  # before minutes of training, not after
+            f"the regression estimator needs at least {classes + MIN_RESIDUAL_DOF} models for "
+            f"the demo's {classes} classes, got {models}; give more, or --estimator difference"
+        )
     started = time.perf_counter()
     config = demo_config(models, planted=not control, seed=seed)
     trainer = load_trainer(config.trainer.type, config.trainer.params)
