@@ -16,7 +16,7 @@ import json
 import os
 import sys
 import tarfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -217,15 +217,10 @@ def build_cache(
                desc="decoding", disable=not sys.stderr.isatty(), leave=False)  # fmt: skip
     try:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            running: set[Future] = set()
-            for number, batch in _batches(source, names, done):
-                running.add(pool.submit(_decode_batch, number, batch, str(pixels), str(digests),
-                                        size))  # fmt: skip
-                if len(running) >= 2 * workers:  # bounded: a few batches in flight
-                    finished, running = wait(running, return_when=FIRST_COMPLETED)
-                    _record(finished, done, bad, progress_path, len(names), source, names, bar)
-            finished, _ = wait(running)
-            _record(finished, done, bad, progress_path, len(names), source, names, bar)
+            calls = ((_decode_batch, number, batch, str(pixels), str(digests), size)
+                     for number, batch in _batches(source, names, done))  # fmt: skip
+            submit_bounded(pool, calls, workers, lambda finished: _record(
+                finished, done, bad, progress_path, len(names), source, names, bar))  # fmt: skip
     except BrokenProcessPool:
         raise MemoryError(f"decoding {source} killed a worker process") from None
     finally:
@@ -236,6 +231,24 @@ def build_cache(
             'them, or set on_corrupt = "skip" in the dataset\'s table'
         )
     _finish(stem, pixels, digests, progress_path, names, labels_by_name, sorted(bad))
+
+
+def submit_bounded(
+    pool: ProcessPoolExecutor,
+    calls: Iterable[tuple],
+    workers: int,
+    record: Callable[[set[Future]], None],
+) -> None:
+    """Run ``calls`` ((function, *arguments), ...) in ``pool`` with at most two per worker in
+    flight, so that memory holds a few batches whatever the dataset's size; each set of
+    finished futures goes to ``record``."""
+    running: set[Future] = set()
+    for function, *arguments in calls:
+        running.add(pool.submit(function, *arguments))
+        if len(running) >= 2 * workers:
+            finished, running = wait(running, return_when=FIRST_COMPLETED)
+            record(finished)
+    record(wait(running)[0])
 
 
 def _record(finished, done, bad, progress_path, n, source, names, bar) -> None:

@@ -9,8 +9,8 @@ import hashlib
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..files import atomic_write_bytes
-from .cache import BATCH, CACHE_MARK, _resume, _write_progress, file_sha256
+from .cache import BATCH, CACHE_MARK, _resume, _write_progress, file_sha256, submit_bounded
 from .images import to_rgb_array
 
 __all__ = ["build_indexed_cache"]
@@ -108,20 +108,22 @@ def build_indexed_cache(
 
     try:
         with ProcessPoolExecutor(workers, initializer=_open, initargs=(opener,)) as pool:
-            running: set[Future] = set()
-            for number, start in enumerate(range(0, n, BATCH)):
-                if number not in done:
-                    rows = [(start + i, int(j)) for i, j in enumerate(indices[start:][:BATCH])]
-                    running.add(pool.submit(_decode_rows, number, rows, names, size))
-                if len(running) >= 2 * workers:  # bounded: a few batches in flight
-                    finished, running = wait(running, return_when=FIRST_COMPLETED)
-                    record(finished)
-            record(wait(running)[0])
+            calls = ((_decode_rows, number, rows, names, size)
+                     for number, rows in _row_batches(indices, done))  # fmt: skip
+            submit_bounded(pool, calls, workers, record)
     except BrokenProcessPool:
         raise MemoryError(f"decoding {what} killed a worker process") from None
     finally:
         bar.close()
     _finish(stem, pixels, labels, progress_path, ids, classes)
+
+
+def _row_batches(indices: np.ndarray, done: set[int]) -> Iterator[tuple[int, list]]:
+    """(batch number, [(row in the cache, index in the dataset), ...]) of each batch not done."""
+    for number, start in enumerate(range(0, len(indices), BATCH)):
+        if number not in done:
+            chunk = indices[start : start + BATCH].tolist()
+            yield number, [(start + i, index) for i, index in enumerate(chunk)]
 
 
 def _finish(
