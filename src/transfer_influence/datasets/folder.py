@@ -32,11 +32,19 @@ __all__ = ["cache_entries", "cache_folder", "load_folder", "survey_folder"]
 MAX_SIZE = 1024  # pixels a side: 50,000 images at 1024 x 1024 are already 150 GB
 
 
-def _cache_key(source: Path, size: int | None, on_corrupt: str, labels_digest: str = "") -> str:
+def _cache_key(
+    source: Path,
+    size: int | None,
+    on_corrupt: str,
+    labels_digest: str = "",
+    names: list[str] | None = None,
+) -> str:
     """What the cache is keyed by: every image file's path, size and modification time (a
-    directory), or the archive's; so any edit, addition or move is a new cache."""
+    directory, whose ``names`` a caller may have listed already), or the archive's; so any
+    edit, addition or move is a new cache."""
     if source.is_dir():
-        stats = ((name, os.stat(f"{source}/{name}")) for name in image_names(source))
+        names = image_names(source) if names is None else names
+        stats = ((name, os.stat(f"{source}/{name}")) for name in names)
         listing = [(name, stat.st_size, stat.st_mtime_ns) for name, stat in stats]
     else:
         stat = source.stat()
@@ -182,12 +190,14 @@ def cache_stem(
     cache: str | None,
     on_corrupt: str,
     labels_digest: str = "",
+    names: list[str] | None = None,
 ) -> Path:
     """Where the cache of ``source``'s images (decoded at ``size``) is, or will be."""
     if on_corrupt not in ("fail", "skip"):
         raise ValueError(f"on_corrupt must be 'fail' or 'skip', got {on_corrupt!r}")
     cache_dir = Path(cache) if cache else cache_folder()
-    return cache_dir / f"{name}-{_cache_key(source, size, on_corrupt, labels_digest)}"
+    key = _cache_key(source, size, on_corrupt, labels_digest, names)
+    return cache_dir / f"{name}-{key}"
 
 
 def survey_images(
@@ -201,12 +211,13 @@ def survey_images(
     """What :func:`load_images` would load, without decoding: the cache's own shape when it
     is built, else the images counted by name and sized by ``size`` or the first one's
     header (an upper bound where ``on_corrupt = "skip"`` would leave some out)."""
-    stem = cache_stem(source, name, size, cache, on_corrupt, labels_digest)
+    names = list_members(source) if source.is_dir() else None  # one listing for key and count
+    stem = cache_stem(source, name, size, cache, on_corrupt, labels_digest, names)
     if stem.with_suffix(".json").is_file():
         shape = npy_shape(stem.with_suffix(".npy"))
         if shape is not None:
             return DatasetSurvey(shape[0], (shape[1], shape[2]), decoded=True)
-    names = list_members(source)
+    names = list_members(source) if names is None else names  # an archive's index, read once
     if not names:
         raise ValueError(f"no images found in {source}")
     return DatasetSurvey(len(names), (size, size) if size else first_image_side(source, names[0]))
