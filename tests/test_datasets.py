@@ -288,6 +288,29 @@ def test_config_paths_from_the_environment_are_expanded_where_read(tmp_path):
     assert paths == ["/abs/t", str(tmp_path / "u.npz"), "uoft-cs/cifar10", str(tmp_path / "tv")]
 
 
+def test_a_build_records_a_batch_only_after_its_arrays_are_synced(tmp_path, monkeypatch):
+    """The workers write into page-cache memory maps and never wait for the disk; the builder
+    syncs every array before the progress file names a batch, so a machine that went down
+    cannot leave a record of pixels it lost."""
+    from transfer_influence.datasets import cache
+
+    arrays = tuple(tmp_path / f"{name}.npy" for name in ("pixels", "sums"))
+    for array in arrays:
+        np.save(array, np.zeros((3, 2), np.uint8))
+    events, fsync = [], os.fsync
+    synced = lambda fd: events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))  # noqa: E731
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced(fd), fsync(fd))[1])
+    replace = os.replace
+    monkeypatch.setattr(
+        os, "replace", lambda a, b: (events.append(("rename", str(b))), replace(a, b))[1]
+    )
+    cache.record_progress(tmp_path / "progress.json", arrays, {0}, set(), 3)
+    renamed = events.index(("rename", str(tmp_path / "progress.json")))
+    assert {("fsync", str(a)) for a in arrays} <= set(events[:renamed]), events
+    assert cache.resume_progress(tmp_path / "progress.json", arrays, 3) == ({0}, set())
+    assert cache.resume_progress(tmp_path / "progress.json", arrays, 4) == (set(), set())
+
+
 @pytest.mark.parametrize("size", [100000, 0, True, 2.5])
 def test_an_impossible_image_size_is_refused_before_any_decoding(tmp_path, size):
     """size = 100000 used to kill the decoding processes (a traceback of a broken pool)."""

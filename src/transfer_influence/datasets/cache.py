@@ -4,7 +4,8 @@ The images are listed by name only; worker processes read (folders) or receive (
 read in one pass) batches of encoded images, decode and fit them to the requested size, and
 write pixels and each file's SHA-256 straight into memory-mapped arrays of the cache under
 construction. So peak memory is a few batches, whatever the dataset's size. A finished batch
-is recorded in a progress file, and a build that was killed resumes with what it finished.
+is recorded in a progress file once the arrays are on disk, and a build that was killed (or a
+machine that went down) resumes with what it finished.
 The dataset's fingerprint is the same as when every file was read in one go: the SHA-256 of
 each image's name and content digest, in name order.
 """
@@ -27,7 +28,16 @@ from tqdm import tqdm
 from ..files import atomic_write_bytes, open_regular, read_json
 from .images import decode
 
-__all__ = ["BATCH", "CACHE_MARK", "build_cache", "file_sha256", "image_names", "member_name"]
+__all__ = [
+    "BATCH",
+    "CACHE_MARK",
+    "build_cache",
+    "file_sha256",
+    "image_names",
+    "member_name",
+    "record_progress",
+    "resume_progress",
+]
 
 CACHE_MARK = "transfer-influence dataset cache"
 BATCH = 1024  # images a worker decodes at a time
@@ -128,8 +138,9 @@ def _batches(source: Path, names: list[str], done: set[int]) -> Iterator[tuple[i
 def _decode_batch(
     number: int, batch: list, pixels: str, digests: str, size: int | None
 ) -> tuple[int, list[int]]:
-    """Decode one batch into the arrays under construction (written in place, flushed to
-    disk before returning); the indices of images that could not be decoded."""
+    """Decode one batch into the arrays under construction, written in place (the builder
+    syncs them to disk before it records the batch, so no worker waits for the disk); the
+    indices of images that could not be decoded."""
     from PIL import Image
 
     images = np.load(pixels, mmap_mode="r+", allow_pickle=False)
@@ -146,8 +157,6 @@ def _decode_batch(
         if array.shape != images.shape[1:]:
             return number, [-1 - i]  # another size than the first image: the caller says so
         images[i] = array
-    images.flush()
-    sums.flush()
     return number, bad
 
 
@@ -199,13 +208,14 @@ def build_cache(
         stem.with_name(f"{stem.name}.partial{suffix}")
         for suffix in (".npy", ".sha256.npy", ".json")
     )
-    done, bad = _resume(progress_path, pixels, digests, len(names))
+    arrays = (pixels, digests)
+    done, bad = resume_progress(progress_path, arrays, len(names))
     if not done:
         shape = _first_shape(source, names, size)
         stem.parent.mkdir(parents=True, exist_ok=True)
         np.lib.format.open_memmap(pixels, "w+", np.uint8, (len(names), *shape)).flush()
         np.lib.format.open_memmap(digests, "w+", np.uint8, (len(names), 32)).flush()
-        _write_progress(progress_path, done, bad, len(names))
+        record_progress(progress_path, arrays, done, bad, len(names))
     print(
         f"decoding {len(names):,} images of {source} once, into {stem.parent} "
         f"({min(len(names), len(done) * BATCH):,} done before; `transfer-influence cache` "
@@ -220,7 +230,7 @@ def build_cache(
             calls = ((_decode_batch, number, batch, str(pixels), str(digests), size)
                      for number, batch in _batches(source, names, done))  # fmt: skip
             submit_bounded(pool, calls, workers, lambda finished: _record(
-                finished, done, bad, progress_path, len(names), source, names, bar))  # fmt: skip
+                finished, done, bad, progress_path, arrays, source, names, bar))  # fmt: skip
     except BrokenProcessPool:
         raise MemoryError(f"decoding {source} killed a worker process") from None
     finally:
@@ -251,7 +261,8 @@ def submit_bounded(
     record(wait(running)[0])
 
 
-def _record(finished, done, bad, progress_path, n, source, names, bar) -> None:
+def _record(finished, done, bad, progress_path, arrays, source, names, bar) -> None:
+    n = len(names)
     for future in finished:
         number, failed = future.result()
         if failed and failed[0] < 0:
@@ -262,19 +273,32 @@ def _record(finished, done, bad, progress_path, n, source, names, bar) -> None:
         done.add(number)
         bad.update(failed)
         bar.update(min(BATCH, n - number * BATCH))
-    _write_progress(progress_path, done, bad, n)
+    record_progress(progress_path, arrays, done, bad, n)
 
 
-def _write_progress(path: Path, done: set[int], bad: set[int], n: int) -> None:
+def record_progress(
+    path: Path, arrays: tuple[Path, ...], done: set[int], bad: set[int], n: int
+) -> None:
+    """Record the batches ``done`` (and the images ``bad``) of a build of ``n`` images into
+    ``arrays``, after syncing those arrays to disk: a record never names a batch that a crash
+    of the machine could still take back. (The workers' writes into their memory maps are in
+    the page cache, which the sync writes out, while the workers go on decoding.)"""
+    for array in arrays:
+        fd = os.open(array, os.O_RDWR)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     record = {"written_by": CACHE_MARK, "images": n, "done": sorted(done), "bad": sorted(bad)}
     atomic_write_bytes(path, json.dumps(record).encode())
 
 
-def _resume(path: Path, pixels: Path, digests: Path, n: int) -> tuple[set[int], set[int]]:
-    """The batches a killed build finished, if its arrays are still there and of this size."""
+def resume_progress(path: Path, arrays: tuple[Path, ...], n: int) -> tuple[set[int], set[int]]:
+    """The batches (and bad images) a killed build recorded, if its arrays are still there
+    and hold ``n`` rows; nothing otherwise."""
     try:
         record = read_json(path)
-        for array in (pixels, digests):
+        for array in arrays:
             if np.load(array, mmap_mode="r", allow_pickle=False).shape[0] != n:
                 return set(), set()
         if record.get("written_by") != CACHE_MARK or record.get("images") != n:

@@ -19,7 +19,14 @@ import numpy as np
 from tqdm import tqdm
 
 from ..files import atomic_write_bytes
-from .cache import BATCH, CACHE_MARK, _resume, _write_progress, file_sha256, submit_bounded
+from .cache import (
+    BATCH,
+    CACHE_MARK,
+    file_sha256,
+    record_progress,
+    resume_progress,
+    submit_bounded,
+)
 from .images import to_rgb_array
 
 __all__ = ["build_indexed_cache"]
@@ -36,8 +43,8 @@ def _decode_rows(
     number: int, rows: list[tuple[int, int]], arrays: tuple[str, str], size: int | None
 ) -> tuple[int, int]:
     """Fit the images of ``rows`` ((row in the cache, index in the dataset), ...) into the
-    arrays (pixels, labels); the first row of another size than the first image's (-1 when
-    none was)."""
+    arrays (pixels, labels), which the builder syncs to disk before recording the batch; the
+    first row of another size than the first image's (-1 when none was)."""
     pixels, labels = (np.load(a, mmap_mode="r+", allow_pickle=False) for a in arrays)
     for row, index in rows:
         try:
@@ -49,8 +56,6 @@ def _decode_rows(
             return number, row
         pixels[row] = array
         labels[row] = int(label)
-    pixels.flush()
-    labels.flush()
     return number, -1
 
 
@@ -75,14 +80,15 @@ def build_indexed_cache(
         stem.with_name(f"{stem.name}.partial{suffix}")
         for suffix in (".npy", ".labels.npy", ".json")
     )
-    done, _ = _resume(progress_path, pixels, labels, n)
+    arrays = (pixels, labels)
+    done, _ = resume_progress(progress_path, arrays, n)
     if not done:
         image, _ = data[int(indices[0])]
         shape = to_rgb_array(image, size).shape
         stem.parent.mkdir(parents=True, exist_ok=True)
         np.lib.format.open_memmap(pixels, "w+", np.uint8, (n, *shape)).flush()
         np.lib.format.open_memmap(labels, "w+", np.int64, (n,)).flush()
-        _write_progress(progress_path, done, set(), n)
+        record_progress(progress_path, arrays, done, set(), n)
     before = min(n, len(done) * BATCH)
     print(
         f"decoding {n:,} images of {what} once, into {stem.parent} ({before:,} done before; "
@@ -104,7 +110,7 @@ def build_indexed_cache(
                 )
             done.add(number)
             bar.update(min(BATCH, n - number * BATCH))
-        _write_progress(progress_path, done, set(), n)
+        record_progress(progress_path, arrays, done, set(), n)
 
     try:
         with ProcessPoolExecutor(workers, initializer=_open, initargs=(opener,)) as pool:
