@@ -3,14 +3,16 @@
     python benchmarks/cache_build.py [--images 100000] [--classes 1000] [--side 400] [--size 64]
 
 Generates ``train/<wnid>/<wnid>_<i>.JPEG`` (smooth random pictures of side x 3/4 side, as
-large as ImageNet's typical image; written once, reused), then measures
+large as ImageNet's typical image; written once, reused), then measures, ``--repeats`` times
+in turn (a shared machine's speed drifts; medians are reported):
 
-- one process's decode rate (read, decode, fit to ``size``) on a sample;
+- one process's rate at a build's work per image (read, SHA-256, decode and fit to ``size``,
+  store) on a sample spread over the tree, and its rate at decoding alone;
 - the cache build with every core: images per second, and that rate against cores x the one
   process's rate (the goal is >= 80%);
 - peak resident memory of the building process and of its largest worker (goal <= 1 GB);
-- the build's serial parts alone (listing the tree, checksumming the cache), which bound its
-  efficiency on many cores.
+- the build's serial part alone (listing the tree), which bounds its efficiency on many
+  cores (the cache's checksum is taken batch by batch while the workers decode).
 
 Writes benchmarks/results/cache_build-*.json.
 """
@@ -66,18 +68,31 @@ def make_tree(root: Path, images: int, classes: int, side: int) -> Path:
     return train
 
 
-def one_process_rate(train: Path, size: int, sample: int = 5000, repeats: int = 3) -> float:
-    """Images per second that one process reads and decodes, on a sample spread over the
-    tree; the median of ``repeats`` passes."""
-    paths = sorted(train.rglob("*.JPEG"))
-    paths = paths[:: max(1, len(paths) // sample)]
-    rates = []
-    for _ in range(repeats):
+def one_process_rates(train: Path, size: int, sample: int = 5000) -> tuple[float, float]:
+    """Images per second of one process doing a build worker's work per image (read, SHA-256,
+    decode, store), and of decoding alone (the files already read), on every 19th image (a
+    step prime to the 256 pictures, so that all of them are decoded)."""
+    paths = [train / name for name in list_members(train)[::19][:sample]]
+    pixels = np.zeros((size, size, 3), np.uint8)
+    started = time.perf_counter()
+    for path in paths:
+        blob = path.read_bytes()
+        hashlib.sha256(blob).digest()
+        pixels[...] = decode(blob, size)
+    whole = len(paths) / (time.perf_counter() - started)
+    blobs = [path.read_bytes() for path in paths[:1000]]
+    started = time.perf_counter()
+    for blob in blobs:
+        pixels[...] = decode(blob, size)
+    return whole, len(blobs) / (time.perf_counter() - started)
+
+
+def build_seconds(train: Path, size: int) -> tuple[float, int]:
+    """Seconds to build the cache with every core, and the cache's size in bytes."""
+    with tempfile.TemporaryDirectory() as cache:
         started = time.perf_counter()
-        for path in paths:
-            decode(path.read_bytes(), size)
-        rates.append(len(paths) / (time.perf_counter() - started))
-    return float(np.median(rates))
+        build_cache(train, Path(cache) / "tree", size, "fail", lambda n: n.split("/")[0])
+        return time.perf_counter() - started, (Path(cache) / "tree.npy").stat().st_size
 
 
 def main() -> None:
@@ -86,28 +101,32 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=1000)
     parser.add_argument("--side", type=int, default=400)
     parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--tree", default=os.path.join(tempfile.gettempdir(), "ti-imagenet-tree"))
     args = parser.parse_args()
     started = time.perf_counter()
     train = make_tree(Path(args.tree), args.images, args.classes, args.side)
     made = time.perf_counter() - started
-    single = one_process_rate(train, args.size)
     cores = os.cpu_count() or 1
-    with tempfile.TemporaryDirectory() as cache:
-        started = time.perf_counter()
-        build_cache(train, Path(cache) / "tree", args.size, "fail", lambda n: n.split("/")[0])
-        seconds = time.perf_counter() - started
-        cached = (Path(cache) / "tree.npy").stat().st_size
-        # The build's serial parts, measured alone: listing the tree, checksumming the cache.
-        started = time.perf_counter()
-        list_members(train)
-        listing = time.perf_counter() - started
-        started = time.perf_counter()
-        digest = hashlib.sha256()
-        with open(Path(cache) / "tree.npy", "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 22), b""):
-                digest.update(block)
-        checksum = time.perf_counter() - started
+    passes = []
+    for _ in range(args.repeats):
+        whole, decoding = one_process_rates(train, args.size)
+        seconds, cached = build_seconds(train, args.size)
+        passes.append(
+            {
+                "one_process_images_per_s": round(whole, 1),
+                "decode_only_images_per_s": round(decoding, 1),
+                "build_seconds": round(seconds, 1),
+                "efficiency": round(args.images / seconds / (cores * whole), 3),
+            }
+        )
+    single = float(np.median([p["one_process_images_per_s"] for p in passes]))
+    decoding = float(np.median([p["decode_only_images_per_s"] for p in passes]))
+    seconds = float(np.median([p["build_seconds"] for p in passes]))
+    # The build's serial part, measured alone: listing the tree.
+    started = time.perf_counter()
+    list_members(train)
+    listing = time.perf_counter() - started
     rate = args.images / seconds
     result = {
         "images": args.images,
@@ -116,15 +135,26 @@ def main() -> None:
         "size": args.size,
         "tree_seconds": round(made, 1),
         "cores": cores,
+        "repeats": args.repeats,
         "one_process_images_per_s": round(single, 1),
+        "one_process_decode_only_images_per_s": round(decoding, 1),
         "build_seconds": round(seconds, 1),
         "build_images_per_s": round(rate, 1),
-        "efficiency_vs_cores_x_one_process": round(rate / (cores * single), 3),
+        # Each pass's build against the one-process rate measured just before it: the median.
+        "efficiency_vs_cores_x_one_process": float(np.median([p["efficiency"] for p in passes])),
         "serial_listing_seconds": round(listing, 1),
-        "serial_checksum_seconds": round(checksum, 1),
-        "decode_phase_efficiency": round(
-            args.images / (seconds - listing - checksum) / (cores * single), 3
+        "decode_phase_efficiency": float(
+            np.median(
+                [
+                    args.images
+                    / (p["build_seconds"] - listing)
+                    / (cores * p["one_process_images_per_s"])
+                    for p in passes
+                ]
+            ).round(3)
         ),
+        "efficiency_per_pass": [p["efficiency"] for p in passes],
+        "passes": passes,
         "cache_bytes": cached,
         # ru_maxrss is in KiB on Linux: the builder, and the largest of its worker processes.
         "peak_rss_builder_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),

@@ -255,17 +255,22 @@ def gpu_speed(r: dict) -> list[str]:
 
 
 def cache_build(r: dict) -> list[str]:
+    passes = [p["efficiency"] for p in r["passes"]]
     return [
         f"Decoding a generated ImageNet-layout tree ({r['images']:,} JPEGs of "
         f"{r['jpeg_side'][0]}×{r['jpeg_side'][1]} in {r['classes']:,} classes) into the cache at "
-        f"{r['size']} px with {r['cores']} cores: {r['build_seconds']:.0f} s, "
-        f"{r['build_images_per_s']:,.0f} images/s, {_pct(r['efficiency_vs_cores_x_one_process'])}"
-        f" of {r['cores']} × one process's {r['one_process_images_per_s']:,.0f} images/s "
-        f"({_pct(r['decode_phase_efficiency'])} in the parallel decoding; listing the tree and "
-        f"checksumming the cache run alone, {r['serial_listing_seconds']:.1f} s and "
-        f"{r['serial_checksum_seconds']:.1f} s). Peak memory: {r['peak_rss_builder_mb']} MB in "
-        f"the building process, {r['peak_rss_largest_worker_mb']} MB in its largest worker, "
-        f"for a cache of {r['cache_bytes'] / 1e9:.2f} GB.",
+        f"{r['size']} px with {r['cores']} cores, {r['repeats']} passes: "
+        f"{r['build_seconds']:.0f} s (median), {r['build_images_per_s']:,.0f} images/s. "
+        f"Against {r['cores']} × one process doing a build's work per image (read, SHA-256, "
+        f"decode, store; {r['one_process_images_per_s']:,.0f} images/s, measured before each "
+        "pass): "
+        f"{_pct(r['efficiency_vs_cores_x_one_process'])} (median; passes {_pct(min(passes))}–"
+        f"{_pct(max(passes))} on a shared machine whose speed drifts). One process decodes alone "
+        f"{r['one_process_decode_only_images_per_s']:,.0f} images/s. Listing the tree runs "
+        f"alone ({r['serial_listing_seconds']:.1f} s); the cache's checksum is taken batch by "
+        f"batch while the workers decode. Peak memory: {r['peak_rss_builder_mb']} MB in the "
+        f"building process, {r['peak_rss_largest_worker_mb']} MB in its largest worker, for a "
+        f"cache of {r['cache_bytes'] / 1e9:.2f} GB.",
     ]
 
 

@@ -31,6 +31,7 @@ from .images import decode
 __all__ = [
     "BATCH",
     "CACHE_MARK",
+    "OrderedDigest",
     "build_cache",
     "file_sha256",
     "image_names",
@@ -169,6 +170,42 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+class OrderedDigest:
+    """SHA-256s of the rows of an array file under construction, fed batch by batch in row
+    order as batches finish (each read back from the page cache just after it was synced), so
+    that the build leaves no serial pass over the whole cache for its end: on many cores that
+    pass would cost as much as the decoding. Batch ``b`` holds rows ``b * batch`` on; ``file``
+    is the SHA-256 of the whole file (header included); ``extra`` are other digests of the
+    same row bytes, in order, started by the caller."""
+
+    def __init__(self, path: Path, rows: int, batch: int, extra: tuple = ()) -> None:
+        self.path, self.rows, self.batch, self.extra = path, rows, batch, extra
+        self.batches = 0
+        self.row_bytes = int(np.prod(np.load(path, mmap_mode="r", allow_pickle=False).shape[1:]))
+        self.header = os.path.getsize(path) - rows * self.row_bytes
+        self.file = hashlib.sha256()
+        with open_regular(path) as handle:
+            self.file.update(handle.read(self.header))
+
+    def advance(self, done: set[int]) -> None:
+        """Feed every finished batch that follows the ones fed so far."""
+        with open_regular(self.path) as handle:
+            while self.batches in done and self.batches * self.batch < self.rows:
+                first = self.batches * self.batch
+                rows = min(self.batch, self.rows - first)
+                handle.seek(self.header + first * self.row_bytes)
+                block = handle.read(rows * self.row_bytes)
+                for digest in (self.file, *self.extra):
+                    digest.update(block)
+                self.batches += 1
+
+    def file_sha256(self) -> str:
+        """The whole file's SHA-256, once every batch was fed."""
+        if self.batches * self.batch < self.rows:
+            raise RuntimeError(f"{self.path}: digest taken before every batch was fed")
+        return self.file.hexdigest()
+
+
 def _read(path: str) -> bytes:
     with open_regular(Path(path)) as handle:
         return handle.read()
@@ -216,6 +253,7 @@ def build_cache(
         np.lib.format.open_memmap(pixels, "w+", np.uint8, (len(names), *shape)).flush()
         np.lib.format.open_memmap(digests, "w+", np.uint8, (len(names), 32)).flush()
         record_progress(progress_path, arrays, done, bad, len(names))
+    digest = OrderedDigest(pixels, len(names), BATCH)
     print(
         f"decoding {len(names):,} images of {source} once, into {stem.parent} "
         f"({min(len(names), len(done) * BATCH):,} done before; `transfer-influence cache` "
@@ -223,14 +261,18 @@ def build_cache(
         file=sys.stderr,
     )
     workers = workers or os.cpu_count() or 1
+
+    def record(finished: set[Future]) -> None:
+        _record(finished, done, bad, progress_path, arrays, source, names, bar)
+        digest.advance(done)
+
     bar = tqdm(total=len(names), initial=min(len(names), len(done) * BATCH), unit="image",
                desc="decoding", disable=not sys.stderr.isatty(), leave=False)  # fmt: skip
     try:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             calls = ((_decode_batch, number, batch, str(pixels), str(digests), size)
                      for number, batch in _batches(source, names, done))  # fmt: skip
-            submit_bounded(pool, calls, workers, lambda finished: _record(
-                finished, done, bad, progress_path, arrays, source, names, bar))  # fmt: skip
+            submit_bounded(pool, calls, workers, record)
     except BrokenProcessPool:
         raise MemoryError(f"decoding {source} killed a worker process") from None
     finally:
@@ -240,7 +282,7 @@ def build_cache(
             f"{source}: {len(bad)} corrupt image(s), first {names[min(bad)]}; fix or remove "
             'them, or set on_corrupt = "skip" in the dataset\'s table'
         )
-    _finish(stem, pixels, digests, progress_path, names, labels_by_name, sorted(bad))
+    _finish(stem, digest, digests, progress_path, names, labels_by_name, sorted(bad))
 
 
 def submit_bounded(
@@ -308,8 +350,9 @@ def resume_progress(path: Path, arrays: tuple[Path, ...], n: int) -> tuple[set[i
         return set(), set()
 
 
-def _finish(stem, pixels, digests, progress_path, names, labels_by_name, bad) -> None:
-    """Drop undecodable images, checksum the pixels, and move the cache into place."""
+def _finish(stem, digest, digests, progress_path, names, labels_by_name, bad) -> None:
+    """Drop undecodable images and move the cache into place."""
+    pixels = digest.path
     sums = np.load(digests, mmap_mode="r", allow_pickle=False)
     keep = np.setdiff1d(np.arange(len(names)), np.array(bad, dtype=np.int64))
     if bad:
@@ -329,7 +372,8 @@ def _finish(stem, pixels, digests, progress_path, names, labels_by_name, bad) ->
     index = {c: k for k, c in enumerate(classes)}
     meta = {
         "written_by": CACHE_MARK,
-        "npy_sha256": file_sha256(pixels),
+        # Compacting rewrote the file: only then is it read again whole.
+        "npy_sha256": file_sha256(pixels) if bad else digest.file_sha256(),
         "classes": classes,
         "labels": [index[labels_by_name[i]] for i in keep],
         "ids": [names[i] for i in keep],

@@ -22,7 +22,7 @@ from ..files import atomic_write_bytes
 from .cache import (
     BATCH,
     CACHE_MARK,
-    file_sha256,
+    OrderedDigest,
     record_progress,
     resume_progress,
     submit_bounded,
@@ -89,6 +89,11 @@ def build_indexed_cache(
         np.lib.format.open_memmap(pixels, "w+", np.uint8, (n, *shape)).flush()
         np.lib.format.open_memmap(labels, "w+", np.int64, (n,)).flush()
         record_progress(progress_path, arrays, done, set(), n)
+    # The fingerprint an ImageDataset of these arrays computes for itself starts so.
+    images = np.load(pixels, mmap_mode="r", allow_pickle=False)
+    started = hashlib.sha256(f"{images.dtype.str}{images.shape}".encode())
+    del images
+    digest = OrderedDigest(pixels, n, BATCH, (started,))
     before = min(n, len(done) * BATCH)
     print(
         f"decoding {n:,} images of {what} once, into {stem.parent} ({before:,} done before; "
@@ -111,6 +116,7 @@ def build_indexed_cache(
             done.add(number)
             bar.update(min(BATCH, n - number * BATCH))
         record_progress(progress_path, arrays, done, set(), n)
+        digest.advance(done)
 
     try:
         with ProcessPoolExecutor(workers, initializer=_open, initargs=(opener,)) as pool:
@@ -121,7 +127,7 @@ def build_indexed_cache(
         raise MemoryError(f"decoding {what} killed a worker process") from None
     finally:
         bar.close()
-    _finish(stem, pixels, labels, progress_path, ids, classes)
+    _finish(stem, digest, labels, progress_path, ids, classes)
 
 
 def _row_batches(indices: np.ndarray, done: set[int]) -> Iterator[tuple[int, list]]:
@@ -133,32 +139,28 @@ def _row_batches(indices: np.ndarray, done: set[int]) -> Iterator[tuple[int, lis
 
 
 def _finish(
-    stem: Path, pixels: Path, labels: Path, progress: Path, ids: Sequence[str], classes
+    stem: Path, digest: OrderedDigest, labels: Path, progress: Path, ids: Sequence[str], classes
 ) -> None:
-    """Fingerprint and checksum the arrays, and move the cache into place. The fingerprint is
-    the one an ``ImageDataset`` of these arrays computes for itself (read a block at a time):
-    the same images give the same fingerprint, cached or not."""
-    images = np.load(pixels, mmap_mode="r", allow_pickle=False)
+    """Fingerprint the arrays and move the cache into place. The fingerprint is the one an
+    ``ImageDataset`` of these arrays computes for itself: the same images give the same
+    fingerprint, cached or not."""
     label_array = np.load(labels, allow_pickle=False)
-    fingerprint = hashlib.sha256(f"{images.dtype.str}{images.shape}".encode())
-    for start in range(0, len(images), 4 * BATCH):
-        fingerprint.update(np.ascontiguousarray(images[start : start + 4 * BATCH]).tobytes())
+    fingerprint = digest.extra[0]
     for array in (label_array, np.array(ids)):
         fingerprint.update(f"{array.dtype.str}{array.shape}".encode())
         fingerprint.update(np.ascontiguousarray(array).tobytes())
-    del images
     label_list = label_array.tolist()
     classes = list(classes or [f"class{c}" for c in range(max(label_list) + 1)])
     meta = {
         "written_by": CACHE_MARK,
-        "npy_sha256": file_sha256(pixels),
+        "npy_sha256": digest.file_sha256(),
         "classes": [str(c) for c in classes],
         "labels": label_list,
         "ids": list(ids),
         "fingerprint": fingerprint.hexdigest()[:16],
         "skipped": [],
     }
-    os.replace(pixels, stem.with_suffix(".npy"))
+    os.replace(digest.path, stem.with_suffix(".npy"))
     atomic_write_bytes(stem.with_suffix(".json"), json.dumps(meta).encode())
     labels.unlink(missing_ok=True)
     progress.unlink(missing_ok=True)
