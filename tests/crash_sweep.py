@@ -9,12 +9,14 @@ a hundred kills costs seconds, not a hundred interpreter starts. The test that c
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import json
 import os
 import shutil
 import signal
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -28,6 +30,9 @@ from transfer_influence.report import Report  # noqa: F401  (imported once, for 
 from transfer_influence.store import RunStore
 
 provenance()  # imports torch once, here, rather than in every child
+# What a killed command leaves running (its worker processes) is handed to this process, which
+# reaps it and counts what is still alive (prctl PR_SET_CHILD_SUBREAPER).
+ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)
 
 POINTS = ("write", "fsync", "rename")
 
@@ -48,7 +53,8 @@ effect_scale = 0.3
 
 
 def forked(*argv: object, crash: str | None = None, count: Path | None = None) -> int:
-    """Run the CLI in a child; its exit code, or -9 when it was killed at ``crash``."""
+    """Run the CLI in a child (or ``argv[0](*argv[1:])``, a function of this file's); its
+    exit code, or -9 when it was killed at ``crash``."""
     pid = os.fork()
     if pid == 0:  # the child: never returns into the caller's code
         code = 99
@@ -63,11 +69,36 @@ def forked(*argv: object, crash: str | None = None, count: Path | None = None) -
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, 1)
             os.dup2(devnull, 2)
-            code = main([str(a) for a in argv])
+            run = argv[0] if callable(argv[0]) else lambda *a: main([str(x) for x in a])
+            code = run(*(argv[1:] if callable(argv[0]) else argv)) or 0
         finally:
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+
+
+def orphans_left(timeout: float = 5.0) -> int:
+    """How many processes a killed command left behind are still alive after ``timeout``
+    seconds (then killed, so that the sweep goes on)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if os.waitpid(-1, os.WNOHANG)[0]:
+                continue
+        except ChildProcessError:
+            return 0
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    mine = [
+        int(stat.parent.name)
+        for stat in Path("/proc").glob("[0-9]*/stat")
+        if stat.read_text().rsplit(")", 1)[-1].split()[1] == str(os.getpid())
+    ]
+    for pid in mine:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    return len(mine)
 
 
 def points_reached(folder: Path, *argv: object) -> Counter:
@@ -142,12 +173,14 @@ def sweep(folder: Path, command: list, resume: list, prepare, observe) -> dict:
             work = folder / f"{point}-{nth}"
             prepare(work)
             code = forked(*command(work), crash=f"{point}:{nth}")
+            orphans = orphans_left()
             after_kill = observe(work)
             resumed = forked(*resume(work))
             kills.append(
                 {
                     "point": f"{point}:{nth}",
                     "killed": code == -signal.SIGKILL,
+                    "orphans": orphans,
                     "after_kill": after_kill,
                     "resume_code": resumed,
                     "after_resume": observe(work),
@@ -278,6 +311,87 @@ def scenario_prune(folder: Path) -> dict:
         }
 
     return sweep(folder, command, command, prepare, observe)
+
+
+CACHED = """
+[run]
+seed = 3
+models = 4
+chunk_size = 4
+[trainer]
+type = "builtin"
+[trainer.params]
+source = {{ kind = "folder", path = "{data}/source", cache = "{cache}" }}
+targets = [{{ name = "tgt", kind = "folder", path = "{data}/target", cache = "{cache}" }}]
+[trainer.params.recipe]
+widths = [8, 8, 8]
+epochs = 1
+batch_size = 16
+"""
+
+
+def _cache_files(cache: Path) -> dict | None:
+    """Every file of a cache folder (a builder's lock left out) and its digest."""
+    if not cache.is_dir():
+        return None
+    return {
+        path.name: hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(cache.iterdir())
+        if not path.name.endswith(".lock")
+    }
+
+
+def scenario_cache(folder: Path) -> dict:
+    """``run`` up to its first model (``--time-limit 0``): a source folder and a target's two
+    archives decoded into the cache, eight images a batch."""
+    from conftest import make_image_folder
+    from transfer_influence.datasets import cache
+
+    cache.BATCH = 8  # inherited by the forked children and their decoding workers
+    data = folder / "data"
+    make_image_folder(data / "source", list("abcd"), 4, ("train", "test"), as_tar=False)
+    make_image_folder(data / "target", ["x", "y"], 6, ("train", "test"))
+
+    def command(work: Path) -> list:
+        config = work.parent / f"{work.name}.toml"
+        config.write_text(CACHED.format(data=data, cache=work / "cache"))
+        return ["run", config, "--run-dir", work / "run", "--time-limit", "0", "--quiet"]
+
+    def observe(work: Path) -> dict:
+        run = work / "run"
+        planned = RunStore(run).planned_models if (run / "run.json").exists() else None
+        return {"cache": _cache_files(work / "cache"), "planned": planned}
+
+    return sweep(folder, command, command, lambda d: None, observe)
+
+
+class Numbered:
+    """A torchvision-like dataset of 20 images (image i all of value 10 i), read by index."""
+
+    def __len__(self) -> int:
+        return 20
+
+    def __getitem__(self, index: int):
+        from PIL import Image
+
+        return Image.new("RGB", (12, 9), (10 * index, 0, 0)), index % 3
+
+
+def _build_indexed(work: Path) -> None:
+    from transfer_influence.datasets import indexed
+
+    ids = [f"all/{i}" for i in range(20)]
+    indexed.build_indexed_cache(work / "cache" / "numbered", "numbered", Numbered(), Numbered,
+                                np.arange(20), ids, None, 4, workers=1)  # fmt: skip
+
+
+def scenario_indexed(folder: Path) -> dict:
+    """A torchvision dataset's images decoded into the cache by index, six a batch."""
+    from transfer_influence.datasets import indexed
+
+    indexed.BATCH = 6
+    command = lambda d: [_build_indexed, d]  # noqa: E731
+    return sweep(folder, command, command, lambda d: None, lambda d: _cache_files(d / "cache"))
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ def _check_every_point_was_tried(result, least):
     assert len(result["kills"]) == sum(reached.values())
     for kill in result["kills"]:
         assert kill["killed"], kill["point"]  # the process did die there
+        assert kill["orphans"] == 0, kill["point"]  # and took its workers with it
         assert kill["leftovers"] == [], kill["point"]
 
 
@@ -84,5 +85,19 @@ def test_prune_killed_at_every_point_resumes_to_the_same_results(tmp_path):
     reference = result["reference"]
     assert reference["models"]["planned"] == 6 and reference["results"]
     assert len(set(reference["models"]["digests"])) == 6
+    for kill in result["kills"]:
+        assert kill["resume_code"] == 0 and kill["after_resume"] == reference, kill["point"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scenario, least", [("cache", 30), ("indexed", 15)])
+def test_a_cache_build_killed_at_every_point_resumes_to_the_same_cache(tmp_path, scenario, least):
+    """Every record of a finished batch, the description and the move into place."""
+    result = _sweep(scenario, tmp_path)
+    _check_every_point_was_tried(result, least)
+    reference = result["reference"]
+    built = reference["cache"] if scenario == "cache" else reference
+    assert built and not any(".partial" in name for name in built), built
+    assert scenario == "indexed" or reference["planned"] == 4
     for kill in result["kills"]:
         assert kill["resume_code"] == 0 and kill["after_resume"] == reference, kill["point"]

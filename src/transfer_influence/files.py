@@ -53,6 +53,7 @@ __all__ = [
     "read_arrays",
     "read_json",
     "remove_abandoned",
+    "replace_file",
     "settle_folder",
     "write_arrays",
     "write_files",
@@ -172,6 +173,14 @@ def write_files(folder: Path, contents: dict[str, bytes]) -> None:
     _fsync_dir(folder)
 
 
+def replace_file(source: Path, destination: Path) -> None:
+    """Move a finished file (written and synced by its writer) over ``destination``, for good:
+    the folder is synced after the rename."""
+    _maybe_crash("rename")
+    os.replace(source, destination)
+    _fsync_dir(Path(destination).parent)
+
+
 _MARK = ".transfer-influence"
 
 
@@ -238,7 +247,8 @@ def settle_folder(folder: Path) -> None:
 @contextlib.contextmanager
 def exclusive_lock(lock: Path) -> Iterator[None]:
     """Hold an exclusive lock on the file ``lock`` (created if absent). The kernel drops the
-    lock of a process that dies, so a killed holder never blocks the next."""
+    lock when the holder dies, so a killed holder never blocks the next, provided no child it
+    forked while holding it outlives it (the descriptor is shared with the child)."""
     fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK, 0o644)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):

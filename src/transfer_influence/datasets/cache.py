@@ -17,6 +17,8 @@ import json
 import os
 import sys
 import tarfile
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -25,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ..files import atomic_write_bytes, open_regular, read_json
+from ..files import atomic_write_bytes, open_regular, read_json, remove_abandoned, replace_file
 from .images import decode
 
 __all__ = [
@@ -38,6 +40,7 @@ __all__ = [
     "member_name",
     "record_progress",
     "resume_progress",
+    "watch_parent",
 ]
 
 CACHE_MARK = "transfer-influence dataset cache"
@@ -245,6 +248,7 @@ def build_cache(
         stem.with_name(f"{stem.name}.partial{suffix}")
         for suffix in (".npy", ".sha256.npy", ".json")
     )
+    remove_abandoned(stem.parent)  # what killed builders left half-written
     arrays = (pixels, digests)
     done, bad = resume_progress(progress_path, arrays, len(names))
     if not done:
@@ -269,7 +273,9 @@ def build_cache(
     bar = tqdm(total=len(names), initial=min(len(names), len(done) * BATCH), unit="image",
                desc="decoding", disable=not sys.stderr.isatty(), leave=False)  # fmt: skip
     try:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with ProcessPoolExecutor(
+            workers, initializer=watch_parent, initargs=(os.getpid(),)
+        ) as pool:
             calls = ((_decode_batch, number, batch, str(pixels), str(digests), size)
                      for number, batch in _batches(source, names, done))  # fmt: skip
             submit_bounded(pool, calls, workers, record)
@@ -283,6 +289,20 @@ def build_cache(
             'them, or set on_corrupt = "skip" in the dataset\'s table'
         )
     _finish(stem, digest, digests, progress_path, names, labels_by_name, sorted(bad))
+
+
+def watch_parent(parent: int) -> None:
+    """A decoding worker's initializer: exit as soon as the builder ``parent`` is gone. A
+    builder killed outright (SIGKILL, the kernel's out-of-memory killer) would otherwise leave
+    its workers waiting for work forever, holding what they inherited open: the cache's lock
+    among them, which the next build would wait on."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.2)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="watch-parent", daemon=True).start()
 
 
 def submit_bounded(
@@ -315,7 +335,9 @@ def _record(finished, done, bad, progress_path, arrays, source, names, bar) -> N
         done.add(number)
         bad.update(failed)
         bar.update(min(BATCH, n - number * BATCH))
-    record_progress(progress_path, arrays, done, bad, n)
+        # One record a batch, however many finished at once: a build writes the same records
+        # whatever the timing (its crash points are the same on every run).
+        record_progress(progress_path, arrays, done, bad, n)
 
 
 def record_progress(
@@ -363,7 +385,7 @@ def _finish(stem, digest, digests, progress_path, names, labels_by_name, bad) ->
             out[start : start + BATCH * 8] = source[keep[start : start + BATCH * 8]]
         out.flush()
         del out, source
-        os.replace(compact, pixels)
+        replace_file(compact, pixels)
     fingerprint = hashlib.sha256()
     for i in keep:
         fingerprint.update(names[i].encode())
@@ -380,7 +402,9 @@ def _finish(stem, digest, digests, progress_path, names, labels_by_name, bad) ->
         "fingerprint": fingerprint.hexdigest()[:16],
         "skipped": [names[i] for i in bad],
     }
-    os.replace(pixels, stem.with_suffix(".npy"))
+    # The description first: killed between the two, the arrays are still under construction
+    # (and complete), so the next build only moves them into place.
     atomic_write_bytes(stem.with_suffix(".json"), json.dumps(meta).encode())
+    replace_file(pixels, stem.with_suffix(".npy"))
     for leftover in (digests, progress_path):
         leftover.unlink(missing_ok=True)

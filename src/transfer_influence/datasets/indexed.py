@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from ..files import atomic_write_bytes
+from ..files import atomic_write_bytes, remove_abandoned, replace_file
 from .cache import (
     BATCH,
     CACHE_MARK,
@@ -26,6 +26,7 @@ from .cache import (
     record_progress,
     resume_progress,
     submit_bounded,
+    watch_parent,
 )
 from .images import to_rgb_array
 
@@ -34,8 +35,9 @@ __all__ = ["build_indexed_cache"]
 _dataset: Any = None  # a worker's own copy of the dataset, opened once
 
 
-def _open(opener: Callable[[], Any]) -> None:
+def _open(opener: Callable[[], Any], parent: int) -> None:
     global _dataset
+    watch_parent(parent)
     _dataset = opener()
 
 
@@ -80,6 +82,7 @@ def build_indexed_cache(
         stem.with_name(f"{stem.name}.partial{suffix}")
         for suffix in (".npy", ".labels.npy", ".json")
     )
+    remove_abandoned(stem.parent)  # what killed builders left half-written
     arrays = (pixels, labels)
     done, _ = resume_progress(progress_path, arrays, n)
     if not done:
@@ -115,11 +118,13 @@ def build_indexed_cache(
                 )
             done.add(number)
             bar.update(min(BATCH, n - number * BATCH))
-        record_progress(progress_path, arrays, done, set(), n)
+            record_progress(progress_path, arrays, done, set(), n)  # one record a batch
         digest.advance(done)
 
     try:
-        with ProcessPoolExecutor(workers, initializer=_open, initargs=(opener,)) as pool:
+        with ProcessPoolExecutor(
+            workers, initializer=_open, initargs=(opener, os.getpid())
+        ) as pool:
             calls = ((_decode_rows, number, rows, names, size)
                      for number, rows in _row_batches(indices, done))  # fmt: skip
             submit_bounded(pool, calls, workers, record)
@@ -160,7 +165,7 @@ def _finish(
         "fingerprint": fingerprint.hexdigest()[:16],
         "skipped": [],
     }
-    os.replace(digest.path, stem.with_suffix(".npy"))
-    atomic_write_bytes(stem.with_suffix(".json"), json.dumps(meta).encode())
+    atomic_write_bytes(stem.with_suffix(".json"), json.dumps(meta).encode())  # as for folders
+    replace_file(digest.path, stem.with_suffix(".npy"))
     labels.unlink(missing_ok=True)
     progress.unlink(missing_ok=True)
