@@ -67,6 +67,7 @@ def test_finetune_mode_gives_usable_logits(trained):
         assert _accuracy(logits, labels) > 0.3  # 4 classes: chance is 25%
 
 
+@pytest.mark.slow
 def test_deterministic_on_cpu(trained):
     trainer, results = trained
     again = _trainer().train(_jobs())

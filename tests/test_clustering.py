@@ -35,6 +35,7 @@ def test_clusters_recover_planted_directions_numbered_by_size():
         FeatureClusters(3).fit(features[:5], classes, ["a", "b"])
 
 
+@pytest.mark.slow
 def test_a_trained_models_features_cluster_by_class_unlike_an_untrained_ones():
     """What makes feature clusters worth grouping by: pretraining organises the images."""
     import torch

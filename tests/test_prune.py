@@ -83,6 +83,7 @@ def test_prune_finds_the_gain_of_removing_harmful_groups(simulated_run, tmp_path
     assert 'id="pruning"' in html and "chosen on the validation split" in html
 
 
+@pytest.mark.slow
 def test_prune_resumes_after_a_time_limit_and_equals_an_uninterrupted_one(simulated_run):
     first, second = simulated_run("a", seconds=0.02), simulated_run("b", seconds=0.02)
     options = {"k": (2,), "seeds": 4}

@@ -271,6 +271,7 @@ def test_recording_the_same_results_twice_is_refused(tmp_path, cli):
     assert len(err.strip().splitlines()) == 1 and RunStore(tmp_path / "run").planned_models == 12
 
 
+@pytest.mark.slow
 def test_a_record_killed_midway_is_completed_once_by_running_it_again(tmp_path):
     """Killed while writing its second of three chunks (the 5th atomic write, after the
     target, the plan, the first chunk and its plan), a retry used to append all three
