@@ -6,6 +6,7 @@ where torchvision imports); the stand-ins refuse a split their class refuses and
 images of mixed sizes, as the real ones do."""
 
 import inspect
+import json
 import sys
 import types
 
@@ -189,3 +190,37 @@ def test_a_killed_build_resumes_with_the_batches_it_finished(tmp_path, monkeypat
     np.testing.assert_array_equal(built["whole"][0], built["killed"][0])
     assert built["whole"][1] == built["killed"][1]  # the same labels, ids and fingerprint
     assert built["whole"][0][:, 0, 0, 0].tolist() == [20 * i for i in range(10)]
+
+
+def test_unreadable_images_are_left_out_with_skip_and_said_on_every_load(torchvision, tmp_path):
+    import functools
+
+    from transfer_influence.datasets import indexed
+    from transfer_influence.datasets.cache import file_sha256
+    from transfer_influence.datasets.folder import warn_skipped
+
+    indices, ids = np.arange(10), [f"all/{i}" for i in range(10)]
+    opener = functools.partial(_Numbered, 7)
+    stem = tmp_path / "numbered"
+    with pytest.raises(ValueError, match='image 7 cannot be read .*on_corrupt = "skip"'):
+        indexed.build_indexed_cache(stem, "numbered", opener(), opener, indices, ids, None, 4,
+                                    workers=1)  # fmt: skip
+    indexed.build_indexed_cache(stem, "numbered", opener(), opener, indices, ids, None, 4, "skip",
+                                workers=1)  # fmt: skip
+    meta = json.loads(stem.with_suffix(".json").read_text())
+    pixels = np.load(stem.with_suffix(".npy"))
+    kept = [i for i in range(10) if i != 7]
+    assert meta["skipped"] == ["all/7"] and meta["ids"] == [f"all/{i}" for i in kept]
+    assert pixels[:, 0, 0, 0].tolist() == [20 * i for i in kept]
+    assert meta["labels"] == [i % 3 for i in kept]
+    assert meta["npy_sha256"] == file_sha256(stem.with_suffix(".npy"))
+    labels = np.array(meta["labels"], dtype=np.int64)
+    assert meta["fingerprint"] == fingerprint_arrays(pixels, labels, np.array(meta["ids"]))
+    with pytest.warns(UserWarning, match="numbered: left out 1 corrupt image.*all/7"):
+        warn_skipped("numbered", meta)
+    spec = {"kind": "torchvision", "dataset": "Food101", "root": str(tmp_path)}
+    with pytest.raises(ValueError, match="on_corrupt must be 'fail' or 'skip'"):
+        load_dataset(dict(spec, on_corrupt="ignore"), "train", "target")
+    spec.update(size=8, on_corrupt="skip")  # the table's key reaches the load and the survey
+    loaded = load_dataset(spec, "train", "target")
+    assert survey_dataset(spec, "train", "target").count == len(loaded) == 10

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from .base import ImageDataset
-from .folder import cache_folder, cached_or_built, expand_path
+from .folder import cache_folder, cached_or_built, expand_path, warn_skipped
 from .images import to_rgb_array
 from .indexed import build_indexed_cache
 from .survey import DatasetSurvey, npy_shape
@@ -117,6 +117,7 @@ def load_torchvision(
     splits: Sequence[str] | None = None,
     test_fraction: float = 0.2,
     split_seed: int = 0,
+    on_corrupt: str = "fail",
 ) -> ImageDataset:
     """A split of ``torchvision.datasets.<dataset>`` already downloaded under ``root``.
 
@@ -124,13 +125,17 @@ def load_torchvision(
     :data:`SPLITS` or ``splits``); a class with one set (SUN397, Caltech101, Caltech256) is
     split here at random (``test_fraction``, ``split_seed``; example ids keep the index in the
     whole set). Images are fitted to ``size`` (short side, centre crop); without ``size`` they
-    must all have one size.
+    must all have one size. An image that cannot be read stops the load with its index
+    (``on_corrupt = "fail"``) or is left out and counted (``"skip"``; images read from files).
     """
+    _check_on_corrupt(on_corrupt)
     _, takes = _torchvision_class(dataset)
     arguments = torchvision_arguments(dataset, split, takes, splits)
     if "+" in arguments.get("split", ""):
         parts = [
-            load_torchvision(dataset, root, split, size, [part, part], test_fraction, split_seed)
+            load_torchvision(
+                dataset, root, split, size, [part, part], test_fraction, split_seed, on_corrupt
+            )
             for part in arguments["split"].split("+")
         ]
         return ImageDataset(
@@ -151,12 +156,12 @@ def load_torchvision(
     pixels = getattr(data, "data", None)
     if not (isinstance(pixels, np.ndarray) and pixels.ndim == 4 and pixels.shape[-1] == 3):
         # Files read one at a time: decoded once, by every core, into the cache.
-        stem = _cache_stem(dataset, location, arguments, data, indices, size)
+        stem = _cache_stem(dataset, location, arguments, data, indices, size, on_corrupt)
         opener = functools.partial(_open, dataset, location, arguments)
         what = f"torchvision {dataset} ({prefix})"
-        meta = cached_or_built(
-            stem, lambda: build_indexed_cache(stem, what, data, opener, indices, ids, names, size)
-        )
+        meta = cached_or_built(stem, lambda: build_indexed_cache(
+            stem, what, data, opener, indices, ids, names, size, on_corrupt))  # fmt: skip
+        warn_skipped(what, meta)
         return ImageDataset(
             np.load(stem.with_suffix(".npy"), mmap_mode="r", allow_pickle=False),
             np.array(meta["labels"], dtype=np.int64), tuple(meta["classes"]),
@@ -178,13 +183,18 @@ def survey_torchvision(
     splits: Sequence[str] | None = None,
     test_fraction: float = 0.2,
     split_seed: int = 0,
+    on_corrupt: str = "fail",
 ) -> DatasetSurvey:
-    """What :func:`load_torchvision` would load, counted without decoding the images."""
+    """What :func:`load_torchvision` would load, counted without decoding the images (an
+    upper bound where ``on_corrupt = "skip"`` would leave some out)."""
+    _check_on_corrupt(on_corrupt)
     _, takes = _torchvision_class(dataset)
     arguments = torchvision_arguments(dataset, split, takes, splits)
     if "+" in arguments.get("split", ""):
         parts = [
-            survey_torchvision(dataset, root, split, size, [part, part], test_fraction, split_seed)
+            survey_torchvision(
+                dataset, root, split, size, [part, part], test_fraction, split_seed, on_corrupt
+            )
             for part in arguments["split"].split("+")
         ]
         decoded = all(p.decoded for p in parts)
@@ -195,7 +205,7 @@ def survey_torchvision(
     pixels = getattr(data, "data", None)
     if isinstance(pixels, np.ndarray) and pixels.ndim == 4 and pixels.shape[-1] == 3:
         return DatasetSurvey(len(indices), (size, size) if size else pixels.shape[1:3], True)
-    stem = _cache_stem(dataset, location, arguments, data, indices, size)
+    stem = _cache_stem(dataset, location, arguments, data, indices, size, on_corrupt)
     shape = npy_shape(stem.with_suffix(".npy")) if stem.with_suffix(".json").is_file() else None
     if shape is not None:
         return DatasetSurvey(shape[0], (shape[1], shape[2]), decoded=True)
@@ -243,9 +253,14 @@ def _open(dataset: str, location: str, arguments: dict[str, Any]) -> Any:
 _FILE_LISTS = ("_image_files", "_images", "_samples", "samples", "imgs")
 
 
+def _check_on_corrupt(on_corrupt: str) -> None:
+    if on_corrupt not in ("fail", "skip"):
+        raise ValueError(f"on_corrupt must be 'fail' or 'skip', got {on_corrupt!r}")
+
+
 def _cache_stem(
     dataset: str, location: str, arguments: dict[str, Any], data: Any, indices: np.ndarray,
-    size: int | None,
+    size: int | None, on_corrupt: str = "fail",
 ) -> Path:  # fmt: skip
     """The cache entry of these images: keyed by the dataset, the split's arguments, the
     images taken and every image file's path, size and modification time (from the class's
@@ -268,6 +283,7 @@ def _cache_stem(
             hashlib.sha256(indices.tobytes()).hexdigest(),
             size,
             listing,
+            *(["skip"] if on_corrupt == "skip" else []),  # entries made before keep their key
         ]
     )
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]  # fmt: skip

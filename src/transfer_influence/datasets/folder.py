@@ -164,12 +164,7 @@ def load_images(
     meta = cached_or_built(
         stem, lambda: build_cache(source, stem, size, on_corrupt, label_of or _class_of(source))
     )
-    if meta["skipped"]:
-        warnings.warn(
-            f"{source}: left out {len(meta['skipped'])} corrupt image(s) "
-            f"(first: {meta['skipped'][0]})",
-            stacklevel=3,
-        )
+    warn_skipped(str(source), meta)
     images = np.load(stem.with_suffix(".npy"), mmap_mode="r", allow_pickle=False)
     classes = tuple(meta["classes"])
     words = tuple(str(display.get(c, c)) for c in classes) if display is not None else None
@@ -252,6 +247,16 @@ def cache_entries(folder: Path) -> list[tuple[Path, ...]]:
         if ours:
             entries.append((description, *arrays))
     return entries
+
+
+def warn_skipped(what: str, meta: dict) -> None:
+    """Say what a cache built with ``on_corrupt = "skip"`` left out, on every load."""
+    if meta["skipped"]:
+        warnings.warn(
+            f"{what}: left out {len(meta['skipped'])} corrupt image(s) "
+            f"(first: {meta['skipped'][0]})",
+            stacklevel=4,
+        )
 
 
 def cached_or_built(stem: Path, build: Callable[[], None]) -> dict:

@@ -23,6 +23,7 @@ from .cache import (
     BATCH,
     CACHE_MARK,
     OrderedDigest,
+    file_sha256,
     record_progress,
     resume_progress,
     submit_bounded,
@@ -42,23 +43,45 @@ def _open(opener: Callable[[], Any], parent: int) -> None:
 
 
 def _decode_rows(
-    number: int, rows: list[tuple[int, int]], arrays: tuple[str, str], size: int | None
-) -> tuple[int, int]:
+    number: int,
+    rows: list[tuple[int, int]],
+    arrays: tuple[str, str],
+    size: int | None,
+    skip: bool,
+) -> tuple[int, int, list[int]]:
     """Fit the images of ``rows`` ((row in the cache, index in the dataset), ...) into the
-    arrays (pixels, labels), which the builder syncs to disk before recording the batch; the
-    first row of another size than the first image's (-1 when none was)."""
+    arrays (pixels, labels), which the builder syncs to disk before recording the batch: the
+    batch, the first row of another size than the first image's (-1 when none was), and the
+    rows that could not be read (``skip``; else the first stops the build)."""
     pixels, labels = (np.load(a, mmap_mode="r+", allow_pickle=False) for a in arrays)
+    bad = []
     for row, index in rows:
         try:
             image, label = _dataset[index]
             array = to_rgb_array(image, size)
         except (OSError, ValueError) as error:
-            raise ValueError(f"image {index} cannot be read ({error})") from None
+            if skip:
+                bad.append(row)
+                continue
+            raise ValueError(
+                f'image {index} cannot be read ({error}); set on_corrupt = "skip" in the '
+                "dataset's table to leave such images out"
+            ) from None
         if array.shape != pixels.shape[1:]:
-            return number, row
+            return number, row, bad
         pixels[row] = array
         labels[row] = int(label)
-    return number, -1
+    return number, -1, bad
+
+
+def _first_shape(data: Any, indices: np.ndarray, size: int | None, what: str) -> tuple:
+    """The shape of the first image that can be read (every one must have it)."""
+    for index in indices:
+        try:
+            return to_rgb_array(data[int(index)][0], size).shape
+        except (OSError, ValueError):
+            continue
+    raise ValueError(f"{what}: no image could be read")
 
 
 def build_indexed_cache(
@@ -70,6 +93,7 @@ def build_indexed_cache(
     ids: Sequence[str],
     classes: Sequence[str] | None,
     size: int | None,
+    on_corrupt: str = "fail",
     workers: int | None = None,
 ) -> None:
     """Decode images ``indices`` of ``data`` (``what``, for messages; ``opener`` opens it
@@ -84,14 +108,13 @@ def build_indexed_cache(
     )
     remove_abandoned(stem.parent)  # what killed builders left half-written
     arrays = (pixels, labels)
-    done, _ = resume_progress(progress_path, arrays, n)
+    done, bad = resume_progress(progress_path, arrays, n)
     if not done:
-        image, _ = data[int(indices[0])]
-        shape = to_rgb_array(image, size).shape
+        shape = _first_shape(data, indices, size, what)
         stem.parent.mkdir(parents=True, exist_ok=True)
         np.lib.format.open_memmap(pixels, "w+", np.uint8, (n, *shape)).flush()
         np.lib.format.open_memmap(labels, "w+", np.int64, (n,)).flush()
-        record_progress(progress_path, arrays, done, set(), n)
+        record_progress(progress_path, arrays, done, bad, n)
     # The fingerprint an ImageDataset of these arrays computes for itself starts so.
     images = np.load(pixels, mmap_mode="r", allow_pickle=False)
     started = hashlib.sha256(f"{images.dtype.str}{images.shape}".encode())
@@ -110,29 +133,30 @@ def build_indexed_cache(
 
     def record(finished: set[Future]) -> None:
         for future in finished:
-            number, other = future.result()
+            number, other, failed = future.result()
             if other >= 0:
                 raise ValueError(
                     f"{what}: images have different sizes (image {indices[other]} differs "
                     "from the first); set size = N in the dataset's table"
                 )
             done.add(number)
+            bad.update(failed)
             bar.update(min(BATCH, n - number * BATCH))
-            record_progress(progress_path, arrays, done, set(), n)  # one record a batch
+            record_progress(progress_path, arrays, done, bad, n)  # one record a batch
         digest.advance(done)
 
     try:
         with ProcessPoolExecutor(
             workers, initializer=_open, initargs=(opener, os.getpid())
         ) as pool:
-            calls = ((_decode_rows, number, rows, names, size)
+            calls = ((_decode_rows, number, rows, names, size, on_corrupt == "skip")
                      for number, rows in _row_batches(indices, done))  # fmt: skip
             submit_bounded(pool, calls, workers, record)
     except BrokenProcessPool:
         raise MemoryError(f"decoding {what} killed a worker process") from None
     finally:
         bar.close()
-    _finish(stem, digest, labels, progress_path, ids, classes)
+    _finish(stem, digest, labels, progress_path, ids, classes, sorted(bad))
 
 
 def _row_batches(indices: np.ndarray, done: set[int]) -> Iterator[tuple[int, list]]:
@@ -144,26 +168,48 @@ def _row_batches(indices: np.ndarray, done: set[int]) -> Iterator[tuple[int, lis
 
 
 def _finish(
-    stem: Path, digest: OrderedDigest, labels: Path, progress: Path, ids: Sequence[str], classes
+    stem: Path,
+    digest: OrderedDigest,
+    labels: Path,
+    progress: Path,
+    ids: Sequence[str],
+    classes: Sequence[str] | None,
+    bad: list[int],
 ) -> None:
-    """Fingerprint the arrays and move the cache into place. The fingerprint is the one an
-    ``ImageDataset`` of these arrays computes for itself: the same images give the same
-    fingerprint, cached or not."""
+    """Drop the images that could not be read, fingerprint the arrays and move the cache into
+    place. The fingerprint is the one an ``ImageDataset`` of these arrays computes for itself:
+    the same images give the same fingerprint, cached or not."""
     label_array = np.load(labels, allow_pickle=False)
-    fingerprint = digest.extra[0]
-    for array in (label_array, np.array(ids)):
+    keep = np.setdiff1d(np.arange(len(ids)), np.array(bad, dtype=np.int64))
+    if bad:  # compacted, then read again whole: the running digests describe the old rows
+        images = np.load(digest.path, mmap_mode="r", allow_pickle=False)
+        compact = stem.with_name(stem.name + ".compact.npy")
+        out = np.lib.format.open_memmap(compact, "w+", np.uint8, (keep.size, *images.shape[1:]))
+        fingerprint = hashlib.sha256(f"{out.dtype.str}{out.shape}".encode())
+        for start in range(0, keep.size, 4 * BATCH):
+            block = np.ascontiguousarray(images[keep[start : start + 4 * BATCH]])
+            out[start : start + len(block)] = block
+            fingerprint.update(block.tobytes())
+        out.flush()
+        del out, images
+        replace_file(compact, digest.path)
+        npy_sha256 = file_sha256(digest.path)
+    else:
+        fingerprint, npy_sha256 = digest.extra[0], digest.file_sha256()
+    label_array, kept_ids = label_array[keep], [ids[i] for i in keep]
+    for array in (label_array, np.array(kept_ids)):
         fingerprint.update(f"{array.dtype.str}{array.shape}".encode())
         fingerprint.update(np.ascontiguousarray(array).tobytes())
     label_list = label_array.tolist()
     classes = list(classes or [f"class{c}" for c in range(max(label_list) + 1)])
     meta = {
         "written_by": CACHE_MARK,
-        "npy_sha256": digest.file_sha256(),
+        "npy_sha256": npy_sha256,
         "classes": [str(c) for c in classes],
         "labels": label_list,
-        "ids": list(ids),
+        "ids": kept_ids,
         "fingerprint": fingerprint.hexdigest()[:16],
-        "skipped": [],
+        "skipped": [ids[i] for i in bad],
     }
     atomic_write_bytes(stem.with_suffix(".json"), json.dumps(meta).encode())  # as for folders
     replace_file(digest.path, stem.with_suffix(".npy"))
