@@ -252,10 +252,36 @@ def _simulated_means(trainer: SimulatedTrainer, models: int, seed: int) -> tuple
     return np.stack([j.mask for j in jobs]), np.array(means)
 
 
-def until_stable(seeds: int, pairs: int) -> dict:
+def _top_share(trainer: SimulatedTrainer, k: int, n: int, pairs: int) -> float:
+    """The mean share of their top ``k`` that two independent runs of ``n`` models share."""
+    shared = []
+    for p in range(pairs):
+        a = overall_difference(*_simulated_means(trainer, n, 1000 + 2 * p))
+        b = overall_difference(*_simulated_means(trainer, n, 1001 + 2 * p))
+        shared.append(np.intersect1d(np.argsort(-a)[:k], np.argsort(-b)[:k]).size / k)
+    return float(np.mean(shared))
+
+
+def _crossing(shares, sizes, goal: float) -> float:
+    """The size where a curve first reaches ``goal``, interpolated in log size."""
+    shares, sizes = np.asarray(shares), np.asarray(sizes, dtype=np.float64)
+    above = np.flatnonzero(shares >= goal)
+    if not above.size:
+        return float("inf")
+    i = above[0]
+    if i == 0:
+        return float(sizes[0])
+    t = (goal - shares[i - 1]) / (shares[i] - shares[i - 1])
+    return float(np.exp(np.log(sizes[i - 1]) + t * np.log(sizes[i] / sizes[i - 1])))
+
+
+def until_stable(seeds: int, pairs: int, fine_models: int = 200_000) -> dict:
     """`run configs/simulated.toml --until-stable top=8` over run seeds: where it stops,
     against the oracle (the size at which two independent runs of the same trainer share 8
-    of their top 10 on average, measured with pairs of runs on a grid of sizes)."""
+    of their top 10 on average). The oracle is found on a coarse grid of sizes (``pairs``
+    pairs of runs each), then on a fine grid around its crossing with about ``fine_models``
+    models a size: with 20 pairs the share's error (about 0.02) moved the oracle by 1.4x,
+    where the curve is flat."""
     config = Path(__file__).resolve().parents[1] / "configs" / "simulated.toml"
     params = load_config(config).trainer.params
     trainer = SimulatedTrainer(**{**params, "modes": ["fixed_feature"]})
@@ -263,18 +289,19 @@ def until_stable(seeds: int, pairs: int) -> dict:
     sizes = (20 * 2.0 ** np.arange(0, 9.5, 0.5)).astype(int)
     curve = []
     for n in sizes:
-        shared = []
-        for p in range(pairs):
-            a = overall_difference(*_simulated_means(trainer, n, 1000 + 2 * p))
-            b = overall_difference(*_simulated_means(trainer, n, 1001 + 2 * p))
-            shared.append(np.intersect1d(np.argsort(-a)[:k], np.argsort(-b)[:k]).size / k)
-        curve.append(float(np.mean(shared)))
+        curve.append(_top_share(trainer, k, n, pairs))
         print("oracle", n, curve[-1], flush=True)
     result: dict = {"oracle_sizes": sizes.tolist(), "oracle_top_share": curve, "targets": {}}
     for top in (8, 9):
-        # Shares measured on a grid are noisy: smooth over neighbouring sizes first.
         smooth = np.convolve(np.pad(curve, 1, mode="edge"), np.ones(3) / 3, mode="valid")
-        oracle = _first(smooth, sizes, top / k)
+        coarse = _crossing(smooth, sizes, top / k)
+        fine_sizes = (coarse * 2.0 ** np.arange(-0.75, 0.76, 0.25)).astype(int)
+        fine_pairs = [max(pairs, fine_models // (2 * n)) for n in fine_sizes]
+        fine = []
+        for n, n_pairs in zip(fine_sizes, fine_pairs, strict=True):
+            fine.append(_top_share(trainer, k, n, n_pairs))
+            print("oracle, fine", n, n_pairs, fine[-1], flush=True)
+        oracle = _crossing(fine, fine_sizes, top / k)
         stops = []
         with tempfile.TemporaryDirectory() as folder:
             for s in range(seeds):
@@ -290,6 +317,9 @@ def until_stable(seeds: int, pairs: int) -> dict:
         ratio = np.array([s["models"] for s in stops], dtype=np.float64) / oracle
         result["targets"][f"top={top}"] = {
             "oracle_models": oracle,
+            "oracle_fine_sizes": fine_sizes.tolist(),
+            "oracle_fine_pairs": fine_pairs,
+            "oracle_fine_top_share": fine,
             "stops": stops,
             "median_stop_over_oracle": float(np.median(ratio)),
             "within_1_5x_of_oracle": float(np.mean((ratio <= 1.5) & (ratio >= 1 / 1.5))),

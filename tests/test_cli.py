@@ -245,8 +245,10 @@ def test_until_stable_targets_are_read_as_printed_and_refused_in_one_line(cli, t
     ]:
         with pytest.raises(ValueError, match=message):
             parse_stability_targets(bad, 40)
-    assert grown_models(360.0, 40, 8, 1000) == 80  # at most double, then measure again
-    assert grown_models(60.0, 40, 8, 1000) == 60
+    assert grown_models(360.0, 40, 8, 1000) == 60  # at most 1.5x, then measure again
+    assert grown_models(float("nan"), 40, 8, 1000) == 60  # no projection: 1.5x
+    assert grown_models(360.0, 8, 8, 1000) == 16  # but at least a chunk more
+    assert grown_models(50.0, 40, 8, 1000) == 50
     assert grown_models(41.0, 40, 8, 1000) == 48  # at least a chunk more
     assert grown_models(float("inf"), 40, 8, 60) == 60  # within the budget
 

@@ -129,15 +129,20 @@ def grow_until_stable(
         if store.planned_models >= budget:
             return Growth("budget", agreement)
         # Towards the high end of each projection's range, so that the low end of the
-        # agreement's range gets there too (at most double a round, then measure again).
+        # agreement's range gets there too (at most half as many again a round, then measure
+        # again: a round that doubles overshoots by up to 2x when its target is met).
         highs = [agreement.needed[name][2] for name in unmet]
         needed = math.nan if any(math.isnan(h) for h in highs) else max(highs)  # NaN: double
         chunk_size = store.config.run.chunk_size
         store.set_models(grown_models(needed, store.planned_models, chunk_size, budget))
 
 
+GROWTH = 1.5  # the most a round multiplies the models by
+
+
 def grown_models(needed: float, planned: int, chunk_size: int, budget: int) -> int:
     """How many models to plan next on the way to ``needed``: at least a chunk more and at
-    most double (then measure again), within ``budget``."""
-    wanted = max(needed, planned + chunk_size) if math.isfinite(needed) else 2 * planned
-    return int(math.ceil(min(wanted, 2 * planned, budget)))
+    most ``GROWTH`` times as many (then measure again), within ``budget``."""
+    most = max(GROWTH * planned, planned + chunk_size)
+    wanted = max(needed, planned + chunk_size) if math.isfinite(needed) else most
+    return int(math.ceil(min(wanted, most, budget)))
