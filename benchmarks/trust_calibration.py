@@ -296,7 +296,7 @@ def until_stable(seeds: int, pairs: int, fine_models: int = 200_000) -> dict:
         smooth = np.convolve(np.pad(curve, 1, mode="edge"), np.ones(3) / 3, mode="valid")
         coarse = _crossing(smooth, sizes, top / k)
         fine_sizes = (coarse * 2.0 ** np.arange(-0.75, 0.76, 0.25)).astype(int)
-        fine_pairs = [max(pairs, fine_models // (2 * n)) for n in fine_sizes]
+        fine_pairs = [max(pairs, fine_models // (2 * int(n))) for n in fine_sizes]
         fine = []
         for n, n_pairs in zip(fine_sizes, fine_pairs, strict=True):
             fine.append(_top_share(trainer, k, n, n_pairs))
