@@ -363,11 +363,14 @@ def trust_calibration(r: dict) -> list[str]:
                 f"{_three(row['projection_range_holds_oracle'], '{:.2f}')} |"
             )
     if "until_stable" in r:
+        fine = [n for row in r["until_stable"]["targets"].values()
+                for n in row.get("oracle_fine_pairs", [])]  # fmt: skip
+        refined = f", then {min(fine)}–{max(fine)} pairs a size around its crossing" if fine else ""
         lines += [
             "",
             "**`run --until-stable` on `configs/simulated.toml`** (from 40 models, budget "
             "20,000; the oracle: the size at which two independent runs of the same trainer "
-            "share the target of their top 10 on average, from pairs of runs on a grid):",
+            f"share the target of their top 10 on average, from pairs of runs on a grid{refined}):",
             "",
             "| target | oracle's models | stopped at (median over seeds) "
             "| stops within 1.5× of the oracle | target met |",
