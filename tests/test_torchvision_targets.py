@@ -7,6 +7,7 @@ images of mixed sizes, as the real ones do."""
 
 import inspect
 import json
+import re
 import sys
 import types
 
@@ -186,7 +187,9 @@ def test_a_killed_build_resumes_with_the_batches_it_finished(tmp_path, monkeypat
             continue
         build()
         built[name] = (np.load(stem.with_suffix(".npy")), stem.with_suffix(".json").read_text())
-    assert "(6 done before" in capfd.readouterr().err  # batches 0-2 and 3-5 kept
+    # Batches 0-2 and 3-5 kept, and 9 too when the worker finished it before the failure of
+    # 6-8 was seen; never 6-8 itself.
+    assert re.search(r"\((6|7) done before", capfd.readouterr().err)
     np.testing.assert_array_equal(built["whole"][0], built["killed"][0])
     assert built["whole"][1] == built["killed"][1]  # the same labels, ids and fingerprint
     assert built["whole"][0][:, 0, 0, 0].tolist() == [20 * i for i in range(10)]

@@ -35,8 +35,10 @@ __all__ = [
     "CACHE_MARK",
     "OrderedDigest",
     "build_cache",
+    "compact_rows",
     "file_sha256",
     "image_names",
+    "images_in",
     "member_name",
     "record_progress",
     "resume_progress",
@@ -209,6 +211,25 @@ class OrderedDigest:
         return self.file.hexdigest()
 
 
+def compact_rows(
+    pixels: Path, keep: np.ndarray, feed: Callable[[bytes], object] | None = None
+) -> None:
+    """Keep only the rows ``keep`` of the array file ``pixels`` under construction (written
+    beside it as ``*.compact.npy``, then moved over it); ``feed`` is given the kept rows'
+    bytes, in order, block by block."""
+    source = np.load(pixels, mmap_mode="r", allow_pickle=False)
+    compact = pixels.with_name(f"{pixels.stem}.compact.npy")
+    out = np.lib.format.open_memmap(compact, "w+", source.dtype, (keep.size, *source.shape[1:]))
+    for start in range(0, keep.size, 4 * BATCH):
+        block = np.ascontiguousarray(source[keep[start : start + 4 * BATCH]])
+        out[start : start + len(block)] = block
+        if feed is not None:
+            feed(block.tobytes())
+    out.flush()
+    del out, source
+    replace_file(compact, pixels)
+
+
 def _read(path: str) -> bytes:
     with open_regular(Path(path)) as handle:
         return handle.read()
@@ -258,9 +279,10 @@ def build_cache(
         np.lib.format.open_memmap(digests, "w+", np.uint8, (len(names), 32)).flush()
         record_progress(progress_path, arrays, done, bad, len(names))
     digest = OrderedDigest(pixels, len(names), BATCH)
+    before = images_in(done, len(names), BATCH)
     print(
         f"decoding {len(names):,} images of {source} once, into {stem.parent} "
-        f"({min(len(names), len(done) * BATCH):,} done before; `transfer-influence cache` "
+        f"({before:,} done before; `transfer-influence cache` "
         "shows and clears it)",
         file=sys.stderr,
     )
@@ -270,7 +292,7 @@ def build_cache(
         _record(finished, done, bad, progress_path, arrays, source, names, bar)
         digest.advance(done)
 
-    bar = tqdm(total=len(names), initial=min(len(names), len(done) * BATCH), unit="image",
+    bar = tqdm(total=len(names), initial=before, unit="image",
                desc="decoding", disable=not sys.stderr.isatty(), leave=False)  # fmt: skip
     try:
         with ProcessPoolExecutor(
@@ -340,6 +362,12 @@ def _record(finished, done, bad, progress_path, arrays, source, names, bar) -> N
         record_progress(progress_path, arrays, done, bad, n)
 
 
+def images_in(batches: set[int], n: int, batch: int) -> int:
+    """How many of a build's ``n`` images its ``batches`` of ``batch`` hold (the last may be
+    short)."""
+    return sum(min(batch, n - b * batch) for b in batches)
+
+
 def record_progress(
     path: Path, arrays: tuple[Path, ...], done: set[int], bad: set[int], n: int
 ) -> None:
@@ -378,14 +406,7 @@ def _finish(stem, digest, digests, progress_path, names, labels_by_name, bad) ->
     sums = np.load(digests, mmap_mode="r", allow_pickle=False)
     keep = np.setdiff1d(np.arange(len(names)), np.array(bad, dtype=np.int64))
     if bad:
-        source = np.load(pixels, mmap_mode="r", allow_pickle=False)
-        compact = stem.with_name(stem.name + ".compact.npy")
-        out = np.lib.format.open_memmap(compact, "w+", np.uint8, (keep.size, *source.shape[1:]))
-        for start in range(0, keep.size, BATCH * 8):
-            out[start : start + BATCH * 8] = source[keep[start : start + BATCH * 8]]
-        out.flush()
-        del out, source
-        replace_file(compact, pixels)
+        compact_rows(pixels, keep)
     fingerprint = hashlib.sha256()
     for i in keep:
         fingerprint.update(names[i].encode())

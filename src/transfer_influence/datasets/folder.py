@@ -231,7 +231,8 @@ def cache_entries(folder: Path) -> list[tuple[Path, ...]]:
         if not match:
             continue
         stem = description.name.removesuffix(".json")
-        suffixes = (".npy", ".sha256.npy", ".labels.npy") if match.group(1) else (".npy",)
+        suffixes = (".npy", ".sha256.npy", ".labels.npy", ".compact.npy")
+        suffixes = suffixes if match.group(1) else (".npy",)
         arrays = tuple(description.with_name(stem + suffix) for suffix in suffixes)
         lock = description.with_name(f".{stem.removesuffix('.partial')}.lock")  # its builders'
         arrays += (lock,) if lock.is_file() else ()

@@ -23,7 +23,9 @@ from .cache import (
     BATCH,
     CACHE_MARK,
     OrderedDigest,
+    compact_rows,
     file_sha256,
+    images_in,
     record_progress,
     resume_progress,
     submit_bounded,
@@ -120,7 +122,7 @@ def build_indexed_cache(
     started = hashlib.sha256(f"{images.dtype.str}{images.shape}".encode())
     del images
     digest = OrderedDigest(pixels, n, BATCH, (started,))
-    before = min(n, len(done) * BATCH)
+    before = images_in(done, n, BATCH)
     print(
         f"decoding {n:,} images of {what} once, into {stem.parent} ({before:,} done before; "
         "`transfer-influence cache` shows and clears it)",
@@ -183,16 +185,10 @@ def _finish(
     keep = np.setdiff1d(np.arange(len(ids)), np.array(bad, dtype=np.int64))
     if bad:  # compacted, then read again whole: the running digests describe the old rows
         images = np.load(digest.path, mmap_mode="r", allow_pickle=False)
-        compact = stem.with_name(stem.name + ".compact.npy")
-        out = np.lib.format.open_memmap(compact, "w+", np.uint8, (keep.size, *images.shape[1:]))
-        fingerprint = hashlib.sha256(f"{out.dtype.str}{out.shape}".encode())
-        for start in range(0, keep.size, 4 * BATCH):
-            block = np.ascontiguousarray(images[keep[start : start + 4 * BATCH]])
-            out[start : start + len(block)] = block
-            fingerprint.update(block.tobytes())
-        out.flush()
-        del out, images
-        replace_file(compact, digest.path)
+        shape = (keep.size, *images.shape[1:])
+        fingerprint = hashlib.sha256(f"{images.dtype.str}{shape}".encode())
+        del images
+        compact_rows(digest.path, keep, fingerprint.update)
         npy_sha256 = file_sha256(digest.path)
     else:
         fingerprint, npy_sha256 = digest.extra[0], digest.file_sha256()
