@@ -20,7 +20,13 @@ from typing import Any
 import numpy as np
 
 from .base import ImageDataset
-from .folder import cache_folder, cached_or_built, expand_path, warn_skipped
+from .folder import (
+    cache_folder,
+    cached_or_built,
+    check_on_corrupt,
+    expand_path,
+    warn_skipped,
+)
 from .images import to_rgb_array
 from .indexed import build_indexed_cache
 from .survey import DatasetSurvey, npy_shape
@@ -128,7 +134,7 @@ def load_torchvision(
     must all have one size. An image that cannot be read stops the load with its index
     (``on_corrupt = "fail"``) or is left out and counted (``"skip"``; images read from files).
     """
-    _check_on_corrupt(on_corrupt)
+    check_on_corrupt(on_corrupt)
     _, takes = _torchvision_class(dataset)
     arguments = torchvision_arguments(dataset, split, takes, splits)
     if "+" in arguments.get("split", ""):
@@ -187,7 +193,7 @@ def survey_torchvision(
 ) -> DatasetSurvey:
     """What :func:`load_torchvision` would load, counted without decoding the images (an
     upper bound where ``on_corrupt = "skip"`` would leave some out)."""
-    _check_on_corrupt(on_corrupt)
+    check_on_corrupt(on_corrupt)
     _, takes = _torchvision_class(dataset)
     arguments = torchvision_arguments(dataset, split, takes, splits)
     if "+" in arguments.get("split", ""):
@@ -251,11 +257,6 @@ def _open(dataset: str, location: str, arguments: dict[str, Any]) -> Any:
 
 # Where torchvision's classes keep their image files' paths (or (path, label) pairs).
 _FILE_LISTS = ("_image_files", "_images", "_samples", "samples", "imgs")
-
-
-def _check_on_corrupt(on_corrupt: str) -> None:
-    if on_corrupt not in ("fail", "skip"):
-        raise ValueError(f"on_corrupt must be 'fail' or 'skip', got {on_corrupt!r}")
 
 
 def _cache_stem(

@@ -188,8 +188,7 @@ def cache_stem(
     names: list[str] | None = None,
 ) -> Path:
     """Where the cache of ``source``'s images (decoded at ``size``) is, or will be."""
-    if on_corrupt not in ("fail", "skip"):
-        raise ValueError(f"on_corrupt must be 'fail' or 'skip', got {on_corrupt!r}")
+    check_on_corrupt(on_corrupt)
     cache_dir = Path(cache) if cache else cache_folder()
     key = _cache_key(source, size, on_corrupt, labels_digest, names)
     return cache_dir / f"{name}-{key}"
@@ -248,6 +247,12 @@ def cache_entries(folder: Path) -> list[tuple[Path, ...]]:
         if ours:
             entries.append((description, *arrays))
     return entries
+
+
+def check_on_corrupt(on_corrupt: str) -> None:
+    """A dataset table's ``on_corrupt``: "fail" or "skip"."""
+    if on_corrupt not in ("fail", "skip"):
+        raise ValueError(f"on_corrupt must be 'fail' or 'skip', got {on_corrupt!r}")
 
 
 def warn_skipped(what: str, meta: dict) -> None:

@@ -132,7 +132,7 @@ def grow_until_stable(
         # agreement's range gets there too (at most half as many again a round, then measure
         # again: a round that doubles overshoots by up to 2x when its target is met).
         highs = [agreement.needed[name][2] for name in unmet]
-        needed = math.nan if any(math.isnan(h) for h in highs) else max(highs)  # NaN: double
+        needed = math.nan if any(math.isnan(h) for h in highs) else max(highs)  # NaN: GROWTH
         chunk_size = store.config.run.chunk_size
         store.set_models(grown_models(needed, store.planned_models, chunk_size, budget))
 
