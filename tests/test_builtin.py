@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from transfer_influence.subsets import Job
-from transfer_influence.trainers.builtin import BuiltinTrainer
+from transfer_influence.trainers.builtin import MODES, BuiltinTrainer
 from transfer_influence.trainers.networks import StackedResNet, build_network, forward_macs
 from transfer_influence.trainers.stack import Recipe, extract_features
 
@@ -334,3 +334,21 @@ def test_streaming_is_decided_by_the_memory_there_is(monkeypatch):
     monkeypatch.setenv("TRANSFER_INFLUENCE_STREAM", "sometimes")
     with pytest.raises(ValueError, match="choose from auto, always, never"):
         streams_source(megabyte, side, 4, cpu)
+
+
+@pytest.mark.parametrize("knobs", [{}, FAST_KNOBS], ids=["default", "low-res"])
+def test_warming_up_changes_no_model(knobs):
+    """The warm-up trains a throwaway stack before the first chunk; the models trained after it
+    are the models a cold trainer trains (it draws from no random state they use)."""
+    small = dict(DEMO, source_per_class=20, target_per_class=25)
+    recipe = dict(RECIPE, widths=[8, 16, 32], epochs=2, **knobs)
+    results = {}
+    for warm in (False, True):
+        trainer = BuiltinTrainer(small, [dict(small, name="stripes")], MODES, recipe)
+        if warm:
+            trainer.warm_up()
+        results[warm] = trainer.train(_jobs())
+    for cold, warmed in zip(results[False], results[True], strict=True):
+        for key in cold.logits:
+            np.testing.assert_array_equal(cold.logits[key], warmed.logits[key])
+        assert cold.source_accuracy == warmed.source_accuracy

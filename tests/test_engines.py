@@ -1,5 +1,6 @@
 """Real engines, real failures: a Ray cluster of two nodes on 127.0.0.1 and submitit job arrays,
-each with a worker killed in the middle of a chunk, must give exactly a local run's results."""
+each with a worker killed in the middle of a chunk, must give exactly a local run's results.
+And a local worker pays its trainer's one-time costs before anything is timed."""
 
 import json
 import os
@@ -14,6 +15,10 @@ from pathlib import Path
 import pytest
 
 from conftest import assert_same_results, chunk_arrays
+from transfer_influence import RunStore
+from transfer_influence.config import Config
+from transfer_influence.engines import local
+from transfer_influence.trainers import SimulatedTrainer
 
 CONFIG = """
 [run]
@@ -222,3 +227,35 @@ def test_prune_conditions_run_on_a_job_array_that_survives_a_killed_job(
     writers = [str(chunk["meta"]) for chunk in chunk_arrays(conditions).values()]
     assert len(writers) == 2 and not any(killed in meta for meta in writers)
     assert _prune_results(arrayed) == _prune_results(local)
+
+
+class _WarmingTrainer(SimulatedTrainer):
+    def __init__(self, log: list[str], **params):
+        super().__init__(**params)
+        self.log = log
+
+    def warm_up(self):
+        self.log.append("warm up")
+
+    def train(self, jobs):
+        self.log.append("train")
+        return super().train(jobs)
+
+
+def test_a_local_worker_warms_up_once_before_the_bar_and_the_first_chunk(tmp_path, monkeypatch):
+    """The bar's estimate of the time left starts from the first chunk: the trainer's one-time
+    costs come before both, and not again on a run with nothing left to train."""
+    log: list[str] = []
+    real_bar = local.tqdm
+    monkeypatch.setattr(local, "tqdm", lambda *a, **k: log.append("bar") or real_bar(*a, **k))
+    params = {"groups": 6, "examples": 10, "classes": 2}
+    config = Config.from_dict(
+        {"run": {"models": 6, "chunk_size": 2}, "trainer": {"type": "simulated", "params": params}}
+    )
+    trainer = _WarmingTrainer(log, **params)
+    store = RunStore.open_or_create(tmp_path, config, trainer.describe())
+    local.run_local(store, workers=1, trainer=trainer, progress=False)
+    assert log == ["warm up", "bar", "train", "train", "train"]
+    log.clear()
+    local.run_local(store, workers=1, trainer=_WarmingTrainer(log, **params), progress=False)
+    assert log == []

@@ -213,3 +213,20 @@ def test_the_spearman_a_projection_aims_at_is_the_expected_one_of_k_classes():
         found = np.mean([spearmanr(x, y).statistic for x, y in zip(a, b, strict=True)])
         assert found == pytest.approx(0.9, abs=0.003), (groups, found)
         assert r > 2 * math.sin(math.pi * 0.9 / 6)  # the population's reading asks for less
+
+
+def test_the_models_needed_take_a_wider_part_of_their_bootstrap_than_the_agreement():
+    """The projection's error is partly the Gaussian reading's, which its bootstrap cannot see:
+    its 80% range is the bootstrap's 5th to 95th percentile (calibrated in simulation), the
+    agreement's the 10th to 90th; a high end beyond what the bootstrap reaches is out of reach."""
+    from transfer_influence.estimation.agreement import _centred_range
+
+    boot = np.exp(np.linspace(-1.0, 1.0, 101))  # log-spread -1 .. 1 about a median of 1
+    low, high = _centred_range(100.0, boot, log=True)
+    assert low == pytest.approx(100 * math.exp(-0.9)) and high == pytest.approx(100 * math.exp(0.9))
+    low, high = _centred_range(0.5, np.linspace(0.0, 1.0, 101))
+    assert (low, high) == (pytest.approx(0.1), pytest.approx(0.9))
+    out_of_reach = boot.copy()
+    out_of_reach[:6] = math.inf  # more than a twentieth of the bootstrap never reaches it
+    assert _centred_range(100.0, out_of_reach, log=True)[1] == math.inf
+    assert math.isfinite(_centred_range(100.0, out_of_reach[1:], log=True)[1])

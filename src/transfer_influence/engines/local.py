@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import queue
 import socket
 import time
 import traceback
@@ -20,7 +21,7 @@ from ..files import write_json
 from ..provenance import provenance
 from ..store import Chunk, RunError, RunStore
 from ..store.records import pack_results
-from ..trainers import Trainer, load_trainer
+from ..trainers import Trainer, load_trainer, warm_up
 
 __all__ = ["build_trainer", "prepare", "record_control", "run_local", "work"]
 
@@ -44,11 +45,13 @@ def work(
     on_chunk: Callable[[Chunk], None] | None = None,
     deadline: float | None = None,
     chunks: list[Chunk] | None = None,
+    warmed: bool = False,
 ) -> int:
     """Train every missing, unclaimed chunk (of ``shard`` = (i, N), or of ``chunks``, if
     given). Returns how many.
 
-    With a ``deadline`` (a ``time.time()`` value) no new chunk is started after it.
+    With a ``deadline`` (a ``time.time()`` value) no new chunk is started after it. The
+    trainer warms up first unless the caller has ``warmed`` it.
     """
     worker = worker or f"{socket.gethostname()}:{os.getpid()}"
     trainer = trainer or build_trainer(store)
@@ -56,6 +59,8 @@ def work(
     device = getattr(trainer, "device", "cpu")
     done = 0
     todo = store.missing_chunks(shard) if chunks is None else chunks
+    if todo and not warmed:
+        warm_up(trainer)  # so that no chunk's times hold the process's one-time costs
     for chunk in todo:
         if deadline is not None and time.time() >= deadline:
             break
@@ -111,10 +116,18 @@ def record_control(store: RunStore, trainer: Trainer) -> None:
 
 
 def _worker_process(
-    root: str, worker: str, errors: multiprocessing.Queue, deadline: float | None
+    root: str,
+    worker: str,
+    errors: multiprocessing.Queue,
+    ready: multiprocessing.Queue,
+    deadline: float | None,
 ) -> None:
     try:
-        work(RunStore(root), worker, deadline=deadline)
+        store = RunStore(root)
+        trainer = build_trainer(store)
+        warm_up(trainer)
+        ready.put(worker)
+        work(store, worker, trainer=trainer, deadline=deadline, warmed=True)
     except BaseException as error:  # reported to the parent, which exits non-zero
         errors.put(f"{worker}: {error}\n{traceback.format_exc()}")
         raise SystemExit(1) from None
@@ -147,29 +160,36 @@ def run_local(
         missing = store.missing_chunks()
         if not missing or (deadline is not None and time.time() >= deadline):
             return
-        total = len(store.chunks)
-        bar = tqdm(
-            total=total,
-            initial=total - len(missing),
-            unit="chunk",
-            disable=not progress,
-            desc=f"training ({workers} worker{'s' * (workers > 1)})",
-        )
-        try:
-            if workers == 1:
+        if workers == 1:
+            trainer = trainer or build_trainer(store)
+            warm_up(trainer)  # before the bar, whose estimate of the time left starts at once
+            with _bar(store, workers, progress) as bar:
                 work(
-                    store, trainer=trainer, on_chunk=lambda _c, b=bar: b.update(), deadline=deadline
+                    store,
+                    trainer=trainer,
+                    on_chunk=lambda _chunk, b=bar: b.update(),
+                    deadline=deadline,
+                    warmed=True,
                 )
-            else:
-                _run_processes(store, workers, bar, deadline)
-        finally:
-            bar.close()
+        else:
+            _run_processes(store, workers, progress, deadline)
         _wait_for_others(store, progress)
 
 
-def _run_processes(store: RunStore, workers: int, bar: tqdm, deadline: float | None) -> None:
+def _bar(store: RunStore, workers: int, progress: bool) -> tqdm:
+    total = len(store.chunks)
+    return tqdm(
+        total=total,
+        initial=total - len(store.missing_chunks()),
+        unit="chunk",
+        disable=not progress,
+        desc=f"training ({workers} worker{'s' * (workers > 1)})",
+    )
+
+
+def _run_processes(store: RunStore, workers: int, progress: bool, deadline: float | None) -> None:
     context = multiprocessing.get_context("spawn")
-    errors = context.Queue()
+    errors, ready = context.Queue(), context.Queue()
     gpus = _default_workers() if _has_cuda() else 0
     threads = max(1, (os.cpu_count() or 1) // workers)
     saved = {name: os.environ.get(name) for name in (*_THREAD_VARIABLES, "CUDA_VISIBLE_DEVICES")}
@@ -183,7 +203,7 @@ def _run_processes(store: RunStore, workers: int, bar: tqdm, deadline: float | N
             worker = f"{socket.gethostname()}:{os.getpid()}:{i}"
             process = context.Process(
                 target=_worker_process,
-                args=(str(store.root), worker, errors, deadline),
+                args=(str(store.root), worker, errors, ready, deadline),
                 daemon=True,
             )
             process.start()
@@ -194,14 +214,28 @@ def _run_processes(store: RunStore, workers: int, bar: tqdm, deadline: float | N
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-    while any(p.is_alive() for p in processes):
-        time.sleep(_POLL_S)
-        bar.n = len(store.chunks) - len(store.missing_chunks())
-        bar.refresh()
+    _wait_until_ready(processes, ready)
+    with _bar(store, workers, progress) as bar:
+        while any(p.is_alive() for p in processes):
+            time.sleep(_POLL_S)
+            bar.n = len(store.chunks) - len(store.missing_chunks())
+            bar.refresh()
     failures = [p for p in processes if p.exitcode != 0]
     if failures:
         message = errors.get() if not errors.empty() else f"exit code {failures[0].exitcode}"
         raise RunError(f"a worker failed: {message.splitlines()[0]}")
+
+
+def _wait_until_ready(processes: list, ready: multiprocessing.Queue) -> None:
+    """Until every worker has loaded its data and warmed up (or exited): the bar starts after,
+    so that its estimate of the time left is the training's alone."""
+    waiting = len(processes)
+    while waiting and any(p.is_alive() for p in processes):
+        try:
+            ready.get(timeout=_POLL_S)
+            waiting -= 1
+        except queue.Empty:
+            pass
 
 
 def _has_cuda() -> bool:

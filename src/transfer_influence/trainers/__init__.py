@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .protocol import JobResult, TargetInfo, TaskDescription, Trainer, output_key
+from .protocol import JobResult, TargetInfo, TaskDescription, Trainer, output_key, warm_up
 from .simulated import SimulatedTrainer
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "Trainer",
     "load_trainer",
     "output_key",
+    "warm_up",
 ]
 
 # Imported on first use: the built-in trainer pulls in torch, which status/estimate never need.

@@ -17,7 +17,15 @@ import numpy as np
 
 from ..subsets import Job
 
-__all__ = ["JobResult", "TargetInfo", "TaskDescription", "Trainer", "output_key", "parse_key"]
+__all__ = [
+    "JobResult",
+    "TargetInfo",
+    "TaskDescription",
+    "Trainer",
+    "output_key",
+    "parse_key",
+    "warm_up",
+]
 
 STATUSES = ("ok", "nan", "diverged")
 
@@ -119,3 +127,11 @@ class Trainer(Protocol):
     def train(self, jobs: Sequence[Job]) -> list[JobResult]:
         """Train one model per job (several at once if you can) and return their results."""
         ...
+
+
+def warm_up(trainer: Trainer) -> None:
+    """Let a trainer pay its one-time costs before the first chunk is timed, where it can (an
+    optional ``warm_up()`` method, called once per worker before it claims anything)."""
+    method = getattr(trainer, "warm_up", None)
+    if callable(method):
+        method()
