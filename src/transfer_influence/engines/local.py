@@ -156,13 +156,16 @@ def run_local(
     workers = workers or _default_workers()
     deadline = time.time() + time_limit if time_limit is not None else None
     prepare(store, verify)
+    warmed = False
     while True:
         missing = store.missing_chunks()
         if not missing or (deadline is not None and time.time() >= deadline):
             return
         if workers == 1:
-            trainer = trainer or build_trainer(store)
-            warm_up(trainer)  # before the bar, whose estimate of the time left starts at once
+            if not warmed:  # before the bar, whose estimate of the time left starts at once
+                trainer = trainer or build_trainer(store)
+                warm_up(trainer)
+                warmed = True
             with _bar(store, workers, progress) as bar:
                 work(
                     store,
