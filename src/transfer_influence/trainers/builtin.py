@@ -341,7 +341,7 @@ class BuiltinTrainer:
         of the run's shapes trains two steps (one at the low resolution, if the recipe has
         one), reads a batch of source test images and fits two steps of a head on a batch of
         each target's features. Kernel selection, memory pools and the images' first placement
-        otherwise land in the first chunk, which then trains about a quarter slower than the
+        otherwise land in the first chunk, which then trains a quarter to a third slower than the
         rest, and an estimate of the time left that starts from it is as much too long."""
         seeds = list(range(self.recipe.stack))
         net = self._network(seeds, len(self.source.class_names))
