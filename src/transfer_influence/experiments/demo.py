@@ -32,12 +32,11 @@ DEMO_TARGET = "stripes"
 
 
 def demo_config(models: int = 96, planted: bool = True, seed: int = 0, **recipe: Any) -> Config:
-    """The demo's config: small CNNs on 16 x 16 images, each model with a training seed of its
-    own (the tool's default), so that an influence is a class's effect averaged over training
-    seeds. ``seed`` draws the subsets and those seeds; the task itself stays the same. (With one
-    seed shared by all models, a class's effect is its effect for that seed, and irrelevant
-    classes had real ones: with run seed 17 both red classes read about -2.3 points, told
-    apart from the average, and with a seed per model neither did.)"""
+    """The demo's config: small CNNs on 16 x 16 images, one seed shared by all models so that
+    differences between models come from their source classes, not their initialisation.
+    ``seed`` draws the subsets and that training seed; the task itself stays the same. (A
+    seed per chunk would estimate effects averaged over seeds, but at 96 models it recovered
+    the planted truth less often: with seed 0, one planted helpful class fell to 9th of 24.)"""
     dataset = {"kind": "demo", "planted": planted, "seed": 0}
     return Config.from_dict(
         {
@@ -46,7 +45,7 @@ def demo_config(models: int = 96, planted: bool = True, seed: int = 0, **recipe:
                 "alpha": 0.5,
                 "models": models,
                 "chunk_size": 8,
-                "seeds": "model",
+                "seeds": "run",
             },
             "trainer": {
                 "type": "builtin",
