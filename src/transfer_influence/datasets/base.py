@@ -4,19 +4,31 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-__all__ = ["ImageDataset", "fingerprint_arrays"]
+__all__ = ["ImageDataset", "fingerprint_arrays", "fingerprint_header", "fingerprint_update"]
+
+
+def fingerprint_header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
+    """What a fingerprint hashes before an array's bytes: a digest fed an array in pieces
+    (a cache being built) starts with it to match :func:`fingerprint_arrays`."""
+    return f"{np.dtype(dtype).str}{tuple(int(n) for n in shape)}".encode()
+
+
+def fingerprint_update(digest: Any, array: np.ndarray) -> None:
+    """Add one whole array to a running fingerprint."""
+    array = np.ascontiguousarray(array)
+    digest.update(fingerprint_header(array.dtype, array.shape))
+    digest.update(array.tobytes())
 
 
 def fingerprint_arrays(*arrays: np.ndarray) -> str:
     """A short content hash that identifies a dataset's pixels, labels and ids."""
     digest = hashlib.sha256()
     for array in arrays:
-        array = np.ascontiguousarray(array)
-        digest.update(f"{array.dtype.str}{array.shape}".encode())
-        digest.update(array.tobytes())
+        fingerprint_update(digest, array)
     return digest.hexdigest()[:16]
 
 

@@ -19,6 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..files import atomic_write_bytes, remove_abandoned, replace_file
+from .base import fingerprint_header, fingerprint_update
 from .cache import (
     BATCH,
     CACHE_MARK,
@@ -119,7 +120,7 @@ def build_indexed_cache(
         record_progress(progress_path, arrays, done, bad, n)
     # The fingerprint an ImageDataset of these arrays computes for itself starts so.
     images = np.load(pixels, mmap_mode="r", allow_pickle=False)
-    started = hashlib.sha256(f"{images.dtype.str}{images.shape}".encode())
+    started = hashlib.sha256(fingerprint_header(images.dtype, images.shape))
     del images
     digest = OrderedDigest(pixels, n, BATCH, (started,))
     before = images_in(done, n, BATCH)
@@ -186,7 +187,7 @@ def _finish(
     if bad:  # compacted, then read again whole: the running digests describe the old rows
         images = np.load(digest.path, mmap_mode="r", allow_pickle=False)
         shape = (keep.size, *images.shape[1:])
-        fingerprint = hashlib.sha256(f"{images.dtype.str}{shape}".encode())
+        fingerprint = hashlib.sha256(fingerprint_header(images.dtype, shape))
         del images
         compact_rows(digest.path, keep, fingerprint.update)
         npy_sha256 = file_sha256(digest.path)
@@ -194,8 +195,7 @@ def _finish(
         fingerprint, npy_sha256 = digest.extra[0], digest.file_sha256()
     label_array, kept_ids = label_array[keep], [ids[i] for i in keep]
     for array in (label_array, np.array(kept_ids)):
-        fingerprint.update(f"{array.dtype.str}{array.shape}".encode())
-        fingerprint.update(np.ascontiguousarray(array).tobytes())
+        fingerprint_update(fingerprint, array)
     label_list = label_array.tolist()
     classes = list(classes or [f"class{c}" for c in range(max(label_list) + 1)])
     meta = {
