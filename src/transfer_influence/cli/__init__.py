@@ -22,7 +22,7 @@ from ..engines import work
 from ..estimation import ESTIMATORS, ClassInfluence
 from ..estimation.agreement import Agreement
 from ..estimation.classes import LDS_SPLITS
-from ..experiments.demo import run_demo
+from ..experiments.demo import DEMO_MODELS, run_demo
 from ..experiments.growth import grow_until_stable, parse_stability_targets
 from ..store import CorruptFileError, RecordError, RunError, RunStore
 from ..store.importing import export_file, record_file
@@ -114,7 +114,9 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="the whole pipeline on a synthetic task with planted truth")
     demo.add_argument("--out", help="run directory (default: runs/demo or runs/demo-control)")
-    demo.add_argument("--models", type=count, default=96, help="subset models (default: 96)")
+    demo.add_argument(
+        "--models", type=count, default=DEMO_MODELS, help=f"subset models (default: {DEMO_MODELS})"
+    )
     demo.add_argument(
         "--control",
         action="store_true",
@@ -430,13 +432,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         print(f"  planted irrelevant and yet told apart from the average class (simultaneous "
               f"interval excludes zero): {wrong}")  # fmt: skip
         if planted["irrelevant_told_apart"]:
-            print("    (every model here shares one training seed, so the estimates are of "
-                  "each class's effect for that seed, where a class planted as irrelevant can "
-                  "have a real one)")  # fmt: skip
+            print("    (simultaneous intervals tell a class apart by chance in at most 1 run in "
+                  "20; a class planted as irrelevant can have a small real effect)")  # fmt: skip
         flagged = ", ".join(planted["irrelevant_flagged"]) or "none"
         print(f"  planted irrelevant and flagged at {q}: {flagged} (q-values bound the share "
               "of false flags: with all 8 planted classes flagged, one irrelevant class is "
-              "flagged in about 1 run in 4 by chance)")  # fmt: skip
+              "flagged in about 1 run in 5 by chance)")  # fmt: skip
     print(f"recovered: {_yes(planted['recovered'])}; wrote {summary['out']}/summary.json")
     return 0
 

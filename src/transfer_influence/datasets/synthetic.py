@@ -7,12 +7,13 @@ three kinds:
 - harmful: loud, label-noisy look-alikes — saturated stripes at the target's orientations,
   drowned in pixel noise, whose labels say nothing about them (measured: each costs the
   target about two points of accuracy against an irrelevant class);
-- irrelevant: coloured blobs and rings with no stripes (squares join them only in the control's
-  pool of shapes).
+- irrelevant: soft coloured blobs, one colour a class: no stripes and no edges. (Rings were
+  irrelevant classes once; their edges gave a white ring a real effect on the target, told
+  apart from the average in several run seeds.)
 
-With ``planted=False`` (the control) the source classes are one pool of shapes dealt at random
-into 24 classes, so no class can differ from another except by chance. Everything is generated
-from a seed in a few seconds: nothing is downloaded.
+With ``planted=False`` (the control) the source classes are one pool of blobs, rings and
+squares dealt at random into 16 classes, so no class can differ from another except by
+chance. Everything is generated from a seed in a few seconds: nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -46,12 +47,11 @@ _SIZE = 16
 def _source_classes(planted: bool) -> list[tuple[str, str, object]]:
     """(name, kind, parameter) for every source class, in label order."""
     if not planted:
-        return [(f"mix-{i:02d}", "irrelevant", None) for i in range(24)]
+        return [(f"mix-{i:02d}", "irrelevant", None) for i in range(16)]
     classes: list[tuple[str, str, object]] = []
     classes += [(f"stripes-{a}", "helpful", a) for a in DEMO_ANGLES]
     classes += [(f"static-{c}", "harmful", c) for c in "abcd"]
-    irrelevant = [(f"{c}-{s}", "irrelevant", (s, c)) for s in _SHAPES for c in _COLOURS]
-    return classes + irrelevant[:16]
+    return classes + [(f"{c}-blob", "irrelevant", ("blob", c)) for c in _COLOURS]
 
 
 def planted_classes(planted: bool = True) -> dict[str, list[str]]:
