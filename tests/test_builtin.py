@@ -22,8 +22,8 @@ def _trainer(**recipe):
     )
 
 
-def _jobs(groups=(0, 1, 2, 3, 8, 9, 10, 11, 12, 13, 14, 15)):
-    mask = np.zeros(24, dtype=bool)
+def _jobs(groups=(0, 1, 2, 3, 8, 9, 10, 11)):
+    mask = np.zeros(16, dtype=bool)
     mask[list(groups)] = True
     return [Job(0, 11, mask), Job(1, 12, mask)]
 
@@ -49,7 +49,7 @@ def test_pretraining_learns_the_source(trained):
 def test_transfer_beats_an_untrained_backbone(trained):
     trainer, results = trained
     labels = trainer.targets[0].test.labels
-    net = StackedResNet(2, trainer.recipe.widths, 24)
+    net = StackedResNet(2, trainer.recipe.widths, 16)
     net.reset_parameters([11, 12])
     untrained = trainer.fixed_feature_logits(net, trainer.targets[0])
     for g, result in enumerate(results):
@@ -104,7 +104,7 @@ def test_groups_beyond_classes(tmp_path):
     from transfer_influence.datasets.synthetic import demo_dataset
 
     names = demo_dataset("source", "test", source_per_class=10).class_names
-    mapping = {name: f"super{i // 4}" for i, name in enumerate(names)}  # 6 groups of 4
+    mapping = {name: f"super{i // 4}" for i, name in enumerate(names)}  # 4 groups of 4
     (tmp_path / "coarse.json").write_text(json.dumps(mapping))
     trainer = BuiltinTrainer(
         DEMO,
@@ -112,13 +112,15 @@ def test_groups_beyond_classes(tmp_path):
         recipe=dict(RECIPE, epochs=1),
         groups=str(tmp_path / "coarse.json"),
     )
-    assert trainer.describe().groups == tuple(f"super{g}" for g in range(6))
-    mask = np.array([True, False, True, False, False, True])
+    assert trainer.describe().groups == tuple(f"super{g}" for g in range(4))
+    mask = np.array([True, False, False, True])
     [result] = trainer.train([Job(0, 3, mask)])
     assert result.logits["stripes/fixed_feature"].shape == (len(trainer.targets[0].test), 4)
     assert 0.0 <= result.source_accuracy <= 1.0
+    with pytest.raises(ValueError, match="a mask over 4 groups, got shape"):
+        trainer.train([Job(0, 3, np.ones(16, dtype=bool))])  # a mask over classes, not groups
     (tmp_path / "partial.json").write_text(json.dumps({names[0]: "a"}))
-    with pytest.raises(ValueError, match="no group for 23 source class"):
+    with pytest.raises(ValueError, match="no group for 15 source class"):
         BuiltinTrainer(DEMO, [dict(DEMO, name="s")], groups=str(tmp_path / "partial.json"))
 
 

@@ -405,5 +405,5 @@ def test_a_run_whose_estimate_cannot_fit_in_memory_is_refused_up_front(tmp_path)
 
 def test_a_demo_too_small_for_its_estimator_is_refused_before_training(cli, tmp_path):
     code, out, err = cli("demo", "--models", "16", "--out", tmp_path / "demo")
-    assert code == 2 and "needs at least 34 models for the demo's 24 classes, got 16" in err
+    assert code == 2 and "needs at least 26 models for the demo's 16 classes, got 16" in err
     assert not (tmp_path / "demo").exists() and "Traceback" not in err

@@ -34,6 +34,8 @@ class SourceGroups:
 
     def images(self, mask: np.ndarray) -> np.ndarray:
         """Indices of the source images a model with this group mask trains on."""
+        if mask.shape != (len(self.names),):  # a longer mask would index without complaint
+            raise ValueError(f"a mask over {len(self.names)} groups, got shape {mask.shape}")
         grouped = self.group_of_image >= 0
         chosen = np.zeros_like(grouped)
         chosen[grouped] = mask[self.group_of_image[grouped]]
