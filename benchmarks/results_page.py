@@ -287,7 +287,11 @@ def demo_seeds(r: dict) -> list[str]:
             if "runs_with_an_irrelevant_class_told_apart" in r
             else ". "
         )
-        + f"Median time per demo: {r['median_seconds']:.0f} s."
+        + (
+            f"Median time per demo: {r['median_seconds']:.0f} s."
+            if "median_seconds" in r
+            else f"The seeds ran {r['processes']} at a time on one thread each (not timed)."
+        )
         + (f" ({r['note']})" if "note" in r else ""),
     ]
 
