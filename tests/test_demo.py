@@ -19,28 +19,28 @@ def test_demo_recovers_planted_truth(tmp_path, cli):
     """The demo at 64 models, asserting what 64 models show on any machine (kernels that train
     other numbers act like another run seed; research/trained_margins.py measured 3 seeds):
 
-    - the 4 planted helpful classes rank in the top quarter (they ranked 1-4 in every seed);
-    - the 4 planted harmful classes are, together, clearly below the average class: the sum of
-      their t statistics is below -6 (measured -12.4 to -18.0, over 3 standard deviations of
-      its spread away; with no planted effect the sum is about N(0, 2) and passes with chance
-      0.13%).
+    - the 4 planted helpful classes are, together, clearly above the average class: the sum of
+      their t statistics is above 5 (measured 9.1 to 12.0);
+    - the 4 planted harmful classes are, together, clearly below it: the sum of their t
+      statistics is below -5 (measured -8.7 to -10.0).
 
-    Each harmful interval below zero, the demo's own "recovered" at its default 96 models, held
-    at 64 models in 2 of 3 seeds, so it is not asserted here."""
+    With no planted effect such a sum is about N(0, 2) and passes with chance under 1%. Each
+    class on its own side at q <= 0.05, the demo's own "recovered" at its default 128 models,
+    held at 64 models in none of 3 seeds, so it is not asserted here."""
     code, out, err = cli("demo", "--out", tmp_path / "demo", "--models", 64, "--quiet")
     assert code == 0, err
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
     planted = summary["planted"]
     assert summary["models"] == 64 and "recovered:" in out
-    assert planted["helpful_in_top_quarter"], planted["ranks"]
     table = pd.read_csv(tmp_path / "demo" / "influence" / "classes.csv").set_index("group")
     t = table["influence"] / table["stderr"]
-    assert t[planted["harmful"]].sum() < -6, t[planted["harmful"]]
-    # The same ranking and numbers as the demo made before its run system was reworked
-    # (tests/data/demo-64-classes.*). Kernels of another CPU kind, thread count or torch round
-    # otherwise and train other models, which act like another run seed: there the ranking
-    # is not compared (over 20 run seeds the four planted helpful classes held the top four
-    # in only 9; benchmarks/results/demo_seeds-*).
+    assert t[planted["helpful"]].sum() > 5, t[planted["helpful"]]
+    assert t[planted["harmful"]].sum() < -5, t[planted["harmful"]]
+    # The same ranking and numbers as this demo made on the machine kind that
+    # tests/data/demo-64-classes.json names, so that a change to training or estimation that
+    # moves any number is seen. Kernels of another CPU kind, thread count or torch round
+    # otherwise and train other models, which act like another run seed: there only the
+    # bounds above hold.
     before = pd.read_csv(DATA / "demo-64-classes.csv").set_index("group")
     made_on = json.loads((DATA / "demo-64-classes.json").read_text())
     here = {
@@ -56,9 +56,9 @@ def test_demo_recovers_planted_truth(tmp_path, cli):
 
 @pytest.mark.slow
 def test_demo_control_has_no_more_discoveries_than_chance(tmp_path):
-    """Nothing planted: at most 5 of 24 intervals exclude zero, a bound chance exceeds once in
-    a thousand runs (measured: 2, 0 and 0 in 3 run seeds)."""
+    """Nothing planted: at most 4 of 16 intervals exclude zero, a bound chance exceeds once in
+    a thousand runs (measured: 0, 1 and 3 in 3 run seeds)."""
     summary = run_demo(tmp_path / "control", models=48, control=True, progress=False)
     planted = summary["planted"]
     assert planted["intervals_excluding_zero"] <= planted["chance_bound"], planted
-    assert planted["chance_bound"] == 5  # 99.9th percentile of Binomial(24, 0.05)
+    assert planted["chance_bound"] == 4  # 99.9th percentile of Binomial(16, 0.05)
