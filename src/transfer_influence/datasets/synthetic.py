@@ -7,9 +7,9 @@ three kinds:
 - harmful: loud, label-noisy look-alikes — saturated stripes at the target's orientations,
   drowned in pixel noise, whose labels say nothing about them (measured: each costs the
   target about two points of accuracy against an irrelevant class);
-- irrelevant: soft coloured blobs, one colour a class: no stripes and no edges. (Rings were
-  irrelevant classes once; their edges gave a white ring a real effect on the target, told
-  apart from the average in several run seeds.)
+- irrelevant: soft coloured blobs, one colour a class: no stripes and no edges. (Not rings:
+  their edges gave a white ring a real effect on the target, told apart from the average in
+  several run seeds.)
 
 With ``planted=False`` (the control) the source classes are one pool of blobs, rings and
 squares dealt at random into 16 classes, so no class can differ from another except by
