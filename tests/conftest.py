@@ -13,6 +13,17 @@ from transfer_influence.cli import main
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 FIXTURE = SHARED / "fixtures" / "cifar100-to-cifar10-149-models.npz"
 
+
+def pytest_configure(config):
+    """Parallel workers (`pytest -n N`, as .ci/run's slow step) share the cores: one thread
+    each, since N workers of as many threads as cores oversubscribe them and run slower."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+        os.environ["OMP_NUM_THREADS"] = "1"
+
+
 # A simulated task whose noise mostly follows the training seed (as a shared seed measured on
 # real CNNs suggests); the rest is per model.
 NOISY_SEEDS = {

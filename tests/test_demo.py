@@ -37,10 +37,10 @@ def test_demo_recovers_planted_truth(tmp_path, cli):
     assert t[planted["helpful"]].sum() > 5, t[planted["helpful"]]
     assert t[planted["harmful"]].sum() < -5, t[planted["harmful"]]
     # The same ranking and numbers as this demo made on the machine kind that
-    # tests/data/demo-64-classes.json names, so that a change to training or estimation that
-    # moves any number is seen. Kernels of another CPU kind, thread count or torch round
-    # otherwise and train other models, which act like another run seed: there only the
-    # bounds above hold.
+    # tests/data/demo-64-classes.json names, with a thread count it lists, so that a change
+    # to training or estimation that moves any number is seen. Kernels of another CPU kind,
+    # thread count or torch round otherwise and train other models, which act like another
+    # run seed: there only the bounds above hold.
     before = pd.read_csv(DATA / "demo-64-classes.csv").set_index("group")
     made_on = json.loads((DATA / "demo-64-classes.json").read_text())
     here = {
@@ -48,7 +48,7 @@ def test_demo_recovers_planted_truth(tmp_path, cli):
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "threads": torch.get_num_threads(),
     }
-    if all(made_on[key] == value for key, value in here.items()):
+    if all(value in np.atleast_1d(made_on[key]) for key, value in here.items()):
         assert table.index.tolist() == before.index.tolist()
         for column in ("influence", "stderr", "q_value"):
             np.testing.assert_allclose(table[column], before[column], rtol=1e-6, atol=1e-9)

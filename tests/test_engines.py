@@ -108,6 +108,7 @@ def ray_cluster():
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("ray")  # `ray stop --force` ends every Ray process on the machine
 def test_ray_cluster_survives_a_killed_worker(reference, ray_cluster, tmp_path):
     config, reference_dir = reference
     address, env = ray_cluster
@@ -162,6 +163,7 @@ def test_submitit_job_array_survives_a_killed_job(reference, tmp_path, executor)
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("ray")
 def test_a_local_ray_cluster_listens_on_loopback_only(reference, tmp_path):
     psutil = pytest.importorskip("psutil", reason="needs psutil (the dev extra)")
     pytest.importorskip("ray", reason="the Ray engine test needs ray (the 'ray' extra)")

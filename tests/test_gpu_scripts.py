@@ -48,7 +48,8 @@ def toy(tmp_path_factory):
         TI_CONFIG=str(root / "toy.toml"),
         TI_RUN_DIR=str(root / "runs" / "reference"),
         PYTHONPATH=str(ROOT / "src"),
-    )
+        PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+    )  # the scripts call python3: this test's, with or without an activated environment
     return root, env
 
 
