@@ -37,7 +37,6 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.stats import norm
 
 from .diagnostics import (
     _ranks,
@@ -63,6 +62,8 @@ def effect_prior(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Support and weights of the nonparametric maximum-likelihood prior of the true effects,
     given estimates ``values`` with Gaussian errors ``stderr`` (both K,)."""
+    from scipy.stats import norm  # here: a third of a second to import, for every command
+
     support = np.linspace(values.min(), values.max(), grid)
     likelihood = norm.pdf((values[:, None] - support) / stderr[:, None]) / stderr[:, None]
     weights = np.full(grid, 1.0 / grid)
@@ -81,6 +82,8 @@ def _posterior_draws(
     rng: np.random.Generator,
 ) -> np.ndarray:
     """``draws`` x K true effects, each class's drawn from its posterior under ``prior``."""
+    from scipy.stats import norm
+
     support, weights = prior
     posterior = norm.pdf((values[:, None] - support) / stderr[:, None]) * weights
     cumulative = np.cumsum(posterior / posterior.sum(axis=1, keepdims=True), axis=1)
