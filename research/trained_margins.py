@@ -12,7 +12,7 @@ and records the statistic next to its bound:
 - clustering (tests/test_clustering.py): median cluster purity of trained features > 0.7 and
   above an untrained backbone's + 0.3.
 
-    python research/trained_margins.py [--seeds 0 1 2] [--skip-demo]
+    python research/trained_margins.py [--seeds 0 1 2] [--skip-demo | --only-demo | --only-control]
 """
 
 from __future__ import annotations
@@ -41,9 +41,11 @@ from transfer_influence.trainers.builtin import BuiltinTrainer, pretrained_featu
 from transfer_influence.trainers.networks import StackedResNet, build_network
 from transfer_influence.trainers.stack import Recipe, extract_features  # noqa: E402
 
+DEMO_MODELS, CONTROL_MODELS = 64, 48  # as tests/test_demo.py
+
 
 def demo(seed: int, control: bool, folder: Path) -> dict:
-    config = demo_config(48 if control else 64, planted=not control, seed=seed)
+    config = demo_config(CONTROL_MODELS if control else DEMO_MODELS, planted=not control, seed=seed)
     trainer = load_trainer(config.trainer.type, config.trainer.params)
     store = RunStore.create(folder / f"demo-{seed}-{control}", config, trainer.describe())
     LocalEngine(workers=1, trainer=trainer).run(store, progress=False)
@@ -115,9 +117,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--skip-demo", action="store_true")
     parser.add_argument("--only-demo", action="store_true", help="the planted demo alone")
+    parser.add_argument("--only-control", action="store_true", help="the demo's control alone")
     args = parser.parse_args()
     result: dict = {"builtin": [], "clustering": [], "demo": []}
-    for seed in [] if args.only_demo else args.seeds:
+    for seed in [] if args.only_demo or args.only_control else args.seeds:
         result["builtin"].append(builtin(seed))
         print(result["builtin"][-1], flush=True)
         result["clustering"].append(clustering(seed))
@@ -125,7 +128,10 @@ def main() -> None:
     if not args.skip_demo:
         with tempfile.TemporaryDirectory() as scratch:
             for seed in args.seeds:
-                for control in (False,) if args.only_demo else (False, True):
+                kinds = (
+                    (False,) if args.only_demo else (True,) if args.only_control else (False, True)
+                )
+                for control in kinds:
                     result["demo"].append(demo(seed, control, Path(scratch)))
                     print(result["demo"][-1], flush=True)
     print(save_result("trained_margins", result))
