@@ -15,8 +15,8 @@ FIXTURE = SHARED / "fixtures" / "cifar100-to-cifar10-149-models.npz"
 
 
 def pytest_configure(config):
-    """Parallel workers (`pytest -n N`, as .ci/run's slow step) share the cores: one thread
-    each, since N workers of as many threads as cores oversubscribe them and run slower."""
+    """Parallel workers (`pytest -n auto`, as the README runs both steps) share the cores: one
+    thread each, since N workers of as many threads as cores oversubscribe them and run slower."""
     if os.environ.get("PYTEST_XDIST_WORKER"):
         import torch
 
