@@ -41,11 +41,12 @@ from transfer_influence.trainers.builtin import BuiltinTrainer, pretrained_featu
 from transfer_influence.trainers.networks import StackedResNet, build_network
 from transfer_influence.trainers.stack import Recipe, extract_features  # noqa: E402
 
-DEMO_MODELS, CONTROL_MODELS = 64, 48  # as tests/test_demo.py
+TESTED_MODELS, TESTED_CONTROL_MODELS = 64, 48  # the sizes tests/test_demo.py runs
 
 
 def demo(seed: int, control: bool, folder: Path) -> dict:
-    config = demo_config(CONTROL_MODELS if control else DEMO_MODELS, planted=not control, seed=seed)
+    models = TESTED_CONTROL_MODELS if control else TESTED_MODELS
+    config = demo_config(models, planted=not control, seed=seed)
     trainer = load_trainer(config.trainer.type, config.trainer.params)
     store = RunStore.create(folder / f"demo-{seed}-{control}", config, trainer.describe())
     LocalEngine(workers=1, trainer=trainer).run(store, progress=False)
@@ -125,13 +126,11 @@ def main() -> None:
         print(result["builtin"][-1], flush=True)
         result["clustering"].append(clustering(seed))
         print(result["clustering"][-1], flush=True)
+    controls = (False,) if args.only_demo else (True,) if args.only_control else (False, True)
     if not args.skip_demo:
         with tempfile.TemporaryDirectory() as scratch:
             for seed in args.seeds:
-                kinds = (
-                    (False,) if args.only_demo else (True,) if args.only_control else (False, True)
-                )
-                for control in kinds:
+                for control in controls:
                     result["demo"].append(demo(seed, control, Path(scratch)))
                     print(result["demo"][-1], flush=True)
     print(save_result("trained_margins", result))
