@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Unattended, resumable GPU script for a short lease:
 #   benchmarks/gpu_run.sh OUT [--budget-s S] [--benchmark-s S] [--skip-benchmark]
-#                             [--resume TARBALL_OR_PARTS_PREFIX] [--prune K_LIST]
+#                             [--resume TARBALL_OR_PARTS_PREFIX] [--prune K_LIST] [--models-s S]
 # Phases, inside the budget (default 360 s): (1) the speed/accuracy benchmark (at most
 # --benchmark-s, default 60% of the budget), (2) as many
 # influence models of the reference case as fit, (3) estimates. With --prune (e.g. 10,20,40)
 # phase 2 is instead `prune` of the run (needs a config that ranks on a validation split, e.g.
-# TI_CONFIG=configs/cifar100-to-cifar10-validation.toml; $TI_PRUNE_SEEDS seeds, default 3).
+# TI_CONFIG=configs/cifar100-to-cifar10-validation.toml; $TI_PRUNE_SEEDS seeds, default 3),
+# unless --models-s gives the models that long first: then the prune ranks on the grown run.
+# $TI_WORKERS trains the models with that many worker processes (they share the GPUs); should
+# they fail, the rest of the phase runs with one.
 # Leaves in OUT: the benchmark JSON, the run directory as a tarball (split into 15 MB parts),
 # a log and a summary.
 # $TI_VARIANTS (e.g. plain,stack16-fast-r20x4) limits the benchmark's recipe variants.
@@ -15,7 +18,7 @@
 set -euo pipefail
 out=${1:?usage: gpu_run.sh OUT [--budget-s S] [--resume TARBALL] [--skip-benchmark]}
 shift
-budget=360 resume="" benchmark=1 prune="" benchmark_s=""
+budget=360 resume="" benchmark=1 prune="" benchmark_s="" models_s=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --budget-s) budget=$2; shift 2 ;;
@@ -23,6 +26,7 @@ while [ $# -gt 0 ]; do
     --benchmark-s) benchmark_s=$2; shift 2 ;;
     --skip-benchmark) benchmark=0; shift ;;
     --prune) prune=$2; shift 2 ;;
+    --models-s) models_s=$2; shift 2 ;;
     *) echo "gpu_run.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -50,16 +54,32 @@ log="$out/gpu_run.log"
       || echo "benchmark stopped early (status $?)"
   fi
   limit=$(( $(left) - 60 ))
+  if [ -z "$prune" ] || [ -n "$models_s" ]; then
+    [ -n "$models_s" ] && [ "$models_s" -lt "$limit" ] && limit=$models_s
+    if [ "$limit" -gt 30 ]; then
+      echo "== influence models for ${limit}s"
+      # A resumed run continues under its own stored config (its recipe may be an older one).
+      if [ -f "$run_dir/run.json" ]; then what=("$run_dir"); else what=("$config" --run-dir "$run_dir"); fi
+      models() {
+        python3 -m transfer_influence run "${what[@]}" --time-limit "$1" --quiet \
+          ${TI_MODELS:+--set run.models=$TI_MODELS} "${@:2}"
+      }
+      phase_start=$(date +%s)
+      if [ -n "${TI_WORKERS:-}" ] && ! models "$limit" --workers "$TI_WORKERS"; then
+        rest=$(( limit - ($(date +%s) - phase_start) ))
+        echo "$TI_WORKERS workers failed; one worker for the remaining ${rest}s"
+        if [ -f "$run_dir/run.json" ]; then what=("$run_dir"); fi
+        if [ "$rest" -gt 30 ]; then models "$rest" || echo "models stopped (status $?)"; fi
+      elif [ -z "${TI_WORKERS:-}" ]; then
+        models "$limit"
+      fi
+    fi
+  fi
+  limit=$(( $(left) - 60 ))
   if [ -n "$prune" ] && [ "$limit" -gt 30 ]; then
     echo "== prune k=$prune for ${limit}s"
     python3 -m transfer_influence prune "$run_dir" --k "$prune" --seeds "${TI_PRUNE_SEEDS:-3}" \
-      --time-limit "$limit" --quiet
-  elif [ "$limit" -gt 30 ]; then
-    echo "== influence models for ${limit}s"
-    # A resumed run continues under its own stored config (its recipe may be an older one).
-    if [ -f "$run_dir/run.json" ]; then what=("$run_dir"); else what=("$config" --run-dir "$run_dir"); fi
-    python3 -m transfer_influence run "${what[@]}" --time-limit "$limit" \
-      --quiet ${TI_MODELS:+--set run.models=$TI_MODELS}
+      --time-limit "$limit" --quiet || echo "prune stopped (status $?)"  # keep the run
   fi
   if [ -d "$run_dir/chunks" ]; then
     python3 -m transfer_influence status "$run_dir"

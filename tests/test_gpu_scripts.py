@@ -111,7 +111,7 @@ def test_gpu_run_script_runs_and_continues_from_its_tarball(toy, tmp_path):
 
 
 @pytest.mark.slow
-def test_gpu_run_script_prunes_a_validation_run_across_leases(toy, tmp_path):
+def test_gpu_run_script_grows_and_prunes_a_validation_run_across_leases(toy, tmp_path):
     root, env = toy
     config = root / "toy-validation.toml"
     config.write_text(
@@ -122,12 +122,20 @@ def test_gpu_run_script_prunes_a_validation_run_across_leases(toy, tmp_path):
     )
     env = dict(env, TI_CONFIG=str(config), TI_RUN_DIR=str(tmp_path / "a" / "reference"))
     first, second = tmp_path / "first", tmp_path / "second"
-    _script(env, "bash", "benchmarks/gpu_run.sh", str(first), "--skip-benchmark")
+    out = _script(
+        env | {"TI_WORKERS": "2"}, "bash", "benchmarks/gpu_run.sh", str(first), "--skip-benchmark"
+    )
+    assert "models   8 of 8 done" in out and "workers failed" not in out
+    # The next lease grows the run from its tarball, then prunes on the grown run.
     env = dict(env, TI_RUN_DIR=str(tmp_path / "b" / "reference"), TI_PRUNE_SEEDS="2")
     out = _script(
-        env, "bash", "benchmarks/gpu_run.sh", str(second), "--skip-benchmark",
-        "--resume", str(first / "run.tar.gz.part-"), "--prune", "2,4",
+        env | {"TI_MODELS": "12"}, "bash", "benchmarks/gpu_run.sh", str(second),
+        "--skip-benchmark", "--resume", str(first / "run.tar.gz.part-"),
+        "--models-s", "200", "--prune", "2,4",
     )  # fmt: skip
+    assert "== influence models for 200s" in out and "models   12 of 12 done" in out
     assert "== prune k=2,4" in out and "k = " in out and "chosen on the validation split" in out
     results = (tmp_path / "b" / "reference" / "prune" / "results.csv").read_text().splitlines()
     assert len(results) == 1 + 2 * (1 + 3 * 2)
+    plan = json.loads((tmp_path / "b" / "reference" / "prune" / "plan.json").read_text())
+    assert plan["n_models"] == 12  # the ranking was fixed on the grown run
