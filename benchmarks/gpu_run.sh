@@ -9,7 +9,9 @@
 # TI_CONFIG=configs/cifar100-to-cifar10-validation.toml; $TI_PRUNE_SEEDS seeds, default 3),
 # unless --models-s gives the models that long first: then the prune ranks on the grown run.
 # $TI_WORKERS trains the models with that many worker processes (they share the GPUs); should
-# they fail, the rest of the phase runs with one.
+# they fail, the rest of the phase runs with one. $TI_SEED sets a new run's run.seed: each run
+# added to benchmarks/data/reference-validation.npz (benchmarks/reference_archive.py RUN_DIR,
+# after the lease) takes a seed not archived yet.
 # Leaves in OUT: the benchmark JSON, the run directory as a tarball (split into 15 MB parts),
 # a log and a summary.
 # $TI_VARIANTS (e.g. plain,stack16-fast-r20x4) limits the benchmark's recipe variants.
@@ -59,7 +61,8 @@ log="$out/gpu_run.log"
     if [ "$limit" -gt 30 ]; then
       echo "== influence models for ${limit}s"
       # A resumed run continues under its own stored config (its recipe may be an older one).
-      if [ -f "$run_dir/run.json" ]; then what=("$run_dir"); else what=("$config" --run-dir "$run_dir"); fi
+      if [ -f "$run_dir/run.json" ]; then what=("$run_dir")
+      else what=("$config" --run-dir "$run_dir" ${TI_SEED:+--set run.seed=$TI_SEED}); fi
       models() {
         python3 -m transfer_influence run "${what[@]}" --time-limit "$1" --quiet \
           ${TI_MODELS:+--set run.models=$TI_MODELS} "${@:2}"

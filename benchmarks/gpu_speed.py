@@ -207,6 +207,8 @@ def main() -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     # Partial results (a time limit) still name the machine and versions they measured.
     report: dict = {
+        "benchmark": "gpu_speed",
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **provenance(device),
         "variants": {},
         "reference_plain_loop_s_per_model": 2.4,

@@ -296,6 +296,131 @@ def demo_seeds(r: dict) -> list[str]:
     ]
 
 
+def _models(needed: list) -> str:
+    """Projected models with their 80% range, as the projection stored them."""
+    if needed[0] is None:
+        return "no projection"
+    if needed[0] == "inf":
+        return "out of reach"
+    high = "∞" if needed[2] == "inf" else _about(needed[2])[2:]
+    return f"{_about(needed[0])} ({_about(needed[1])[2:]}–{high})"
+
+
+def _shared(fit: dict, end: str) -> str:
+    low, high = fit["ranges"][end]
+    return f"{10 * fit['expected'][end]:.1f} ({10 * low:.1f}–{10 * high:.1f})"
+
+
+def _trust_row(label: str, fit: dict) -> str:
+    low, high = fit["ranges"]["spearman"]
+    split = fit["split_half"]
+    own = (
+        split is not None and split.get("estimator", fit["estimator_used"]) == fit["estimator_used"]
+    )
+    split = f"{split['spearman']:.2f}" if own else "n/a"  # halves too small for the regression
+    return (
+        f"| {label} | {_shared(fit, 'top')} | {_shared(fit, 'bottom')} | "
+        f"{fit['expected']['spearman']:.2f} ({low:.2f}–{high:.2f}) | "
+        f"{_models(fit['needed']['bottom'])} | {_models(fit['needed']['spearman'])} | "
+        f"{fit['lds']:.2f} | {split} |"
+    )
+
+
+def _interval(row: dict, prefix: str) -> str:
+    return (
+        f"{100 * row[prefix]:+.2f} [{100 * row[prefix + '_low']:+.2f}, "
+        f"{100 * row[prefix + '_high']:+.2f}]"
+    )
+
+
+def reference_case(r: dict) -> list[str]:
+    seconds = r["gpu_seconds_per_model"]
+    header = [
+        "| models | top 10 shared | bottom 10 shared | Spearman | models for bottom 8 of 10 "
+        "| models for Spearman 0.9 | held-out LDS | split-half Spearman (measured) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    lines = [
+        f"CIFAR-100 → CIFAR-10 (`configs/cifar100-to-cifar10-validation.toml`: outputs on 5,000 "
+        f"validation images), {r['archived_models']} models trained on "
+        f"{', '.join(r['trained_on'])} at {seconds:.2f} GPU-seconds per model, archived in "
+        "`benchmarks/data/`. Would an independent run of each size agree (the difference in "
+        "means; expected share of the 10 classes read at each end and Spearman, 80% ranges; "
+        "1.0 of 10 by chance), and how many models a target needs (80% range):",
+        "",
+        *header,
+    ]
+    lines += [_trust_row(str(row["models"]), row["difference"]) for row in r["growth"]]
+    last = r["growth"][-1]
+    top, bottom = (last["difference"]["needed"][e][0] for e in ("top", "bottom"))
+    if isinstance(bottom, float):
+        lines += [
+            "",
+            f"At {seconds:.2f} s a model, a bottom 10 that repeats 8 of 10 would take about "
+            f"{bottom * seconds / 3600:.1f} GPU-hours and a top 10 that does about "
+            f"{top * seconds / 60:.0f} GPU-minutes (projected from {last['models']} models). "
+            f"The subsets explain {_pct(last['difference']['explained'])} of how models "
+            "differ in their mean output.",
+        ]
+    if "regression" in last and "expected" in last["regression"]:
+        lines += ["", "The regression on the same models:", "", *header]
+        lines += [
+            _trust_row(str(row["models"]), row["regression"])
+            for row in r["growth"]
+            if "expected" in row["regression"]
+        ]
+    old, new = r.get("old_recipe_160"), r.get("new_recipe_160")
+    if old and new:
+        ratio = (
+            old["difference"]["median_stderr_points"] / new["difference"]["median_stderr_points"]
+        )
+        lines += [
+            "",
+            f"The recipe against the old one at 160 models each (old: widths "
+            f"{old['recipe']['widths']}, {old['recipe']['epochs']} epochs, max pooling, outputs "
+            f"on the 10,000 test images, {old['seconds_per_model']:.2f} s per model on "
+            f"{old['device_name']}; the two score different target images, so compare errors "
+            "and agreement, not influences):",
+            "",
+            "| recipe | median error (points) | " + header[0].split("| models | ")[1],
+            "|---|---|---|---|---|---|---|---|---|",
+            f"| current | {new['difference']['median_stderr_points']:.3f} "
+            + _trust_row("", new["difference"])[3:],
+            f"| old | {old['difference']['median_stderr_points']:.3f} "
+            + _trust_row("", old["difference"])[3:],
+            "",
+            f"The current recipe's errors are {ratio:.1f}× smaller: the same precision from about "
+            f"{ratio**2:.0f}× fewer models.",
+        ]
+    prune = r.get("pruning")
+    if prune:
+        lines += [
+            "",
+            f"`transfer-influence prune` of this run (classes ranked on {prune['ranked_on_models']}"
+            f" models by the {prune['ranked_by']}, k chosen on the validation split, "
+            f"{prune['conditions'][0]['seeds']} paired seeds each): CIFAR-10 test accuracy and "
+            "the paired difference to the full source, points with 95% intervals.",
+            "",
+            "| removed | k | test accuracy | vs full source |",
+            "|---|---|---|---|",
+        ]
+        order = {"full": 0, "bottom": 1, "random": 2, "top": 3}
+        for row in sorted(prune["conditions"], key=lambda c: (order[c["condition"]], c["k"])):
+            lines.append(
+                f"| {row['condition']} | {row['k']} | {100 * row['test_mean']:.2f} "
+                f"[{100 * row['test_ci_low']:.2f}, {100 * row['test_ci_high']:.2f}] | "
+                + ("—" if row["condition"] == "full" else _interval(row, "test_vs_full"))
+                + " |"
+            )
+        lines += [
+            "",
+            prune["headline"],
+            "",
+            f"![pruning]({Path(prune['figure']).relative_to('docs')})",
+        ]
+    return lines
+
+
 def _three(values: dict, style: str = "{:+.3f}") -> str:
     return " / ".join(style.format(values[name]) for name in ("spearman", "top", "bottom"))
 
@@ -412,6 +537,7 @@ SECTIONS: dict[str, tuple[str, Callable[[dict], list[str]]]] = {
     "engine_overhead": ("Ray engine", engine_overhead),
     "feature_clusters": ("Feature clusters as groups", feature_clusters),
     "gpu_speed": ("Training speed on a GPU", gpu_speed),
+    "reference_case": ("The reference case on a GPU", reference_case),
     "cache_build": ("Decoding a large source into the cache", cache_build),
     "demo_seeds": ("The demo over run seeds", demo_seeds),
     "trust_calibration": ("Trust calibration", trust_calibration),

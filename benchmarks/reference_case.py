@@ -1,0 +1,170 @@
+"""The reference case on a GPU: how far its ranking can be trusted as the run grows, what a
+trustworthy one would cost, and what removing the least helpful classes does.
+
+    python benchmarks/reference_case.py [--sizes 48,96,144,192,240,288] [--archive FILE.npz]
+                                        [--prune-dir DIR]
+
+Reads the archived GPU runs of configs/cifar100-to-cifar10-validation.toml
+(benchmarks/data/reference-validation.npz, grown by benchmarks/reference_archive.py). At each
+size, on the archive's first models, for the difference in means and for the regression:
+whether an independent run of that size would agree (the top and bottom 10, Spearman; 80%
+ranges), the models and GPU-minutes projected to a bottom 10 that repeats 8 of 10 and to
+Spearman 0.9, the held-out LDS, the explained share and split-half as measured. Beside it,
+at equal size, the old recipe's 160-model run (../shared/fixtures; skipped without it).
+Pruning: `transfer-influence prune` of the run (its results.csv and plan.json, kept in
+benchmarks/data/reference-prune/), summarised as the tool does, with the figure written to
+docs/figures/reference-pruning.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import tarfile
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from _common import save_result
+from transfer_influence import ClassInfluence, RunStore
+from transfer_influence.estimation import InfluenceWarning
+from transfer_influence.experiments.pruning.summary import headline, summarise
+from transfer_influence.report.figures import pruning_accuracy
+from transfer_influence.store.importing import record_arrays
+
+HERE = Path(__file__).resolve().parent
+ARCHIVE = HERE / "data" / "reference-validation.npz"
+PRUNE = HERE / "data" / "reference-prune"
+FIGURE = HERE.parent / "docs" / "figures" / "reference-pruning.png"
+OLD_RECIPE = HERE.parents[1] / "shared" / "fixtures" / "reference-run-160-old-recipe.tar.gz"
+PER_MODEL = ("masks", "p_correct", "correct")
+
+
+def _number(x: float) -> float | str | None:
+    """JSON has no infinity or NaN: out of reach is "inf", no projection None."""
+    return x if math.isfinite(x) else ("inf" if x > 0 else None) if not math.isnan(x) else None
+
+
+def trust(store: RunStore, seconds_per_model: float | None) -> dict:
+    """The trust figures of one run, for both estimators (None where one cannot fit)."""
+    figures: dict = {}
+    for estimator in ("difference", "regression"):
+        try:
+            fit = ClassInfluence(estimator=estimator).fit(store)
+        except (ValueError, RuntimeError) as error:
+            figures[estimator] = {"error": str(error).splitlines()[0]}
+            continue
+        agreement, split = fit.agreement_, fit.stability_
+        needed = {name: [_number(x) for x in agreement.needed[name]] for name in agreement.needed}
+        minutes = {
+            name: None
+            if seconds_per_model is None or not isinstance(values[0], float)
+            else values[0] * seconds_per_model / 60
+            for name, values in needed.items()
+        }
+        figures[estimator] = {
+            "estimator_used": fit.estimate_.estimator,
+            "expected": agreement.expected,
+            "ranges": {name: list(pair) for name, pair in agreement.ranges.items()},
+            "chance_share": agreement.chance_share,
+            "needed": needed,
+            "gpu_minutes_needed": minutes,
+            "lds": fit.lds_,
+            "explained": fit.explained_,
+            "median_stderr_points": float(fit.classes_["stderr"].median()),
+            "split_half": None
+            if split is None
+            else {"spearman": split.spearman, "top": split.top_overlap,
+                  "bottom": split.bottom_overlap, "estimator": split.estimator},
+            "top_10": fit.classes_["group"].head(10).tolist(),
+            "bottom_10": fit.classes_["group"].tail(10).tolist(),
+        }  # fmt: skip
+    return figures
+
+
+def growth(archive: dict, sizes: list[int], seconds: float, scratch: Path) -> list[dict]:
+    rows = []
+    for m in sizes:
+        arrays = {k: (v[:m] if k in PER_MODEL else v) for k, v in archive.items()}
+        record_arrays(scratch / f"m{m}", arrays, "cifar10", "fixed_feature", 0.5)
+        rows.append({"models": m, **trust(RunStore(scratch / f"m{m}"), seconds)})
+        d = rows[-1]["difference"]
+        print(f"m={m}: top {d['expected']['top']:.2f} bottom {d['expected']['bottom']:.2f} "
+              f"spearman {d['expected']['spearman']:.2f}", flush=True)  # fmt: skip
+    return rows
+
+
+def old_recipe(scratch: Path) -> dict | None:
+    if not OLD_RECIPE.exists():
+        return None
+    with tarfile.open(OLD_RECIPE) as archive:
+        archive.extractall(scratch / "old", filter="data")
+    store = RunStore(scratch / "old" / "reference")
+    done = [c for c in store.chunks if store.is_done(c)]
+    metas = [(store.chunk_meta(c), c.size) for c in done]
+    seconds = float(np.median([(m["finished"] - m["started"]) / size for m, size in metas]))
+    return {
+        "models": sum(c.size for c in done),
+        "seconds_per_model": seconds,
+        "device_name": metas[0][0]["provenance"].get("device_name"),
+        "recipe": store.config.trainer.params.get("recipe"),
+        **trust(store, seconds),
+    }
+
+
+def pruning(folder: Path) -> dict | None:
+    if not (folder / "results.csv").exists():
+        return None
+    results = pd.read_csv(folder / "results.csv")
+    plan = json.loads((folder / "plan.json").read_text())
+    summary, chosen = summarise(results)
+    FIGURE.parent.mkdir(parents=True, exist_ok=True)
+    FIGURE.write_bytes(pruning_accuracy(summary))
+    return {
+        "ranked_on_models": plan["n_models"],
+        "ranked_by": plan["estimator"],
+        "chosen_k": chosen,
+        "headline": headline(summary, chosen),
+        "conditions": summary.to_dict("records"),
+        "seconds_per_model": float(results["seconds"].median()),
+        "figure": str(FIGURE.relative_to(HERE.parent)),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="48,96,144,192,240,288")
+    parser.add_argument("--archive", type=Path, default=ARCHIVE)
+    parser.add_argument("--prune-dir", type=Path, default=PRUNE)
+    args = parser.parse_args()
+    warnings.simplefilter("ignore", InfluenceWarning)
+    info = json.loads(args.archive.with_suffix(".json").read_text())
+    with np.load(args.archive, allow_pickle=False) as stored:
+        archive = {name: stored[name] for name in stored.files}
+    total = len(archive["masks"])
+    sizes = [m for m in map(int, args.sizes.split(",")) if m <= total]
+    runs = info["runs"]
+    seconds = sum(r["gpu_seconds_per_model"] * r["models"] for r in runs) / total
+    made_on = [entry for r in runs for entry in r["made_on"]]
+    result: dict = {
+        "archived_models": total,
+        "runs": runs,
+        "gpu_seconds_per_model": seconds,
+        "trained_on": sorted({entry["device_name"] for entry in made_on}),
+        "recipe": info["config"]["trainer"]["params"].get("recipe"),
+    }
+    with tempfile.TemporaryDirectory() as scratch:
+        result["growth"] = growth(archive, sizes, seconds, Path(scratch))
+        if total >= 160:
+            result["new_recipe_160"] = growth(archive, [160], seconds, Path(scratch))[0]
+        result["old_recipe_160"] = old_recipe(Path(scratch))
+    result["pruning"] = pruning(args.prune_dir)
+    print(save_result("reference_case", result))
+
+
+if __name__ == "__main__":
+    main()
