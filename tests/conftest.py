@@ -14,6 +14,12 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 FIXTURE = SHARED / "fixtures" / "cifar100-to-cifar10-149-models.npz"
 
 
+def pytest_collection_modifyitems(config, items):
+    """The heaviest tests first: handed out to parallel workers in collection order, they
+    would otherwise start late and leave the other workers idle at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("heavy") is None)
+
+
 def pytest_configure(config):
     """Parallel workers (`pytest -n auto`, as the README runs both steps) share the cores: one
     thread each, since N workers of as many threads as cores oversubscribe them and run slower."""

@@ -15,6 +15,7 @@ DATA = Path(__file__).parent / "data"
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_demo_recovers_planted_truth(tmp_path, cli):
     """The demo at 64 models, asserting what 64 models show on any machine (kernels that train
     other numbers act like another run seed; research/trained_margins.py measured 3 seeds):
@@ -55,6 +56,7 @@ def test_demo_recovers_planted_truth(tmp_path, cli):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_demo_control_has_no_more_discoveries_than_chance(tmp_path):
     """Nothing planted: at most 4 of 16 intervals exclude zero, a bound chance exceeds once in
     a thousand runs (measured in 9 run seeds: at most 3, and 7 of 144 intervals in all)."""

@@ -144,6 +144,7 @@ def test_example_influence_with_a_seed_per_chunk_is_not_shrunk(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_planted_near_duplicates_rank_near_the_top_for_the_image_they_copy(tmp_path):
     """A real example-level run of 96 models on a pool of 80 source images with 20
     near-duplicates of target images (and 20 mislabeled images) planted in it: the copies rank
