@@ -362,6 +362,20 @@ def reference_case(r: dict) -> list[str]:
             f"The subsets explain {_pct(last['difference']['explained'])} of how models "
             "differ in their mean output.",
         ]
+    half = next((row for row in r["growth"] if 2 * row["models"] == last["models"]), None)
+    split = last["difference"]["split_half"]
+    if half and split:
+        predicted = half["difference"]
+        low, high = predicted["ranges"]["spearman"]
+        lines += [
+            "",
+            f"Checked on these models: from the first {half['models']}, an independent run of "
+            f"{half['models']} was expected to share {_shared(predicted, 'top')} of the top 10, "
+            f"{_shared(predicted, 'bottom')} of the bottom 10 and a Spearman of "
+            f"{predicted['expected']['spearman']:.2f} ({low:.2f}–{high:.2f}); random halves of "
+            f"all {last['models']} ({half['models']} models each) share {10 * split['top']:.1f}, "
+            f"{10 * split['bottom']:.1f} and {split['spearman']:.2f}.",
+        ]
     if "regression" in last and "expected" in last["regression"]:
         lines += ["", "The regression on the same models:", "", *header]
         lines += [
