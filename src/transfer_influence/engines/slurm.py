@@ -80,9 +80,13 @@ def _ended(jobs: list[Any], executor: str) -> tuple[bool, list[Any]]:
 
     A Slurm job has ended when it wrote its result or left the queue. (submitit's own
     ``done()`` asks sacct, which clusters without job accounting cannot answer: a job killed
-    before it wrote its result was never done, and sacct's complaint came at every poll.)"""
+    before it wrote its result was never done, and sacct's complaint came at every poll.) A
+    local job ended without a result is lost at once: submitit would wait 15 s for its result
+    at every question asked of it."""
     if executor == "local":
         running = [job for job in jobs if not job.done()]
+        if not running:  # a local process writes its result before it exits, or never
+            return True, [job for job in jobs if not job.paths.result_pickle.exists()]
     else:
         running = [job for job in jobs if not job.paths.result_pickle.exists()]
     if not running:
