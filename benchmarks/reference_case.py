@@ -2,7 +2,7 @@
 trustworthy one would cost, and what removing the least helpful classes does.
 
     python benchmarks/reference_case.py [--sizes 48,96,144,192,240,288] [--archive FILE.npz]
-                                        [--prune-dir DIR]
+                                        [--prune-dir DIR] [--old-recipe TARBALL]
 
 Reads the archived GPU runs of configs/cifar100-to-cifar10-validation.toml
 (benchmarks/data/reference-validation.npz, grown by benchmarks/reference_archive.py). At each
@@ -98,10 +98,10 @@ def growth(archive: dict, sizes: list[int], seconds: float, scratch: Path) -> li
     return rows
 
 
-def old_recipe(scratch: Path) -> dict | None:
-    if not OLD_RECIPE.exists():
+def old_recipe(tarball: Path, scratch: Path) -> dict | None:
+    if not tarball.exists():
         return None
-    with tarfile.open(OLD_RECIPE) as archive:
+    with tarfile.open(tarball) as archive:
         archive.extractall(scratch / "old", filter="data")
     store = RunStore(scratch / "old" / "reference")
     done = [c for c in store.chunks if store.is_done(c)]
@@ -140,6 +140,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="48,96,144,192,240,288")
     parser.add_argument("--archive", type=Path, default=ARCHIVE)
     parser.add_argument("--prune-dir", type=Path, default=PRUNE)
+    parser.add_argument("--old-recipe", type=Path, default=OLD_RECIPE, help="its run's tarball")
     args = parser.parse_args()
     warnings.simplefilter("ignore", InfluenceWarning)
     info = json.loads(args.archive.with_suffix(".json").read_text())
@@ -161,7 +162,7 @@ def main() -> None:
         result["growth"] = growth(archive, sizes, seconds, Path(scratch))
         if total >= 160:
             result["new_recipe_160"] = growth(archive, [160], seconds, Path(scratch))[0]
-        result["old_recipe_160"] = old_recipe(Path(scratch))
+        result["old_recipe_160"] = old_recipe(args.old_recipe, Path(scratch))
     result["pruning"] = pruning(args.prune_dir)
     print(save_result("reference_case", result))
 

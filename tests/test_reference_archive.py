@@ -71,14 +71,15 @@ def test_the_benchmark_measures_the_archive(tmp_path, runs):
         assert _script("reference_archive.py", runs[seed], "--archive", archive).returncode == 0
     env = dict(os.environ, TI_RESULTS=str(tmp_path / "results"))
     done = _script(
-        "reference_case.py", "--archive", archive, "--sizes", "24,48",
-        "--prune-dir", tmp_path / "none", env=env,
+        "reference_case.py", "--archive", archive, "--sizes", "48,96",
+        "--prune-dir", tmp_path / "none", "--old-recipe", tmp_path / "none.tar.gz", env=env,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     (path,) = (tmp_path / "results").glob("reference_case-*.json")
     result = json.loads(path.read_text())
     assert result["archived_models"] == 48 and result["pruning"] is None
-    assert [row["models"] for row in result["growth"]] == [24, 48]
+    assert result["old_recipe_160"] is None
+    assert [row["models"] for row in result["growth"]] == [48]  # 96: more than archived
     for row in result["growth"]:
         assert 0 <= row["difference"]["expected"]["top"] <= 1
         assert set(row["difference"]["needed"]) == {"spearman", "top", "bottom"}
