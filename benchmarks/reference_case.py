@@ -3,13 +3,15 @@ trustworthy one would cost, and what removing the least helpful classes does.
 
     python benchmarks/reference_case.py [--sizes 48,96,144,192,240,288] [--archive FILE.npz]
                                         [--prune-dir DIR] [--old-recipe TARBALL]
+                                        [--splits N]
 
 Reads the archived GPU runs of configs/cifar100-to-cifar10-validation.toml
 (benchmarks/data/reference-validation.npz, grown by benchmarks/reference_archive.py). At each
 size, on the archive's first models, for the difference in means and for the regression:
 whether an independent run of that size would agree (the top and bottom 10, Spearman; 80%
 ranges), the models and GPU-minutes projected to a bottom 10 that repeats 8 of 10 and to
-Spearman 0.9, the held-out LDS, the explained share and split-half as measured. Beside it,
+Spearman 0.9, the held-out LDS, the explained share and split-half as measured; whether one
+half of the archive expects what the other half gives (two independent runs). Beside it,
 at equal size, the old recipe's 160-model run (../shared/fixtures; skipped without it).
 Pruning: `transfer-influence prune` of the run (its results.csv and plan.json, kept in
 benchmarks/data/reference-prune/), summarised as the tool does, with the figure written to
@@ -31,7 +33,9 @@ import pandas as pd
 
 from _common import save_result
 from transfer_influence import ClassInfluence, RunStore
-from transfer_influence.estimation import InfluenceWarning
+from transfer_influence.estimation import InfluenceWarning, estimate_influence
+from transfer_influence.estimation.agreement import independent_agreement
+from transfer_influence.estimation.diagnostics import shared_ends
 from transfer_influence.experiments.pruning.summary import headline, summarise
 from transfer_influence.report.figures import pruning_accuracy
 from transfer_influence.store.importing import record_arrays
@@ -98,6 +102,51 @@ def growth(archive: dict, sizes: list[int], seconds: float, scratch: Path) -> li
     return rows
 
 
+def halves(archive: dict, splits: int, seed: int = 0) -> dict:
+    """Two disjoint random halves of the archive are two independent runs of half its size:
+    does what one half expects of an independent run of its size match what the other half
+    gives? Both directions of every split; the splits share models, so they are not
+    independent checks."""
+    masks = archive["masks"]
+    means = archive["p_correct"].astype(np.float64).mean(axis=1, keepdims=True)
+    half = len(masks) // 2
+    rng = np.random.default_rng(seed)
+    rows: dict[str, list[tuple[float, float, float, float]]] = {}
+    for _ in range(splits):
+        order = rng.permutation(len(masks))
+        fits = [
+            estimate_influence(masks[part], means[part]).overall
+            for part in (order[:half], order[half : 2 * half])
+        ]
+        a, b = (fit.values[:, 0] for fit in fits)
+        top, bottom = shared_ends(a, b, 10)
+        measured = {"top": float(top), "bottom": float(bottom),
+                    "spearman": float(np.corrcoef(_rank(a), _rank(b))[0, 1])}  # fmt: skip
+        for fit in fits:
+            expected = independent_agreement(fit.values[:, 0], fit.stderr[:, 0], half, 10)
+            for name, value in measured.items():
+                low, high = expected.ranges[name]
+                rows.setdefault(name, []).append((expected.expected[name], value, low, high))
+    summary = {}
+    for name, values in rows.items():
+        expected, measured, low, high = np.array(values).T
+        # The ranges are for the expected agreement, which the measured mean estimates; a
+        # single pair of runs scatters around it by the measured spread.
+        summary[name] = {
+            "expected_mean": float(expected.mean()),
+            "measured_mean": float(measured.mean()),
+            "measured_sd": float(measured.std()),
+            "ranges_holding_measured_mean": float(
+                np.mean((low <= measured.mean()) & (measured.mean() <= high))
+            ),
+        }
+    return {"models_per_half": half, "splits": splits, **summary}
+
+
+def _rank(x: np.ndarray) -> np.ndarray:
+    return np.argsort(np.argsort(x)).astype(float)
+
+
 def old_recipe(tarball: Path, scratch: Path) -> dict | None:
     if not tarball.exists():
         return None
@@ -140,6 +189,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="48,96,144,192,240,288")
     parser.add_argument("--archive", type=Path, default=ARCHIVE)
     parser.add_argument("--prune-dir", type=Path, default=PRUNE)
+    parser.add_argument("--splits", type=int, default=40, help="random halvings checked")
     parser.add_argument("--old-recipe", type=Path, default=OLD_RECIPE, help="its run's tarball")
     args = parser.parse_args()
     warnings.simplefilter("ignore", InfluenceWarning)
@@ -163,6 +213,7 @@ def main() -> None:
         if total >= 160:
             result["new_recipe_160"] = growth(archive, [160], seconds, Path(scratch))[0]
         result["old_recipe_160"] = old_recipe(args.old_recipe, Path(scratch))
+    result["halves"] = halves(archive, args.splits)
     result["pruning"] = pruning(args.prune_dir)
     print(save_result("reference_case", result))
 

@@ -362,20 +362,28 @@ def reference_case(r: dict) -> list[str]:
             f"The subsets explain {_pct(last['difference']['explained'])} of how models "
             "differ in their mean output.",
         ]
-    half = next((row for row in r["growth"] if 2 * row["models"] == last["models"]), None)
-    split = last["difference"]["split_half"]
-    if half and split:
-        predicted = half["difference"]
-        low, high = predicted["ranges"]["spearman"]
+    halves = r.get("halves")
+    if halves:
         lines += [
             "",
-            f"Checked on these models: from the first {half['models']}, an independent run of "
-            f"{half['models']} was expected to share {_shared(predicted, 'top')} of the top 10, "
-            f"{_shared(predicted, 'bottom')} of the bottom 10 and a Spearman of "
-            f"{predicted['expected']['spearman']:.2f} ({low:.2f}–{high:.2f}); random halves of "
-            f"all {last['models']} ({half['models']} models each) share {10 * split['top']:.1f}, "
-            f"{10 * split['bottom']:.1f} and {split['spearman']:.2f}.",
+            f"Checked on these models: {halves['splits']} random splits into two disjoint halves "
+            f"of {halves['models_per_half']}, two independent runs of that size. What each half "
+            "expects of an independent run, against the agreement the halves show (its mean "
+            "estimates the expected agreement; the splits share models, so they are not "
+            "independent checks):",
+            "",
+            "| agreement | expected by a half (mean) | measured between halves (mean ± sd) "
+            "| 80% ranges holding the measured mean |",
+            "|---|---|---|---|",
         ]
+        for name, label in (("top", "top 10 shared"), ("bottom", "bottom 10 shared"),
+                            ("spearman", "Spearman")):  # fmt: skip
+            row, scale = halves[name], 1 if name == "spearman" else 10
+            lines.append(
+                f"| {label} | {scale * row['expected_mean']:.2f} | "
+                f"{scale * row['measured_mean']:.2f} ± {scale * row['measured_sd']:.2f} | "
+                f"{_pct(row['ranges_holding_measured_mean'])} |"
+            )
     if "regression" in last and "expected" in last["regression"]:
         lines += ["", "The regression on the same models:", "", *header]
         lines += [
