@@ -289,7 +289,8 @@ def train_stack(
                 x = F.interpolate(
                     x.float(), size=small, mode="bilinear", antialias=True, align_corners=False
                 ).to(dtype)
-            x = x.contiguous(memory_format=torch.channels_last)
+            if cuda:
+                x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
                 logits = net(x)  # B x G x classes
             y = labels[index].T  # B x G
@@ -327,7 +328,8 @@ def extract_features(
         if isinstance(rows, np.ndarray):
             rows = torch.from_numpy(np.array(rows)).to(device)
         x = _normalise(rows, dtype).repeat(1, net.models, 1, 1)
-        x = x.contiguous(memory_format=torch.channels_last)
+        if cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
             out.append(net.features(x).float())
     return torch.cat(out).transpose(0, 1).contiguous()
