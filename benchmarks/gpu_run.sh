@@ -14,7 +14,8 @@
 # after the lease) takes a seed not archived yet.
 # Leaves in OUT: the benchmark JSON, the run directory as a tarball (split into 15 MB parts),
 # a log and a summary.
-# $TI_VARIANTS (e.g. plain,stack16-fast-r20x4) limits the benchmark's recipe variants.
+# $TI_VARIANTS (e.g. plain,stack16-fast-r20x4) limits the benchmark's recipe variants;
+# $TI_SPEED_ARGS passes more options to it (e.g. "--no-baselines --models 32").
 # Needs no network; data from $TI_DATASETS (default ../shared/datasets). Where .git does not
 # travel, set TRANSFER_INFLUENCE_GIT_SHA so that results name the commit they measured.
 set -euo pipefail
@@ -52,7 +53,7 @@ log="$out/gpu_run.log"
   if [ "$benchmark" = 1 ]; then
     echo "== benchmark ($(left) s left)"
     timeout "${benchmark_s:-$(( $(left) * 6 / 10 ))}" python3 benchmarks/gpu_speed.py --datasets "$TI_DATASETS" \
-      --out "$out/gpu_speed.json" ${TI_VARIANTS:+--variants "$TI_VARIANTS"} \
+      --out "$out/gpu_speed.json" ${TI_VARIANTS:+--variants "$TI_VARIANTS"} ${TI_SPEED_ARGS:-} \
       || echo "benchmark stopped early (status $?)"
   fi
   limit=$(( $(left) - 60 ))
