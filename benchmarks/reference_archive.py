@@ -30,6 +30,7 @@ import numpy as np
 
 from transfer_influence import RunStore
 from transfer_influence.config import defining_diff
+from transfer_influence.estimation import estimate_influence
 from transfer_influence.files import write_files
 from transfer_influence.store.importing import export_arrays
 
@@ -48,16 +49,13 @@ def compact(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     }
 
 
-def _difference(masks: np.ndarray, y: np.ndarray) -> np.ndarray:
-    inside = masks.astype(float)
-    return (inside.T @ y) / inside.sum(0) - ((1 - inside).T @ y) / (1 - inside).sum(0)
-
-
 def rounding_points(masks: np.ndarray, p_correct: np.ndarray) -> float:
     """The largest change float16 makes to a class's influence on mean p(correct), in points."""
-    exact = p_correct.mean(axis=1, dtype=np.float64)
-    rounded = p_correct.astype(np.float16).mean(axis=1, dtype=np.float64)
-    return float(100 * np.max(np.abs(_difference(masks, rounded) - _difference(masks, exact))))
+    exact, rounded = (
+        estimate_influence(masks, outputs.mean(axis=1, dtype=np.float64)[:, None]).overall.values
+        for outputs in (p_correct, p_correct.astype(np.float16))
+    )
+    return float(100 * np.max(np.abs(rounded - exact)))
 
 
 def _utc(seconds: float) -> str:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import tarfile
 import tempfile
 import warnings
@@ -30,12 +29,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.stats import spearmanr
 
 from _common import save_result
 from transfer_influence import ClassInfluence, RunStore
 from transfer_influence.estimation import InfluenceWarning, estimate_influence
 from transfer_influence.estimation.agreement import independent_agreement
-from transfer_influence.estimation.diagnostics import shared_ends
+from transfer_influence.estimation.diagnostics import end_size, shared_ends
 from transfer_influence.experiments.pruning.summary import headline, summarise
 from transfer_influence.report.figures import pruning_accuracy
 from transfer_influence.store.importing import record_arrays
@@ -48,11 +48,6 @@ OLD_RECIPE = HERE.parents[1] / "shared" / "fixtures" / "reference-run-160-old-re
 PER_MODEL = ("masks", "p_correct", "correct")
 
 
-def _number(x: float) -> float | str | None:
-    """JSON has no infinity or NaN: out of reach is "inf", no projection None."""
-    return x if math.isfinite(x) else ("inf" if x > 0 else None) if not math.isnan(x) else None
-
-
 def trust(store: RunStore, seconds_per_model: float | None) -> dict:
     """The trust figures of one run, for both estimators (None where one cannot fit)."""
     figures: dict = {}
@@ -63,7 +58,7 @@ def trust(store: RunStore, seconds_per_model: float | None) -> dict:
             figures[estimator] = {"error": str(error).splitlines()[0]}
             continue
         agreement, split = fit.agreement_, fit.stability_
-        needed = {name: [_number(x) for x in agreement.needed[name]] for name in agreement.needed}
+        needed = agreement.to_record()["needed"]  # out of reach "inf", no projection None
         minutes = {
             name: None
             if seconds_per_model is None or not isinstance(values[0], float)
@@ -109,7 +104,7 @@ def halves(archive: dict, splits: int, seed: int = 0) -> dict:
     independent checks."""
     masks = archive["masks"]
     means = archive["p_correct"].astype(np.float64).mean(axis=1, keepdims=True)
-    half = len(masks) // 2
+    half, k = len(masks) // 2, end_size(masks.shape[1])
     rng = np.random.default_rng(seed)
     rows: dict[str, list[tuple[float, float, float, float]]] = {}
     for _ in range(splits):
@@ -119,11 +114,11 @@ def halves(archive: dict, splits: int, seed: int = 0) -> dict:
             for part in (order[:half], order[half : 2 * half])
         ]
         a, b = (fit.values[:, 0] for fit in fits)
-        top, bottom = shared_ends(a, b, 10)
+        top, bottom = shared_ends(a, b, k)
         measured = {"top": float(top), "bottom": float(bottom),
-                    "spearman": float(np.corrcoef(_rank(a), _rank(b))[0, 1])}  # fmt: skip
+                    "spearman": float(spearmanr(a, b).statistic)}  # fmt: skip
         for fit in fits:
-            expected = independent_agreement(fit.values[:, 0], fit.stderr[:, 0], half, 10)
+            expected = independent_agreement(fit.values[:, 0], fit.stderr[:, 0], half, k)
             for name, value in measured.items():
                 low, high = expected.ranges[name]
                 rows.setdefault(name, []).append((expected.expected[name], value, low, high))
@@ -140,11 +135,7 @@ def halves(archive: dict, splits: int, seed: int = 0) -> dict:
                 np.mean((low <= measured.mean()) & (measured.mean() <= high))
             ),
         }
-    return {"models_per_half": half, "splits": splits, **summary}
-
-
-def _rank(x: np.ndarray) -> np.ndarray:
-    return np.argsort(np.argsort(x)).astype(float)
+    return {"models_per_half": half, "splits": splits, "k": k, **summary}
 
 
 def old_recipe(tarball: Path, scratch: Path) -> dict | None:

@@ -376,9 +376,10 @@ def reference_case(r: dict) -> list[str]:
             "| 80% ranges holding the measured mean |",
             "|---|---|---|---|",
         ]
-        for name, label in (("top", "top 10 shared"), ("bottom", "bottom 10 shared"),
+        k = halves.get("k", 10)
+        for name, label in (("top", f"top {k} shared"), ("bottom", f"bottom {k} shared"),
                             ("spearman", "Spearman")):  # fmt: skip
-            row, scale = halves[name], 1 if name == "spearman" else 10
+            row, scale = halves[name], 1 if name == "spearman" else k
             lines.append(
                 f"| {label} | {scale * row['expected_mean']:.2f} | "
                 f"{scale * row['measured_mean']:.2f} ± {scale * row['measured_sd']:.2f} | "

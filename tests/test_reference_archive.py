@@ -71,7 +71,7 @@ def test_the_benchmark_measures_the_archive(tmp_path, runs):
         assert _script("reference_archive.py", runs[seed], "--archive", archive).returncode == 0
     env = dict(os.environ, TI_RESULTS=str(tmp_path / "results"))
     done = _script(
-        "reference_case.py", "--archive", archive, "--sizes", "48,96",
+        "reference_case.py", "--archive", archive, "--sizes", "48,96", "--splits", 4,
         "--prune-dir", tmp_path / "none", "--old-recipe", tmp_path / "none.tar.gz", env=env,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -80,6 +80,9 @@ def test_the_benchmark_measures_the_archive(tmp_path, runs):
     assert result["archived_models"] == 48 and result["pruning"] is None
     assert result["old_recipe_160"] is None
     assert [row["models"] for row in result["growth"]] == [48]  # 96: more than archived
+    assert result["halves"]["models_per_half"] == 24 and result["halves"]["k"] == 3
+    assert result["halves"]["splits"] == 4
+    assert 0 <= result["halves"]["top"]["ranges_holding_measured_mean"] <= 1
     for row in result["growth"]:
         assert 0 <= row["difference"]["expected"]["top"] <= 1
         assert set(row["difference"]["needed"]) == {"spearman", "top", "bottom"}
