@@ -107,6 +107,8 @@ def halves(archive: dict, splits: int, seed: int = 0) -> dict:
     half, k = len(masks) // 2, end_size(masks.shape[1])
     rng = np.random.default_rng(seed)
     rows: dict[str, list[tuple[float, float, float, float]]] = {}
+    ranked = np.argsort(estimate_influence(masks, means).overall.values[:, 0])
+    z = []  # the halves' difference in units of its standard error: N(0, 1) if errors are right
     for _ in range(splits):
         order = rng.permutation(len(masks))
         fits = [
@@ -114,6 +116,7 @@ def halves(archive: dict, splits: int, seed: int = 0) -> dict:
             for part in (order[:half], order[half : 2 * half])
         ]
         a, b = (fit.values[:, 0] for fit in fits)
+        z.append((a - b) / np.hypot(fits[0].stderr[:, 0], fits[1].stderr[:, 0]))
         top, bottom = shared_ends(a, b, k)
         measured = {"top": float(top), "bottom": float(bottom),
                     "spearman": float(spearmanr(a, b).statistic)}  # fmt: skip
@@ -135,6 +138,12 @@ def halves(archive: dict, splits: int, seed: int = 0) -> dict:
                 np.mean((low <= measured.mean()) & (measured.mean() <= high))
             ),
         }
+    z = np.array(z)
+    summary["error_check"] = {
+        "z_sd_all": float(z.std()),
+        "z_sd_bottom": float(z[:, ranked[:k]].std()),
+        "z_sd_top": float(z[:, ranked[-k:]].std()),
+    }
     return {"models_per_half": half, "splits": splits, "k": k, **summary}
 
 

@@ -385,6 +385,15 @@ def reference_case(r: dict) -> list[str]:
                 f"{scale * row['measured_mean']:.2f} ± {scale * row['measured_sd']:.2f} | "
                 f"{_pct(row['ranges_holding_measured_mean'])} |"
             )
+        errors = halves.get("error_check")
+        if errors:
+            lines += [
+                "",
+                "The halves' estimates differ by their standard errors as they should: the "
+                f"difference over its error has a standard deviation of {errors['z_sd_all']:.2f} "
+                f"(1 if the errors are right; {errors['z_sd_bottom']:.2f} for the {k} classes "
+                f"ranked lowest on all models, {errors['z_sd_top']:.2f} for the {k} highest).",
+            ]
     if "regression" in last and "expected" in last["regression"]:
         lines += ["", "The regression on the same models:", "", *header]
         lines += [

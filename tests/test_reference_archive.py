@@ -81,7 +81,7 @@ def test_the_benchmark_measures_the_archive(tmp_path, runs):
     assert result["old_recipe_160"] is None
     assert [row["models"] for row in result["growth"]] == [48]  # 96: more than archived
     assert result["halves"]["models_per_half"] == 24 and result["halves"]["k"] == 3
-    assert result["halves"]["splits"] == 4
+    assert result["halves"]["splits"] == 4 and result["halves"]["error_check"]["z_sd_all"] > 0
     assert 0 <= result["halves"]["top"]["ranges_holding_measured_mean"] <= 1
     for row in result["growth"]:
         assert 0 <= row["difference"]["expected"]["top"] <= 1
