@@ -41,12 +41,15 @@ def _where(result: dict) -> str:
     )
 
 
-def _about(models: float) -> str:
-    """A projected count of models, to two significant figures (projections are rough)."""
-    if models != models:  # NaN: no projection
-        return "no projection"
+def _two_figures(models: float) -> str:
+    """A count of models to two significant figures (projections are rough)."""
     digits = max(len(str(int(models))) - 2, 0)
-    return f"≈ {round(models, -digits):,.0f}"
+    return f"{round(models, -digits):,.0f}"
+
+
+def _about(models: float) -> str:
+    """A projected count of models, to two significant figures."""
+    return "no projection" if models != models else f"≈ {_two_figures(models)}"  # NaN: none
 
 
 def _pct(x: float) -> str:
@@ -302,8 +305,8 @@ def _models(needed: list) -> str:
         return "no projection"
     if needed[0] == "inf":
         return "out of reach"
-    high = "∞" if needed[2] == "inf" else _about(needed[2])[2:]
-    return f"{_about(needed[0])} ({_about(needed[1])[2:]}–{high})"
+    high = "∞" if needed[2] == "inf" else _two_figures(needed[2])
+    return f"{_about(needed[0])} ({_two_figures(needed[1])}–{high})"
 
 
 def _shared(fit: dict, end: str) -> str:
@@ -313,11 +316,9 @@ def _shared(fit: dict, end: str) -> str:
 
 def _trust_row(label: str, fit: dict) -> str:
     low, high = fit["ranges"]["spearman"]
-    split = fit["split_half"]
-    own = (
-        split is not None and split.get("estimator", fit["estimator_used"]) == fit["estimator_used"]
-    )
-    split = f"{split['spearman']:.2f}" if own else "n/a"  # halves too small for the regression
+    halves = fit["split_half"]
+    own = halves is not None and halves.get("estimator") == fit["estimator_used"]
+    split = f"{halves['spearman']:.2f}" if own else "n/a"  # halves too small for the regression
     return (
         f"| {label} | {_shared(fit, 'top')} | {_shared(fit, 'bottom')} | "
         f"{fit['expected']['spearman']:.2f} ({low:.2f}–{high:.2f}) | "
