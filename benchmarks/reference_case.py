@@ -34,7 +34,12 @@ from scipy.stats import spearmanr
 from _common import save_result
 from transfer_influence import ClassInfluence, RunStore
 from transfer_influence.estimation import InfluenceWarning, estimate_influence
-from transfer_influence.estimation.agreement import independent_agreement
+from transfer_influence.estimation.agreement import (
+    _posterior_draws,
+    agreement_curve,
+    effect_prior,
+    independent_agreement,
+)
 from transfer_influence.estimation.diagnostics import end_size, shared_ends
 from transfer_influence.experiments.pruning.summary import headline, summarise
 from transfer_influence.report.figures import pruning_accuracy
@@ -97,6 +102,21 @@ def growth(archive: dict, sizes: list[int], seconds: float, scratch: Path) -> li
     return rows
 
 
+def _split(masks: np.ndarray, means: np.ndarray, rng: np.random.Generator) -> tuple:
+    """One random split into two disjoint halves: their fits and the agreement they show."""
+    half, k = len(masks) // 2, end_size(masks.shape[1])
+    order = rng.permutation(len(masks))
+    fits = [
+        estimate_influence(masks[part], means[part]).overall
+        for part in (order[:half], order[half : 2 * half])
+    ]
+    a, b = (fit.values[:, 0] for fit in fits)
+    top, bottom = shared_ends(a, b, k)
+    measured = {"top": float(top), "bottom": float(bottom),
+                "spearman": float(spearmanr(a, b).statistic)}  # fmt: skip
+    return fits, measured
+
+
 def halves(archive: dict, splits: int, seed: int = 0) -> dict:
     """Two disjoint random halves of the archive are two independent runs of half its size:
     does what one half expects of an independent run of its size match what the other half
@@ -110,16 +130,9 @@ def halves(archive: dict, splits: int, seed: int = 0) -> dict:
     ranked = np.argsort(estimate_influence(masks, means).overall.values[:, 0])
     z = []  # the halves' difference in units of its standard error: N(0, 1) if errors are right
     for _ in range(splits):
-        order = rng.permutation(len(masks))
-        fits = [
-            estimate_influence(masks[part], means[part]).overall
-            for part in (order[:half], order[half : 2 * half])
-        ]
+        fits, measured = _split(masks, means, rng)
         a, b = (fit.values[:, 0] for fit in fits)
         z.append((a - b) / np.hypot(fits[0].stderr[:, 0], fits[1].stderr[:, 0]))
-        top, bottom = shared_ends(a, b, k)
-        measured = {"top": float(top), "bottom": float(bottom),
-                    "spearman": float(spearmanr(a, b).statistic)}  # fmt: skip
         for fit in fits:
             expected = independent_agreement(fit.values[:, 0], fit.stderr[:, 0], half, k)
             for name, value in measured.items():
@@ -145,6 +158,50 @@ def halves(archive: dict, splits: int, seed: int = 0) -> dict:
         "z_sd_top": float(z[:, ranked[-k:]].std()),
     }
     return {"models_per_half": half, "splits": splits, "k": k, **summary}
+
+
+def halves_by_chance(archive: dict, splits: int, replicates: int, seed: int = 1) -> dict:
+    """How far the halves check strays by chance alone, when every assumption of the agreement
+    holds: the archive's own masks, true effects drawn from its deconvolved posterior,
+    additive, with Gaussian noise of its residual spread. Each replicate runs the halves
+    check on such outputs (the expected agreement without its ranges); its gap is the
+    measured mean minus the expected mean. A real gap inside their spread is chance; one
+    beyond it says the real effects or errors are not what the agreement assumes."""
+    masks = archive["masks"]
+    means = archive["p_correct"].astype(np.float64).mean(axis=1, keepdims=True)
+    models, groups = masks.shape
+    half, k = models // 2, end_size(groups)
+    fit = estimate_influence(masks, means).overall
+    values, stderr = fit.values[:, 0], fit.stderr[:, 0]
+    prior = effect_prior(values, stderr)
+    design = np.column_stack([np.ones(models), masks])
+    residual = means[:, 0] - design @ np.linalg.lstsq(design, means[:, 0], rcond=None)[0]
+    noise = float(np.sqrt(residual @ residual / (models - np.linalg.matrix_rank(design))))
+    rng = np.random.default_rng(seed)
+    gaps: dict[str, list[float]] = {name: [] for name in ("spearman", "top", "bottom")}
+    for _ in range(replicates):
+        # An additive effect theta gives K / (K - 1) (theta - mean) with fixed-size subsets.
+        truth = _posterior_draws(values, stderr, prior, 1, rng)[0] * (groups - 1) / groups
+        outputs = (masks @ truth + rng.normal(0.0, noise, models))[:, None]
+        expected, measured = [], []
+        for _ in range(splits):
+            fits, shown = _split(masks, outputs, rng)
+            measured.append([shown[name] for name in gaps])
+            for part in fits:
+                curve = agreement_curve(part.values[:, 0], part.stderr[:, 0], half, [half], k)
+                expected.append(curve[0])
+        gap = np.mean(measured, axis=0) - np.mean(expected, axis=0)
+        for name, value in zip(gaps, gap, strict=True):
+            gaps[name].append(float(value))
+    return {
+        "replicates": replicates,
+        "residual_sd": noise,
+        **{
+            name: {"gap_median": float(np.median(g)), "gap_range_80": [
+                float(x) for x in np.percentile(g, [10, 90])], "gaps": g}
+            for name, g in gaps.items()
+        },
+    }  # fmt: skip
 
 
 def old_recipe(tarball: Path, scratch: Path) -> dict | None:
@@ -190,6 +247,7 @@ def main() -> None:
     parser.add_argument("--archive", type=Path, default=ARCHIVE)
     parser.add_argument("--prune-dir", type=Path, default=PRUNE)
     parser.add_argument("--splits", type=int, default=40, help="random halvings checked")
+    parser.add_argument("--replicates", type=int, default=40, help="halves checks by chance")
     parser.add_argument("--old-recipe", type=Path, default=OLD_RECIPE, help="its run's tarball")
     args = parser.parse_args()
     warnings.simplefilter("ignore", InfluenceWarning)
@@ -214,6 +272,7 @@ def main() -> None:
             result["new_recipe_160"] = growth(archive, [160], seconds, Path(scratch))[0]
         result["old_recipe_160"] = old_recipe(args.old_recipe, Path(scratch))
     result["halves"] = halves(archive, args.splits)
+    result["halves"]["by_chance"] = halves_by_chance(archive, args.splits, args.replicates)
     result["pruning"] = pruning(args.prune_dir)
     print(save_result("reference_case", result))
 
