@@ -393,6 +393,14 @@ def reference_case(r: dict) -> list[str]:
                 f"{scale * (row['measured_mean'] - row['expected_mean']):+.2f} | {by_chance} |"
             )
         if chance:
+            where = ", ".join(
+                f"{name} {_pct(sum(g <= gap for g in gaps) / len(gaps))}"
+                for name in ("top", "bottom", "Spearman")
+                for gaps in [chance[name.lower()]["gaps"]]
+                for gap in [
+                    halves[name.lower()]["measured_mean"] - halves[name.lower()]["expected_mean"]
+                ]
+            )
             lines += [
                 "",
                 f"By chance alone: the same check on {chance['replicates']} sets of outputs "
@@ -401,7 +409,8 @@ def reference_case(r: dict) -> list[str]:
                 "Gaussian noise of its residual spread). A real gap inside that range is what "
                 f"{2 * halves['models_per_half']} "
                 "models allow; one beyond it would say that real effects or errors are not what "
-                "the agreement assumes.",
+                "the agreement assumes. The share of those chance gaps at or below the real "
+                f"one: {where}.",
             ]
         errors = halves.get("error_check")
         if errors:
