@@ -367,7 +367,7 @@ def main() -> None:
         "d": lambda: {"agreement": agreement_calibration(args.agreement_runs, args.seed + 3)},
         "e": lambda: {"until_stable": until_stable(args.stable_seeds, pairs=20)},
     }
-    result: dict = {"noise": NOISE, "carried_over": {}}
+    result: dict = {"noise": NOISE, "seed": args.seed, "carried_over": {}}  # of those measured
     unknown = set(args.sections) - set(KEYS)
     if unknown:
         parser.error(f"unknown sections {''.join(sorted(unknown))}; choose from abcde")
