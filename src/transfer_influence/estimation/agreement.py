@@ -13,16 +13,12 @@ own size, and for any other, from the estimates and their standard errors:
 2. True effects are drawn from each class's posterior under that prior, and two independent
    runs of n models are drawn around them (errors scaled by sqrt(m / n)); their agreement —
    Spearman correlation, the share of the top and bottom k they share — is averaged.
-3. The models needed for an agreement at an end is projected from the expected agreement at
-   m: read as the reliability a Gaussian model of effects and errors would need to give it,
-   which Spearman-Brown scales with the number of models (the deconvolved prior is discrete,
-   and extrapolated far beyond m its atoms would tie classes that are not tied). The
-   Spearman, which depends on how the bulk of the classes is spaced (heavy tails leave it
-   crowded, and the Gaussian reading then projects too few models), is projected by
-   simulation instead: true effects drawn from the prior smoothed below the noise's scale
-   (each posterior draw blurred by half the median standard error, its spread kept), and
-   the size found at which two runs reach the target. A target above what many models
-   reach under the prior (the ceiling where classes truly tie) is said to be out of reach.
+3. The models needed for an agreement is projected from the expected agreement at m: read as
+   the reliability a Gaussian model of effects and errors would need to give it, which
+   Spearman-Brown scales with the number of models (the deconvolved prior is discrete, and
+   extrapolated far beyond m its atoms would tie classes that are not tied). A target above
+   what many models reach under the prior (the ceiling where classes truly tie) is said to
+   be out of reach.
 4. The ranges are a parametric bootstrap: new estimates drawn around the posterior draws,
    deconvolved and projected again; percentiles of their spread about their median, placed
    around the estimate, make an 80% range: the 10th and 90th for the agreement, the 5th and
@@ -59,7 +55,6 @@ BOOTSTRAP = 30
 RANGE = (10.0, 90.0)  # percentiles of the bootstrap: an 80% range of the agreement
 PROJECTION_RANGE = (5.0, 95.0)  # an 80% range of the models needed (see step 4 above)
 METRICS = ("spearman", "top", "bottom")
-SMOOTHING = 0.5  # the blur of the prior for projecting the Spearman, in median standard errors
 
 
 def effect_prior(
@@ -96,20 +91,14 @@ def _posterior_draws(
     return support[np.minimum(picks, support.size - 1)]
 
 
-def _spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean Spearman correlation of rows of ``a`` against ``b``."""
+def _agreement(a: np.ndarray, b: np.ndarray, k: int) -> np.ndarray:
+    """Mean Spearman, top-k share and bottom-k share of rows of ``a`` against ``b``."""
     ra, rb = _ranks(a), _ranks(b)
     ra -= ra.mean(axis=1, keepdims=True)
     rb -= rb.mean(axis=1, keepdims=True)
-    return float(
-        ((ra * rb).sum(axis=1) / np.sqrt((ra**2).sum(axis=1) * (rb**2).sum(axis=1))).mean()
-    )
-
-
-def _agreement(a: np.ndarray, b: np.ndarray, k: int) -> np.ndarray:
-    """Mean Spearman, top-k share and bottom-k share of rows of ``a`` against ``b``."""
+    spearman = (ra * rb).sum(axis=1) / np.sqrt((ra**2).sum(axis=1) * (rb**2).sum(axis=1))
     top, bottom = shared_ends(a, b, k)
-    return np.array([_spearman(a, b), top.mean(), bottom.mean()])
+    return np.array([spearman.mean(), top.mean(), bottom.mean()])
 
 
 def agreement_curve(
@@ -135,68 +124,6 @@ def agreement_curve(
             for scale in np.sqrt(models / np.asarray(sizes, dtype=np.float64))
         ]
     )
-
-
-def _spearman_needed(
-    values: np.ndarray,
-    stderr: np.ndarray,
-    models: int,
-    k: int,
-    target: float,
-    seed: int,
-    prior: tuple[np.ndarray, np.ndarray],
-) -> float:
-    """Models at which two independent runs are expected to reach Spearman ``target``, under
-    ``prior`` blurred below the noise's scale: atoms closer than the errors are an artefact
-    of deconvolving a noisy run, and extrapolated they would tie classes that are not tied.
-    Each posterior draw is shrunk towards its mean and blurred so that its spread is kept.
-    Found by bisection on the log of the size (the same random numbers at every size);
-    infinite where even CEILING times the models fall short."""
-    rng = np.random.default_rng(seed)
-    truth = _posterior_draws(values, stderr, prior, DRAWS, rng)
-    blur = SMOOTHING * float(np.median(stderr))
-    centre = truth.mean(axis=1, keepdims=True)
-    variance = np.maximum(truth.var(axis=1, keepdims=True), np.finfo(float).tiny)
-    kept = np.sqrt(np.clip(1.0 - blur**2 / variance, 0.0, 1.0))
-    truth = centre + kept * (truth - centre) + rng.standard_normal(truth.shape) * blur
-    noise = rng.standard_normal((2, *truth.shape)) * stderr
-
-    def reaches(log_n: float) -> bool:
-        scale = math.sqrt(models / math.exp(log_n))
-        return _spearman(truth + noise[0] * scale, truth + noise[1] * scale) >= target
-
-    low, high = math.log(models / 16.0), math.log(CEILING * models)
-    if not reaches(high):
-        return math.inf
-    if reaches(low):
-        return math.exp(low)
-    while high - low > 0.01:  # about 1% in the number of models
-        middle = 0.5 * (low + high)
-        low, high = (low, middle) if reaches(middle) else (middle, high)
-    return math.exp(high)
-
-
-def _models_for(
-    name: str,
-    target: float,
-    at_m: float,
-    ceiling: float,
-    world: tuple[np.ndarray, tuple[np.ndarray, np.ndarray], int],
-    stderr: np.ndarray,
-    models: int,
-    k: int,
-) -> float:
-    """The models projected for ``target`` of metric ``name`` in one world (estimates, their
-    prior, a seed), whose expected agreement is ``at_m`` at ``models`` and ``ceiling`` with
-    many more. The Spearman's simulated projection is kept on the side of ``models`` that
-    ``at_m`` is (the blurred prior's curve need not pass exactly through it)."""
-    values, prior, seed = world
-    if ceiling < target:
-        return math.inf
-    if name != "spearman" or not at_m > 0.0:  # at chance, _needed says NaN: no projection
-        return _needed(name, at_m, target, models, values.size, k)
-    found = _spearman_needed(values, stderr, models, k, target, seed, prior)
-    return min(found, models) if at_m >= target else max(found, models)
 
 
 def _needed(name: str, agreement: float, target: float, models: int, groups: int, k: int) -> float:
@@ -318,12 +245,10 @@ def independent_agreement(
     prior = effect_prior(values, stderr)
     at_m, ceiling = _project(values, stderr, models, k, seed, prior)
     rng = np.random.default_rng(seed + 1)
-    worlds = [(values, prior, seed)]  # the run's own, then the bootstrap's
     again = []
     for b, truth in enumerate(_posterior_draws(values, stderr, prior, bootstrap, rng), start=2):
         redrawn = truth + rng.standard_normal(truth.size) * stderr
         refit = effect_prior(redrawn, stderr)
-        worlds.append((redrawn, refit, seed + b))
         again.append(_project(redrawn, stderr, models, k, seed + b, refit))
     ranges, needed = {}, {}
     for i, name in enumerate(METRICS):
@@ -332,8 +257,10 @@ def independent_agreement(
         if name not in targets:
             continue
         projected = [
-            _models_for(name, targets[name], now[i], top[i], world, stderr, models, k)
-            for (now, top), world in zip([(at_m, ceiling), *again], worlds, strict=True)
+            math.inf
+            if top[i] < targets[name]
+            else _needed(name, now[i], targets[name], models, values.size, k)
+            for now, top in [(at_m, ceiling), *again]
         ]
         needed[name] = (
             projected[0],
