@@ -281,8 +281,8 @@ def demo_time(r: dict) -> list[str]:
     runs = r["runs"]
     return [
         f"`{r['command']}` as a user runs it (a fresh process, its default "
-        f"{runs[0]['models']} models and threads), {len(runs)} runs in a row on a quiet "
-        f"machine: median {r['median_seconds']:.0f} s of wall time ({r['min_seconds']:.0f}–"
+        f"{runs[0]['models']} models and threads), {len(runs)} runs in a row: "
+        f"median {r['median_seconds']:.0f} s of wall time ({r['min_seconds']:.0f}–"
         f"{r['max_seconds']:.0f} s); the planted truth recovered in "
         f"{sum(run['recovered'] for run in runs)} of {len(runs)} (the same run seed each time).",
     ]
