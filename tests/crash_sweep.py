@@ -22,14 +22,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch  # noqa: F401  (imported once, here, rather than in every child: 1-2 s each)
 
 from transfer_influence import files
 from transfer_influence.cli import main
-from transfer_influence.provenance import provenance
 from transfer_influence.report import Report  # noqa: F401  (imported once, for every child)
 from transfer_influence.store import RunStore
 
-provenance()  # imports torch once, here, rather than in every child
 # What a killed command leaves running (its worker processes) is handed to this process, which
 # reaps it and counts what is still alive (prctl PR_SET_CHILD_SUBREAPER).
 ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)
