@@ -102,6 +102,11 @@ def growth(archive: dict, sizes: list[int], seconds: float, scratch: Path) -> li
     return rows
 
 
+def _model_means(archive: dict) -> np.ndarray:
+    """Each model's mean p(correct) over the target images (models x 1)."""
+    return archive["p_correct"].astype(np.float64).mean(axis=1, keepdims=True)
+
+
 def _split(masks: np.ndarray, means: np.ndarray, rng: np.random.Generator) -> tuple:
     """One random split into two disjoint halves: their fits and the agreement they show."""
     half, k = len(masks) // 2, end_size(masks.shape[1])
@@ -122,8 +127,7 @@ def halves(archive: dict, splits: int, seed: int = 0) -> dict:
     does what one half expects of an independent run of its size match what the other half
     gives? Both directions of every split; the splits share models, so they are not
     independent checks."""
-    masks = archive["masks"]
-    means = archive["p_correct"].astype(np.float64).mean(axis=1, keepdims=True)
+    masks, means = archive["masks"], _model_means(archive)
     half, k = len(masks) // 2, end_size(masks.shape[1])
     rng = np.random.default_rng(seed)
     rows: dict[str, list[tuple[float, float, float, float]]] = {}
@@ -167,8 +171,7 @@ def halves_by_chance(archive: dict, splits: int, replicates: int, seed: int = 1)
     check on such outputs (the expected agreement without its ranges); its gap is the
     measured mean minus the expected mean. A real gap inside their spread is chance; one
     beyond it says the real effects or errors are not what the agreement assumes."""
-    masks = archive["masks"]
-    means = archive["p_correct"].astype(np.float64).mean(axis=1, keepdims=True)
+    masks, means = archive["masks"], _model_means(archive)
     models, groups = masks.shape
     half, k = models // 2, end_size(groups)
     fit = estimate_influence(masks, means).overall
