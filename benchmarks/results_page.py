@@ -390,28 +390,23 @@ def reference_case(r: dict) -> list[str]:
             "|---|---|---|---|---|---|",
         ]
         k, chance = halves.get("k", 10), halves.get("by_chance")
+        shares = []  # of the chance gaps at or below the real one
         for name, label in (("top", f"top {k} shared"), ("bottom", f"bottom {k} shared"),
                             ("spearman", "Spearman")):  # fmt: skip
             row, scale = halves[name], 1 if name == "spearman" else k
+            gap = row["measured_mean"] - row["expected_mean"]
             by_chance = "—"
             if chance:
+                gaps = chance[name]["gaps"]
                 low, high = (scale * x for x in chance[name]["gap_range_80"])
                 by_chance = f"{scale * chance[name]['gap_median']:+.2f} ({low:+.2f} to {high:+.2f})"
+                shares.append(f"{label} {_pct(sum(g <= gap for g in gaps) / len(gaps))}")
             lines.append(
                 f"| {label} | {scale * row['expected_mean']:.2f} | "
                 f"{scale * row['measured_mean']:.2f} ± {scale * row['measured_sd']:.2f} | "
-                f"{_pct(row['ranges_holding_measured_mean'])} | "
-                f"{scale * (row['measured_mean'] - row['expected_mean']):+.2f} | {by_chance} |"
+                f"{_pct(row['ranges_holding_measured_mean'])} | {scale * gap:+.2f} | {by_chance} |"
             )
         if chance:
-            where = ", ".join(
-                f"{name} {_pct(sum(g <= gap for g in gaps) / len(gaps))}"
-                for name in ("top", "bottom", "Spearman")
-                for gaps in [chance[name.lower()]["gaps"]]
-                for gap in [
-                    halves[name.lower()]["measured_mean"] - halves[name.lower()]["expected_mean"]
-                ]
-            )
             lines += [
                 "",
                 f"By chance alone: the same check on {chance['replicates']} sets of outputs "
@@ -421,7 +416,7 @@ def reference_case(r: dict) -> list[str]:
                 f"{2 * halves['models_per_half']} "
                 "models allow; one beyond it would say that real effects or errors are not what "
                 "the agreement assumes. The share of those chance gaps at or below the real "
-                f"one: {where}.",
+                f"one: {', '.join(shares)}.",
             ]
         errors = halves.get("error_check")
         if errors:
