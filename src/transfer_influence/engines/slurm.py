@@ -83,16 +83,15 @@ def _ended(jobs: list[Any], executor: str) -> tuple[bool, list[Any]]:
     before it wrote its result was never done, and sacct's complaint came at every poll.) A
     local job ended without a result is lost at once: submitit would wait 15 s for its result
     at every question asked of it."""
-    if executor == "local":
-        running = [job for job in jobs if not job.done()]
-        if not running:  # a local process writes its result before it exits, or never
-            return True, [job for job in jobs if not job.paths.result_pickle.exists()]
-    else:
-        running = [job for job in jobs if not job.paths.result_pickle.exists()]
+    if executor == "local":  # a local process writes its result before it exits, or never
+        if not all(job.done() for job in jobs):
+            return False, []
+        return True, [job for job in jobs if not job.paths.result_pickle.exists()]
+    running = [job for job in jobs if not job.paths.result_pickle.exists()]
     if not running:
         return True, []
-    queued = _queued(running) if executor == "slurm" else None
-    if queued is None:  # local processes, or squeue could not tell: submitit decides
+    queued = _queued(running)
+    if queued is None:  # squeue could not tell: submitit decides
         return all(job.done() for job in running), []
     if any(str(job.job_id) in queued for job in running):
         return False, []
