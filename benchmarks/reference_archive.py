@@ -97,6 +97,7 @@ def add_run(run_dir: Path, archive: Path) -> dict:
     seed = store.config.run.seed
     new["archived_from"] = np.full(len(new["masks"]), seed, dtype=np.int64)
     rounding = rounding_points(new["masks"], new["p_correct"])
+    new = compact(new)
     about = archive.with_suffix(".json")
     if archive.exists():
         info = json.loads(about.read_text())
@@ -114,11 +115,11 @@ def add_run(run_dir: Path, archive: Path) -> dict:
         for name in SHARED:
             if not np.array_equal(old[name], new[name]):
                 raise SystemExit(f"{run_dir}: its {name} differ from the archive's")
-        merged = {name: np.concatenate([old[name], compact(new)[name]]) for name in PER_MODEL}
+        merged = {name: np.concatenate([old[name], new[name]]) for name in PER_MODEL}
         merged.update({name: old[name] for name in SHARED})
     else:
         info = {"config": config, "fingerprints": fingerprints, "runs": []}
-        merged = {name: compact(new)[name] for name in (*PER_MODEL, *SHARED)}
+        merged = {name: new[name] for name in (*PER_MODEL, *SHARED)}
     info["runs"].append(run_record(store, len(new["masks"]), rounding))
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **merged)  # a plain .npz: record reads it, no pickle
