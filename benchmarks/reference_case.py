@@ -3,7 +3,7 @@ trustworthy one would cost, and what removing the least helpful classes does.
 
     python benchmarks/reference_case.py [--sizes 48,96,144,192,240,288] [--archive FILE.npz]
                                         [--prune-dir DIR] [--old-recipe TARBALL]
-                                        [--splits N]
+                                        [--splits N] [--replicates N]
 
 Reads the archived GPU runs of configs/cifar100-to-cifar10-validation.toml
 (benchmarks/data/reference-validation.npz, grown by benchmarks/reference_archive.py). At each
@@ -11,7 +11,8 @@ size, on the archive's first models, for the difference in means and for the reg
 whether an independent run of that size would agree (the top and bottom 10, Spearman; 80%
 ranges), the models and GPU-minutes projected to a bottom 10 that repeats 8 of 10 and to
 Spearman 0.9, the held-out LDS, the explained share and split-half as measured; whether one
-half of the archive expects what the other half gives (two independent runs). Beside it,
+half of the archive expects what the other half gives (two independent runs), and how far
+that check strays by chance on outputs simulated from the archive's own fit. Beside it,
 at equal size, the old recipe's 160-model run (../shared/fixtures; skipped without it).
 Pruning: `transfer-influence prune` of the run (its results.csv and plan.json, kept in
 benchmarks/data/reference-prune/), summarised as the tool does, with the figure written to
