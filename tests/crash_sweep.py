@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import scipy.stats  # noqa: F401  (imported once, here, rather than in every child: 0.5 s each)
 import torch  # noqa: F401  (imported once, here, rather than in every child: 1-2 s each)
 
 from transfer_influence import files
