@@ -21,7 +21,8 @@ training noise, on the tool's own fixed-size random subsets, alpha = 0.5).
     (Spearman, top and bottom shares of end_size(K)) at the settings of (a), with the
     difference in means; how often each 80% range holds the truth; how often the projected
     models for Spearman 0.9 and 8 of 10 at each end are at least the oracle's (the size at
-    which the known effects give that agreement), and how often their range holds it.
+    which the known effects give that agreement, interpolated in log size on a curve drawn
+    with the same random numbers at every size), and how often their range holds it.
 (e) `run configs/simulated.toml --set run.models=40 --until-stable top=8` (and top=9) over
     run seeds: where it stops, against the oracle measured with pairs of independent runs of
     the same simulated trainer on a grid of sizes.
@@ -171,19 +172,27 @@ def estimator_choice(runs: int, seed: int, groups: int, m: int, share: float) ->
 SIZES = 2.0 ** np.arange(-3, 13.5, 0.25)  # oracle run sizes, as multiples of m
 
 
-def true_agreement(theta: np.ndarray, n: float, k: int, rng: np.random.Generator) -> np.ndarray:
+def true_agreement(theta: np.ndarray, n: float, k: int, noise: np.ndarray) -> np.ndarray:
     """Expected agreement (Spearman, top share, bottom share) of two independent runs of n
-    models under the known effects: the difference in means' error is 2 sd(y) / sqrt(n)."""
+    models under the known effects, from ``noise``: standard normals (2, pairs, K). The
+    difference in means' error is 2 sd(y) / sqrt(n)."""
     groups = theta.size
     variance = 0.25 * groups / (groups - 1) * ((theta - theta.mean()) ** 2).sum() + NOISE**2
-    error = 2.0 * math.sqrt(variance / n)
-    runs = truth(theta) + rng.normal(0.0, error, (2, 200, groups))
+    runs = truth(theta) + noise * 2.0 * math.sqrt(variance / n)
     return _agreement(runs[0], runs[1], k)
 
 
-def _first(curve: np.ndarray, sizes: np.ndarray, goal: float) -> float:
-    above = np.flatnonzero(curve >= goal)
-    return float(sizes[above[0]]) if above.size else math.inf
+def _crossing(shares, sizes, goal: float) -> float:
+    """The size where a curve first reaches ``goal``, interpolated in log size."""
+    shares, sizes = np.asarray(shares), np.asarray(sizes, dtype=np.float64)
+    above = np.flatnonzero(shares >= goal)
+    if not above.size:
+        return float("inf")
+    i = above[0]
+    if i == 0:
+        return float(sizes[0])
+    t = (goal - shares[i - 1]) / (shares[i] - shares[i - 1])
+    return float(np.exp(np.log(sizes[i - 1]) + t * np.log(sizes[i] / sizes[i - 1])))
 
 
 def _per_metric(values: list, how: Callable = np.mean) -> dict:
@@ -209,12 +218,14 @@ def agreement_calibration(runs: int, seed: int) -> list[dict]:
                     found = independent_agreement(
                         overall.values[:, 0], overall.stderr[:, 0], m, k, seed=r
                     )
-                    at_m = true_agreement(theta, m, k, rng)
-                    curve = np.array([true_agreement(theta, n, k, rng) for n in SIZES * m])
+                    at_m = true_agreement(theta, m, k, rng.standard_normal((2, 200, groups)))
+                    # The same random numbers at every size: a smooth curve, a clean crossing.
+                    noise = rng.standard_normal((2, 200, groups))
+                    curve = np.array([true_agreement(theta, n, k, noise) for n in SIZES * m])
                     row_error, row_held, row_above, row_needed = [], [], [], []
                     for i, name in enumerate(("spearman", "top", "bottom")):
                         low, high = found.ranges[name]
-                        oracle = _first(curve[:, i], SIZES * m, found.targets[name])
+                        oracle = _crossing(curve[:, i], SIZES * m, found.targets[name])
                         point, n_low, n_high = found.needed[name]
                         row_error.append(found.expected[name] - at_m[i])
                         row_held.append(low <= at_m[i] <= high)
@@ -260,19 +271,6 @@ def _top_share(trainer: SimulatedTrainer, k: int, n: int, pairs: int) -> float:
         b = overall_difference(*_simulated_means(trainer, n, 1001 + 2 * p))
         shared.append(np.intersect1d(np.argsort(-a)[:k], np.argsort(-b)[:k]).size / k)
     return float(np.mean(shared))
-
-
-def _crossing(shares, sizes, goal: float) -> float:
-    """The size where a curve first reaches ``goal``, interpolated in log size."""
-    shares, sizes = np.asarray(shares), np.asarray(sizes, dtype=np.float64)
-    above = np.flatnonzero(shares >= goal)
-    if not above.size:
-        return float("inf")
-    i = above[0]
-    if i == 0:
-        return float(sizes[0])
-    t = (goal - shares[i - 1]) / (shares[i] - shares[i - 1])
-    return float(np.exp(np.log(sizes[i - 1]) + t * np.log(sizes[i] / sizes[i - 1])))
 
 
 def until_stable(seeds: int, pairs: int, fine_models: int = 200_000) -> dict:

@@ -13,12 +13,17 @@ own size, and for any other, from the estimates and their standard errors:
 2. True effects are drawn from each class's posterior under that prior, and two independent
    runs of n models are drawn around them (errors scaled by sqrt(m / n)); their agreement —
    Spearman correlation, the share of the top and bottom k they share — is averaged.
-3. The models needed for an agreement is projected from the expected agreement at m: read as
-   the reliability a Gaussian model of effects and errors would need to give it, which
-   Spearman-Brown scales with the number of models (the deconvolved prior is discrete, and
-   extrapolated far beyond m its atoms would tie classes that are not tied). A target above
-   what many models reach under the prior (the ceiling where classes truly tie) is said to
-   be out of reach.
+3. The models needed for an agreement is projected from the expected agreement at m. For
+   the shares of the ends: read as the reliability a Gaussian model of effects and errors
+   would need to give it, which Spearman-Brown scales with the number of models. For the
+   Spearman, which depends on how crowded the middle of the effects is: the expected
+   agreement is simulated at sizes up to 4096 m under a smooth prior, a Student t whose
+   scale and degrees of freedom (Gaussian included) are fitted by maximum marginal
+   likelihood, and read where it crosses the target. The deconvolved prior is discrete,
+   and extrapolated far beyond m its atoms would tie classes that are not tied; the
+   Gaussian reading asks too few models where the effects are heavy-tailed (many crowded
+   near zero, a few far out). A target above what many models reach under the deconvolved
+   prior (the ceiling where classes truly tie) is said to be out of reach.
 4. The ranges are a parametric bootstrap: new estimates drawn around the posterior draws,
    deconvolved and projected again; percentiles of their spread about their median, placed
    around the estimate, make an 80% range: the 10th and 90th for the agreement, the 5th and
@@ -45,7 +50,13 @@ from .diagnostics import (
     shared_ends,
 )
 
-__all__ = ["Agreement", "agreement_curve", "effect_prior", "independent_agreement"]
+__all__ = [
+    "Agreement",
+    "agreement_curve",
+    "effect_prior",
+    "independent_agreement",
+    "smooth_prior",
+]
 
 GRID = 200  # support points of the deconvolved prior
 EM_STEPS = 300
@@ -55,6 +66,9 @@ BOOTSTRAP = 30
 RANGE = (10.0, 90.0)  # percentiles of the bootstrap: an 80% range of the agreement
 PROJECTION_RANGE = (5.0, 95.0)  # an 80% range of the models needed (see step 4 above)
 METRICS = ("spearman", "top", "bottom")
+DEGREES = (1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, math.inf)  # the smooth prior's: t to Gaussian
+SMOOTH_GRID = 400
+STEPS = 2.0 ** np.arange(-3, 13)  # run sizes, in multiples of m, the Spearman is projected on
 
 
 def effect_prior(
@@ -74,6 +88,38 @@ def effect_prior(
     return support, weights
 
 
+def smooth_prior(
+    values: np.ndarray, stderr: np.ndarray, grid: int = SMOOTH_GRID
+) -> tuple[np.ndarray, np.ndarray]:
+    """Support and weights of a Student t prior of the true effects, centred on the median
+    estimate, its scale and degrees of freedom (one of ``DEGREES``, the Gaussian included) by
+    maximum marginal likelihood given estimates ``values`` with Gaussian errors ``stderr``.
+    Smooth where the nonparametric prior is atomic, so it can be extrapolated to many more
+    models; as heavy-tailed as the effects look."""
+    from scipy.optimize import minimize_scalar
+
+    spread = max(float(values.max() - values.min()), 1e-12)
+    support = np.linspace(values.min() - spread / 2, values.max() + spread / 2, grid)
+    likelihood = np.exp(-0.5 * ((values[:, None] - support) / stderr[:, None]) ** 2)
+    likelihood /= stderr[:, None]
+    centred = (support - np.median(values)) ** 2
+
+    def weights(log_scale: float, degrees: float) -> np.ndarray:
+        z2 = centred / math.exp(2.0 * log_scale)
+        density = (
+            np.exp(-0.5 * z2) if math.isinf(degrees) else (1 + z2 / degrees) ** (-(degrees + 1) / 2)
+        )
+        return density / density.sum()
+
+    def loss(log_scale: float, degrees: float) -> float:
+        return -float(np.log(likelihood @ weights(log_scale, degrees) + 1e-300).sum())
+
+    bounds = (math.log(spread) - 9.0, math.log(spread))
+    fits = [(minimize_scalar(loss, bounds=bounds, args=(d,), method="bounded"), d) for d in DEGREES]
+    best, degrees = min(fits, key=lambda fit: fit[0].fun)
+    return support, weights(float(best.x), degrees)
+
+
 def _posterior_draws(
     values: np.ndarray,
     stderr: np.ndarray,
@@ -91,14 +137,18 @@ def _posterior_draws(
     return support[np.minimum(picks, support.size - 1)]
 
 
-def _agreement(a: np.ndarray, b: np.ndarray, k: int) -> np.ndarray:
-    """Mean Spearman, top-k share and bottom-k share of rows of ``a`` against ``b``."""
+def _spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Spearman correlation of each row of ``a`` with the same row of ``b`` (no ties)."""
     ra, rb = _ranks(a), _ranks(b)
     ra -= ra.mean(axis=1, keepdims=True)
     rb -= rb.mean(axis=1, keepdims=True)
-    spearman = (ra * rb).sum(axis=1) / np.sqrt((ra**2).sum(axis=1) * (rb**2).sum(axis=1))
+    return (ra * rb).sum(axis=1) / np.sqrt((ra**2).sum(axis=1) * (rb**2).sum(axis=1))
+
+
+def _agreement(a: np.ndarray, b: np.ndarray, k: int) -> np.ndarray:
+    """Mean Spearman, top-k share and bottom-k share of rows of ``a`` against ``b``."""
     top, bottom = shared_ends(a, b, k)
-    return np.array([spearman.mean(), top.mean(), bottom.mean()])
+    return np.array([_spearman(a, b).mean(), top.mean(), bottom.mean()])
 
 
 def agreement_curve(
@@ -126,22 +176,78 @@ def agreement_curve(
     )
 
 
-def _needed(name: str, agreement: float, target: float, models: int, groups: int, k: int) -> float:
-    """Models for ``target`` given ``agreement`` at ``models``: both read as reliabilities
-    (Spearman: the correlation of Gaussian scores whose expected Spearman over ``groups`` is
-    it; shares: the Gaussian model of :func:`.diagnostics.expected_overlap`), then
-    Spearman-Brown. NaN while the agreement is no more than chance's: there is nothing to
-    project from yet."""
-    if name == "spearman":
-        have, want = (reliability_for_spearman(x, groups) for x in (agreement, target))
-    else:
-        have = reliability_for_overlap(agreement, groups, k)
-        want = reliability_for_overlap(target, groups, k)
+def _ends_needed(agreement: float, target: float, models: int, groups: int, k: int) -> float:
+    """Models for a share ``target`` of an end given its ``agreement`` at ``models``: both
+    read as reliabilities of the Gaussian model of :func:`.diagnostics.expected_overlap`,
+    then Spearman-Brown. NaN while the agreement is no more than chance's: there is nothing
+    to project from yet."""
+    have = reliability_for_overlap(agreement, groups, k)
+    want = reliability_for_overlap(target, groups, k)
     if not have > 0.0:
         return math.nan
     if have >= 1.0:
         return float(models)
     return models * want * (1.0 - have) / (have * (1.0 - want))
+
+
+def _logit_reliability(spearman: np.ndarray, groups: int) -> np.ndarray:
+    """Expected Spearman correlations read as the logit of the reliability of Gaussian scores
+    that gives them: straight in log n for Gaussian effects, and near it for others."""
+    r = np.clip([reliability_for_spearman(x, groups) for x in spearman], 1e-9, 1 - 1e-9)
+    return np.log(r) - np.log1p(-r)
+
+
+def _spearman_needed(
+    values: np.ndarray, stderr: np.ndarray, models: int, target: float, seed: int
+) -> float:
+    """Models for an expected Spearman of ``target``: the agreement simulated under the
+    smooth prior at ``STEPS`` times ``models`` and interpolated (on the logit reliability
+    scale, in log n) where it crosses the target. Fewer posterior draws serve many classes,
+    each of whose draws averages over more pairs."""
+    rng = np.random.default_rng(seed)
+    draws = max(10, DRAWS * 100 // max(values.size, 100))
+    truth = _posterior_draws(values, stderr, smooth_prior(values, stderr), draws, rng)
+    noise = rng.standard_normal((2, *truth.shape)) * stderr
+    curve = [
+        _spearman(truth + noise[0] * scale, truth + noise[1] * scale).mean()
+        for scale in np.sqrt(1.0 / STEPS)
+    ]
+    have = _logit_reliability(np.array(curve), values.size)
+    want = _logit_reliability(np.array([target]), values.size)[0]
+    crossed = np.flatnonzero(have >= want)
+    # The segment it crosses in (or the nearest one at either end, extended).
+    i = int(np.clip(crossed[0] if crossed.size else have.size - 1, 1, have.size - 1))
+    sizes = models * STEPS
+    slope = (have[i] - have[i - 1]) / math.log(sizes[i] / sizes[i - 1])
+    if not slope > 0.0:
+        return float(sizes[i]) if have[i] >= want else math.inf
+    return float(sizes[i - 1] * math.exp((want - have[i - 1]) / slope))
+
+
+@dataclass(frozen=True)
+class _World:
+    """Estimates (this run's, or one the bootstrap drew), the random seed they are projected
+    with, their expected agreement at m and its ceiling (one per metric)."""
+
+    estimates: np.ndarray
+    seed: int
+    agreement: np.ndarray
+    ceiling: np.ndarray
+
+
+def _models_for(
+    name: str, target: float, world: _World, stderr: np.ndarray, models: int, k: int
+) -> float:
+    """Models an independent run of which would agree with another at ``target``: inf above
+    the ceiling, NaN while the agreement is no more than chance's."""
+    i = METRICS.index(name)
+    if world.ceiling[i] < target:
+        return math.inf
+    if name != "spearman":
+        return _ends_needed(world.agreement[i], target, models, world.estimates.size, k)
+    if not world.agreement[i] > 0.0:
+        return math.nan
+    return _spearman_needed(world.estimates, stderr, models, target, world.seed)
 
 
 @dataclass(frozen=True)
@@ -243,36 +349,32 @@ def independent_agreement(
     if values.size < max(3, 2 * k):
         raise ValueError(f"agreement needs at least {max(3, 2 * k)} groups with estimates")
     prior = effect_prior(values, stderr)
-    at_m, ceiling = _project(values, stderr, models, k, seed, prior)
+    worlds = [_World(values, seed, *_project(values, stderr, models, k, seed, prior))]
     rng = np.random.default_rng(seed + 1)
-    again = []
     for b, truth in enumerate(_posterior_draws(values, stderr, prior, bootstrap, rng), start=2):
         redrawn = truth + rng.standard_normal(truth.size) * stderr
         refit = effect_prior(redrawn, stderr)
-        again.append(_project(redrawn, stderr, models, k, seed + b, refit))
+        worlds.append(
+            _World(redrawn, seed + b, *_project(redrawn, stderr, models, k, seed + b, refit))
+        )
+    here = worlds[0]
     ranges, needed = {}, {}
     for i, name in enumerate(METRICS):
-        boot = np.array([a[0][i] for a in again])
-        ranges[name] = _centred_range(float(at_m[i]), boot)
-        if name not in targets:
-            continue
-        projected = [
-            math.inf
-            if top[i] < targets[name]
-            else _needed(name, now[i], targets[name], models, values.size, k)
-            for now, top in [(at_m, ceiling), *again]
-        ]
-        needed[name] = (
-            projected[0],
-            *_centred_range(projected[0], np.array(projected[1:]), log=True),
-        )
+        boot = np.array([world.agreement[i] for world in worlds[1:]])
+        ranges[name] = _centred_range(float(here.agreement[i]), boot)
+        if name in targets:
+            projected = [_models_for(name, targets[name], w, stderr, models, k) for w in worlds]
+            needed[name] = (
+                projected[0],
+                *_centred_range(projected[0], np.array(projected[1:]), log=True),
+            )
     return Agreement(
         models=models,
         groups=int(values.size),
         k=k,
-        expected={name: float(at_m[i]) for i, name in enumerate(METRICS)},
+        expected={name: float(here.agreement[i]) for i, name in enumerate(METRICS)},
         ranges=ranges,
         targets=dict(targets),
         needed=needed,
-        ceiling={name: float(ceiling[i]) for i, name in enumerate(METRICS)},
+        ceiling={name: float(here.ceiling[i]) for i, name in enumerate(METRICS)},
     )

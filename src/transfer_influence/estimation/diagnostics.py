@@ -186,7 +186,10 @@ def shared_ends(a: np.ndarray, b: np.ndarray, k: int) -> tuple[np.ndarray, np.nd
 
 def _ranks(x: np.ndarray) -> np.ndarray:
     """Ranks along the last axis (0 = smallest), as floats for correlating."""
-    return np.argsort(np.argsort(x, axis=-1), axis=-1).astype(np.float64)
+    ranks = np.empty(x.shape, dtype=np.float64)
+    order = np.argsort(x, axis=-1)
+    np.put_along_axis(ranks, order, np.arange(x.shape[-1], dtype=np.float64), axis=-1)
+    return ranks
 
 
 def _halves(
