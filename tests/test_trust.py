@@ -230,3 +230,56 @@ def test_the_models_needed_take_a_wider_part_of_their_bootstrap_than_the_agreeme
     out_of_reach[:6] = math.inf  # more than a twentieth of the bootstrap never reaches it
     assert _centred_range(100.0, out_of_reach, log=True)[1] == math.inf
     assert math.isfinite(_centred_range(100.0, out_of_reach[1:], log=True)[1])
+
+
+def test_the_smooth_prior_is_as_heavy_tailed_as_the_effects():
+    """Fitted to heavy-tailed effects (Student t, 3 degrees of freedom) the smooth prior has
+    heavy tails; fitted to Gaussian ones it is close to Gaussian (excess kurtosis near 0)."""
+    from transfer_influence.estimation.agreement import smooth_prior
+
+    def excess_kurtosis(support: np.ndarray, weights: np.ndarray) -> float:
+        mean = weights @ support
+        variance = weights @ (support - mean) ** 2
+        return float(weights @ (support - mean) ** 4 / variance**2 - 3.0)
+
+    rng = np.random.default_rng(3)
+    stderr = np.full(400, 0.2)
+    heavy = rng.standard_t(3, 400) / math.sqrt(3.0)
+    light = rng.normal(0.0, 1.0, 400)
+    assert excess_kurtosis(*smooth_prior(heavy + rng.normal(0.0, 0.2, 400), stderr)) > 3.0
+    assert abs(excess_kurtosis(*smooth_prior(light + rng.normal(0.0, 0.2, 400), stderr))) < 0.5
+
+
+def test_the_spearman_projection_is_not_short_where_effects_are_heavy_tailed():
+    """Heavy-tailed effects (Student t, 3 degrees of freedom), K = 100, estimates at 150
+    models with errors 0.6 of the effects' sd: the models projected for Spearman 0.9 against
+    the size at which the known effects give it (the oracle, from independent runs on one set
+    of random numbers), over 8 runs. Measured: a median of 1.05x (0.77x to 1.43x); reading
+    the agreement as that of Gaussian effects gave 0.86x (0.63x to 1.09x)."""
+    from transfer_influence.estimation.agreement import _spearman, independent_agreement
+
+    groups, models, stderr = 100, 150, 0.6
+    sizes = models * 2.0 ** np.arange(-2.0, 13.0, 0.125)
+    ratios = []
+    for seed in range(8):
+        rng = np.random.default_rng(seed)
+        theta = rng.standard_t(3, groups) / math.sqrt(3.0)
+        values = theta + rng.normal(0.0, stderr, groups)
+        found = independent_agreement(
+            values, np.full(groups, stderr), models, 10, seed=seed, bootstrap=4
+        )
+        noise = rng.standard_normal((2, 200, groups)) * stderr
+        curve = np.array(
+            [
+                _spearman(
+                    theta + noise[0] * math.sqrt(models / n),
+                    theta + noise[1] * math.sqrt(models / n),
+                ).mean()
+                for n in sizes
+            ]
+        )
+        i = int(np.flatnonzero(curve >= 0.9)[0])
+        t = (0.9 - curve[i - 1]) / (curve[i] - curve[i - 1])
+        oracle = sizes[i - 1] * (sizes[i] / sizes[i - 1]) ** t
+        ratios.append(found.needed["spearman"][0] / oracle)
+    assert 0.9 <= np.median(ratios) <= 1.3, np.round(ratios, 2)
