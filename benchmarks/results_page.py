@@ -542,9 +542,9 @@ def trust_calibration(r: dict) -> list[str]:
             "Bias: predicted minus true expected agreement. Range: how often the 80% range "
             "holds the truth. Projection ≥ oracle: how often the projected models for "
             "Spearman 0.9 and 8 of 10 at each end are at least the size at which the known "
-            "effects give it (half is median-unbiased; an out-of-reach truth counts as a "
-            "projection below it). Projection range: how often its 80% range holds the "
-            "oracle's size.",
+            "effects give it, interpolated in log size (half is median-unbiased; an "
+            "out-of-reach truth counts as a projection below it). Projection range: how "
+            "often its 80% range holds the oracle's size.",
             "",
             "| K | m | effects | bias | range holds truth | projection ≥ oracle "
             "| projection range holds oracle |",

@@ -254,7 +254,7 @@ def test_the_spearman_projection_is_not_short_where_effects_are_heavy_tailed():
     """Heavy-tailed effects (Student t, 3 degrees of freedom), K = 100, estimates at 150
     models with errors 0.6 of the effects' sd: the models projected for Spearman 0.9 against
     the size at which the known effects give it (the oracle, from independent runs on one set
-    of random numbers), over 8 runs. Measured: a median of 1.05x (0.77x to 1.43x); reading
+    of random numbers), over 8 runs. Measured: a median of 0.92x (0.65x to 1.54x); reading
     the agreement as that of Gaussian effects gave 0.86x (0.63x to 1.09x)."""
     from transfer_influence.estimation.agreement import _spearman, independent_agreement
 
@@ -269,17 +269,34 @@ def test_the_spearman_projection_is_not_short_where_effects_are_heavy_tailed():
             values, np.full(groups, stderr), models, 10, seed=seed, bootstrap=4
         )
         noise = rng.standard_normal((2, 200, groups)) * stderr
+        scales = np.sqrt(models / sizes)
         curve = np.array(
-            [
-                _spearman(
-                    theta + noise[0] * math.sqrt(models / n),
-                    theta + noise[1] * math.sqrt(models / n),
-                ).mean()
-                for n in sizes
-            ]
+            [_spearman(theta + noise[0] * c, theta + noise[1] * c).mean() for c in scales]
         )
         i = int(np.flatnonzero(curve >= 0.9)[0])
         t = (0.9 - curve[i - 1]) / (curve[i] - curve[i - 1])
         oracle = sizes[i - 1] * (sizes[i] / sizes[i - 1]) ** t
         ratios.append(found.needed["spearman"][0] / oracle)
-    assert 0.9 <= np.median(ratios) <= 1.3, np.round(ratios, 2)
+    assert 0.8 <= np.median(ratios) <= 1.25, np.round(ratios, 2)
+
+
+def test_a_run_that_hardly_tells_its_classes_apart_is_projected_as_a_gaussian_one():
+    """Effects of sd 0.15 against errors of 0.6 (an expected Spearman of 0.04 to 0.10 at the
+    run's size): the smooth prior's scale is all but unknown there, so the projection keeps
+    only its shape, which is then the Gaussian reading's (measured: 0.73x to 1.24x of it in
+    each of 6 runs; read off the smooth prior's own level it was 73x in one)."""
+    from transfer_influence.estimation.agreement import independent_agreement
+    from transfer_influence.estimation.diagnostics import reliability_for_spearman
+
+    groups, models, stderr = 100, 200, 0.6
+    for seed in range(6):
+        rng = np.random.default_rng(seed)
+        values = rng.normal(0.0, 0.15, groups) + rng.normal(0.0, stderr, groups)
+        found = independent_agreement(
+            values, np.full(groups, stderr), models, 10, seed=seed, bootstrap=4
+        )
+        have, want = (
+            reliability_for_spearman(x, groups) for x in (found.expected["spearman"], 0.9)
+        )
+        gaussian = models * want * (1 - have) / (have * (1 - want))
+        assert 0.5 <= found.needed["spearman"][0] / gaussian <= 2.0, (seed, found.needed)

@@ -16,14 +16,16 @@ own size, and for any other, from the estimates and their standard errors:
 3. The models needed for an agreement is projected from the expected agreement at m. For
    the shares of the ends: read as the reliability a Gaussian model of effects and errors
    would need to give it, which Spearman-Brown scales with the number of models. For the
-   Spearman, which depends on how crowded the middle of the effects is: the expected
-   agreement is simulated at sizes up to 4096 m under a smooth prior, a Student t whose
-   scale and degrees of freedom (Gaussian included) are fitted by maximum marginal
-   likelihood, and read where it crosses the target. The deconvolved prior is discrete,
-   and extrapolated far beyond m its atoms would tie classes that are not tied; the
-   Gaussian reading asks too few models where the effects are heavy-tailed (many crowded
-   near zero, a few far out). A target above what many models reach under the deconvolved
-   prior (the ceiling where classes truly tie) is said to be out of reach.
+   Spearman, which also depends on how crowded the middle of the effects is: the agreement
+   is simulated at sizes from m/8 to 4096 m under a smooth prior, a Student t whose scale
+   and degrees of freedom are fitted by maximum marginal likelihood (the Gaussian unless a
+   t fits clearly better), and the projection is how much further along that curve the
+   target lies than the agreement at m does. Only the curve's shape comes from the smooth
+   prior: its level would come from a scale that noisy runs estimate badly. The deconvolved
+   prior is discrete, and extrapolated far beyond m its atoms would tie classes that are
+   not tied; the Gaussian shape asks too few models where the effects are heavy-tailed
+   (many crowded near zero, a few far out). A target above what many models reach under
+   the deconvolved prior (the ceiling where classes truly tie) is said to be out of reach.
 4. The ranges are a parametric bootstrap: new estimates drawn around the posterior draws,
    deconvolved and projected again; percentiles of their spread about their median, placed
    around the estimate, make an 80% range: the 10th and 90th for the agreement, the 5th and
@@ -68,6 +70,7 @@ PROJECTION_RANGE = (5.0, 95.0)  # an 80% range of the models needed (see step 4 
 METRICS = ("spearman", "top", "bottom")
 DEGREES = (1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, math.inf)  # the smooth prior's: t to Gaussian
 SMOOTH_GRID = 400
+HEAVIER = 1.92  # log-likelihood a t prior must gain over the Gaussian (chi-square 1, 5%)
 STEPS = 2.0 ** np.arange(-3, 13)  # run sizes, in multiples of m, the Spearman is projected on
 
 
@@ -117,6 +120,8 @@ def smooth_prior(
     bounds = (math.log(spread) - 9.0, math.log(spread))
     fits = [(minimize_scalar(loss, bounds=bounds, args=(d,), method="bounded"), d) for d in DEGREES]
     best, degrees = min(fits, key=lambda fit: fit[0].fun)
+    if fits[-1][0].fun - best.fun < HEAVIER:  # the data do not ask for heavier tails
+        best, degrees = fits[-1]
     return support, weights(float(best.x), degrees)
 
 
@@ -176,18 +181,23 @@ def agreement_curve(
     )
 
 
+def _spearman_brown(have: float, want: float, models: int) -> float:
+    """Models for reliability ``want`` where ``models`` give ``have``. NaN while there is no
+    reliability to project from."""
+    if not have > 0.0:
+        return math.nan
+    if have >= 1.0:
+        return float(models)
+    return models * want * (1.0 - have) / (have * (1.0 - want))
+
+
 def _ends_needed(agreement: float, target: float, models: int, groups: int, k: int) -> float:
     """Models for a share ``target`` of an end given its ``agreement`` at ``models``: both
     read as reliabilities of the Gaussian model of :func:`.diagnostics.expected_overlap`,
     then Spearman-Brown. NaN while the agreement is no more than chance's: there is nothing
     to project from yet."""
     have = reliability_for_overlap(agreement, groups, k)
-    want = reliability_for_overlap(target, groups, k)
-    if not have > 0.0:
-        return math.nan
-    if have >= 1.0:
-        return float(models)
-    return models * want * (1.0 - have) / (have * (1.0 - want))
+    return _spearman_brown(have, reliability_for_overlap(target, groups, k), models)
 
 
 def _logit_reliability(spearman: np.ndarray, groups: int) -> np.ndarray:
@@ -197,13 +207,32 @@ def _logit_reliability(spearman: np.ndarray, groups: int) -> np.ndarray:
     return np.log(r) - np.log1p(-r)
 
 
+def _log_size_at(curve: np.ndarray, value: float) -> float:
+    """Where (in log multiples of m, on ``STEPS``) ``curve`` first reaches ``value``:
+    interpolated, or extended along the segment at either end."""
+    log_sizes = np.log(STEPS)
+    crossed = np.flatnonzero(curve >= value)
+    i = int(np.clip(crossed[0] if crossed.size else curve.size - 1, 1, curve.size - 1))
+    slope = (curve[i] - curve[i - 1]) / (log_sizes[i] - log_sizes[i - 1])
+    if not slope > 0.0:
+        return float(log_sizes[i]) if curve[i] >= value else math.inf
+    return float(log_sizes[i - 1] + (value - curve[i - 1]) / slope)
+
+
 def _spearman_needed(
-    values: np.ndarray, stderr: np.ndarray, models: int, target: float, seed: int
+    values: np.ndarray,
+    stderr: np.ndarray,
+    models: int,
+    agreement: float,
+    target: float,
+    seed: int,
 ) -> float:
-    """Models for an expected Spearman of ``target``: the agreement simulated under the
-    smooth prior at ``STEPS`` times ``models`` and interpolated (on the logit reliability
-    scale, in log n) where it crosses the target. Fewer posterior draws serve many classes,
-    each of whose draws averages over more pairs."""
+    """Models for an expected Spearman of ``target`` where ``agreement`` is expected at
+    ``models``: how much further the target lies along the agreement simulated under the
+    smooth prior (at ``STEPS`` times ``models``, on the logit reliability scale) than the
+    agreement at hand does. Only the curve's shape is taken from the smooth prior, not its
+    level, which a noisy run's scale estimate would set. Fewer posterior draws serve many
+    classes, each of whose draws averages over more pairs."""
     rng = np.random.default_rng(seed)
     draws = max(10, DRAWS * 100 // max(values.size, 100))
     truth = _posterior_draws(values, stderr, smooth_prior(values, stderr), draws, rng)
@@ -213,15 +242,14 @@ def _spearman_needed(
         for scale in np.sqrt(1.0 / STEPS)
     ]
     have = _logit_reliability(np.array(curve), values.size)
-    want = _logit_reliability(np.array([target]), values.size)[0]
-    crossed = np.flatnonzero(have >= want)
-    # The segment it crosses in (or the nearest one at either end, extended).
-    i = int(np.clip(crossed[0] if crossed.size else have.size - 1, 1, have.size - 1))
-    sizes = models * STEPS
-    slope = (have[i] - have[i - 1]) / math.log(sizes[i] / sizes[i - 1])
-    if not slope > 0.0:
-        return float(sizes[i]) if have[i] >= want else math.inf
-    return float(sizes[i - 1] * math.exp((want - have[i - 1]) / slope))
+    now, want = _logit_reliability(np.array([agreement, target]), values.size)
+    further = _log_size_at(have, want) - _log_size_at(have, now)
+    if math.isfinite(further):
+        return models * math.exp(further)
+    # A prior of no spread (the run cannot tell its classes apart): its curve has no shape,
+    # so the Gaussian one, which Spearman-Brown gives.
+    have, want = (reliability_for_spearman(x, values.size) for x in (agreement, target))
+    return _spearman_brown(have, want, models)
 
 
 @dataclass(frozen=True)
@@ -247,7 +275,7 @@ def _models_for(
         return _ends_needed(world.agreement[i], target, models, world.estimates.size, k)
     if not world.agreement[i] > 0.0:
         return math.nan
-    return _spearman_needed(world.estimates, stderr, models, target, world.seed)
+    return _spearman_needed(world.estimates, stderr, models, world.agreement[i], target, world.seed)
 
 
 @dataclass(frozen=True)
