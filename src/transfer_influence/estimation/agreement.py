@@ -95,10 +95,11 @@ def smooth_prior(
     values: np.ndarray, stderr: np.ndarray, grid: int = SMOOTH_GRID
 ) -> tuple[np.ndarray, np.ndarray]:
     """Support and weights of a Student t prior of the true effects, centred on the median
-    estimate, its scale and degrees of freedom (one of ``DEGREES``, the Gaussian included) by
-    maximum marginal likelihood given estimates ``values`` with Gaussian errors ``stderr``.
-    Smooth where the nonparametric prior is atomic, so it can be extrapolated to many more
-    models; as heavy-tailed as the effects look."""
+    estimate, its scale and degrees of freedom (one of ``DEGREES``) by maximum marginal
+    likelihood given estimates ``values`` with Gaussian errors ``stderr``: the Gaussian
+    unless a t fits better by a likelihood-ratio test at 5%. Smooth where the nonparametric
+    prior is atomic, so it can be extrapolated to many more models; heavy-tailed where the
+    effects clearly are."""
     from scipy.optimize import minimize_scalar
 
     spread = max(float(values.max() - values.min()), 1e-12)
