@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -170,16 +171,27 @@ def agreement_curve(
     independent runs of each of ``sizes`` models, for estimates ``values`` with errors
     ``stderr`` from ``models`` models. The same random numbers serve every size, so the curve
     is smooth in n."""
-    rng = np.random.default_rng(seed)
     prior = effect_prior(values, stderr) if prior is None else prior
-    truth = _posterior_draws(values, stderr, prior, DRAWS, rng)
+    scales = np.sqrt(models / np.asarray(sizes, dtype=np.float64))
+    return _simulated(values, stderr, prior, DRAWS, seed, scales, lambda a, b: _agreement(a, b, k))
+
+
+def _simulated(
+    values: np.ndarray,
+    stderr: np.ndarray,
+    prior: tuple[np.ndarray, np.ndarray],
+    draws: int,
+    seed: int,
+    scales: np.ndarray,
+    measure: Callable[[np.ndarray, np.ndarray], np.ndarray | float],
+) -> np.ndarray:
+    """``measure`` of two independent runs around ``draws`` posterior draws of the true
+    effects, their errors ``stderr`` times each of ``scales``. The same random numbers serve
+    every scale, so the result is smooth in the run's size."""
+    rng = np.random.default_rng(seed)
+    truth = _posterior_draws(values, stderr, prior, draws, rng)
     noise = rng.standard_normal((2, *truth.shape)) * stderr
-    return np.array(
-        [
-            _agreement(truth + noise[0] * scale, truth + noise[1] * scale, k)
-            for scale in np.sqrt(models / np.asarray(sizes, dtype=np.float64))
-        ]
-    )
+    return np.array([measure(truth + noise[0] * c, truth + noise[1] * c) for c in scales])
 
 
 def _spearman_brown(have: float, want: float, models: int) -> float:
@@ -234,15 +246,11 @@ def _spearman_needed(
     agreement at hand does. Only the curve's shape is taken from the smooth prior, not its
     level, which a noisy run's scale estimate would set. Fewer posterior draws serve many
     classes, each of whose draws averages over more pairs."""
-    rng = np.random.default_rng(seed)
     draws = max(10, DRAWS * 100 // max(values.size, 100))
-    truth = _posterior_draws(values, stderr, smooth_prior(values, stderr), draws, rng)
-    noise = rng.standard_normal((2, *truth.shape)) * stderr
-    curve = [
-        _spearman(truth + noise[0] * scale, truth + noise[1] * scale).mean()
-        for scale in np.sqrt(1.0 / STEPS)
-    ]
-    have = _logit_reliability(np.array(curve), values.size)
+    prior = smooth_prior(values, stderr)
+    spearman = lambda a, b: _spearman(a, b).mean()  # noqa: E731
+    curve = _simulated(values, stderr, prior, draws, seed, np.sqrt(1.0 / STEPS), spearman)
+    have = _logit_reliability(curve, values.size)
     now, want = _logit_reliability(np.array([agreement, target]), values.size)
     further = _log_size_at(have, want) - _log_size_at(have, now)
     if math.isfinite(further):
