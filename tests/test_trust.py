@@ -284,7 +284,8 @@ def test_a_run_that_hardly_tells_its_classes_apart_is_projected_as_a_gaussian_on
     """Effects of sd 0.15 against errors of 0.6 (an expected Spearman of 0.04 to 0.10 at the
     run's size): the smooth prior's scale is all but unknown there, so the projection keeps
     only its shape, which is then the Gaussian reading's (measured: 0.73x to 1.24x of it in
-    each of 6 runs; read off the smooth prior's own level it was 73x in one)."""
+    each of 6 runs; read off the smooth prior's own level, one of them asked for 77x as
+    many)."""
     from transfer_influence.estimation.agreement import independent_agreement
     from transfer_influence.estimation.diagnostics import reliability_for_spearman
 
