@@ -51,6 +51,7 @@ from .diagnostics import (
     reliability_for_overlap,
     reliability_for_spearman,
     shared_ends,
+    spearman_brown,
 )
 
 __all__ = [
@@ -194,23 +195,13 @@ def _simulated(
     return np.array([measure(truth + noise[0] * c, truth + noise[1] * c) for c in scales])
 
 
-def _spearman_brown(have: float, want: float, models: int) -> float:
-    """Models for reliability ``want`` where ``models`` give ``have``. NaN while there is no
-    reliability to project from."""
-    if not have > 0.0:
-        return math.nan
-    if have >= 1.0:
-        return float(models)
-    return models * want * (1.0 - have) / (have * (1.0 - want))
-
-
 def _ends_needed(agreement: float, target: float, models: int, groups: int, k: int) -> float:
     """Models for a share ``target`` of an end given its ``agreement`` at ``models``: both
     read as reliabilities of the Gaussian model of :func:`.diagnostics.expected_overlap`,
     then Spearman-Brown. NaN while the agreement is no more than chance's: there is nothing
     to project from yet."""
     have = reliability_for_overlap(agreement, groups, k)
-    return _spearman_brown(have, reliability_for_overlap(target, groups, k), models)
+    return spearman_brown(have, reliability_for_overlap(target, groups, k), models)
 
 
 def _logit_reliability(spearman: np.ndarray, groups: int) -> np.ndarray:
@@ -258,7 +249,7 @@ def _spearman_needed(
     # A prior of no spread (the run cannot tell its classes apart): its curve has no shape,
     # so the Gaussian one, which Spearman-Brown gives.
     have, want = (reliability_for_spearman(x, values.size) for x in (agreement, target))
-    return _spearman_brown(have, want, models)
+    return spearman_brown(have, want, models)
 
 
 @dataclass(frozen=True)

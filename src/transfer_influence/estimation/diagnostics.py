@@ -90,7 +90,7 @@ class SplitHalf:
         The correlation r was measured at m/2 models per half; k times more models per half
         gives k r / (1 + (k - 1) r).
         """
-        return _spearman_brown(self.spearman, target, self.models)
+        return _no_fewer(spearman_brown(self.spearman, target, self.models), self.models)
 
     def overlap_models_needed(self, end: str, target: float = 0.8) -> float:
         """Models for two halves to share ``target`` of their top (``end="top"``) or bottom
@@ -104,14 +104,23 @@ class SplitHalf:
             return float(self.models)
         reliability = reliability_for_overlap(measured, self.groups, self.k)
         wanted = reliability_for_overlap(target, self.groups, self.k)
-        return _spearman_brown(reliability, wanted, self.models)
+        return _no_fewer(spearman_brown(reliability, wanted, self.models), self.models)
 
 
-def _spearman_brown(r: float, target: float, models: int) -> float:
-    if not 0.0 < r < 1.0:
-        return math.nan if not r > 0 else float(models)
-    k = target * (1.0 - r) / (r * (1.0 - target))
-    return max(k, 1.0) * models
+def spearman_brown(have: float, want: float, models: int) -> float:
+    """Models for a reliability ``want`` where ``models`` give ``have`` (Spearman-Brown: n
+    times the models give n r / (1 + (n - 1) r)); fewer than ``models`` where ``have`` is
+    above ``want``, NaN while there is no reliability to project from."""
+    if not have > 0.0:
+        return math.nan
+    if have >= 1.0:
+        return float(models)
+    return models * want * (1.0 - have) / (have * (1.0 - want))
+
+
+def _no_fewer(needed: float, models: int) -> float:
+    """A projection of the models split halves need, which are never fewer than they had."""
+    return needed if math.isnan(needed) else max(needed, float(models))
 
 
 def expected_overlap(reliability: float, groups: int, k: int, draws: int = _OVERLAP_DRAWS) -> float:
