@@ -537,7 +537,8 @@ def trust_calibration(r: dict) -> list[str]:
     if "agreement" in r:
         lines += [
             "",
-            "**Would an independent run of the same size agree?** (difference in means; "
+            "**Would an independent run of the same size agree?** "
+            f"({r['agreement'][0]['runs']} runs each; difference in means; "
             "Spearman / top 10 share / bottom 10 share, or a quarter of K if fewer than 40). "
             "Bias: predicted minus true expected agreement. Range: how often the 80% range "
             "holds the truth. Projection ≥ oracle: how often the projected models for "

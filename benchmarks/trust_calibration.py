@@ -240,6 +240,7 @@ def agreement_calibration(runs: int, seed: int) -> list[dict]:
                         "groups": groups,
                         "models": m,
                         "shape": shape,
+                        "runs": runs,
                         "bias": _per_metric(error),
                         "error_sd": _per_metric(error, np.std),
                         "range_holds_truth": _per_metric(held),
