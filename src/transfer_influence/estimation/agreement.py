@@ -86,10 +86,8 @@ def effect_prior(
     support = np.linspace(values.min(), values.max(), grid)
     likelihood = norm.pdf((values[:, None] - support) / stderr[:, None]) / stderr[:, None]
     weights = np.full(grid, 1.0 / grid)
-    for _ in range(EM_STEPS):
-        posterior = likelihood * weights
-        posterior /= posterior.sum(axis=1, keepdims=True)
-        weights = posterior.mean(axis=0)
+    for _ in range(EM_STEPS):  # each weight times its mean share of the classes' likelihood
+        weights = weights * (likelihood.T @ (1.0 / (likelihood @ weights))) / values.size
     return support, weights
 
 
@@ -141,7 +139,15 @@ def _posterior_draws(
     support, weights = prior
     posterior = norm.pdf((values[:, None] - support) / stderr[:, None]) * weights
     cumulative = np.cumsum(posterior / posterior.sum(axis=1, keepdims=True), axis=1)
-    picks = (rng.random((draws, values.size, 1)) > cumulative[None]).sum(axis=2)
+    uniform = rng.random((draws, values.size))
+    # How many of each class's cumulative weights lie below its uniform: its pick.
+    picks = np.stack(
+        [
+            np.searchsorted(row, u, side="left")
+            for row, u in zip(cumulative, uniform.T, strict=True)
+        ],
+        axis=1,
+    )
     return support[np.minimum(picks, support.size - 1)]
 
 
