@@ -287,7 +287,7 @@ def test_a_run_that_hardly_tells_its_classes_apart_is_projected_as_a_gaussian_on
     each of 6 runs; read off the smooth prior's own level, one of them asked for 77x as
     many)."""
     from transfer_influence.estimation.agreement import independent_agreement
-    from transfer_influence.estimation.diagnostics import reliability_for_spearman
+    from transfer_influence.estimation.diagnostics import reliability_for_spearman, spearman_brown
 
     groups, models, stderr = 100, 200, 0.6
     for seed in range(6):
@@ -299,5 +299,5 @@ def test_a_run_that_hardly_tells_its_classes_apart_is_projected_as_a_gaussian_on
         have, want = (
             reliability_for_spearman(x, groups) for x in (found.expected["spearman"], 0.9)
         )
-        gaussian = models * want * (1 - have) / (have * (1 - want))
+        gaussian = spearman_brown(have, want, models)
         assert 0.5 <= found.needed["spearman"][0] / gaussian <= 2.0, (seed, found.needed)
