@@ -580,6 +580,19 @@ def trust_calibration(r: dict) -> list[str]:
                 f"({models[0]:,}–{models[-1]:,}) | {_pct(row['within_1_5x_of_oracle'])} | "
                 f"{sum(s['met'] for s in stops)} of {len(stops)} |"
             )
+    unreachable = r.get("until_stable", {}).get("unreachable")
+    if unreachable:
+        stops = unreachable["stops"]
+        models = sorted(s["models"] for s in stops)
+        lines += [
+            "",
+            f"`--until-stable {unreachable['target']}` there cannot be met: "
+            f"{unreachable['tied_groups']} of the groups have no effect at all and tie, so "
+            f"two runs of any size agree at most about {unreachable['true_ceiling']:.2f}. "
+            f"The run said the target is out of reach and stopped in "
+            f"{sum(s['out_of_reach'] for s in stops)} of {len(stops)} seeds, at a median of "
+            f"{models[len(models) // 2]:,} models ({models[0]:,}–{models[-1]:,}).",
+        ]
     names = {"a": "the ends", "b": "the null table", "c": "the estimator choice"}
     names |= {"d": "the agreement", "e": "`--until-stable`"}
     by_source: dict[tuple[str, str], list[str]] = {}

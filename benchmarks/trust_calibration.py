@@ -25,7 +25,9 @@ training noise, on the tool's own fixed-size random subsets, alpha = 0.5).
     with the same random numbers at every size), and how often their range holds it.
 (e) `run configs/simulated.toml --set run.models=40 --until-stable top=8` (and top=9) over
     run seeds: where it stops, against the oracle measured with pairs of independent runs of
-    the same simulated trainer on a grid of sizes.
+    the same simulated trainer on a grid of sizes; and `--until-stable spearman=0.9`, which no
+    number of models reaches there (most groups have no effect and tie): where the run stops
+    and whether it says the target is out of reach.
 
     python benchmarks/trust_calibration.py [--runs 400] [--agreement-runs 40] [--sections abcde]
 
@@ -275,7 +277,7 @@ def _top_share(trainer: SimulatedTrainer, k: int, n: int, pairs: int) -> float:
 
 
 def until_stable(seeds: int, pairs: int, fine_models: int = 200_000) -> dict:
-    """`run configs/simulated.toml --until-stable top=8` over run seeds: where it stops,
+    """`run configs/simulated.toml --until-stable top=8` (9) over run seeds: where it stops,
     against the oracle (the size at which two independent runs of the same trainer share 8
     of their top 10 on average). The oracle is found on a coarse grid of sizes (``pairs``
     pairs of runs each), then on a fine grid around its crossing with about ``fine_models``
@@ -301,18 +303,7 @@ def until_stable(seeds: int, pairs: int, fine_models: int = 200_000) -> dict:
             fine.append(_top_share(trainer, k, n, n_pairs))
             print("oracle, fine", n, n_pairs, fine[-1], flush=True)
         oracle = _crossing(fine, fine_sizes, top / k)
-        stops = []
-        with tempfile.TemporaryDirectory() as folder:
-            for s in range(seeds):
-                run = Path(folder) / f"run{s}"
-                argv = ["run", str(config), "--run-dir", str(run), "--quiet", "--set"]
-                argv += [f"run.seed={s}", "--set", "run.models=40", "--until-stable"]
-                argv += [f"top={top}", "--max-models", "20000"]
-                with contextlib.redirect_stdout(io.StringIO()) as said:
-                    code = cli_main(argv)
-                met = "target met" in said.getvalue()
-                stops.append({"code": code, "models": RunStore(run).planned_models, "met": met})
-                print(top, stops[-1], flush=True)
+        stops = _stops(config, f"top={top}", seeds)
         ratio = np.array([s["models"] for s in stops], dtype=np.float64) / oracle
         result["targets"][f"top={top}"] = {
             "oracle_models": oracle,
@@ -323,7 +314,42 @@ def until_stable(seeds: int, pairs: int, fine_models: int = 200_000) -> dict:
             "median_stop_over_oracle": float(np.median(ratio)),
             "within_1_5x_of_oracle": float(np.mean((ratio <= 1.5) & (ratio >= 1 / 1.5))),
         }
+    # Spearman 0.9 cannot be reached: groups with no effect at all tie, and their order is
+    # chance's in any run. Where does the run stop, and does it say why?
+    truth = trainer.true_influence(trainer.targets[0], "fixed_feature")
+    tied = int(np.unique(truth, axis=0, return_counts=True)[1].max())
+    groups = trainer.groups
+    result["unreachable"] = {
+        "target": "spearman=0.9",
+        "tied_groups": tied,
+        "true_ceiling": 1.0 - tied * (tied**2 - 1) / (groups * (groups**2 - 1)),
+        "stops": _stops(config, "spearman=0.9", seeds),
+    }
     return result
+
+
+def _stops(config: Path, target: str, seeds: int) -> list[dict]:
+    """Where `run --until-stable TARGET` stops on ``config`` for run seeds 0 to seeds - 1."""
+    stops = []
+    with tempfile.TemporaryDirectory() as folder:
+        for s in range(seeds):
+            run = Path(folder) / f"run{s}"
+            argv = ["run", str(config), "--run-dir", str(run), "--quiet", "--set"]
+            argv += [f"run.seed={s}", "--set", "run.models=40", "--until-stable"]
+            argv += [target, "--max-models", "20000"]
+            with contextlib.redirect_stdout(io.StringIO()) as said:
+                code = cli_main(argv)
+            text = said.getvalue()
+            stops.append(
+                {
+                    "code": code,
+                    "models": RunStore(run).planned_models,
+                    "met": "target met" in text,
+                    "out_of_reach": "target is out of reach" in text,
+                }
+            )
+            print(target, stops[-1], flush=True)
+    return stops
 
 
 def _measured_where(earlier: dict, file: str, section: str) -> dict:

@@ -173,7 +173,7 @@ def test_an_independent_run_of_the_same_size_is_predicted_to_agree_as_it_does():
 
 
 def test_the_agreement_is_saved_and_read_back_whole():
-    from transfer_influence.estimation.agreement import Agreement
+    from transfer_influence.estimation.agreement import Agreement, Ties
 
     agreement = Agreement(
         models=100, groups=40, k=10,
@@ -182,7 +182,7 @@ def test_the_agreement_is_saved_and_read_back_whole():
         targets={"spearman": 0.9, "top": 0.8, "bottom": 0.8},
         needed={"spearman": (900.0, 600.0, 1500.0), "top": (300.0, 200.0, 500.0),
                 "bottom": (math.inf, 3000.0, math.inf)},
-        ceiling={"spearman": 0.99, "top": 0.95, "bottom": 0.7},
+        ceiling={"spearman": 0.99, "top": 0.95, "bottom": 0.7}, ties=Ties(0.2, 0.3, 0.5),
     )  # fmt: skip
     import json
 
@@ -301,3 +301,40 @@ def test_a_run_that_hardly_tells_its_classes_apart_is_projected_as_a_gaussian_on
         )
         gaussian = spearman_brown(have, want, models)
         assert 0.5 <= found.needed["spearman"][0] / gaussian <= 2.0, (seed, found.needed)
+
+
+def test_classes_that_truly_tie_put_spearman_out_of_reach_and_the_words_say_why():
+    """60% of 100 classes share one effect exactly, so no number of models passes a Spearman
+    of about 0.8: the tie check finds them (measured: the projection out of reach in 5 of 6
+    runs, the top of its range in all 6, each with a finite low end), and the words say
+    why. Gaussian effects of the same errors are not called tied (0 of 6)."""
+    from transfer_influence.estimation.agreement import independent_agreement
+    from transfer_influence.words import agreement_sentences
+
+    groups, models, stderr = 100, 600, 0.3
+    out_of_reach = 0
+    for seed in range(6):
+        rng = np.random.default_rng(seed)
+        theta = np.where(rng.random(groups) < 0.6, 0.0, rng.normal(0.0, 1.6, groups))
+        values = theta + rng.normal(0.0, stderr, groups)
+        found = independent_agreement(
+            values, np.full(groups, stderr), models, 10, seed=seed, bootstrap=4
+        )
+        point, low, high = found.needed["spearman"]
+        assert math.isinf(high) and math.isfinite(low), found.needed
+        ties = found.ties
+        assert 0.4 <= ties.likely <= ties.plausible <= 0.8 and ties.fewest <= ties.likely, ties
+        out_of_reach += math.isinf(point)
+        if math.isinf(point):
+            assert found.ceiling["spearman"] < 0.9
+            words = " ".join(agreement_sentences(found))
+            assert "look tied" in words and "cannot rule out that up to" in words, words
+    assert out_of_reach >= 4
+    for seed in range(6):
+        rng = np.random.default_rng(seed)
+        values = rng.normal(0.0, 1.0, groups) + rng.normal(0.0, stderr, groups)
+        found = independent_agreement(
+            values, np.full(groups, stderr), models, 10, seed=seed, bootstrap=4
+        )
+        assert found.ties.fewest == found.ties.likely == 0.0 and found.ceiling["spearman"] > 0.99
+        assert all(math.isfinite(x) for x in found.needed["spearman"]), found.needed

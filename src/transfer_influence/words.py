@@ -108,6 +108,12 @@ def _needed_range_words(agreement: Agreement, metric: str, wanted: str) -> str:
     if math.isnan(point):
         return f"no projection to {wanted} while the agreement is no more than chance's"
     if not math.isfinite(point):
+        if agreement.ties.fewest > 0.0 and math.isfinite(low):
+            return (
+                f"no number of models is projected to give {wanted}: at least "
+                f"{agreement.ties.fewest:.0%} of the classes look tied (80% range "
+                f"{_rough(low)} to out of reach)"
+            )
         return f"no number of models is projected to give {wanted}"
     if point <= agreement.models:
         return f"it gives {wanted} already"
@@ -132,13 +138,26 @@ def agreement_sentences(agreement: Agreement) -> list[str]:
     """Would an independent run of this size agree, at both ends and overall, in words."""
     low, high = agreement.ranges["spearman"]
     target = agreement.targets["spearman"]
-    return [
+    sentences = [
         f"Top: {agreement_end_words(agreement, 'top')}.",
         f"Bottom: {agreement_end_words(agreement, 'bottom')}.",
         f"Whole ranking: Spearman about {agreement.expected['spearman']:.2f} with an "
         f"independent run (80% range {low:.2f} to {high:.2f}); "
         f"{_needed_range_words(agreement, 'spearman', f'Spearman {target:g}')}.",
     ]
+    unbounded = any(math.isinf(high) for _, _, high in agreement.needed.values())
+    if agreement.ties.plausible > 0.0 and unbounded:
+        sentences.append(_ties_sentence(agreement))
+    return sentences
+
+
+def _ties_sentence(agreement: Agreement) -> str:
+    """Why a projection may be out of reach: classes whose effects may be exactly equal."""
+    return (
+        f"These errors cannot rule out that up to {agreement.ties.plausible:.0%} of the "
+        "classes have exactly the same effect; their order would be chance's with any number "
+        "of models, which is where a range ends out of reach."
+    )
 
 
 def growth_words(agreement: Agreement, targets: dict[str, float]) -> str:

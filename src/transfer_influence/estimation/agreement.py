@@ -24,9 +24,17 @@ own size, and for any other, from the estimates and their standard errors:
    prior: its level would come from a scale that noisy runs estimate badly. The deconvolved
    prior is discrete, and extrapolated far beyond m its atoms would tie classes that are
    not tied; the Gaussian shape asks too few models where the effects are heavy-tailed
-   (many crowded near zero, a few far out). A target above what many models reach under
-   the deconvolved prior (the ceiling where classes truly tie) is said to be out of reach.
-4. The ranges are a parametric bootstrap: new estimates drawn around the posterior draws,
+   (many crowded near zero, a few far out).
+4. Classes with exactly the same effect keep their order to chance with any number of
+   models, so a target may be out of reach. Priors under which a share of the classes tie
+   exactly and the rest spread as a Gaussian are fitted for shares from 0 to 95%; the shares
+   whose likelihood is within ``PLAUSIBLE`` of the best are those the estimates do not rule
+   out. Where ties fit clearly better than both the smooth prior and no ties, a target that
+   even the fewest plausible ties keep out of reach (the agreement with many models under
+   that prior is below it) is projected out of reach; a target that the most plausible ties
+   would keep out of reach ends its range there. No run can tell exact ties from
+   differences far below its errors, so the range says what the point cannot.
+5. The ranges are a parametric bootstrap: new estimates drawn around the posterior draws,
    deconvolved and projected again; percentiles of their spread about their median, placed
    around the estimate, make an 80% range: the 10th and 90th for the agreement, the 5th and
    95th for the models needed, whose error the bootstrap sees only in part (it cannot see
@@ -68,12 +76,15 @@ DRAWS = 100  # posterior draws per expected agreement
 CEILING = 4096  # "many more models": the ceiling of the agreement is read at 4096 m
 BOOTSTRAP = 30
 RANGE = (10.0, 90.0)  # percentiles of the bootstrap: an 80% range of the agreement
-PROJECTION_RANGE = (5.0, 95.0)  # an 80% range of the models needed (see step 4 above)
+PROJECTION_RANGE = (5.0, 95.0)  # an 80% range of the models needed (see step 5 above)
 METRICS = ("spearman", "top", "bottom")
 DEGREES = (1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, math.inf)  # the smooth prior's: t to Gaussian
 SMOOTH_GRID = 400
 HEAVIER = 1.92  # log-likelihood a t prior must gain over the Gaussian (chi-square 1, 5%)
 STEPS = 2.0 ** np.arange(-3, 13)  # run sizes, in multiples of m, the Spearman is projected on
+TIED_SHARES = np.arange(20) / 20  # shares of exactly tied classes the tie check weighs
+AKAIKE = 2.0  # twice the log-likelihood a prior with one more fitted parameter must gain
+PLAUSIBLE = 1.64  # twice the log-likelihood a share may lose and stay plausible (chi-square 1, 80%)
 
 
 def effect_prior(
@@ -124,6 +135,75 @@ def smooth_prior(
     if fits[-1][0].fun - best.fun < HEAVIER:  # the data do not ask for heavier tails
         best, degrees = fits[-1]
     return support, weights(float(best.x), degrees)
+
+
+def _log_likelihood(
+    values: np.ndarray, stderr: np.ndarray, prior: tuple[np.ndarray, np.ndarray]
+) -> float:
+    """Log marginal likelihood of estimates ``values`` with Gaussian errors ``stderr`` when
+    the true effects come from ``prior`` (support, weights)."""
+    support, weights = prior
+    density = np.exp(-0.5 * ((values[:, None] - support) / stderr[:, None]) ** 2)
+    density /= math.sqrt(2.0 * math.pi) * stderr[:, None]
+    return float(np.log(density @ weights + 1e-300).sum())
+
+
+def tied_prior(
+    values: np.ndarray, stderr: np.ndarray, share: float, grid: int = SMOOTH_GRID
+) -> tuple[np.ndarray, np.ndarray]:
+    """Support and weights of a prior under which ``share`` of the classes have exactly the
+    same effect and the rest a Gaussian spread around it, the common value and the spread
+    fitted by maximum marginal likelihood to estimates ``values`` with errors ``stderr``."""
+    from scipy.optimize import minimize
+    from scipy.stats import norm
+
+    spread = max(float(values.max() - values.min()), 1e-12)
+
+    def loss(params: np.ndarray) -> float:
+        centre, log_scale = params
+        slab = norm.pdf(values, centre, np.sqrt(stderr**2 + math.exp(2.0 * log_scale)))
+        return -float(np.log(share * norm.pdf(values, centre, stderr) + (1 - share) * slab).sum())
+
+    start = np.array([np.median(values), math.log(max(float(values.std()), spread / 100))])
+    centre, log_scale = minimize(loss, start, method="Nelder-Mead").x
+    support = np.linspace(values.min() - spread / 2, values.max() + spread / 2, grid)
+    support = np.sort(np.append(support, np.clip(centre, support[0], support[-1])))
+    weights = norm.pdf(support, centre, max(math.exp(log_scale), spread / grid))
+    weights *= (1.0 - share) / weights.sum()
+    weights[np.searchsorted(support, np.clip(centre, support[0], support[-1]))] += share
+    return support, weights
+
+
+@dataclass(frozen=True)
+class Ties:
+    """How many classes may share exactly one effect, whose order no number of models
+    settles: ``likely``, the share that fits the estimates best, and ``fewest``, the least
+    they do not rule out (both 0 unless ties fit clearly better than both the smooth prior
+    and no ties); ``plausible``, the largest share they do not rule out (the shares within
+    ``PLAUSIBLE`` of the best fit: an 80% range)."""
+
+    fewest: float
+    likely: float
+    plausible: float
+
+
+def tie_check(values: np.ndarray, stderr: np.ndarray) -> Ties:
+    """The shares of tied classes that estimates ``values`` with errors ``stderr`` support:
+    the profile likelihood over ``TIED_SHARES``. Errors large enough to hide a crowd of
+    classes near one value leave many ties plausible, even where the effects differ."""
+    fits = np.array(
+        [_log_likelihood(values, stderr, tied_prior(values, stderr, s)) for s in TIED_SHARES]
+    )
+    best = int(np.argmax(fits))
+    smooth = _log_likelihood(values, stderr, smooth_prior(values, stderr))
+    plausible = TIED_SHARES[2.0 * (fits[best] - fits) <= PLAUSIBLE]
+    # Clear where ties fit better than the smooth prior and than no ties by more than
+    # Akaike's charge for the share they fit (and, against no ties, the test's margin).
+    clear = 2.0 * (fits[best] - smooth) > AKAIKE
+    clear = clear and 2.0 * (fits[best] - fits[0]) > AKAIKE + PLAUSIBLE
+    if not clear:
+        return Ties(0.0, 0.0, float(plausible.max()))
+    return Ties(float(plausible.min()), float(TIED_SHARES[best]), float(plausible.max()))
 
 
 def _posterior_draws(
@@ -293,7 +373,8 @@ class Agreement:
     share); ``ranges``: metric -> its 80% range; ``needed``: metric -> (models for the target
     in ``targets``, 80% range), inf where no number of models reaches it, NaN while the
     agreement is no more than chance's; ``ceiling``: metric -> what the expected agreement
-    tends to with many models (below 1 where classes tie).
+    tends to with many models (below 1 where classes tie); ``ties``: the shares of classes
+    that may share one effect exactly (:func:`tie_check`).
     """
 
     models: int
@@ -304,6 +385,7 @@ class Agreement:
     targets: dict[str, float]
     needed: dict[str, tuple[float, float, float]]
     ceiling: dict[str, float] = field(default_factory=dict)
+    ties: Ties = Ties(0.0, 0.0, 0.0)
 
     @property
     def chance_share(self) -> float:
@@ -324,6 +406,8 @@ class Agreement:
         """The inverse of :meth:`to_record`."""
         fields = dict(record)
         fields["ranges"] = {name: tuple(pair) for name, pair in record["ranges"].items()}
+        if "ties" in record:
+            fields["ties"] = Ties(**record["ties"])
         fields["needed"] = {
             name: tuple(math.nan if x is None else float(x) for x in values)
             for name, values in record["needed"].items()
@@ -345,9 +429,19 @@ def _project(
     return curve[0], curve[1]
 
 
+def _tied_ceiling(
+    values: np.ndarray, stderr: np.ndarray, models: int, k: int, seed: int, share: float
+) -> np.ndarray:
+    """The agreement (3,) with many more models if ``share`` of the classes are tied."""
+    if share <= 0.0:
+        return np.ones(len(METRICS))
+    prior = tied_prior(values, stderr, share)
+    return agreement_curve(values, stderr, models, np.array([CEILING * models]), k, seed, prior)[0]
+
+
 def _centred_range(point: float, boot: np.ndarray, log: bool = False) -> tuple[float, float]:
     """The 80% range around ``point`` that the bootstrap's spread about its own median gives
-    (for model counts: on the log scale, between wider percentiles, see step 4 above, and
+    (for model counts: on the log scale, between wider percentiles, see step 5 above, and
     the high end out of reach where more of the bootstrap than that percentile's share is).
     The bootstrap's world has its own truth, so its spread, not its centre, is what it says
     of the estimate."""
@@ -391,6 +485,11 @@ def independent_agreement(
         worlds.append(
             _World(redrawn, seed + b, *_project(redrawn, stderr, models, k, seed + b, refit))
         )
+    ties = tie_check(values, stderr)
+    fewest, most = (
+        _tied_ceiling(values, stderr, models, k, seed, share)
+        for share in (ties.fewest, ties.plausible)
+    )
     here = worlds[0]
     ranges, needed = {}, {}
     for i, name in enumerate(METRICS):
@@ -398,10 +497,16 @@ def independent_agreement(
         ranges[name] = _centred_range(float(here.agreement[i]), boot)
         if name in targets:
             projected = [_models_for(name, targets[name], w, stderr, models, k) for w in worlds]
+            point = projected[0]
+            low, high = _centred_range(point, np.array(projected[1:]), log=True)
+            # Tied classes keep the target out of reach: the fewest the estimates allow
+            # decide the projection, the most they allow the top of its range.
             needed[name] = (
-                projected[0],
-                *_centred_range(projected[0], np.array(projected[1:]), log=True),
+                math.inf if fewest[i] < targets[name] else point,
+                low,
+                math.inf if most[i] < targets[name] else high,
             )
+    ceiling = np.minimum(here.ceiling, fewest)
     return Agreement(
         models=models,
         groups=int(values.size),
@@ -410,5 +515,6 @@ def independent_agreement(
         ranges=ranges,
         targets=dict(targets),
         needed=needed,
-        ceiling={name: float(here.ceiling[i]) for i, name in enumerate(METRICS)},
+        ceiling={name: float(ceiling[i]) for i, name in enumerate(METRICS)},
+        ties=ties,
     )

@@ -88,6 +88,7 @@ def grow_until_stable(
     deadline = None if time_limit is None else time.time() + time_limit
     budget = max_models or store.planned_models
     agreement = None
+    unreachable_before: set[str] = set()
     while True:
         left = None if deadline is None else max(deadline - time.time(), 0.0)
         engine.run(store, left, progress)
@@ -108,17 +109,21 @@ def grow_until_stable(
         unmet = [name for name, goal in targets.items() if agreement.ranges[name][0] < goal]
         if not unmet:
             return Growth("met", agreement)
-        out_of_reach = [name for name in unmet if math.isinf(agreement.needed[name][0])]
+        unreachable = {name for name in unmet if math.isinf(agreement.needed[name][0])}
+        # Out of reach twice running: one round's estimates can be unlucky, and stopping
+        # on them would end a run that a few more models show to be on its way.
+        out_of_reach = sorted(unreachable & unreachable_before)
+        unreachable_before = unreachable
         if out_of_reach:
             name = out_of_reach[0]
             return Growth(
                 "out of reach",
                 agreement,
                 f"{name}: with many more models an independent run would still agree only "
-                f"about {agreement.ceiling[name]:.2f} (target {targets[name]:g}): classes "
-                "whose effects are estimated to be equal keep their order to chance",
+                f"about {agreement.ceiling[name]:.2f} (target {targets[name]:g}): "
+                f"{tied_words(agreement)} keep their order to chance at any size",
             )
-        lowest = max(agreement.needed[name][1] for name in unmet)
+        lowest = max((agreement.needed[n][1] for n in unmet if n not in unreachable), default=0)
         if lowest > budget:
             return Growth(
                 "beyond budget",
@@ -135,6 +140,13 @@ def grow_until_stable(
         needed = math.nan if any(math.isnan(h) for h in highs) else max(highs)  # NaN: GROWTH
         chunk_size = store.config.run.chunk_size
         store.set_models(grown_models(needed, store.planned_models, chunk_size, budget))
+
+
+def tied_words(agreement: Agreement) -> str:
+    """Which classes keep their order to chance, as the tie check sees them."""
+    if agreement.ties.fewest > 0.0:
+        return f"at least {agreement.ties.fewest:.0%} of the classes look tied; they"
+    return "classes whose effects are estimated to be equal"
 
 
 GROWTH = 1.5  # the most a round multiplies the models by
