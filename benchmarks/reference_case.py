@@ -22,6 +22,7 @@ docs/figures/reference-pruning.png.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import tarfile
 import tempfile
@@ -77,6 +78,7 @@ def trust(store: RunStore, seconds_per_model: float | None) -> dict:
             "ranges": {name: list(pair) for name, pair in agreement.ranges.items()},
             "chance_share": agreement.chance_share,
             "needed": needed,
+            "ties": dataclasses.asdict(agreement.ties),
             "gpu_minutes_needed": minutes,
             "lds": fit.lds_,
             "explained": fit.explained_,

@@ -374,6 +374,19 @@ def reference_case(r: dict) -> list[str]:
             f"The subsets explain {_pct(last['difference']['explained'])} of how models "
             "differ in their mean output.",
         ]
+    ties = last["difference"].get("ties")
+    if ties and ties["plausible"] > 0:
+        shown = (
+            f"show that at least {ties['fewest']:.0%} (up to {ties['plausible']:.0%})"
+            if ties["fewest"] > 0
+            else f"cannot rule out that up to {ties['plausible']:.0%}"
+        )
+        lines += [
+            "",
+            f"Where a range ends at ∞: the estimates of {last['models']} models {shown} of the "
+            "classes have exactly the same effect, and classes that tie keep their order to "
+            "chance with any number of models.",
+        ]
     halves = r.get("halves")
     if halves:
         lines += [
@@ -543,9 +556,10 @@ def trust_calibration(r: dict) -> list[str]:
             "Bias: predicted minus true expected agreement. Range: how often the 80% range "
             "holds the truth. Projection ≥ oracle: how often the projected models for "
             "Spearman 0.9 and 8 of 10 at each end are at least the size at which the known "
-            "effects give it, interpolated in log size (half is median-unbiased; an "
-            "out-of-reach truth counts as a projection below it). Projection range: how "
-            "often its 80% range holds the oracle's size.",
+            "effects give it, interpolated in log size (half is median-unbiased; where the "
+            "known effects never give it, only a projection out of reach counts). Projection "
+            "range: how often its 80% range holds the oracle's size (there: how often its "
+            "top is out of reach).",
             "",
             "| K | m | effects | bias | range holds truth | projection ≥ oracle "
             "| projection range holds oracle |",
