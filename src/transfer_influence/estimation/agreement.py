@@ -102,6 +102,22 @@ def effect_prior(
     return support, weights
 
 
+def _likelihood(values: np.ndarray, stderr: np.ndarray, support: np.ndarray) -> np.ndarray:
+    """K x len(support): the density of each estimate in ``values`` (Gaussian errors
+    ``stderr``) were its true effect each point of ``support``."""
+    density = np.exp(-0.5 * ((values[:, None] - support) / stderr[:, None]) ** 2)
+    return density / (math.sqrt(2.0 * math.pi) * stderr[:, None])
+
+
+def _log_likelihood(
+    values: np.ndarray, stderr: np.ndarray, prior: tuple[np.ndarray, np.ndarray]
+) -> float:
+    """Log marginal likelihood of estimates ``values`` with Gaussian errors ``stderr`` when
+    the true effects come from ``prior`` (support, weights)."""
+    support, weights = prior
+    return float(np.log(_likelihood(values, stderr, support) @ weights + 1e-300).sum())
+
+
 def smooth_prior(
     values: np.ndarray, stderr: np.ndarray, grid: int = SMOOTH_GRID
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -115,8 +131,7 @@ def smooth_prior(
 
     spread = max(float(values.max() - values.min()), 1e-12)
     support = np.linspace(values.min() - spread / 2, values.max() + spread / 2, grid)
-    likelihood = np.exp(-0.5 * ((values[:, None] - support) / stderr[:, None]) ** 2)
-    likelihood /= stderr[:, None]
+    likelihood = _likelihood(values, stderr, support)
     centred = (support - np.median(values)) ** 2
 
     def weights(log_scale: float, degrees: float) -> np.ndarray:
@@ -135,17 +150,6 @@ def smooth_prior(
     if fits[-1][0].fun - best.fun < HEAVIER:  # the data do not ask for heavier tails
         best, degrees = fits[-1]
     return support, weights(float(best.x), degrees)
-
-
-def _log_likelihood(
-    values: np.ndarray, stderr: np.ndarray, prior: tuple[np.ndarray, np.ndarray]
-) -> float:
-    """Log marginal likelihood of estimates ``values`` with Gaussian errors ``stderr`` when
-    the true effects come from ``prior`` (support, weights)."""
-    support, weights = prior
-    density = np.exp(-0.5 * ((values[:, None] - support) / stderr[:, None]) ** 2)
-    density /= math.sqrt(2.0 * math.pi) * stderr[:, None]
-    return float(np.log(density @ weights + 1e-300).sum())
 
 
 def tied_prior(
