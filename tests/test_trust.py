@@ -309,7 +309,7 @@ def test_classes_that_truly_tie_put_spearman_out_of_reach_and_the_words_say_why(
     runs, the top of its range in all 6, each with a finite low end), and the words say
     why. Gaussian effects of the same errors are not called tied (0 of 6)."""
     from transfer_influence.estimation.agreement import independent_agreement
-    from transfer_influence.words import agreement_sentences
+    from transfer_influence.words import agreement_sentences, ties_sentences
 
     groups, models, stderr = 100, 600, 0.3
     out_of_reach = 0
@@ -322,6 +322,7 @@ def test_classes_that_truly_tie_put_spearman_out_of_reach_and_the_words_say_why(
         )
         point, low, high = found.needed["spearman"]
         assert math.isinf(high) and math.isfinite(low), found.needed
+        assert ties_sentences(found, ["spearman"])  # the report's reason for the range's top
         ties = found.ties
         assert 0.4 <= ties.likely <= ties.plausible <= 0.8 and ties.fewest <= ties.likely, ties
         out_of_reach += math.isinf(point)
@@ -338,3 +339,4 @@ def test_classes_that_truly_tie_put_spearman_out_of_reach_and_the_words_say_why(
         )
         assert found.ties.fewest == found.ties.likely == 0.0 and found.ceiling["spearman"] > 0.99
         assert all(math.isfinite(x) for x in found.needed["spearman"]), found.needed
+        assert not ties_sentences(found, ["spearman"])

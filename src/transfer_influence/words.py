@@ -4,6 +4,7 @@ the one presentation layer (``estimation`` returns numbers)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 from .estimation.agreement import Agreement
 from .estimation.classes import RELATIVE_NOTE
@@ -23,6 +24,7 @@ __all__ = [
     "q_text",
     "split_half_method",
     "split_half_measured",
+    "ties_sentences",
 ]
 
 # With subsets of a fixed size, holding class k means leaving out another class: a negative
@@ -145,19 +147,21 @@ def agreement_sentences(agreement: Agreement) -> list[str]:
         f"independent run (80% range {low:.2f} to {high:.2f}); "
         f"{_needed_range_words(agreement, 'spearman', f'Spearman {target:g}')}.",
     ]
-    unbounded = any(math.isinf(high) for _, _, high in agreement.needed.values())
-    if agreement.ties.plausible > 0.0 and unbounded:
-        sentences.append(_ties_sentence(agreement))
-    return sentences
+    return sentences + ties_sentences(agreement, agreement.needed)
 
 
-def _ties_sentence(agreement: Agreement) -> str:
-    """Why a projection may be out of reach: classes whose effects may be exactly equal."""
-    return (
+def ties_sentences(agreement: Agreement, metrics: Iterable[str]) -> list[str]:
+    """Why a projection of one of ``metrics`` ends out of reach, where ties are why: classes
+    whose effects may be exactly equal (none, or one sentence)."""
+    needed = agreement.needed
+    unbounded = any(name in needed and math.isinf(needed[name][2]) for name in metrics)
+    if not (agreement.ties.plausible > 0.0 and unbounded):
+        return []
+    return [
         f"These errors cannot rule out that up to {agreement.ties.plausible:.0%} of the "
         "classes have exactly the same effect; their order would be chance's with any number "
         "of models, which is where a range ends out of reach."
-    )
+    ]
 
 
 def growth_words(agreement: Agreement, targets: dict[str, float]) -> str:

@@ -19,6 +19,7 @@ from ..words import (
     explained_sentence,
     flagged_sentence,
     q_text,
+    ties_sentences,
 )
 
 __all__ = ["answer_sentence", "describe_dataset", "run_facts", "trust_sentence"]
@@ -199,6 +200,7 @@ def answer_sentence(influence: ClassInfluence, shown: int = 5) -> str:
     if agreement is not None and agreement.expected["bottom"] < agreement.targets["bottom"]:
         bottom = agreement_end_words(agreement, "bottom")
         text += f" The bottom of the list is not yet stable: {bottom}."
+        text += "".join(f" {sentence}" for sentence in ties_sentences(agreement, ["bottom"]))
     return text
 
 
@@ -209,6 +211,7 @@ def trust_sentence(influence: ClassInfluence) -> str:
     agreement = influence.agreement_
     if agreement is not None:
         parts.append(f"At the top, {agreement_end_words(agreement, 'top')}.")
+        parts += ties_sentences(agreement, ["top"])
         if agreement.expected["spearman"] < 0.9:
             parts.append(
                 "Read the intervals and q-values, not the order, of classes whose intervals "
