@@ -105,7 +105,9 @@ def _rough(models: float) -> str:
     return f"{round(models, -digits):,.0f}"
 
 
-def _needed_range_words(agreement: Agreement, metric: str, wanted: str) -> str:
+def _needed_range_words(
+    agreement: Agreement, metric: str, wanted: str, noun: str = "classes"
+) -> str:
     point, low, high = agreement.needed[metric]
     if math.isnan(point):
         return f"no projection to {wanted} while the agreement is no more than chance's"
@@ -113,7 +115,7 @@ def _needed_range_words(agreement: Agreement, metric: str, wanted: str) -> str:
         if agreement.ties.fewest > 0.0 and math.isfinite(low):
             return (
                 f"no number of models is projected to give {wanted}: at least "
-                f"{agreement.ties.fewest:.0%} of the classes look tied (80% range "
+                f"{agreement.ties.fewest:.0%} of the {noun} look tied (80% range "
                 f"{_rough(low)} to out of reach)"
             )
         return f"no number of models is projected to give {wanted}"
@@ -123,7 +125,7 @@ def _needed_range_words(agreement: Agreement, metric: str, wanted: str) -> str:
     return f"about {_rough(point)} models would give {wanted} (80% range {_rough(low)} to {upper})"
 
 
-def agreement_end_words(agreement: Agreement, end: str) -> str:
+def agreement_end_words(agreement: Agreement, end: str, noun: str = "classes") -> str:
     """What an independent run of this size would share of one end ("top" or "bottom")."""
     k = agreement.k
     low, high = agreement.ranges[end]
@@ -132,25 +134,28 @@ def agreement_end_words(agreement: Agreement, end: str) -> str:
         f"an independent run of {agreement.models:,} models would share about "
         f"{agreement.expected[end] * k:.1f} of this {end} {k} (80% range {low * k:.1f} to "
         f"{high * k:.1f}; {agreement.chance_share * k:.1f} by chance); "
-        f"{_needed_range_words(agreement, end, wanted)}"
+        f"{_needed_range_words(agreement, end, wanted, noun)}"
     )
 
 
-def agreement_sentences(agreement: Agreement) -> list[str]:
-    """Would an independent run of this size agree, at both ends and overall, in words."""
+def agreement_sentences(agreement: Agreement, noun: str = "classes") -> list[str]:
+    """Would an independent run of this size agree, at both ends and overall, in words
+    (``noun``: what was ranked)."""
     low, high = agreement.ranges["spearman"]
     target = agreement.targets["spearman"]
     sentences = [
-        f"Top: {agreement_end_words(agreement, 'top')}.",
-        f"Bottom: {agreement_end_words(agreement, 'bottom')}.",
+        f"Top: {agreement_end_words(agreement, 'top', noun)}.",
+        f"Bottom: {agreement_end_words(agreement, 'bottom', noun)}.",
         f"Whole ranking: Spearman about {agreement.expected['spearman']:.2f} with an "
         f"independent run (80% range {low:.2f} to {high:.2f}); "
-        f"{_needed_range_words(agreement, 'spearman', f'Spearman {target:g}')}.",
+        f"{_needed_range_words(agreement, 'spearman', f'Spearman {target:g}', noun)}.",
     ]
-    return sentences + ties_sentences(agreement, agreement.needed)
+    return sentences + ties_sentences(agreement, agreement.needed, noun)
 
 
-def ties_sentences(agreement: Agreement, metrics: Iterable[str]) -> list[str]:
+def ties_sentences(
+    agreement: Agreement, metrics: Iterable[str], noun: str = "classes"
+) -> list[str]:
     """Why a projection of one of ``metrics`` ends out of reach, where ties are why: classes
     whose effects may be exactly equal (none, or one sentence)."""
     needed = agreement.needed
@@ -159,7 +164,7 @@ def ties_sentences(agreement: Agreement, metrics: Iterable[str]) -> list[str]:
         return []
     return [
         f"These errors cannot rule out that up to {agreement.ties.plausible:.0%} of the "
-        "classes have exactly the same effect; their order would be chance's with any number "
+        f"{noun} have exactly the same effect; their order would be chance's with any number "
         "of models, which is where a range ends out of reach."
     ]
 

@@ -355,7 +355,7 @@ def _cmd_examples(args: argparse.Namespace) -> int:
     ranking = "the difference-in-means ranking of the same models"
     if fitted.agreement_ is not None:
         print(f"\nwould an independent run of this size agree? ({ranking}, from its errors)")
-        for sentence in agreement_sentences(fitted.agreement_):
+        for sentence in agreement_sentences(fitted.agreement_, "source examples"):
             print(f"  {sentence}")
     stability = fitted.stability_
     if stability is not None:

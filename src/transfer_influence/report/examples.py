@@ -98,7 +98,7 @@ def example_section(
     if fitted.agreement_ is not None:
         note += (
             " The difference-in-means ranking of the same models, against an independent run "
-            f"of this size: {' '.join(agreement_sentences(fitted.agreement_))}"
+            f"of this size: {' '.join(agreement_sentences(fitted.agreement_, 'pool images'))}"
         )
     if stability is not None:
         note += (
