@@ -583,8 +583,8 @@ def trust_calibration(r: dict) -> list[str]:
             f"share the target of their top 10 on average, from pairs of runs on a grid{refined}):",
             "",
             "| target | oracle's models | stopped at (median over seeds) "
-            "| stops within 1.5× of the oracle | the most a rule reading one run can "
-            "expect | target met |",
+            "| stops within 1.5× of the oracle | the same for an ideal stop on one run's "
+            "prediction | target met |",
             "|---|---|---|---|---|---|",
         ]
         for name, row in r["until_stable"]["targets"].items():
