@@ -21,6 +21,7 @@ __all__ = [
     "explained_sentence",
     "flagged_sentence",
     "growth_words",
+    "out_of_reach_reason",
     "q_text",
     "split_half_method",
     "split_half_measured",
@@ -114,15 +115,28 @@ def _needed_range_words(
     if not math.isfinite(point):
         if agreement.ties.fewest > 0.0 and math.isfinite(low):
             return (
-                f"no number of models is projected to give {wanted}: at least "
-                f"{agreement.ties.fewest:.0%} of the {noun} look tied (80% range "
-                f"{_rough(low)} to out of reach)"
+                f"no number of models is projected to give {wanted}: "
+                f"{_tied_share_words(agreement, noun)} (80% range {_rough(low)} to out of reach)"
             )
         return f"no number of models is projected to give {wanted}"
     if point <= agreement.models:
         return f"it gives {wanted} already"
     upper = "out of reach" if not math.isfinite(high) else _rough(high)
     return f"about {_rough(point)} models would give {wanted} (80% range {_rough(low)} to {upper})"
+
+
+def _tied_share_words(agreement: Agreement, noun: str = "classes") -> str:
+    return f"at least {agreement.ties.fewest:.0%} of the {noun} look tied"
+
+
+def out_of_reach_reason(agreement: Agreement) -> str:
+    """Why no number of models reaches a target: classes whose order is chance's."""
+    if agreement.ties.fewest > 0.0:
+        return (
+            f"{_tied_share_words(agreement)}, and tied classes keep their order to chance at "
+            "any size"
+        )
+    return "classes whose effects are estimated to be equal keep their order to chance at any size"
 
 
 def agreement_end_words(agreement: Agreement, end: str, noun: str = "classes") -> str:

@@ -118,6 +118,13 @@ def _log_likelihood(
     return float(np.log(_likelihood(values, stderr, support) @ weights + 1e-300).sum())
 
 
+def _wide_support(values: np.ndarray, grid: int) -> np.ndarray:
+    """A grid reaching half the estimates' range beyond them on each side, where the smooth
+    and tied priors put their weight."""
+    spread = max(float(values.max() - values.min()), 1e-12)
+    return np.linspace(values.min() - spread / 2, values.max() + spread / 2, grid)
+
+
 def smooth_prior(
     values: np.ndarray, stderr: np.ndarray, grid: int = SMOOTH_GRID
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -129,8 +136,8 @@ def smooth_prior(
     effects clearly are."""
     from scipy.optimize import minimize_scalar
 
-    spread = max(float(values.max() - values.min()), 1e-12)
-    support = np.linspace(values.min() - spread / 2, values.max() + spread / 2, grid)
+    support = _wide_support(values, grid)
+    spread = (support[-1] - support[0]) / 2  # the estimates' range
     likelihood = _likelihood(values, stderr, support)
     centred = (support - np.median(values)) ** 2
 
@@ -161,7 +168,8 @@ def tied_prior(
     from scipy.optimize import minimize
     from scipy.stats import norm
 
-    spread = max(float(values.max() - values.min()), 1e-12)
+    support = _wide_support(values, grid)
+    spread = (support[-1] - support[0]) / 2  # the estimates' range
 
     def loss(params: np.ndarray) -> float:
         centre, log_scale = params
@@ -170,7 +178,6 @@ def tied_prior(
 
     start = np.array([np.median(values), math.log(max(float(values.std()), spread / 100))])
     centre, log_scale = minimize(loss, start, method="Nelder-Mead").x
-    support = np.linspace(values.min() - spread / 2, values.max() + spread / 2, grid)
     support = np.sort(np.append(support, np.clip(centre, support[0], support[-1])))
     weights = norm.pdf(support, centre, max(math.exp(log_scale), spread / grid))
     weights *= (1.0 - share) / weights.sum()

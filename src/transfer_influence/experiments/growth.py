@@ -17,6 +17,7 @@ from ..estimation import run_agreement
 from ..estimation.agreement import Agreement
 from ..estimation.diagnostics import end_size
 from ..store import RunStore
+from ..words import out_of_reach_reason
 
 __all__ = ["Growth", "grow_until_stable", "grown_models", "parse_stability_targets"]
 
@@ -121,7 +122,7 @@ def grow_until_stable(
                 agreement,
                 f"{name}: with many more models an independent run would still agree only "
                 f"about {agreement.ceiling[name]:.2f} (target {targets[name]:g}): "
-                f"{tied_words(agreement)} keep their order to chance at any size",
+                f"{out_of_reach_reason(agreement)}",
             )
         lowest = max((agreement.needed[n][1] for n in unmet if n not in unreachable), default=0)
         if lowest > budget:
@@ -140,13 +141,6 @@ def grow_until_stable(
         needed = math.nan if any(math.isnan(h) for h in highs) else max(highs)  # NaN: GROWTH
         chunk_size = store.config.run.chunk_size
         store.set_models(grown_models(needed, store.planned_models, chunk_size, budget))
-
-
-def tied_words(agreement: Agreement) -> str:
-    """Which classes keep their order to chance, as the tie check sees them."""
-    if agreement.ties.fewest > 0.0:
-        return f"at least {agreement.ties.fewest:.0%} of the classes look tied; they"
-    return "classes whose effects are estimated to be equal"
 
 
 GROWTH = 1.5  # the most a round multiplies the models by
