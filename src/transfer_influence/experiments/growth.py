@@ -121,7 +121,9 @@ def grow_until_stable(
                 "out of reach",
                 agreement,
                 f"{name}: with many more models an independent run would still agree only "
-                f"about {agreement.ceiling[name]:.2f} (target {targets[name]:g}): "
+                # Rounded down: a ceiling of 0.898 must not read as the target of 0.9.
+                f"about {math.floor(agreement.ceiling[name] * 100) / 100:.2f} "
+                f"(target {targets[name]:g}): "
                 f"{out_of_reach_reason(agreement)}",
             )
         lowest = max((agreement.needed[n][1] for n in unmet if n not in unreachable), default=0)
