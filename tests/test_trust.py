@@ -282,25 +282,54 @@ def test_the_spearman_projection_is_not_short_where_effects_are_heavy_tailed():
 
 def test_a_run_that_hardly_tells_its_classes_apart_is_projected_as_a_gaussian_one():
     """Effects of sd 0.15 against errors of 0.6 (an expected Spearman of 0.04 to 0.10 at the
-    run's size): the smooth prior's scale is all but unknown there, so the projection keeps
-    only its shape, which is then the Gaussian reading's (measured: 0.73x to 1.24x of it in
-    each of 6 runs; read off the smooth prior's own level, one of them asked for 77x as
-    many)."""
-    from transfer_influence.estimation.agreement import independent_agreement
+    run's size): a spread of effects does not fit clearly better than none, so the smooth
+    prior's scale and tails are all but unknown and the projection is the Gaussian reading
+    (Spearman-Brown from the expected agreement). Read off the smooth prior, with tails
+    fitted to noise, one of the 6 runs asked for 8x as many."""
+    from transfer_influence.estimation.agreement import (
+        _spread_is_clear,
+        independent_agreement,
+        smooth_prior,
+    )
     from transfer_influence.estimation.diagnostics import reliability_for_spearman, spearman_brown
 
-    groups, models, stderr = 100, 200, 0.6
+    groups, models, stderr = 100, 200, np.full(100, 0.6)
     for seed in range(6):
         rng = np.random.default_rng(seed)
-        values = rng.normal(0.0, 0.15, groups) + rng.normal(0.0, stderr, groups)
-        found = independent_agreement(
-            values, np.full(groups, stderr), models, 10, seed=seed, bootstrap=4
-        )
+        values = rng.normal(0.0, 0.15, groups) + rng.normal(0.0, 0.6, groups)
+        assert not _spread_is_clear(values, stderr, smooth_prior(values, stderr)), seed
+        found = independent_agreement(values, stderr, models, 10, seed=seed, bootstrap=4)
         have, want = (
             reliability_for_spearman(x, groups) for x in (found.expected["spearman"], 0.9)
         )
         gaussian = spearman_brown(have, want, models)
-        assert 0.5 <= found.needed["spearman"][0] / gaussian <= 2.0, (seed, found.needed)
+        assert found.needed["spearman"][0] == pytest.approx(gaussian), (seed, found.needed)
+
+
+def test_a_spearman_projection_does_not_contradict_the_agreement_beside_it():
+    """Where the smooth prior's curve and the agreement expected at the run's size disagree
+    on which side of it the target lies, the projection is the run's size."""
+    from transfer_influence.estimation.agreement import _spearman_needed
+
+    rng = np.random.default_rng(0)
+    effects = rng.normal(0.0, 1.0, 40)
+    for error, agreement, side in ((0.6, 0.5, "above"), (0.6, 0.95, "at"), (0.05, 0.5, "at")):
+        stderr = np.full(40, error)
+        values = effects + rng.normal(0.0, error, 40)
+        needed = _spearman_needed(values, stderr, 100, agreement, 0.9, seed=0)
+        assert needed > 100 if side == "above" else needed == 100, (error, agreement, needed)
+
+
+def test_a_clear_spread_of_effects_is_told_from_none():
+    """Effects of sd 1 against errors of 0.3 are a clear spread; all effects equal are not."""
+    from transfer_influence.estimation.agreement import _spread_is_clear, smooth_prior
+
+    rng = np.random.default_rng(0)
+    stderr = np.full(40, 0.3)
+    spread = rng.normal(0.0, 1.0, 40) + rng.normal(0.0, 0.3, 40)
+    equal = rng.normal(0.0, 0.3, 40)
+    assert _spread_is_clear(spread, stderr, smooth_prior(spread, stderr))
+    assert not _spread_is_clear(equal, stderr, smooth_prior(equal, stderr))
 
 
 def test_classes_that_truly_tie_put_spearman_out_of_reach_and_the_words_say_why():

@@ -18,13 +18,15 @@ own size, and for any other, from the estimates and their standard errors:
    would need to give it, which Spearman-Brown scales with the number of models. For the
    Spearman, which also depends on how crowded the middle of the effects is: the agreement
    is simulated at sizes from m/8 to 4096 m under a smooth prior, a Student t whose scale
-   and degrees of freedom are fitted by maximum marginal likelihood (the Gaussian unless a
-   t fits clearly better), and the projection is how much further along that curve the
-   target lies than the agreement at m does. Only the curve's shape comes from the smooth
-   prior: its level would come from a scale that noisy runs estimate badly. The deconvolved
-   prior is discrete, and extrapolated far beyond m its atoms would tie classes that are
-   not tied; the Gaussian shape asks too few models where the effects are heavy-tailed
-   (many crowded near zero, a few far out).
+   and degrees of freedom are fitted by maximum marginal likelihood, and the projection is
+   where that curve reaches the target. The deconvolved prior is discrete: its atoms tie
+   classes that are not tied, which already reads the agreement at m low where 40 classes
+   are estimated well, and far beyond m ties them more; the Gaussian shape asks too few
+   models where the effects are heavy-tailed (many crowded near zero, a few far out). Where
+   the estimates hardly tell a spread of effects from none (a likelihood-ratio test at 5%),
+   the smooth prior's scale and tails, and with them the curve, are all but unknown: there
+   the Gaussian reading. A projection never lies on the other side of m from the agreement
+   at m, so it does not contradict the agreement shown beside it.
 4. Classes with exactly the same effect keep their order to chance with any number of
    models, so a target may be out of reach. Priors under which a share of the classes tie
    exactly and the rest spread as a Gaussian are fitted for shares from 0 to 95%; the shares
@@ -80,7 +82,7 @@ PROJECTION_RANGE = (5.0, 95.0)  # an 80% range of the models needed (see step 5 
 METRICS = ("spearman", "top", "bottom")
 DEGREES = (1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, math.inf)  # the smooth prior's: t to Gaussian
 SMOOTH_GRID = 400
-HEAVIER = 1.92  # log-likelihood a t prior must gain over the Gaussian (chi-square 1, 5%)
+SPREAD = 3.84  # twice the log-likelihood a spread of effects must gain over none (chi-square 1, 5%)
 STEPS = 2.0 ** np.arange(-3, 13)  # run sizes, in multiples of m, the Spearman is projected on
 TIED_SHARES = np.arange(20) / 20  # shares of exactly tied classes the tie check weighs
 AKAIKE = 2.0  # twice the log-likelihood a prior with one more fitted parameter must gain
@@ -130,10 +132,9 @@ def smooth_prior(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Support and weights of a Student t prior of the true effects, centred on the median
     estimate, its scale and degrees of freedom (one of ``DEGREES``) by maximum marginal
-    likelihood given estimates ``values`` with Gaussian errors ``stderr``: the Gaussian
-    unless a t fits better by a likelihood-ratio test at 5%. Smooth where the nonparametric
-    prior is atomic, so it can be extrapolated to many more models; heavy-tailed where the
-    effects clearly are."""
+    likelihood given estimates ``values`` with Gaussian errors ``stderr``. Smooth where the
+    nonparametric prior is atomic, so it can be extrapolated to many more models;
+    heavy-tailed where the effects are."""
     from scipy.optimize import minimize_scalar
 
     support = _wide_support(values, grid)
@@ -154,8 +155,6 @@ def smooth_prior(
     bounds = (math.log(spread) - 9.0, math.log(spread))
     fits = [(minimize_scalar(loss, bounds=bounds, args=(d,), method="bounded"), d) for d in DEGREES]
     best, degrees = min(fits, key=lambda fit: fit[0].fun)
-    if fits[-1][0].fun - best.fun < HEAVIER:  # the data do not ask for heavier tails
-        best, degrees = fits[-1]
     return support, weights(float(best.x), degrees)
 
 
@@ -328,25 +327,36 @@ def _spearman_needed(
     target: float,
     seed: int,
 ) -> float:
-    """Models for an expected Spearman of ``target`` where ``agreement`` is expected at
-    ``models``: how much further the target lies along the agreement simulated under the
-    smooth prior (at ``STEPS`` times ``models``, on the logit reliability scale) than the
-    agreement at hand does. Only the curve's shape is taken from the smooth prior, not its
-    level, which a noisy run's scale estimate would set. Fewer posterior draws serve many
-    classes, each of whose draws averages over more pairs."""
-    draws = max(10, DRAWS * 100 // max(values.size, 100))
+    """Models for an expected Spearman of ``target``: where the agreement simulated under the
+    smooth prior (at ``STEPS`` times ``models``, on the logit reliability scale) reaches it.
+    Never on the other side of ``models`` from ``agreement``, the agreement expected at
+    ``models``, so a projection does not contradict the agreement shown beside it. Where the
+    estimates hardly tell a spread of effects from none, the smooth prior's scale and tails
+    are all but unknown: there the Gaussian reading, Spearman-Brown from ``agreement``.
+    Fewer posterior draws serve many classes, each of whose draws averages over more pairs."""
     prior = smooth_prior(values, stderr)
-    spearman = lambda a, b: _spearman(a, b).mean()  # noqa: E731
-    curve = _simulated(values, stderr, prior, draws, seed, np.sqrt(1.0 / STEPS), spearman)
-    have = _logit_reliability(curve, values.size)
-    now, want = _logit_reliability(np.array([agreement, target]), values.size)
-    further = _log_size_at(have, want) - _log_size_at(have, now)
-    if math.isfinite(further):
-        return models * math.exp(further)
-    # A prior of no spread (the run cannot tell its classes apart): its curve has no shape,
-    # so the Gaussian one, which Spearman-Brown gives.
+    if _spread_is_clear(values, stderr, prior):
+        draws = max(10, DRAWS * 100 // max(values.size, 100))
+        spearman = lambda a, b: _spearman(a, b).mean()  # noqa: E731
+        curve = _simulated(values, stderr, prior, draws, seed, np.sqrt(1.0 / STEPS), spearman)
+        have = _logit_reliability(curve, values.size)
+        want = _logit_reliability(np.array([target]), values.size)[0]
+        needed = models * math.exp(_log_size_at(have, want))  # in multiples of models
+        return max(needed, models) if agreement < target else min(needed, models)
     have, want = (reliability_for_spearman(x, values.size) for x in (agreement, target))
     return spearman_brown(have, want, models)
+
+
+def _spread_is_clear(
+    values: np.ndarray, stderr: np.ndarray, prior: tuple[np.ndarray, np.ndarray]
+) -> bool:
+    """Whether ``prior`` fits estimates ``values`` (errors ``stderr``) better than all effects
+    equal by a likelihood-ratio test at 5%."""
+    flat = (np.array([np.median(values)]), np.ones(1))
+    return (
+        2.0 * (_log_likelihood(values, stderr, prior) - _log_likelihood(values, stderr, flat))
+        > SPREAD
+    )
 
 
 @dataclass(frozen=True)
