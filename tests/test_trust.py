@@ -320,6 +320,18 @@ def test_a_spearman_projection_does_not_contradict_the_agreement_beside_it():
         assert needed > 100 if side == "above" else needed == 100, (error, agreement, needed)
 
 
+def test_a_projection_past_any_float_is_out_of_reach(monkeypatch):
+    """A curve extended along a nearly flat end can cross the target beyond any float's
+    range: that is out of reach, not an overflow."""
+    from transfer_influence.estimation import agreement
+
+    monkeypatch.setattr(agreement, "_log_size_at", lambda curve, value: 800.0)
+    rng = np.random.default_rng(0)
+    stderr = np.full(40, 0.3)
+    values = rng.normal(0.0, 1.0, 40) + rng.normal(0.0, 0.3, 40)
+    assert agreement._spearman_needed(values, stderr, 100, 0.5, 0.9, seed=0) == math.inf
+
+
 def test_a_clear_spread_of_effects_is_told_from_none():
     """Effects of sd 1 against errors of 0.3 are a clear spread; all effects equal are not."""
     from transfer_influence.estimation.agreement import _spread_is_clear, smooth_prior

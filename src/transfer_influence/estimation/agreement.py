@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -86,6 +87,7 @@ SPREAD = 3.84  # twice the log-likelihood a spread of effects must gain over non
 STEPS = 2.0 ** np.arange(-3, 13)  # run sizes, in multiples of m, the Spearman is projected on
 TIED_SHARES = np.arange(20) / 20  # shares of exactly tied classes the tie check weighs
 AKAIKE = 2.0  # twice the log-likelihood a prior with one more fitted parameter must gain
+LOG_FLOAT_MAX = math.log(sys.float_info.max)
 PLAUSIBLE = 1.64  # twice the log-likelihood a share may lose and stay plausible (chi-square 1, 80%)
 
 
@@ -341,7 +343,9 @@ def _spearman_needed(
         curve = _simulated(values, stderr, prior, draws, seed, np.sqrt(1.0 / STEPS), spearman)
         have = _logit_reliability(curve, values.size)
         want = _logit_reliability(np.array([target]), values.size)[0]
-        needed = models * math.exp(_log_size_at(have, want))  # in multiples of models
+        # Extended along a nearly flat end, the curve may cross beyond any float: never.
+        log_needed = math.log(models) + _log_size_at(have, want)
+        needed = math.exp(log_needed) if log_needed < LOG_FLOAT_MAX else math.inf
         return max(needed, models) if agreement < target else min(needed, models)
     have, want = (reliability_for_spearman(x, values.size) for x in (agreement, target))
     return spearman_brown(have, want, models)
