@@ -88,7 +88,7 @@ SPREAD = 3.84  # twice the log-likelihood a spread of effects must gain over non
 STEPS = 2.0 ** np.arange(-3, 13)  # run sizes, in multiples of m, the Spearman is projected on
 TIED_SHARES = np.arange(20) / 20  # shares of exactly tied classes the tie check weighs
 AKAIKE = 2.0  # twice the log-likelihood a prior with one more fitted parameter must gain
-LOG_FLOAT_MAX = math.log(sys.float_info.max)
+LOG_FLOAT_MAX = math.log(sys.float_info.max)  # the largest log a model count can be
 PLAUSIBLE = 1.64  # twice the log-likelihood a share may lose and stay plausible (chi-square 1, 80%)
 
 
@@ -344,7 +344,7 @@ def _spearman_needed(
         curve = _simulated(values, stderr, prior, draws, seed, np.sqrt(1.0 / STEPS), spearman)
         have = _logit_reliability(curve, values.size)
         want = _logit_reliability(np.array([target]), values.size)[0]
-        # Extended along a nearly flat end, the curve may cross beyond any float: never.
+        # Extended along a nearly flat end, the curve may cross past any float: out of reach.
         log_needed = math.log(models) + _log_size_at(have, want)
         needed = math.exp(log_needed) if log_needed < LOG_FLOAT_MAX else math.inf
         return max(needed, models) if agreement < target else min(needed, models)
