@@ -200,15 +200,20 @@ class Ties:
     plausible: float
 
 
-def tie_check(values: np.ndarray, stderr: np.ndarray) -> Ties:
+def tie_check(
+    values: np.ndarray, stderr: np.ndarray, smooth: tuple[np.ndarray, np.ndarray] | None = None
+) -> Ties:
     """The shares of tied classes that estimates ``values`` with errors ``stderr`` support:
-    the profile likelihood over ``TIED_SHARES``. Errors large enough to hide a crowd of
+    the profile likelihood over ``TIED_SHARES``, against ``smooth`` (their
+    :func:`smooth_prior`, fitted here if not given). Errors large enough to hide a crowd of
     classes near one value leave many ties plausible, even where the effects differ."""
     fits = np.array(
         [_log_likelihood(values, stderr, tied_prior(values, stderr, s)) for s in TIED_SHARES]
     )
     best = int(np.argmax(fits))
-    smooth = _log_likelihood(values, stderr, smooth_prior(values, stderr))
+    smooth = _log_likelihood(
+        values, stderr, smooth_prior(values, stderr) if smooth is None else smooth
+    )
     plausible = TIED_SHARES[2.0 * (fits[best] - fits) <= PLAUSIBLE]
     # Clear where ties fit better than the smooth prior and than no ties by more than
     # Akaike's charge for the share they fit (and, against no ties, the test's margin).
@@ -329,15 +334,17 @@ def _spearman_needed(
     agreement: float,
     target: float,
     seed: int,
+    prior: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> float:
     """Models for an expected Spearman of ``target``: where the agreement simulated under the
-    smooth prior (at ``STEPS`` times ``models``, on the logit reliability scale) reaches it.
+    smooth prior (``prior``, fitted here if not given; at ``STEPS`` times ``models``, on the
+    logit reliability scale) reaches it.
     Never on the other side of ``models`` from ``agreement``, the agreement expected at
     ``models``, so a projection does not contradict the agreement shown beside it. Where the
     estimates hardly tell a spread of effects from none, the smooth prior's scale and tails
     are all but unknown: there the Gaussian reading, Spearman-Brown from ``agreement``.
     Fewer posterior draws serve many classes, each of whose draws averages over more pairs."""
-    prior = smooth_prior(values, stderr)
+    prior = smooth_prior(values, stderr) if prior is None else prior
     if _spread_is_clear(values, stderr, prior):
         draws = max(10, DRAWS * 100 // max(values.size, 100))
         spearman = lambda a, b: _spearman(a, b).mean()  # noqa: E731
@@ -367,12 +374,14 @@ def _spread_is_clear(
 @dataclass(frozen=True)
 class _World:
     """Estimates (this run's, or one the bootstrap drew), the random seed they are projected
-    with, their expected agreement at m and its ceiling (one per metric)."""
+    with, their expected agreement at m and its ceiling (one per metric), and their smooth
+    prior where it was already fitted."""
 
     estimates: np.ndarray
     seed: int
     agreement: np.ndarray
     ceiling: np.ndarray
+    smooth: tuple[np.ndarray, np.ndarray] | None = None
 
 
 def _models_for(
@@ -387,7 +396,9 @@ def _models_for(
         return _ends_needed(world.agreement[i], target, models, world.estimates.size, k)
     if not world.agreement[i] > 0.0:
         return math.nan
-    return _spearman_needed(world.estimates, stderr, models, world.agreement[i], target, world.seed)
+    return _spearman_needed(
+        world.estimates, stderr, models, world.agreement[i], target, world.seed, world.smooth
+    )
 
 
 @dataclass(frozen=True)
@@ -502,8 +513,8 @@ def independent_agreement(
     values, stderr = np.asarray(values, float)[keep], np.asarray(stderr, float)[keep]
     if values.size < max(3, 2 * k):
         raise ValueError(f"agreement needs at least {max(3, 2 * k)} groups with estimates")
-    prior = effect_prior(values, stderr)
-    worlds = [_World(values, seed, *_project(values, stderr, models, k, seed, prior))]
+    prior, smooth = effect_prior(values, stderr), smooth_prior(values, stderr)
+    worlds = [_World(values, seed, *_project(values, stderr, models, k, seed, prior), smooth)]
     rng = np.random.default_rng(seed + 1)
     for b, truth in enumerate(_posterior_draws(values, stderr, prior, bootstrap, rng), start=2):
         redrawn = truth + rng.standard_normal(truth.size) * stderr
@@ -511,7 +522,7 @@ def independent_agreement(
         worlds.append(
             _World(redrawn, seed + b, *_project(redrawn, stderr, models, k, seed + b, refit))
         )
-    ties = tie_check(values, stderr)
+    ties = tie_check(values, stderr, smooth)
     fewest, most = (
         _tied_ceiling(values, stderr, models, k, seed, share)
         for share in (ties.fewest, ties.plausible)
