@@ -215,21 +215,34 @@ def test_the_spearman_a_projection_aims_at_is_the_expected_one_of_k_classes():
         assert r > 2 * math.sin(math.pi * 0.9 / 6)  # the population's reading asks for less
 
 
-def test_the_models_needed_take_a_wider_part_of_their_bootstrap_than_the_agreement():
-    """The projection's error is partly the Gaussian reading's, which its bootstrap cannot see:
-    its 80% range is the bootstrap's 5th to 95th percentile (calibrated in simulation), the
-    agreement's the 10th to 90th; a high end beyond what the bootstrap reaches is out of reach."""
-    from transfer_influence.estimation.agreement import _centred_range
+def test_a_range_is_the_bootstraps_spread_between_percentiles_placed_around_the_point():
+    """The bootstrap sees the spread of an estimate, not all of its error: each figure's range
+    is its own pair of percentiles (set in simulation) of the bootstrap's spread about its
+    median, placed around the point; a model count's on the log scale, its high end out of
+    reach where more of the bootstrap than the high percentile's share never reaches it."""
+    from transfer_influence.estimation.agreement import (
+        PROJECTION_RANGES,
+        RANGE,
+        _centred_range,
+    )
 
     boot = np.exp(np.linspace(-1.0, 1.0, 101))  # log-spread -1 .. 1 about a median of 1
-    low, high = _centred_range(100.0, boot, log=True)
+    low, high = _centred_range(100.0, boot, (5.0, 95.0), log=True)
     assert low == pytest.approx(100 * math.exp(-0.9)) and high == pytest.approx(100 * math.exp(0.9))
-    low, high = _centred_range(0.5, np.linspace(0.0, 1.0, 101))
-    assert (low, high) == (pytest.approx(0.1), pytest.approx(0.9))
+    low, high = _centred_range(100.0, boot, (10.0, 90.0), log=True)
+    assert low == pytest.approx(100 * math.exp(-0.8)) and high == pytest.approx(100 * math.exp(0.8))
+    low, high = _centred_range(0.3, np.linspace(0.0, 1.0, 101), (7.5, 92.5))
+    assert (low, high) == (pytest.approx(0.3 - 0.425), pytest.approx(0.3 + 0.425))
     out_of_reach = boot.copy()
     out_of_reach[:6] = math.inf  # more than a twentieth of the bootstrap never reaches it
-    assert _centred_range(100.0, out_of_reach, log=True)[1] == math.inf
-    assert math.isfinite(_centred_range(100.0, out_of_reach[1:], log=True)[1])
+    assert _centred_range(100.0, out_of_reach, (5.0, 95.0), log=True)[1] == math.inf
+    assert math.isfinite(_centred_range(100.0, out_of_reach[1:], (5.0, 95.0), log=True)[1])
+    assert _centred_range(100.0, out_of_reach, (2.5, 97.5), log=True)[1] == math.inf
+    assert math.isfinite(_centred_range(100.0, out_of_reach[1:], (10.0, 90.0), log=True)[1])
+    # Every range is a central one, and every metric's projection has its own.
+    for pair in (RANGE, *PROJECTION_RANGES.values()):
+        assert pair[0] + pair[1] == 100.0 and pair[0] < pair[1]
+    assert set(PROJECTION_RANGES) == {"spearman", "top", "bottom"}
 
 
 def test_the_smooth_prior_is_as_heavy_tailed_as_the_effects():
