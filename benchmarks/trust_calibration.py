@@ -424,13 +424,14 @@ def main() -> None:
     unknown = set(args.sections) - set(KEYS)
     if unknown:
         parser.error(f"unknown sections {''.join(sorted(unknown))}; choose from abcde")
+    for section in args.sections:
+        result.update(measure[section]())
+        print(section, "done", flush=True)
+    # Read at the end, so that sections measured side by side carry each other's results.
     newest = sorted(RESULTS.glob("trust_calibration-*.json"))
     earlier = json.loads(newest[-1].read_text()) if newest else {}
     for section, keys in KEYS.items():
-        if section in args.sections:
-            result.update(measure[section]())
-            print(section, "done", flush=True)
-        elif all(key in earlier for key in keys):
+        if section not in args.sections and all(key in earlier for key in keys):
             result.update({key: earlier[key] for key in keys})
             result["carried_over"][section] = _measured_where(earlier, newest[-1].name, section)
     result["seconds"] = round(time.perf_counter() - started, 1)
