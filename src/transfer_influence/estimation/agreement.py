@@ -342,12 +342,12 @@ def _spearman_needed(
 ) -> float:
     """Models for an expected Spearman of ``target``: where the agreement simulated under the
     smooth prior (``prior``, fitted here if not given; at ``STEPS`` times ``models``, on the
-    logit reliability scale) reaches it.
-    Never on the other side of ``models`` from ``agreement``, the agreement expected at
-    ``models``, so a projection does not contradict the agreement shown beside it. Where the
-    estimates hardly tell a spread of effects from none, the smooth prior's scale and tails
-    are all but unknown: there the Gaussian reading, Spearman-Brown from ``agreement``.
-    Fewer posterior draws serve many classes, each of whose draws averages over more pairs."""
+    logit reliability scale) reaches it. Never on the other side of ``models`` from
+    ``agreement``, the agreement expected at ``models``, so a projection does not contradict
+    the agreement shown beside it. Where the estimates hardly tell a spread of effects from
+    none, the smooth prior's scale and tails are all but unknown: there the Gaussian reading,
+    Spearman-Brown from ``agreement``. Fewer posterior draws serve many classes, each of
+    whose draws averages over more pairs."""
     prior = smooth_prior(values, stderr) if prior is None else prior
     if _spread_is_clear(values, stderr, prior):
         draws = max(10, DRAWS * 100 // max(values.size, 100))
